@@ -1,0 +1,158 @@
+"""The `genlab` command: parse arguments, call the library, turn errors into one line.
+
+Results go to files (or stdout where a command prints a result); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from genlab.errors import GenlabError
+
+log = logging.getLogger("genlab")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose else "genlab: %(message)s"))
+    root = logging.getLogger("genlab")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genlab", description="Train, measure and use generative models.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a preset or YAML config, or resume a run")
+    t.add_argument("config", nargs="?", help="preset name (see `genlab presets`) or FILE.yaml")
+    t.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override config values, e.g. --set train.lr=3e-4 model.beta=4 (repeatable)")
+    t.add_argument("--out", help="run directory (default: runs/PRESET-TIMESTAMP)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest valid checkpoint")
+    t.add_argument("--steps", type=int, help="total step budget of the run")
+    t.add_argument("--minutes", type=float, help="total training-time budget of the run, in minutes")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    t.add_argument("--data-root", help="folder holding the datasets (default: $GENLAB_DATA, ../shared/data)")
+    t.add_argument("--download", action="store_true", help="download MNIST/Fashion-MNIST if missing (online only)")
+
+    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s.add_argument("run_dir")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--out", help="FILE.png (grid), FILE.npz (images, labels) or DIR/ (one PNG each); "
+                                 "default RUN_DIR/samples/sample-seedS.png")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--label", type=int, help="class to sample (conditional models)")
+    s.add_argument("--interpolate", action="store_true",
+                   help="write a latent interpolation grid (rows of --steps images) instead of samples")
+    s.add_argument("--steps", type=int, default=10, help="images per interpolation row")
+    s.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
+    s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+
+    sub.add_parser("presets", help="list presets")
+    i = sub.add_parser("info", help="show a run's config, progress and key figures")
+    i.add_argument("run_dir")
+    return p
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from genlab.engine.run import is_finished, run_status, train
+
+    if a.resume:
+        if a.config:
+            raise GenlabError("--resume takes its config from the run directory; drop the preset/config argument")
+        if a.overrides:
+            raise GenlabError("--set cannot change a run being resumed; start a new run instead")
+        cfg, state = run_status(Path(a.resume))
+        total = a.steps if a.steps is not None else cfg.train.steps
+        minutes = a.minutes if a.minutes is not None else cfg.train.minutes
+        cfg.train.steps, cfg.train.minutes = total, minutes
+        if is_finished(cfg, state):
+            print(f"{a.resume} is already finished (step {state['state']['step']} of {total}); "
+                  "pass --steps N to extend it", file=sys.stderr)
+            return 0
+    elif not a.config:
+        raise GenlabError("give a preset or FILE.yaml (see `genlab presets`), or --resume RUN_DIR")
+    res = train(a.config, a.out, overrides=a.overrides, resume=a.resume, steps=a.steps, minutes=a.minutes,
+                seed=a.seed, device=a.device, threads=a.threads, data_root=a.data_root,
+                download=a.download, argv=sys.argv)
+    if not res.finished:
+        log.info("interrupted at step %d; checkpoint saved; continue with `genlab train --resume %s`",
+                 res.state.step, res.run_dir)
+        return 130
+    log.info("done: step %d (%s); samples in %s", res.state.step, res.state.stop_reason,
+             res.run_dir / "samples" / "final.png")
+    return 0
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    from genlab.engine.run import load
+    from genlab.images import write_images
+
+    run = load(a.run_dir, a.checkpoint, a.device)
+    if a.interpolate:
+        from genlab.sampling import interpolation_grid
+
+        images, labels = interpolation_grid(run, rows=max(1, a.n // a.steps), steps=a.steps, seed=a.seed,
+                                            label=a.label)
+        nrow = a.steps
+    else:
+        images, labels = run.sample(a.n, seed=a.seed, label=a.label)
+        nrow = None
+    kind = "interp" if a.interpolate else "sample"
+    out = a.out or str(Path(a.run_dir) / "samples" / f"{kind}-seed{a.seed}.png")
+    path = write_images(out, images, labels, nrow=nrow)
+    log.info("wrote %d images to %s", len(images), path)
+    return 0
+
+
+def cmd_presets(a: argparse.Namespace) -> int:
+    from genlab.presets import PRESETS
+
+    width = max(len(n) for n in PRESETS)
+    for name, p in PRESETS.items():
+        print(f"{name:<{width}}  {p.description}")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from genlab.engine.logs import read_log
+    from genlab.engine.run import run_status
+
+    run_dir = Path(a.run_dir)
+    cfg, state = run_status(run_dir)
+    info = {"run": str(run_dir), "config": cfg.to_dict()}
+    for name in ("manifest.json", "report.json"):
+        p = run_dir / name
+        if p.is_file():
+            info[name.removesuffix(".json")] = json.loads(p.read_text())
+    info["progress"] = state["state"] if state else None
+    vals = [r for r in read_log(run_dir) if r.get("kind") == "val"]
+    if vals:
+        info["last_val"] = vals[-1]
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    _setup_logging(a.verbose)
+    try:
+        return COMMANDS[a.command](a)
+    except GenlabError as e:
+        print(f"genlab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("genlab: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,343 @@
+"""Configuration: one dataclass per section (data, train, and the model's own config),
+named presets, YAML files and `--set section.key=value` overrides, all type-checked.
+
+A run's config is built in three layers, each a nested dict until the very end:
+
+    preset (or the `preset:` a YAML file names)  <-  YAML file  <-  --set overrides
+
+and only then turned into dataclasses, so every layer is checked by the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genlab.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how a batch is prepared."""
+
+    dataset: str = "mnist"  # mnist | fashion-mnist | digits | folder | array
+    path: str | None = None  # folder or .npz/.npy, relative to the data root
+    image_size: int | None = None  # resize to this (square); None = native size
+    channels: int | None = None  # 1 or 3 for image folders; None = from the data
+    normalize: str = "minus_one_one"  # minus_one_one | zero_one | standardize
+    binarize: bool = False  # dynamic binarisation: x ~ Bernoulli(pixel / 255), redrawn per batch
+    hflip: bool = False  # random horizontal flips
+    crop_padding: int = 0  # random crops after zero-padding this many pixels
+    val_size: float = 5000  # images held out of train for validation (a fraction if < 1)
+    test_size: float = 0.1  # for folders/arrays without a test split: fraction or count
+    download: bool = False  # MNIST/Fashion-MNIST: fetch with torchvision when missing
+
+
+@dataclass
+class TrainConfig:
+    """The training engine's settings. `steps` and `minutes` are run totals."""
+
+    steps: int = 10_000
+    minutes: float | None = None
+    batch_size: int = 128
+    accum: int = 1  # gradient accumulation micro-batches per step
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.0  # 0 disables EMA
+    amp: str = "auto"  # auto | bf16 | off
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_batches: int = 20
+    early_stop_patience: int | None = None  # evaluations without improvement
+    sample_every: int = 1000
+    ckpt_every: int = 1000
+    keep_last: int = 2
+
+
+@dataclass
+class RunConfig:
+    """A whole run: model section (its own dataclass, chosen by `model.name`), data, train."""
+
+    model: Any
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset,
+            "model": {"name": self.model_name, **_asdict(self.model)},
+            "data": _asdict(self.data),
+            "train": _asdict(self.train),
+        }
+
+    @property
+    def model_name(self) -> str:
+        from genlab.registry import model_name_of
+
+        return model_name_of(self.model)
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2-style scalars: only true/false are booleans (so `amp: off` stays a string)
+    and 3e-4 is a float."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def close_matches(word: str, choices: typing.Iterable[str]) -> str:
+    """' (did you mean: a, b?)' or '' when nothing is close."""
+    m = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+    return f" (did you mean: {', '.join(m)}?)" if m else ""
+
+
+def deep_update(base: dict, upd: dict) -> dict:
+    """Recursively merge `upd` into a copy of `base`."""
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_set(items: typing.Sequence[str]) -> dict:
+    """Turn ['train.lr=3e-4', 'model.beta=4'] into a nested dict. Values are parsed as YAML
+    scalars (so 3e-4, true, null, [1, 2] work); types are checked later against the dataclass."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--set key must be section.key (e.g. train.lr), got {key!r}")
+        try:
+            value = yaml_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(parts[0], {})[parts[1]] = value
+    return out
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where lossless (int -> float,
+    list -> tuple, numeric strings). Raises ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+            value = [yaml_load(v) for v in value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} expects a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where} expects {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where} expects true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where} expects an integer, got {value!r}")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{where} expects an integer, got {value!r}") from None
+        if f != int(f):
+            raise ConfigError(f"{where} expects an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} expects a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} expects a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} expects a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build_section(cls: type, values: dict, section: str) -> Any:
+    """Instantiate dataclass `cls` from `values`, rejecting unknown keys with close matches."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in values.items():
+        if k not in names:
+            raise ConfigError(f"unknown key {section}.{k}{close_matches(k, names)}")
+        kwargs[k] = _coerce(v, hints[k], f"{section}.{k}")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def build_config(tree: dict) -> RunConfig:
+    """Turn a merged nested dict {preset, model: {name, ...}, data, train} into a RunConfig."""
+    from genlab.registry import get_model
+
+    unknown = set(tree) - {"preset", "model", "data", "train"}
+    if unknown:
+        k = sorted(unknown)[0]
+        raise ConfigError(f"unknown section {k!r}{close_matches(k, ['model', 'data', 'train'])}")
+    model_tree = dict(tree.get("model") or {})
+    name = model_tree.pop("name", None)
+    if not name:
+        raise ConfigError("the config has no model.name; start from a preset (genlab presets)")
+    model_cls, _ = get_model(name)
+    cfg = RunConfig(
+        model=build_section(model_cls, model_tree, "model"),
+        data=build_section(DataConfig, tree.get("data") or {}, "data"),
+        train=build_section(TrainConfig, tree.get("train") or {}, "train"),
+        preset=tree.get("preset"),
+    )
+    _validate_run(cfg)
+    return cfg
+
+
+def _validate_run(cfg: RunConfig) -> None:
+    t, d = cfg.train, cfg.data
+    checks = [
+        (t.steps >= 0, "train.steps must be >= 0"),
+        (t.minutes is None or t.minutes > 0, "train.minutes must be > 0"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.accum >= 1, "train.accum must be >= 1"),
+        (t.batch_size % t.accum == 0, "train.batch_size must be divisible by train.accum"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+        (t.keep_last >= 1, "train.keep_last must be >= 1"),
+        (t.optimizer in ("adam", "adamw"), f"train.optimizer must be adam or adamw, got {t.optimizer!r}"),
+        (t.schedule in ("cosine", "constant"), f"train.schedule must be cosine or constant, got {t.schedule!r}"),
+        (t.amp in ("auto", "bf16", "off"), f"train.amp must be auto, bf16 or off, got {t.amp!r}"),
+        (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+         f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+        (d.normalize in ("minus_one_one", "zero_one", "standardize"),
+         f"data.normalize must be minus_one_one, zero_one or standardize, got {d.normalize!r}"),
+        (d.dataset in ("mnist", "fashion-mnist", "digits", "folder", "array"),
+         f"unknown data.dataset {d.dataset!r}"
+         f"{close_matches(d.dataset, ['mnist', 'fashion-mnist', 'digits', 'folder', 'array'])}"),
+        (d.crop_padding >= 0, "data.crop_padding must be >= 0"),
+        (not d.binarize or d.normalize == "zero_one", "data.binarize needs data.normalize=zero_one"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def load_tree(source: str) -> dict:
+    """The nested dict for a preset name or a YAML file (which may name a `preset:` base)."""
+    from genlab.presets import PRESETS
+
+    if source.endswith((".yaml", ".yml")):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {source} not found")
+        try:
+            tree = yaml_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{source} must hold a mapping of sections (model, data, train)")
+        base = tree.get("preset")
+        if base:
+            tree = deep_update(load_tree(base), tree)
+        return tree
+    if source not in PRESETS:
+        raise ConfigError(f"unknown preset {source!r}{close_matches(source, PRESETS)}; "
+                          "list them with `genlab presets`")
+    return deep_update(PRESETS[source].tree, {"preset": source})
+
+
+def resolve(source: str | dict, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Preset name, YAML path or nested dict, plus `--set` items -> a checked RunConfig."""
+    tree = load_tree(source) if isinstance(source, str) else dict(source)
+    return build_config(deep_update(tree, parse_set(overrides)))
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from genlab.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_config(path: Path) -> RunConfig:
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; is this a genlab run directory?")
+    try:
+        tree = yaml_load(path.read_text())
+    except yaml.YAMLError:
+        raise ConfigError(f"{path} is not valid YAML; the run directory is damaged") from None
+    return build_config(tree)

@@ -1,0 +1,336 @@
+"""Image datasets, held in memory as uint8 tensors (N, C, H, W).
+
+Sources: MNIST / Fashion-MNIST IDX files in torchvision's `ROOT/<Name>/raw/` layout (gzipped
+or not), a folder of PNG/JPEG images (class sub-folders give labels), an `.npz`/`.npy` array,
+and scikit-learn's 8x8 digits as the offline fallback when MNIST is absent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from genlab.config import DataConfig
+from genlab.errors import DataError, ShapeError
+
+log = logging.getLogger("genlab")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+_IDX_DIRS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+
+
+def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path | None:
+    """`explicit`, else $GENLAB_DATA, else ../shared/data (from the working directory or from
+    the project checkout) when it exists, else None."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("GENLAB_DATA"):
+        return Path(os.environ["GENLAB_DATA"])
+    project = Path(__file__).resolve().parents[3]
+    for cand in (Path.cwd() / ".." / "shared" / "data", project / ".." / "shared" / "data"):
+        if cand.is_dir():
+            return cand.resolve()
+    return None
+
+
+def cache_dir() -> Path:
+    """genlab's own writable cache ($GENLAB_CACHE, else ~/.cache/genlab)."""
+    d = Path(os.environ.get("GENLAB_CACHE", Path.home() / ".cache" / "genlab"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array of its stored dtype/shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise DataError(f"{path}: unknown IDX element type 0x{raw[2]:02x}")
+    nd = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
+    dtype = np.dtype(dtypes[raw[2]])
+    expected = 4 + 4 * nd + int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{path} is truncated or corrupt ({len(raw)} bytes, expected {expected})")
+    return np.frombuffer(raw, dtype, offset=4 + 4 * nd).reshape(dims)
+
+
+def _find(raw_dir: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (raw_dir / name).is_file():
+            return raw_dir / name
+    return None
+
+
+def load_idx_split(root: Path, dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST-layout split -> (uint8 (N, 1, 28, 28), int64 (N,)). Raises DataError if absent."""
+    raw_dir = root / _IDX_DIRS[dataset] / "raw"
+    img_stem, lab_stem = _IDX_FILES[split]
+    img_path, lab_path = _find(raw_dir, img_stem), _find(raw_dir, lab_stem)
+    if img_path is None or lab_path is None:
+        raise DataError(f"{dataset} {split} files not found in {raw_dir}; pass --data-root DIR "
+                        f"(holding {_IDX_DIRS[dataset]}/raw/) or --download")
+    x, y = read_idx(img_path), read_idx(lab_path)
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+        raise ShapeError(f"{img_path}: expected images (N, H, W) and labels (N,), got {x.shape} and {y.shape}")
+    return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
+
+
+def _download_idx(dataset: str) -> Path:
+    """Fetch MNIST/Fashion-MNIST with torchvision into genlab's cache; returns the root."""
+    import torchvision.datasets as tvd
+
+    root = cache_dir() / "data"
+    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[dataset]
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except Exception as e:  # noqa: BLE001  (network errors come in many types)
+        raise DataError(f"downloading {dataset} failed ({type(e).__name__}); "
+                        "check the network or pass --data-root") from None
+    return root
+
+
+def load_folder(path: Path, size: int | None, channels: int | None) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
+    """A folder of images -> (uint8 (N, C, S, S), labels or None, class names or None).
+    Sub-folders are classes (sorted by name); images are resized on the short side and
+    centre-cropped to `size` (default: the first image's short side)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_dir():
+        raise DataError(f"image folder {path} not found; set data.path relative to the data root")
+    subdirs = sorted(d for d in path.iterdir() if d.is_dir())
+    if subdirs:
+        files = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.rglob("*"))
+                 if f.suffix.lower() in IMAGE_EXTENSIONS]
+        names = [d.name for d in subdirs]
+    else:
+        files = [(f, -1) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+        names = None
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}")
+    images = []
+    for f, _ in files:
+        try:
+            with Image.open(f) as im:
+                if channels is None:
+                    channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
+                im = im.convert("L" if channels == 1 else "RGB")
+                if size is None:
+                    size = min(im.size)
+                w, h = im.size
+                s = size / min(w, h)
+                im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+                w, h = im.size
+                left, top = (w - size) // 2, (h - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+                a = np.asarray(im, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"cannot read image {f}: {e}") from None
+        images.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    x = torch.from_numpy(np.stack(images))
+    y = torch.tensor([i for _, i in files]) if names else None
+    return x, y, names
+
+
+def load_array(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An .npz (with `images` and optional `labels`) or .npy of uint8 images, laid out as
+    (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3}."""
+    if not path.is_file():
+        raise DataError(f"array file {path} not found; set data.path relative to the data root")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "images" not in z:
+                    raise DataError(f"{path} has no 'images' array (found: {', '.join(z.files)})")
+                x = z["images"]
+                y = z["labels"] if "labels" in z else None
+        else:
+            x, y = np.load(path, allow_pickle=False), None
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if x.dtype != np.uint8:
+        raise ShapeError(f"{path}: images must be uint8 (0-255), got {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ShapeError(f"{path}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3; got {x.shape}")
+    if y is not None and (y.ndim != 1 or len(y) != len(x)):
+        raise ShapeError(f"{path}: labels must be (N,) = ({len(x)},), got {y.shape}")
+    return torch.from_numpy(np.ascontiguousarray(x)), None if y is None else torch.from_numpy(y.astype(np.int64))
+
+
+def load_digits_fallback() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 8x8 digits (values 0-16) as uint8 (N, 1, 28, 28), upscaled
+    bilinearly so MNIST presets run unchanged."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images).float().unsqueeze(1) * (255.0 / 16.0)  # (N, 1, 8, 8)
+    x = F.pad(x, (1, 1, 1, 1))  # MNIST digits sit inside a 4-pixel border; keep some margin
+    x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8), torch.from_numpy(d.target.astype(np.int64))
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+@dataclass
+class ImageData:
+    """A dataset's three splits in memory, plus what sampling needs to undo preprocessing."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor | None
+    val_x: torch.Tensor
+    val_y: torch.Tensor | None
+    test_x: torch.Tensor
+    test_y: torch.Tensor | None
+    native_size: tuple[int, int]  # (H, W) the user's data had; samples come back at this size
+    source: str
+    class_names: list[str] | None = None
+    mean: list[float] = field(default_factory=list)  # per-channel, in [0, 1] units, train split
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[-1]
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.train_y is None:
+            return None
+        return len(self.class_names) if self.class_names else int(self.train_y.max()) + 1
+
+    def meta(self) -> dict:
+        """What a run directory keeps to turn model outputs back into images."""
+        return {"source": self.source, "native_size": list(self.native_size), "channels": self.channels,
+                "image_size": self.image_size, "num_classes": self.num_classes,
+                "class_names": self.class_names, "mean": self.mean, "std": self.std,
+                "sizes": {"train": len(self.train_x), "val": len(self.val_x), "test": len(self.test_x)}}
+
+
+def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Exact per-channel mean and std of uint8 images in [0, 1] units, from value histograms."""
+    v = torch.arange(256, dtype=torch.float64) / 255.0
+    mean, std = [], []
+    for c in range(x.shape[1]):
+        h = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+        m = (h * v).sum() / h.sum()
+        mean.append(m.item())
+        std.append(max(((h * (v - m) ** 2).sum() / h.sum()).sqrt().item(), 1e-3))
+    return mean, std
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def _count(n_total: int, size: float) -> int:
+    return int(round(size * n_total)) if size < 1 else int(size)
+
+
+def _split(x: torch.Tensor, y: torch.Tensor | None, n_hold: int, seed: int):
+    """Hold out `n_hold` random items (fixed by `seed`, independent of the run seed)."""
+    if n_hold <= 0:
+        return x, y, x[:0], None if y is None else y[:0]
+    if n_hold >= len(x):
+        raise DataError(f"cannot hold out {n_hold} of {len(x)} images; lower data.val_size/test_size")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    keep, hold = perm[n_hold:].sort().values, perm[:n_hold].sort().values
+    pick = (lambda t, i: None if t is None else t[i])
+    return x[keep], pick(y, keep), x[hold], pick(y, hold)
+
+
+def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None) -> ImageData:
+    """Load, resize and split the dataset `cfg` describes. `root` as in resolve_data_root."""
+    root_path = resolve_data_root(root)
+    names = None
+    if cfg.dataset in _IDX_DIRS:
+        try:
+            if root_path is None:
+                raise DataError("no data root")
+            tr_x, tr_y = load_idx_split(root_path, cfg.dataset, "train")
+            te_x, te_y = load_idx_split(root_path, cfg.dataset, "test")
+            source = f"{cfg.dataset} ({root_path / _IDX_DIRS[cfg.dataset] / 'raw'})"
+        except DataError:
+            if cfg.download:
+                dl = _download_idx(cfg.dataset)
+                tr_x, tr_y = load_idx_split(dl, cfg.dataset, "train")
+                te_x, te_y = load_idx_split(dl, cfg.dataset, "test")
+                source = f"{cfg.dataset} (downloaded to {dl})"
+            elif cfg.dataset == "mnist":
+                log.warning("MNIST not found under %s; falling back to scikit-learn's 8x8 digits "
+                            "(1,797 images, upscaled to 28x28); pass --data-root or --download for MNIST",
+                            root_path or "any data root")
+                return load_image_data(DataConfig(**{**cfg.__dict__, "dataset": "digits"}), root)
+            else:
+                raise
+        if cfg.dataset == "fashion-mnist":
+            names = FASHION_CLASSES
+        tr_x, tr_y, va_x, va_y = _split(tr_x, tr_y, _count(len(tr_x), cfg.val_size), seed=1)
+    else:
+        if cfg.dataset == "digits":
+            x, y = load_digits_fallback()
+            source = "scikit-learn 8x8 digits (upscaled to 28x28)"
+        else:
+            if not cfg.path:
+                raise DataError(f"data.dataset={cfg.dataset} needs data.path (a folder or .npz/.npy file)")
+            p = Path(cfg.path)
+            if not p.is_absolute() and root_path is not None and (root_path / p).exists():
+                p = root_path / p
+            if cfg.dataset == "folder":
+                x, y, names = load_folder(p, cfg.image_size, cfg.channels)
+            else:
+                x, y = load_array(p)
+            source = f"{cfg.dataset} ({p})"
+        n = len(x)
+        # Small datasets: the val/test counts default to fractions of what is there.
+        val = cfg.val_size if cfg.val_size < 1 else min(cfg.val_size, max(1, n // 10))
+        x, y, te_x, te_y = _split(x, y, _count(n, cfg.test_size), seed=2)
+        tr_x, tr_y, va_x, va_y = _split(x, y, _count(n, val), seed=1)
+    if cfg.channels is not None and tr_x.shape[1] != cfg.channels:
+        if cfg.channels == 3 and tr_x.shape[1] == 1:
+            tr_x, va_x, te_x = (t.expand(-1, 3, -1, -1).contiguous() for t in (tr_x, va_x, te_x))
+        else:
+            raise ShapeError(f"data.channels={cfg.channels} but the data has {tr_x.shape[1]} channels")
+    native = (tr_x.shape[-2], tr_x.shape[-1])
+    if cfg.image_size is not None:
+        tr_x, va_x, te_x = (_resize(t, cfg.image_size) for t in (tr_x, va_x, te_x))
+    elif native[0] != native[1]:
+        raise ShapeError(f"images are {native[0]}x{native[1]}; set data.image_size to train on squares")
+    mean, std = channel_stats(tr_x)
+    return ImageData(tr_x.contiguous(), tr_y, va_x.contiguous(), va_y, te_x.contiguous(), te_y,
+                     native, source, names, mean, std)

@@ -1,0 +1,141 @@
+"""Checkpoints: safetensors for tensors, JSON for the rest, both written atomically.
+
+A checkpoint `step-00001000` is two files. The `.safetensors` file is written first, then the
+`.json` file, which records the sha256 of the first: the JSON is the commit marker, so a kill
+at any moment leaves either a complete, verifiable checkpoint or none (and the previous ones
+untouched). Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from genlab.errors import CheckpointError
+
+log = logging.getLogger("genlab")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@dataclass
+class Checkpoint:
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    name: str
+
+
+def save_checkpoint(folder: Path, name: str, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Write `name.safetensors` then `name.json` (with the sha256 of the former)."""
+    blob = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    atomic_write_bytes(folder / f"{name}.safetensors", blob)
+    atomic_write_json(folder / f"{name}.json", {**state, "sha256": hashlib.sha256(blob).hexdigest()})
+
+
+def read_checkpoint(folder: Path, name: str) -> Checkpoint:
+    """Load and verify one checkpoint; CheckpointError names what is wrong."""
+    js, st = folder / f"{name}.json", folder / f"{name}.safetensors"
+    try:
+        state = json.loads(js.read_text())
+        blob = st.read_bytes()
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint {folder / name} is incomplete ({Path(e.filename).name} missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {js} is corrupt (not valid JSON)") from None
+    if not isinstance(state, dict) or state.get("sha256") != hashlib.sha256(blob).hexdigest():
+        raise CheckpointError(f"checkpoint {st} is corrupt or truncated (checksum mismatch)")
+    try:
+        tensors = st_load(blob)
+    except (SafetensorError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {st} is not a valid safetensors file: {e}") from None
+    return Checkpoint(tensors, state, name)
+
+
+def list_steps(folder: Path) -> list[str]:
+    """Names of step checkpoints that have a commit marker, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("step-*.json"))
+
+
+def latest_valid(folder: Path) -> Checkpoint | None:
+    """The newest checkpoint that verifies, warning about (and skipping) damaged ones."""
+    for name in reversed(list_steps(folder)):
+        try:
+            return read_checkpoint(folder, name)
+        except CheckpointError as e:
+            log.warning("skipping %s", e)
+    return None
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Delete all but the newest `keep` step checkpoints, and stray temp files."""
+    for name in list_steps(folder)[:-keep]:
+        for ext in (".json", ".safetensors"):
+            (folder / f"{name}{ext}").unlink(missing_ok=True)
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- optimisers
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimiser's state_dict into tensors (for safetensors) and JSON-able rest."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{idx}.{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor],
+                        meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            idx, k = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(idx), {})[k] = v
+    for idx, kv in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(kv)
+    try:
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"optimiser state {prefix} does not fit this model: {e}") from None

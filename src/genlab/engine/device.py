@@ -1,0 +1,103 @@
+"""Devices: choose cpu/cuda, set threads, name the hardware, decide whether bf16 autocast
+pays off, and measure the matmul peak that benchmarks report utilisation against."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from functools import lru_cache
+
+import torch
+
+from genlab.errors import ConfigError
+
+log = logging.getLogger("genlab")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+@lru_cache(maxsize=None)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5,
+                  device: str = "cpu") -> float:
+    """Measured dense matmul rate in GFLOP/s (n x n x n, best of repeated timings)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+@lru_cache(maxsize=None)
+def cpu_bf16_is_fast() -> bool:
+    """True when bf16 matmuls run clearly faster than fp32 on this CPU (e.g. AMX on recent
+    Xeons); the answer is cached per CPU model and torch version in genlab's cache."""
+    from genlab.data.datasets import cache_dir
+
+    key = f"{cpu_model()}|{torch.__version__}|{torch.get_num_threads()}"
+    path = cache_dir() / "bf16_probe.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        f32 = matmul_gflops(torch.float32, 512, 0.2)
+        bf16 = matmul_gflops(torch.bfloat16, 512, 0.2)
+        known[key] = {"fp32_gflops": f32, "bf16_gflops": bf16, "fast": bf16 > 1.5 * f32}
+        from genlab.engine.checkpoint import atomic_write_json
+
+        atomic_write_json(path, known)
+    return bool(known[key]["fast"])
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 when asked for, or on `auto` where it is fast; None = full precision."""
+    if amp == "off":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if amp == "bf16" or cpu_bf16_is_fast():
+        return torch.bfloat16
+    return None

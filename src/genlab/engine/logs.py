@@ -1,0 +1,98 @@
+"""Run logs: JSONL (one record per line), TensorBoard scalars and a progress bar on stderr.
+Only rank 0 logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from genlab.engine.checkpoint import atomic_write_text
+
+log = logging.getLogger("genlab")
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "logs" / "train.jsonl"
+        self.tb_dir = Path(run_dir) / "logs" / "tb"
+        self._tb = None
+        self._tb_wanted = tensorboard
+        self._bar = None
+        self._file = None
+
+    def _writer(self):
+        if self._tb is None and self._tb_wanted:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.tb_dir))
+            except ImportError:  # tensorboard not installed: JSONL only
+                self._tb_wanted = False
+        return self._tb
+
+    def record(self, kind: str, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a")
+        rec = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
+        self._file.write(json.dumps(rec) + "\n")
+        self._file.flush()
+        tb = self._writer()
+        if tb is not None:
+            for k, v in values.items():
+                tb.add_scalar(f"{kind}/{k}", v, step)
+        if kind != "train" or self._bar is None:
+            log.info("%s step %d: %s", kind, step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop records of steps the checkpoint does not include."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and _step_of(ln) <= step]
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+
+    def open_progress(self, total: int, initial: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        tty = sys.stderr.isatty()
+        self._bar = tqdm(total=total, initial=initial, file=sys.stderr, dynamic_ncols=True,
+                         mininterval=0.5 if tty else 30.0, unit="step", leave=tty)
+
+    def progress(self, terms: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            if "loss" in terms:
+                self._bar.set_postfix(loss=f"{terms['loss']:.4g}", refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 0
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    p = Path(run_dir) / "logs" / "train.jsonl"
+    if not p.is_file():
+        return []
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]

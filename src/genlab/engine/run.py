@@ -1,0 +1,257 @@
+"""Run directories and the two halves of the Python API: `train(config)` and `load(run_dir)`.
+
+A run directory holds:
+    config.yaml        the resolved config (budgets are run totals)
+    manifest.json      genlab/torch versions, git commit, hardware, command line, data source
+    data.json          what sampling needs to undo preprocessing (sizes, mean/std, classes)
+    checkpoints/       step-XXXXXXXX.{safetensors,json} (last K), best.{safetensors,json}
+    logs/              train.jsonl, tb/ (TensorBoard)
+    samples/           grids written during training, final.png
+    report.json        test-split loss terms at the end of training
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import genlab
+from genlab.config import RunConfig, load_config, resolve, save_config
+from genlab.data.datasets import ImageData, load_image_data, resolve_data_root
+from genlab.data.transforms import BatchPipeline
+from genlab.engine import checkpoint as ckpt
+from genlab.engine.device import cpu_model, device_name, select_device
+from genlab.engine.distributed import DistInfo, barrier, init_distributed
+from genlab.engine.trainer import Trainer, TrainState
+from genlab.errors import CheckpointError, ConfigError
+from genlab.models.base import GenerativeModel
+from genlab.registry import get_model
+from genlab.sampling import draw_samples
+
+log = logging.getLogger("genlab")
+
+DATA_FIELDS = ("channels", "image_size", "num_classes")
+
+
+def resolve_data_fields(cfg: RunConfig, data: ImageData) -> RunConfig:
+    """Fill the model config's data-dependent fields (channels, image_size, num_classes) that
+    were left None, returning a new config; the user's explicit values are kept."""
+    names = {f.name for f in dataclasses.fields(cfg.model)}
+    fill = {k: getattr(data, k) for k in DATA_FIELDS if k in names and getattr(cfg.model, k) is None}
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **fill))
+
+
+def build_model(cfg: RunConfig) -> GenerativeModel:
+    _, model_cls = get_model(cfg.model_name)
+    return model_cls(cfg.model)
+
+
+def build_pipeline(cfg: RunConfig, meta: dict) -> BatchPipeline:
+    d = cfg.data
+    return BatchPipeline(d.normalize, meta["mean"], meta["std"], hflip=d.hflip,
+                         crop_padding=d.crop_padding, binarize=d.binarize)
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def manifest(device: torch.device, dist: DistInfo, data: ImageData, data_root: Path | None,
+             argv: list[str] | None) -> dict:
+    return {
+        "genlab_version": genlab.__version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_model": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "world_size": dist.world,
+        "command_line": argv if argv is not None else sys.argv,
+        "data_root": str(data_root) if data_root else None,
+        "data_source": data.source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    name = cfg.preset or cfg.model_name
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: TrainState
+    finished: bool  # False when interrupted (signal/request_stop) before the budget ended
+
+
+def _set_threads(threads: int | None, dist: DistInfo) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    elif dist.world > 1:
+        # torchrun on one machine: share the cores instead of oversubscribing them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))))
+
+
+def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike | None = None, *,
+          overrides: list[str] = (), resume: str | os.PathLike | None = None, steps: int | None = None,
+          minutes: float | None = None, seed: int | None = None, device: str | None = None,
+          threads: int | None = None, data_root: str | None = None, download: bool = False,
+          argv: list[str] | None = None,
+          callbacks: list[Callable[[Trainer], None]] | None = None) -> TrainResult:
+    """Train a model (a preset name, YAML path, nested dict or RunConfig), or resume a run.
+
+    The keyword budgets/options mirror the CLI flags and override the config."""
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = load_config(run_dir / "config.yaml")
+        prev = _read_json(run_dir / "manifest.json")
+        data_root = data_root or (prev or {}).get("data_root")
+    else:
+        if config is None:
+            raise ConfigError("give a preset or config file, or --resume RUN_DIR")
+        cfg = config if isinstance(config, RunConfig) else resolve(config, overrides)
+    t = cfg.train
+    t = dataclasses.replace(
+        t, steps=steps if steps is not None else t.steps,
+        minutes=minutes if minutes is not None else t.minutes,
+        seed=seed if seed is not None else t.seed, device=device or t.device,
+        threads=threads if threads is not None else t.threads)
+    cfg = dataclasses.replace(cfg, train=t, data=dataclasses.replace(cfg.data, download=cfg.data.download or download))
+    if resume is None:
+        run_dir = Path(out) if out else default_run_dir(cfg)
+        if ckpt.list_steps(run_dir / "checkpoints"):
+            raise ConfigError(f"{run_dir} already holds a run; continue it with `genlab train --resume {run_dir}` "
+                              "or choose another --out")
+
+    dev = select_device(t.device)
+    dist = init_distributed(dev.type)
+    if dev.type == "cuda" and dist.world > 1:
+        dev = torch.device("cuda", dist.local_rank)
+    _set_threads(t.threads, dist)
+    root = resolve_data_root(data_root)
+    data = load_image_data(cfg.data, root)
+    cfg = resolve_data_fields(cfg, data)
+    model = build_model(cfg)
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        ckpt.atomic_write_json(run_dir / "data.json", data.meta())
+        if resume is None or not (run_dir / "manifest.json").exists():
+            ckpt.atomic_write_json(run_dir / "manifest.json", manifest(dev, dist, data, root, argv))
+    barrier(dist)
+    pipeline = build_pipeline(cfg, data.meta())
+    log.info("run %s: %s on %s, %s params, data %s (%d train / %d val / %d test)", run_dir, cfg.model_name,
+             device_name(dev), f"{sum(p.numel() for p in model.parameters()):,}", data.source,
+             len(data.train_x), len(data.val_x), len(data.test_x))
+    trainer = Trainer(model, data, pipeline, cfg, run_dir, device=dev, dist=dist, callbacks=callbacks)
+    state = trainer.fit()
+    finished = state.stop_reason is not None
+    if finished and dist.is_main:
+        write_test_report(trainer, run_dir)
+    return TrainResult(run_dir, state, finished)
+
+
+def write_test_report(trainer: Trainer, run_dir: Path) -> None:
+    """Loss terms on the whole test split, in the evaluation report layout."""
+    t0 = time.perf_counter()
+    res = trainer.evaluate("test")
+    n = len(trainer.data.test_x)
+    secs = time.perf_counter() - t0
+    metrics = {f"test_{k}": {"value": v, "extractor": None, "n": n, "seed": trainer.t.seed, "seconds": secs}
+               for k, v in res.items()}
+    ckpt.atomic_write_json(run_dir / "report.json", {"run": str(run_dir), "step": trainer.state.step,
+                                                     "stop_reason": trainer.state.stop_reason, "metrics": metrics})
+
+
+def run_status(run_dir: Path) -> tuple[RunConfig, dict | None]:
+    """(config, newest valid checkpoint state or None) of a run directory."""
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    c = ckpt.latest_valid(Path(run_dir) / "checkpoints")
+    return cfg, (c.state if c else None)
+
+
+def is_finished(cfg: RunConfig, state: dict | None) -> bool:
+    if state is None:
+        return False
+    s = state["state"]
+    return s["step"] >= cfg.train.steps or (cfg.train.minutes is not None and s["elapsed"] >= cfg.train.minutes * 60)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class Run:
+    """A trained run, loaded for use: `genlab.load(run_dir).sample(16, seed=0)`."""
+
+    def __init__(self, run_dir: str | os.PathLike, checkpoint: str = "last", device: str = "cpu"):
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise CheckpointError(f"run directory {self.run_dir} not found")
+        self.cfg = load_config(self.run_dir / "config.yaml")
+        self.meta = _read_json(self.run_dir / "data.json")
+        if self.meta is None:
+            raise CheckpointError(f"{self.run_dir}/data.json is missing or corrupt; the run directory is damaged")
+        folder = self.run_dir / "checkpoints"
+        if checkpoint == "last":
+            names = ckpt.list_steps(folder)
+            if not names:
+                raise CheckpointError(f"{self.run_dir} has no checkpoint yet; train it first")
+            c = ckpt.read_checkpoint(folder, names[-1])
+        else:
+            c = ckpt.read_checkpoint(folder, checkpoint)
+        self.checkpoint = c
+        self.device = select_device(device)
+        self.model = build_model(self.cfg)
+        prefix = "ema." if any(k.startswith("ema.") for k in c.tensors) else "model."
+        sd = {k[len(prefix):]: v for k, v in c.tensors.items() if k.startswith(prefix)}
+        try:
+            self.model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {c.name} does not fit the run's config: "
+                                  f"{str(e).splitlines()[0]}") from None
+        self.model.to(self.device).eval()
+        self.pipeline = build_pipeline(self.cfg, self.meta)
+
+    @property
+    def step(self) -> int:
+        return self.checkpoint.state["state"]["step"]
+
+    def sample(self, n: int, *, seed: int = 0, label: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n samples as (uint8 (n, C, H, W) at the data's native size, labels or None)."""
+        return draw_samples(self.model, self.pipeline, n, seed=seed, label=label,
+                            native_size=tuple(self.meta["native_size"]))
+
+
+def load(run_dir: str | os.PathLike, checkpoint: str = "last", device: str = "cpu") -> Run:
+    """Load a run directory's newest (or `best`) checkpoint for sampling."""
+    return Run(run_dir, checkpoint, device)

@@ -1,0 +1,329 @@
+"""The one training loop for every model family.
+
+One training *step* runs the model's schedule, e.g. [("model", 1)] for a VAE or
+[("critic", 5), ("generator", 1)] for a WGAN. Each entry is an optimiser update made of
+`accum` micro-batches per process. All randomness of a micro-batch (augmentation,
+binarisation, the model's noise, dropout) comes from torch's global generator seeded with
+(seed, step, entry, repeat, shard), where shard = rank * accum + micro-batch. Hence:
+  - a resumed run replays exactly what an uninterrupted run does (no RNG state to restore);
+  - 2 processes x 1 micro-batch compute exactly what 1 process x 2 micro-batches does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from genlab.config import RunConfig
+from genlab.data.datasets import ImageData
+from genlab.data.transforms import BatchPipeline
+from genlab.engine import checkpoint as ckpt
+from genlab.engine.device import autocast_dtype
+from genlab.engine.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_module
+from genlab.engine.logs import RunLog
+from genlab.engine.optim import EMA, build_optimizer, lr_at
+from genlab.errors import ConfigError, TrainingDiverged
+from genlab.images import save_grid
+from genlab.models.base import GenerativeModel
+from genlab.seed import derive_seed, make_generator
+
+log = logging.getLogger("genlab")
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a checkpoint must carry to continue exactly."""
+
+    step: int = 0
+    batches: int = 0  # global batches drawn so far (a WGAN step draws n_critic + 1)
+    elapsed: float = 0.0  # training seconds, summed over all sessions of the run
+    best_val: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stop_reason: str | None = None  # steps | minutes | early_stop, once finished
+
+
+class BatchOrder:
+    """Global batch number -> example indices: successive epochs of random permutations,
+    each fixed by (seed, epoch), the incomplete tail of each epoch dropped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n < batch_size:
+            raise ConfigError(f"the training split has {n} images, fewer than train.batch_size={batch_size}; "
+                              "lower train.batch_size")
+        self.n, self.bs, self.seed = n, batch_size, seed
+        self.per_epoch = n // batch_size
+        self._epoch, self._perm = -1, None
+
+    def indices(self, b: int) -> torch.Tensor:
+        epoch, i = divmod(b, self.per_epoch)
+        if epoch != self._epoch:
+            g = make_generator(derive_seed(self.seed, "epoch", epoch))
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm[i * self.bs:(i + 1) * self.bs]
+
+
+class Trainer:
+    """Trains `model` on `data` as `cfg.train` says, writing checkpoints/logs/samples to `run_dir`."""
+
+    def __init__(self, model: GenerativeModel, data: ImageData, pipeline: BatchPipeline, cfg: RunConfig,
+                 run_dir: Path, *, device: torch.device, dist: DistInfo = DistInfo(),
+                 callbacks: list[Callable[["Trainer"], None]] | None = None):
+        self.cfg, self.t = cfg, cfg.train
+        self.model = model.to(device)
+        self.data, self.pipeline, self.device, self.dist = data, pipeline, device, dist
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.callbacks = callbacks or []
+        self.amp_dtype = autocast_dtype(self.t.amp, device)
+        self.groups = model.optimizers()
+        self.opts = {name: build_optimizer(params, self.t) for name, params in self.groups.items()}
+        self.plan = model.schedule()
+        self.ema = EMA(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
+        self.order = BatchOrder(len(data.train_x), self.t.batch_size, self.t.seed)
+        self.micro = self.t.batch_size // (self.t.accum * dist.world)
+        if self.micro * self.t.accum * dist.world != self.t.batch_size:
+            raise ConfigError(f"train.batch_size={self.t.batch_size} is not divisible by "
+                              f"accum x processes = {self.t.accum * dist.world}")
+        self.state = TrainState()
+        self._stop_requested: str | None = None
+        self.log = RunLog(self.run_dir, enabled=dist.is_main)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def sampling_model(self) -> nn.Module:
+        """EMA weights when EMA is on: they are the ones used for sampling and validation."""
+        return self.ema.module if self.ema else self.model
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.ema:
+            out.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
+        return out
+
+    def save(self, name: str | None = None) -> None:
+        """Checkpoint (rank 0 only): weights, EMA, optimisers, and the JSON state."""
+        if not self.dist.is_main:
+            return
+        tensors, opt_meta = self.tensors(), {}
+        for oname, opt in self.opts.items():
+            t, meta = ckpt.optimizer_to_flat(opt, f"optim.{oname}")
+            tensors.update(t)
+            opt_meta[oname] = meta
+        state = {"state": asdict(self.state), "optimizers": opt_meta, "config": self.cfg.to_dict(),
+                 "rng": {"scheme": "derived from (train.seed, step, entry, repeat, shard)",
+                         "seed": self.t.seed}}
+        ckpt.save_checkpoint(self.ckpt_dir, name or f"step-{self.state.step:08d}", tensors, state)
+        if name is None:
+            ckpt.prune(self.ckpt_dir, self.t.keep_last)
+
+    def restore(self, c: ckpt.Checkpoint) -> None:
+        sd = {k[6:]: v for k, v in c.tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(sd)
+            if self.ema:
+                self.ema.module.load_state_dict({k[4:]: v for k, v in c.tensors.items() if k.startswith("ema.")})
+        except RuntimeError as e:
+            raise ckpt.CheckpointError(f"checkpoint {c.name} does not fit this model: "
+                                       f"{str(e).splitlines()[0]}") from None
+        for oname, opt in self.opts.items():
+            ckpt.optimizer_from_flat(opt, f"optim.{oname}", c.tensors, c.state["optimizers"][oname])
+        self.state = TrainState(**c.state["state"])
+
+    def request_stop(self, reason: str = "signal") -> None:
+        """Finish the current step, checkpoint and return (used by signal handlers and tests)."""
+        self._stop_requested = reason
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainState:
+        latest = ckpt.latest_valid(self.ckpt_dir)
+        if latest is not None:
+            self.restore(latest)
+            log.info("resuming from %s (step %d, %.1f min trained)", latest.name, self.state.step,
+                     self.state.elapsed / 60)
+            self.log.truncate_after(self.state.step)
+        broadcast_module(self.model, self.dist)
+        if self.ema and latest is None:
+            self.ema.module.load_state_dict(self.model.state_dict())
+        self.state.stop_reason = None
+        budget_s = self.t.minutes * 60 if self.t.minutes else None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            try:
+                signal.signal(s, lambda *_: self.request_stop("signal"))
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        self.log.open_progress(self.t.steps, self.state.step)
+        t0, elapsed0 = time.perf_counter(), self.state.elapsed
+        window_t, window_steps = time.perf_counter(), 0
+        try:
+            while True:
+                self.state.elapsed = elapsed0 + time.perf_counter() - t0
+                reason = self._budget_reason(budget_s)
+                if reason:
+                    self.state.stop_reason = reason
+                    break
+                frac = self.state.elapsed / budget_s if budget_s else 0.0
+                lr = lr_at(self.state.step, self.t.steps, self.t.lr, warmup=self.t.warmup_steps,
+                           schedule=self.t.schedule, min_ratio=self.t.min_lr_ratio, time_fraction=frac)
+                terms = self._train_step(lr)
+                self.state.step += 1
+                window_steps += 1
+                s = self.state.step
+                for cb in self.callbacks:
+                    cb(self)
+                self.log.progress(terms)
+                if s % self.t.log_every == 0:
+                    dt = time.perf_counter() - window_t
+                    rate = window_steps / dt
+                    self.log.record("train", s, {**terms, "lr": lr, "steps_per_s": rate,
+                                                 "images_per_s": rate * self.t.batch_size *
+                                                 sum(r for _, r in self.plan),
+                                                 "elapsed_s": elapsed0 + time.perf_counter() - t0})
+                    window_t, window_steps = time.perf_counter(), 0
+                if s % self.t.eval_every == 0 and self._evaluate_and_track():
+                    self.state.stop_reason = "early_stop"
+                    break
+                if s % self.t.sample_every == 0:
+                    self.write_grid(f"step-{s:08d}.png")
+                if s % self.t.ckpt_every == 0:
+                    self.state.elapsed = elapsed0 + time.perf_counter() - t0
+                    self.save()
+                if self._stop_requested:
+                    break
+            self.state.elapsed = elapsed0 + time.perf_counter() - t0
+            if self.state.stop_reason and self.state.step % self.t.eval_every:
+                self._evaluate_and_track()
+            self.save()
+            if self.state.stop_reason:
+                self.write_grid("final.png")
+        finally:
+            self.log.close()
+            for s, h in previous.items():
+                try:
+                    signal.signal(s, h)
+                except ValueError:
+                    pass
+        return self.state
+
+    def _budget_reason(self, budget_s: float | None) -> str | None:
+        if self.state.step >= self.t.steps:
+            return "steps"
+        if budget_s is not None and self.state.elapsed >= budget_s:
+            return "minutes"
+        return None
+
+    def _train_step(self, lr: float) -> dict[str, float]:
+        """One schedule of optimiser updates; returns the mean of each loss term."""
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        s, A, rank = self.state.step, self.t.accum, self.dist.rank
+        for e, (oname, repeats) in enumerate(self.plan):
+            opt, params = self.opts[oname], self.groups[oname]
+            for g in opt.param_groups:
+                g["lr"] = lr
+            for r in range(repeats):
+                opt.zero_grad(set_to_none=True)
+                idx_global = self.order.indices(self.state.batches)
+                self.state.batches += 1
+                for m in range(A):
+                    shard = rank * A + m
+                    torch.manual_seed(derive_seed(self.t.seed, s, e, r, shard))
+                    idx = idx_global[shard * self.micro:(shard + 1) * self.micro]
+                    y = self.data.train_y[idx] if self.data.train_y is not None else None
+                    batch = self.pipeline(self.data.train_x[idx], y, device=self.device)
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                                        enabled=self.amp_dtype is not None):
+                        out = self.model.loss(batch, oname)
+                    (out["loss"] / A).backward()
+                    for k, v in out.items():
+                        key = k if len(self.plan) == 1 else f"{oname}/{k}"
+                        sums[key] = sums.get(key, 0) + v.detach().float() / (A * repeats)
+                average_gradients(params, self.dist)
+                self._check_finite(sums, s)
+                if self.t.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, self.t.grad_clip)
+                opt.step()
+        if self.ema:
+            self.ema.update(self.model, s)
+        return dict(zip(sums, self._mean_over_ranks(sums).tolist()))
+
+    def _mean_over_ranks(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        v = torch.stack([t.reshape(()) for t in sums.values()]).cpu()
+        return all_reduce_sum(v, self.dist) / self.dist.world
+
+    def _check_finite(self, sums: dict[str, torch.Tensor], step: int) -> None:
+        vals = self._mean_over_ranks(sums)
+        if bool(torch.isfinite(vals).all()):
+            return
+        bad = [k for k, v in zip(sums, vals.tolist()) if not math.isfinite(v)]
+        good = ckpt.list_steps(self.ckpt_dir)
+        keep = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written"
+        self.log.close()
+        raise TrainingDiverged(f"loss term '{bad[0]}' became {vals[list(sums).index(bad[0])].item()} "
+                               f"at step {step + 1}; {keep}; lower train.lr or set train.grad_clip")
+
+    # ------------------------------------------------------------------ eval and samples
+    @torch.no_grad()
+    def evaluate(self, split: str = "val", max_batches: int | None = None) -> dict[str, float]:
+        """Mean loss terms over a split, with fixed randomness, using the sampling weights."""
+        x_all = getattr(self.data, f"{split}_x")
+        y_all = getattr(self.data, f"{split}_y")
+        if len(x_all) == 0:
+            return {}
+        model = self.sampling_model
+        was_training = model.training
+        model.eval()
+        bs = self.t.batch_size
+        n_batches = math.ceil(len(x_all) / bs)
+        if max_batches:
+            n_batches = min(n_batches, max_batches)
+        sums: dict[str, float] = {}
+        count = 0
+        rng_state = torch.get_rng_state()
+        for i in range(n_batches):
+            torch.manual_seed(derive_seed(self.t.seed, split, i))
+            x = x_all[i * bs:(i + 1) * bs]
+            y = y_all[i * bs:(i + 1) * bs] if y_all is not None else None
+            batch = self.pipeline(x, y, train=False, device=self.device)
+            out = model.loss(batch, self.plan[-1][0])
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(x)
+            count += len(x)
+        torch.set_rng_state(rng_state)
+        model.train(was_training)
+        return {k: v / count for k, v in sums.items()}
+
+    def _evaluate_and_track(self) -> bool:
+        """Validate, keep the best checkpoint; True when early stopping says stop."""
+        res = self.evaluate("val", self.t.eval_batches)
+        if not res:
+            return False
+        val = res["loss"]
+        self.log.record("val", self.state.step, res)
+        st = self.state
+        if st.best_val is None or val < st.best_val:
+            st.best_val, st.best_step, st.evals_since_best = val, st.step, 0
+            self.save("best")
+        else:
+            st.evals_since_best += 1
+        p = self.t.early_stop_patience
+        return p is not None and st.evals_since_best >= p
+
+    @torch.no_grad()
+    def write_grid(self, name: str, n: int = 64) -> None:
+        if not self.dist.is_main:
+            return
+        from genlab.sampling import draw_samples
+
+        images, _ = draw_samples(self.sampling_model, self.pipeline, n, seed=derive_seed(self.t.seed, "grid"),
+                                 native_size=self.data.native_size)
+        save_grid(images, self.run_dir / "samples" / name, nrow=int(math.sqrt(n)) if n != 10 else 10)

@@ -1,0 +1,190 @@
+"""Variational autoencoders: VAE, beta-VAE and conditional VAE, with MLP or conv
+encoder/decoder and a Bernoulli or Gaussian likelihood (Kingma & Welling, 2014;
+Higgins et al., 2017; Sohn et al., 2015)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.errors import ConfigError
+from genlab.models.base import GenerativeModel
+from genlab.registry import register
+
+
+@dataclass
+class VAEConfig:
+    arch: str = "mlp"  # mlp | conv
+    latent_dim: int = 32
+    hidden: int = 512  # MLP width; conv: width of the dense layer
+    base_channels: int = 32  # conv: channels of the first conv layer (doubled once)
+    likelihood: str = "bernoulli"  # bernoulli (data in [0,1]) | gaussian (learned global scale)
+    beta: float = 1.0  # weight of the KL term (beta-VAE when > 1)
+    conditional: bool = False
+    # Filled in from the data when left None (see genlab.engine.run.resolve_data_fields).
+    channels: int | None = None
+    image_size: int | None = None
+    num_classes: int | None = None
+
+    def validate(self) -> None:
+        if self.arch not in ("mlp", "conv"):
+            raise ConfigError(f"model.arch must be mlp or conv, got {self.arch!r}")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ConfigError(f"model.likelihood must be bernoulli or gaussian, got {self.likelihood!r}")
+        if self.latent_dim < 1 or self.hidden < 1:
+            raise ConfigError("model.latent_dim and model.hidden must be >= 1")
+        if self.beta < 0:
+            raise ConfigError("model.beta must be >= 0")
+
+
+class _Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig, cond_dim: int):
+        super().__init__()
+        C, S, h = cfg.channels, cfg.image_size, cfg.hidden
+        if cfg.arch == "mlp":
+            self.features = nn.Flatten()
+            feat = C * S * S
+            self.body = nn.Sequential(nn.Linear(feat + cond_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+        else:
+            c = cfg.base_channels
+            self.features = nn.Sequential(
+                nn.Conv2d(C, c, 4, 2, 1), nn.SiLU(),  # (B, c, S/2, S/2)
+                nn.Conv2d(c, 2 * c, 4, 2, 1), nn.SiLU(),  # (B, 2c, S/4, S/4)
+                nn.Flatten(),
+            )
+            feat = 2 * c * (S // 4) ** 2
+            self.body = nn.Sequential(nn.Linear(feat + cond_dim, h), nn.SiLU())
+        self.head = nn.Linear(h, 2 * cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        if cond is not None:
+            f = torch.cat([f, cond], dim=1)
+        mu, logvar = self.head(self.body(f)).chunk(2, dim=1)  # (B, z) each
+        return mu, logvar
+
+
+class _Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig, cond_dim: int):
+        super().__init__()
+        C, S, h, z = cfg.channels, cfg.image_size, cfg.hidden, cfg.latent_dim
+        self.shape = (C, S, S)
+        if cfg.arch == "mlp":
+            self.net = nn.Sequential(
+                nn.Linear(z + cond_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, C * S * S)
+            )
+        else:
+            c = cfg.base_channels
+            self.net = nn.Sequential(
+                nn.Linear(z + cond_dim, h), nn.SiLU(),
+                nn.Linear(h, 2 * c * (S // 4) ** 2), nn.SiLU(),
+                nn.Unflatten(1, (2 * c, S // 4, S // 4)),
+                nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.SiLU(),  # (B, c, S/2, S/2)
+                nn.ConvTranspose2d(c, C, 4, 2, 1),  # (B, C, S, S)
+            )
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if cond is not None:
+            z = torch.cat([z, cond], dim=1)
+        return self.net(z).view(-1, *self.shape)
+
+
+class VAE(GenerativeModel):
+    """Encoder q(z|x[,y]) = N(mu, diag sigma^2), prior p(z) = N(0, I), decoder p(x|z[,y])."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        if cfg.channels is None or cfg.image_size is None:
+            raise ConfigError("VAE needs model.channels and model.image_size (taken from the data)")
+        if cfg.arch == "conv" and cfg.image_size % 4:
+            raise ConfigError(f"the conv VAE needs an image size divisible by 4, got {cfg.image_size}; "
+                              "set data.image_size")
+        if cfg.conditional and not cfg.num_classes:
+            raise ConfigError("a conditional VAE needs labelled data (class sub-folders or labels)")
+        self.cfg = cfg
+        self.conditional = cfg.conditional
+        self.num_classes = cfg.num_classes if cfg.conditional else None
+        cond_dim = cfg.num_classes if cfg.conditional else 0
+        self.encoder = _Encoder(cfg, cond_dim)
+        self.decoder = _Decoder(cfg, cond_dim)
+        if cfg.likelihood == "gaussian":
+            self.log_sigma = nn.Parameter(torch.zeros(()))  # global decoder scale, learned
+
+    # ------------------------------------------------------------------ pieces
+    def _cond(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        if y is None:
+            raise ConfigError("this VAE is conditional: pass labels")
+        return F.one_hot(y.long(), self.num_classes).float()
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x, self._cond(y, x.shape[0]))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder output: Bernoulli logits or Gaussian means, (B, C, H, W)."""
+        return self.decoder(z, self._cond(y, z.shape[0]))
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The decoder distribution's mean in data space."""
+        return torch.sigmoid(out) if self.cfg.likelihood == "bernoulli" else out
+
+    def log_px_z(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels, (B,)."""
+        if self.cfg.likelihood == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(1).sum(1)
+        log_sigma = self.log_sigma.clamp(min=-6.0)
+        lp = -0.5 * ((x - out) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
+        return lp.flatten(1).sum(1)
+
+    # ------------------------------------------------------------------ contract
+    def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
+        x, y = batch["x"], batch.get("y")
+        mu, logvar = (t.float() for t in self.encode(x, y))  # loss maths in fp32 under autocast
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
+        recon = -self.log_px_z(self.decode(z, y).float(), x).mean()
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1).mean()
+        return {"loss": recon + self.cfg.beta * kl, "recon": recon, "kl": kl, "neg_elbo": recon + kl}
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        dev = next(self.parameters()).device
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=generator.device).to(dev)
+        return self.decode_latent(z, None if labels is None else labels.to(dev))
+
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.cfg.latent_dim,)
+
+    @torch.no_grad()
+    def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent codes (B, z) -> images in data space (the decoder's mean)."""
+        return self.mean(self.decode(z, labels))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        mu, _ = self.encode(x, y)
+        return self.mean(self.decode(mu, y))
+
+    @torch.no_grad()
+    def iw_log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int,
+                       generator: torch.Generator) -> torch.Tensor:
+        """log p(x, z_i) - log q(z_i | x) for k samples z_i ~ q(z|x): shape (k, B)."""
+        B = x.shape[0]
+        mu, logvar = self.encode(x, y)  # (B, z)
+        std = (0.5 * logvar).exp()
+        eps = torch.randn(k, *mu.shape, generator=generator, device=generator.device).to(mu.device)
+        z = mu + eps * std  # (k, B, z)
+        log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)  # (k, B)
+        log_p_z = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)  # (k, B)
+        yk = None if y is None else y.repeat(k)
+        out = self.decode(z.reshape(k * B, -1), yk)  # (k*B, C, H, W)
+        log_px = self.log_px_z(out, x.repeat(k, 1, 1, 1)).view(k, B)
+        return log_px + log_p_z - log_q
+
+
+register("vae", VAEConfig, VAE)

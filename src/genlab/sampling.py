@@ -1,0 +1,75 @@
+"""Drawing samples from a trained model as uint8 images at the data's native size."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genlab.data.transforms import BatchPipeline
+from genlab.errors import ConfigError
+from genlab.images import resize_uint8
+from genlab.seed import make_generator
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """0, 1, ..., K-1, 0, 1, ...: each class gets n/K samples (the first n % K one more)."""
+    return torch.arange(n) % num_classes
+
+
+@torch.no_grad()
+def draw_samples(model: nn.Module, pipeline: BatchPipeline, n: int, *, seed: int,
+                 native_size: tuple[int, int], label: int | None = None,
+                 batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n samples -> (uint8 (n, C, H, W) at `native_size`, int64 labels or None).
+    A conditional model samples class `label`, or all classes in equal shares."""
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    conditional = getattr(model, "conditional", False)
+    k = getattr(model, "num_classes", None)
+    if label is not None and not conditional:
+        raise ConfigError("--label needs a conditional model; this one is unconditional")
+    if label is not None and not 0 <= label < k:
+        raise ConfigError(f"--label must be in 0..{k - 1}, got {label}")
+    labels = None
+    if conditional:
+        labels = torch.full((n,), label) if label is not None else balanced_labels(n, k)
+    was_training = model.training
+    model.eval()
+    g = make_generator(seed)
+    chunks = []
+    for i in range(0, n, batch_size):
+        yb = None if labels is None else labels[i:i + batch_size]
+        x = model.sample(min(batch_size, n - i), generator=g, labels=yb)
+        chunks.append(resize_uint8(pipeline.to_uint8(x), native_size))
+    model.train(was_training)
+    return torch.cat(chunks), labels
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows of a and b (B, D) at fractions t (S,) -> (B, S, D).
+    Gaussian latents keep their typical norm along the path, unlike linear interpolation."""
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    omega = torch.acos((an * bn).sum(1).clamp(-1 + 1e-7, 1 - 1e-7)).view(-1, 1, 1)  # (B, 1, 1)
+    t = t.view(1, -1, 1)
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a[:, None] + (torch.sin(t * omega) / so) * b[:, None]
+
+
+@torch.no_grad()
+def interpolation_grid(run, *, rows: int, steps: int, seed: int,
+                       label: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """rows x steps images walking the latent space between pairs of prior draws."""
+    model = run.model
+    if not hasattr(model, "decode_latent"):
+        raise ConfigError(f"{run.cfg.model_name} models have no latent space to interpolate")
+    g = make_generator(seed)
+    dim = model.latent_shape()
+    z0 = torch.randn(rows, *dim, generator=g)
+    z1 = torch.randn(rows, *dim, generator=g)
+    z = slerp(z0.flatten(1), z1.flatten(1), torch.linspace(0, 1, steps)).reshape(rows * steps, *dim)
+    labels = None
+    if getattr(model, "conditional", False):
+        per_row = torch.full((rows,), label) if label is not None else balanced_labels(rows, model.num_classes)
+        labels = per_row.repeat_interleave(steps)
+    x = model.decode_latent(z.to(run.device), None if labels is None else labels.to(run.device))
+    return resize_uint8(run.pipeline.to_uint8(x), tuple(run.meta["native_size"])), labels

@@ -43,10 +43,13 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The training engine's settings. `steps` and `minutes` are run totals."""
+    """The training engine's settings. `steps` and `minutes` are budgets (run totals; training
+    stops at whichever ends first). The LR schedule is laid out over `schedule_steps`, which a
+    new run fixes to the preset's `steps`, so `--steps` changes when a run stops, not its LR."""
 
     steps: int = 10_000
     minutes: float | None = None
+    schedule_steps: int | None = None
     batch_size: int = 128
     accum: int = 1  # gradient accumulation micro-batches per step
     optimizer: str = "adam"  # adam | adamw
@@ -269,6 +272,7 @@ def _validate_run(cfg: RunConfig) -> None:
     t, d = cfg.train, cfg.data
     checks = [
         (t.steps >= 0, "train.steps must be >= 0"),
+        (t.schedule_steps is None or t.schedule_steps >= 1, "train.schedule_steps must be >= 1"),
         (t.minutes is None or t.minutes > 0, "train.minutes must be > 0"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.accum >= 1, "train.accum must be >= 1"),

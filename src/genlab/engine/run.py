@@ -38,6 +38,7 @@ from genlab.errors import CheckpointError, ConfigError
 from genlab.models.base import GenerativeModel
 from genlab.registry import get_model
 from genlab.sampling import draw_samples
+from genlab.seed import seed_everything
 
 log = logging.getLogger("genlab")
 
@@ -135,6 +136,8 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
             raise ConfigError("give a preset or config file, or --resume RUN_DIR")
         cfg = config if isinstance(config, RunConfig) else resolve(config, overrides)
     t = cfg.train
+    if t.schedule_steps is None:  # fixed once, before the --steps budget applies
+        t = dataclasses.replace(t, schedule_steps=t.steps)
     t = dataclasses.replace(
         t, steps=steps if steps is not None else t.steps,
         minutes=minutes if minutes is not None else t.minutes,
@@ -155,6 +158,7 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
     root = resolve_data_root(data_root)
     data = load_image_data(cfg.data, root)
     cfg = resolve_data_fields(cfg, data)
+    seed_everything(t.seed)  # the initial weights are a function of the seed
     model = build_model(cfg)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")

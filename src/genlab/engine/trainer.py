@@ -172,7 +172,7 @@ class Trainer:
                     self.state.stop_reason = reason
                     break
                 frac = self.state.elapsed / budget_s if budget_s else 0.0
-                lr = lr_at(self.state.step, self.t.steps, self.t.lr, warmup=self.t.warmup_steps,
+                lr = lr_at(self.state.step, self.t.schedule_steps or self.t.steps, self.t.lr, warmup=self.t.warmup_steps,
                            schedule=self.t.schedule, min_ratio=self.t.min_lr_ratio, time_fraction=frac)
                 terms = self._train_step(lr)
                 self.state.step += 1
@@ -264,7 +264,9 @@ class Trainer:
         vals = self._mean_over_ranks(sums)
         if bool(torch.isfinite(vals).all()):
             return
-        bad = [k for k, v in zip(sums, vals.tolist()) if not math.isfinite(v)]
+        # name the component that broke, not the total it feeds into
+        bad = sorted((k for k, v in zip(sums, vals.tolist()) if not math.isfinite(v)),
+                     key=lambda k: k.endswith("loss"))
         good = ckpt.list_steps(self.ckpt_dir)
         keep = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written"
         self.log.close()

@@ -1,0 +1,1 @@
+"""Metrics: classifiers that judge samples, feature extractors and sample-quality scores."""

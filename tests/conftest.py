@@ -1,0 +1,57 @@
+"""Shared fixtures: the real data root (../shared/data), tiny configs, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from genlab.data.datasets import resolve_data_root
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = resolve_data_root()
+
+# A small MLP VAE on real MNIST: fast enough for tens of steps per test.
+TINY_VAE = ["model.hidden=64", "model.latent_dim=8", "train.batch_size=32", "train.amp=off",
+            "train.log_every=5", "train.eval_every=1000", "train.sample_every=1000", "train.ckpt_every=1000",
+            "train.eval_batches=2", "train.warmup_steps=3"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if DATA is None or not (DATA / "MNIST" / "raw").is_dir():
+        pytest.fail("../shared/data with MNIST is required beside the project (or set GENLAB_DATA)")
+    return DATA
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m genlab ARGS` and capture its output."""
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "genlab", *args], capture_output=True, text=True,
+                          timeout=timeout, env=e, cwd=cwd or ROOT)
+
+
+def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors (model, EMA, optimiser) of a run's newest checkpoint."""
+    from genlab.engine.checkpoint import latest_valid
+
+    c = latest_valid(Path(run_dir) / "checkpoints")
+    assert c is not None, f"no checkpoint in {run_dir}"
+    return c.tensors
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        diff = (a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0
+        assert diff <= atol, f"{k} differs by {diff}"

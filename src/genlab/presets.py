@@ -20,7 +20,7 @@ PRESETS: dict[str, Preset] = {
         {
             "model": {"name": "vae", "arch": "mlp", "latent_dim": 32, "hidden": 512},
             "data": dict(_MNIST_BINARY),
-            "train": {"steps": 30_000, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200,
+            "train": {"steps": 150_000, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200,
                       "ema_decay": 0.999, "eval_every": 1000, "sample_every": 2000},
         },
     ),

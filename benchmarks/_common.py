@@ -1,0 +1,37 @@
+"""Shared bits of the benchmark scripts: result files and run folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RUNS = HERE / "runs"  # ignored by git; the figures worth keeping go to results/
+
+sys.path.insert(0, str(HERE.parent / "src"))
+
+
+def fresh_run_dir(name: str) -> Path:
+    d = RUNS / name
+    if d.exists():
+        shutil.rmtree(d)
+    return d
+
+
+def write_results(name: str, data: dict, markdown: str) -> None:
+    from genlab.engine.checkpoint import atomic_write_json, atomic_write_text
+
+    atomic_write_json(RESULTS / f"{name}.json", data)
+    atomic_write_text(RESULTS / f"{name}.md", markdown)
+    print(f"wrote {RESULTS / name}.md and .json", file=sys.stderr)
+
+
+def machine_lines(m: dict) -> str:
+    return (f"- CPU: **{m['cpu_model']}**, {m['threads']} threads; torch {m['torch']}, genlab {m['genlab']} "
+            f"(commit {m['git_commit']})\n"
+            f"- matmul peak measured in this run: fp32 {m['matmul_fp32_gflops']} GFLOP/s, "
+            f"bf16 {m['matmul_bf16_gflops']} GFLOP/s; bf16 autocast {'on' if m['bf16_autocast'] else 'off'}\n"
+            f"- date: {m['date']}\n")

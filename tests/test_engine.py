@@ -176,3 +176,35 @@ def test_two_process_torchrun_matches_one_process(tmp_path, data_root):
     # rank 0 alone logged: one record per logged step
     steps = [ln for ln in (tmp_path / "two" / "logs" / "train.jsonl").read_text().splitlines() if '"train"' in ln]
     assert len(steps) == 1
+
+
+def test_sigterm_checkpoints_and_exits_130(tmp_path, data_root):
+    run = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "genlab", "train", "vae-mnist", "--data-root", str(data_root),
+                             "--out", str(run), "--set", *TINY_VAE, "train.steps=1000000"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = run / "logs" / "train.jsonl"
+    deadline = time.time() + 120
+    while not log.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and f"--resume {run}" in err
+    c = ckpt.latest_valid(run / "checkpoints")
+    assert c is not None and 5 <= c.state["state"]["step"] < 1000000
+
+
+def test_early_stopping_keeps_best(tmp_path, data_root, monkeypatch):
+    from genlab.engine.trainer import Trainer
+
+    vals = iter([5.0, 4.0, 4.5, 4.2, 4.1, 3.0])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, split="val", max_batches=None: {"loss": next(vals)})
+    res = genlab.train("vae-mnist", tmp_path / "r", overrides=TINY_VAE + ["train.steps=100", "train.eval_every=2",
+                                                                         "train.early_stop_patience=3"],
+                       data_root=str(data_root))
+    # evals at steps 2, 4 (best), 6, 8, 10: three without improvement -> stop at step 10
+    assert res.state.stop_reason == "early_stop" and res.state.step == 10
+    assert res.state.best_step == 4 and res.state.best_val == 4.0
+    best = ckpt.read_checkpoint(tmp_path / "r" / "checkpoints", "best")
+    assert best.state["state"]["step"] == 4

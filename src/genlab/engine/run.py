@@ -32,7 +32,7 @@ from genlab.data.datasets import ImageData, load_image_data, resolve_data_root
 from genlab.data.transforms import BatchPipeline
 from genlab.engine import checkpoint as ckpt
 from genlab.engine.device import cpu_model, device_name, select_device
-from genlab.engine.distributed import DistInfo, barrier, init_distributed
+from genlab.engine.distributed import DistInfo, barrier, init_distributed, shutdown
 from genlab.engine.trainer import Trainer, TrainState
 from genlab.errors import CheckpointError, ConfigError
 from genlab.models.base import GenerativeModel
@@ -171,10 +171,13 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
              device_name(dev), f"{sum(p.numel() for p in model.parameters()):,}", data.source,
              len(data.train_x), len(data.val_x), len(data.test_x))
     trainer = Trainer(model, data, pipeline, cfg, run_dir, device=dev, dist=dist, callbacks=callbacks)
-    state = trainer.fit()
-    finished = state.stop_reason is not None
-    if finished and dist.is_main:
-        write_test_report(trainer, run_dir)
+    try:
+        state = trainer.fit()
+        finished = state.stop_reason is not None
+        if finished and dist.is_main:
+            write_test_report(trainer, run_dir)
+    finally:
+        shutdown(dist)
     return TrainResult(run_dir, state, finished)
 
 

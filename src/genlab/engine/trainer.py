@@ -166,7 +166,9 @@ class Trainer:
         window_t, window_steps = time.perf_counter(), 0
         try:
             while True:
-                self.state.elapsed = elapsed0 + time.perf_counter() - t0
+                self.state.elapsed, stop = self._sync_control(elapsed0 + time.perf_counter() - t0)
+                if stop:
+                    break
                 reason = self._budget_reason(budget_s)
                 if reason:
                     self.state.stop_reason = reason
@@ -197,8 +199,6 @@ class Trainer:
                 if s % self.t.ckpt_every == 0:
                     self.state.elapsed = elapsed0 + time.perf_counter() - t0
                     self.save()
-                if self._stop_requested:
-                    break
             self.state.elapsed = elapsed0 + time.perf_counter() - t0
             if self.state.stop_reason and self.state.step % self.t.eval_every:
                 self._evaluate_and_track()
@@ -213,6 +213,16 @@ class Trainer:
                 except ValueError:
                     pass
         return self.state
+
+    def _sync_control(self, elapsed: float) -> tuple[float, bool]:
+        """Agree across processes on the elapsed time and on stopping, so that every rank
+        leaves the loop at the same step (a rank stopping alone would hang the others)."""
+        stop = self._stop_requested is not None
+        if self.dist.world > 1:
+            v = torch.tensor([elapsed, float(stop)], dtype=torch.float64)
+            torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.MAX)
+            elapsed, stop = v[0].item(), bool(v[1].item())
+        return elapsed, stop
 
     def _budget_reason(self, budget_s: float | None) -> str | None:
         if self.state.step >= self.t.steps:
@@ -321,11 +331,15 @@ class Trainer:
         return p is not None and st.evals_since_best >= p
 
     @torch.no_grad()
-    def write_grid(self, name: str, n: int = 64) -> None:
+    def write_grid(self, name: str) -> None:
+        """A grid from fixed noise, so grids over time show the same samples improving.
+        Conditional models: one column per class."""
         if not self.dist.is_main:
             return
         from genlab.sampling import draw_samples
 
-        images, _ = draw_samples(self.sampling_model, self.pipeline, n, seed=derive_seed(self.t.seed, "grid"),
+        k = self.model.num_classes if self.model.conditional else None
+        nrow = k if k and k <= 16 else 8
+        images, _ = draw_samples(self.sampling_model, self.pipeline, nrow * 8, seed=derive_seed(self.t.seed, "grid"),
                                  native_size=self.data.native_size)
-        save_grid(images, self.run_dir / "samples" / name, nrow=int(math.sqrt(n)) if n != 10 else 10)
+        save_grid(images, self.run_dir / "samples" / name, nrow=nrow)

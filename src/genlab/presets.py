@@ -44,3 +44,55 @@ PRESETS: dict[str, Preset] = {
         },
     ),
 }
+
+
+_MNIST_GAN = {"dataset": "mnist", "normalize": "minus_one_one"}
+_GAN_TRAIN = {"batch_size": 64, "lr": 2e-4, "betas": [0.5, 0.999], "grad_clip": None, "ema_decay": 0.999,
+              "warmup_steps": 0, "min_lr_ratio": 0.25, "log_every": 100, "sample_every": 1000,
+              "ckpt_every": 1000}
+
+PRESETS.update({
+    "gan-mlp-mnist": Preset(
+        "the seeds' MLP GAN: G 100-256-512-1024-784 (tanh), mirrored D, BCE, Adam 2e-4",
+        {
+            "model": {"name": "gan", "arch": "mlp", "loss": "bce", "latent_dim": 100, "g_batchnorm": False},
+            "data": dict(_MNIST_GAN),
+            "train": {**_GAN_TRAIN, "steps": 50_000},
+        },
+    ),
+    "dcgan-mnist": Preset(
+        "DCGAN (BatchNorm G, spectrally normalised D), non-saturating loss, EMA generator",
+        {
+            "model": {"name": "gan", "arch": "dcgan", "loss": "bce", "latent_dim": 64, "spectral_norm": True},
+            "data": dict(_MNIST_GAN),
+            "train": {**_GAN_TRAIN, "steps": 20_000},
+        },
+    ),
+    "wgan-gp-mnist": Preset(
+        "WGAN-GP: DCGAN architecture, critic with gradient penalty 10, 5 critic steps per G step",
+        {
+            "model": {"name": "gan", "arch": "dcgan", "loss": "wgan-gp", "latent_dim": 64, "n_critic": 5,
+                      "gp_weight": 10.0},
+            "data": dict(_MNIST_GAN),
+            "train": {**_GAN_TRAIN, "steps": 10_000, "lr": 1e-4, "betas": [0.0, 0.9]},
+        },
+    ),
+    "cgan-mnist": Preset(
+        "class-conditional DCGAN: label-embedding G, projection D with spectral norm, hinge loss",
+        {
+            "model": {"name": "gan", "arch": "dcgan", "loss": "hinge", "latent_dim": 64, "spectral_norm": True,
+                      "conditional": True},
+            "data": dict(_MNIST_GAN),
+            "train": {**_GAN_TRAIN, "steps": 20_000, "betas": [0.0, 0.9]},
+        },
+    ),
+    "sngan-mnist": Preset(
+        "SN-GAN: spectral norm on every D layer, hinge loss, two-time-scale LRs",
+        {
+            "model": {"name": "gan", "arch": "dcgan", "loss": "hinge", "latent_dim": 64, "spectral_norm": True,
+                      "d_lr_scale": 2.0},
+            "data": dict(_MNIST_GAN),
+            "train": {**_GAN_TRAIN, "steps": 20_000, "lr": 1e-4, "betas": [0.0, 0.9]},
+        },
+    ),
+})

@@ -69,8 +69,9 @@ class RunLog:
     def progress(self, terms: dict[str, float]) -> None:
         if self._bar is not None:
             self._bar.update(1)
-            if "loss" in terms:
-                self._bar.set_postfix(loss=f"{terms['loss']:.4g}", refresh=False)
+            shown = {k: f"{v:.4g}" for k, v in terms.items() if "loss" in k}
+            if shown:
+                self._bar.set_postfix(shown, refresh=False)
 
     def close(self) -> None:
         if self._bar is not None:

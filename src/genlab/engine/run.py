@@ -174,7 +174,7 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
     try:
         state = trainer.fit()
         finished = state.stop_reason is not None
-        if finished and dist.is_main:
+        if finished and dist.is_main and model.validation_loss:
             write_test_report(trainer, run_dir)
     finally:
         shutdown(dist)

@@ -239,7 +239,7 @@ class Trainer:
         for e, (oname, repeats) in enumerate(self.plan):
             opt, params = self.opts[oname], self.groups[oname]
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * self.model.lr_scale(oname)
             for r in range(repeats):
                 opt.zero_grad(set_to_none=True)
                 idx_global = self.order.indices(self.state.batches)
@@ -255,7 +255,7 @@ class Trainer:
                         out = self.model.loss(batch, oname)
                     (out["loss"] / A).backward()
                     for k, v in out.items():
-                        key = k if len(self.plan) == 1 else f"{oname}/{k}"
+                        key = f"loss_{oname}" if k == "loss" and len(self.plan) > 1 else k
                         sums[key] = sums.get(key, 0) + v.detach().float() / (A * repeats)
                 average_gradients(params, self.dist)
                 self._check_finite(sums, s)
@@ -316,6 +316,8 @@ class Trainer:
 
     def _evaluate_and_track(self) -> bool:
         """Validate, keep the best checkpoint; True when early stopping says stop."""
+        if not self.model.validation_loss:
+            return False
         res = self.evaluate("val", self.t.eval_batches)
         if not res:
             return False

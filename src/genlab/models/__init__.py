@@ -1,3 +1,3 @@
 """Model families. Importing this package registers every built-in model."""
 
-from genlab.models import vae  # noqa: F401
+from genlab.models import gan, vae  # noqa: F401

@@ -7,7 +7,8 @@ A model is an `nn.Module` with:
     (the normalised space batches arrive in), shape (n, C, H, W) for images.
   - `optimizers() -> dict[str, list[Parameter]]` and `schedule() -> list[(opt, repeats)]`:
     which parameters each optimiser owns and how many updates of each make one training step
-    (a VAE: [("model", 1)]; a WGAN: [("critic", 5), ("generator", 1)]).
+    (a VAE: [("model", 1)]; a WGAN: [("discriminator", 5), ("generator", 1)]), and
+    `lr_scale(opt)`, a per-optimiser multiplier of the learning rate.
 The engine knows nothing else about the model.
 """
 
@@ -22,12 +23,19 @@ class GenerativeModel(nn.Module):
 
     conditional: bool = False
     num_classes: int | None = None
+    # False for models whose loss says nothing about quality (GANs): no validation loss,
+    # no best-by-loss checkpoint, no early stopping on it.
+    validation_loss: bool = True
 
     def optimizers(self) -> dict[str, list[nn.Parameter]]:
         return {"model": [p for p in self.parameters() if p.requires_grad]}
 
     def schedule(self) -> list[tuple[str, int]]:
         return [(name, 1) for name in self.optimizers()]
+
+    def lr_scale(self, opt: str) -> float:
+        """Multiplier of train.lr for optimiser `opt` (e.g. a faster discriminator)."""
+        return 1.0
 
     def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
         raise NotImplementedError

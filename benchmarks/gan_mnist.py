@@ -1,0 +1,85 @@
+"""Train GAN presets for CPU budgets and record throughput, class coverage of 5,000 samples
+under the shipped lenet-mnist classifier, and sample grids.
+
+    .venv/bin/python benchmarks/gan_mnist.py --presets dcgan-mnist --minutes 5
+    .venv/bin/python benchmarks/gan_mnist.py --minutes 5 15      # every GAN preset, both budgets
+
+Writes benchmarks/results/gan-mnist.{md,json} (rows are merged with earlier runs of other
+presets/budgets) and benchmarks/results/<preset>-<minutes>min.png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from _common import RESULTS, fresh_run_dir, machine_lines, write_results
+
+import genlab
+from genlab.bench import machine_info
+from genlab.engine.logs import read_log
+from genlab.images import save_grid
+from genlab.metrics.classifier import label_accuracy, load_classifier, predict
+
+GAN_PRESETS = ["gan-mlp-mnist", "dcgan-mnist", "wgan-gp-mnist", "cgan-mnist", "sngan-mnist"]
+
+
+def bench_one(preset: str, minutes: float, n: int, seed: int) -> dict:
+    run_dir = fresh_run_dir(f"{preset}-{minutes:g}min")
+    t0 = time.time()
+    res = genlab.train(preset, run_dir, minutes=minutes, seed=seed)
+    wall = time.time() - t0
+    recs = [r for r in read_log(run_dir) if r["kind"] == "train"]
+    ips = sum(r["images_per_s"] for r in recs[1:]) / max(1, len(recs) - 1)
+    run = genlab.load(run_dir)
+    images, labels = run.sample(n, seed=seed)
+    clf = load_classifier("lenet-mnist")
+    fractions = (predict(clf, images).bincount(minlength=10).float() / n).tolist()
+    grid_name = f"{preset}-{minutes:g}min.png"
+    save_grid(images[:100], RESULTS / grid_name, nrow=10)
+    row = {"preset": preset, "minutes": minutes, "steps": res.state.step, "wall_seconds": wall,
+           "train_images_per_s": ips, "n": n, "class_fractions": fractions,
+           "min_class_fraction": min(fractions), "max_class_fraction": max(fractions),
+           "all_classes_5_to_15pct": all(0.05 <= f <= 0.15 for f in fractions), "grid": grid_name}
+    if labels is not None:
+        row["label_accuracy"] = label_accuracy(clf, images, labels)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", nargs="+", default=GAN_PRESETS)
+    ap.add_argument("--minutes", nargs="+", type=float, default=[5.0])
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    machine = machine_info()
+    path = RESULTS / "gan-mnist.json"
+    old = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    rows = {(r["preset"], r["minutes"]): r for r in old["rows"]}
+    for m in a.minutes:
+        for p in a.presets:
+            row = bench_one(p, m, a.n, a.seed)
+            row["machine"] = machine
+            rows[(p, m)] = row
+    ordered = sorted(rows.values(), key=lambda r: (GAN_PRESETS.index(r["preset"]) if r["preset"] in GAN_PRESETS
+                                                   else 99, r["minutes"]))
+    md = ["# GAN presets on MNIST\n",
+          "Command: `.venv/bin/python benchmarks/gan_mnist.py --presets PRESET... --minutes M...` (seed "
+          f"{a.seed}); class shares are of {a.n:,} samples (EMA generator) as labelled by lenet-mnist "
+          "(test accuracy 99.45%). Target for dcgan-mnist at 5 minutes: every class 5-15%.\n",
+          "Machine of the latest run:\n", machine_lines(machine),
+          "| preset | CPU minutes | steps | images/s | min class share | max class share | all in 5-15% | "
+          "label accuracy | samples |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for r in ordered:
+        acc = f"{100 * r['label_accuracy']:.1f}%" if "label_accuracy" in r else "-"
+        md.append(f"| {r['preset']} | {r['minutes']:g} | {r['steps']:,} | {r['train_images_per_s']:,.0f} | "
+                  f"{100 * r['min_class_fraction']:.1f}% | {100 * r['max_class_fraction']:.1f}% | "
+                  f"{'yes' if r['all_classes_5_to_15pct'] else 'no'} | {acc} | ![]({r['grid']}) |")
+    md.append("\nEach row's CPU model and matmul peak are in gan-mnist.json (`machine`).\n")
+    write_results("gan-mnist", {"rows": ordered}, "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()

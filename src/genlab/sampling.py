@@ -59,8 +59,10 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def interpolation_grid(run, *, rows: int, steps: int, seed: int,
                        label: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """rows x steps images walking the latent space between pairs of prior draws."""
+    from genlab.models.base import LatentVariableModel
+
     model = run.model
-    if not hasattr(model, "decode_latent"):
+    if not isinstance(model, LatentVariableModel):
         raise ConfigError(f"{run.cfg.model_name} models have no latent space to interpolate")
     g = make_generator(seed)
     dim = model.latent_shape()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genlab.errors import ConfigError
+
 
 class GenerativeModel(nn.Module):
     """Base class with the single-optimiser defaults."""
@@ -44,3 +46,33 @@ class GenerativeModel(nn.Module):
     def sample(self, n: int, *, generator: torch.Generator,
                labels: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+
+class LatentVariableModel(GenerativeModel):
+    """A model that decodes prior draws z ~ N(0, I) (VAEs, GANs): sampling and latent
+    interpolation follow from `latent_shape()` and `decode_latent(z, labels)`."""
+
+    def latent_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        dev = next(self.parameters()).device
+        z = torch.randn(n, *self.latent_shape(), generator=generator, device=generator.device).to(dev)
+        return self.decode_latent(z, None if labels is None else labels.to(dev))
+
+
+def check_image_fields(cfg, family: str, divisor: int | None = None) -> None:
+    """The data-dependent fields an image model needs, with errors that say what to set.
+    `divisor`: the image size must be a multiple of it (strided conv stacks)."""
+    if cfg.channels is None or cfg.image_size is None:
+        raise ConfigError(f"{family} needs model.channels and model.image_size (taken from the data)")
+    if divisor and cfg.image_size % divisor:
+        raise ConfigError(f"the {family} needs an image size divisible by {divisor}, got {cfg.image_size}; "
+                          "set data.image_size")
+    if getattr(cfg, "conditional", False) and not cfg.num_classes:
+        raise ConfigError(f"a conditional {family} needs labelled data (class sub-folders or labels)")

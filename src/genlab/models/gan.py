@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from genlab.errors import ConfigError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import LatentVariableModel, check_image_fields
 from genlab.registry import register
 
 
@@ -144,16 +144,10 @@ class Discriminator(nn.Module):
         return out
 
 
-class GAN(GenerativeModel):
+class GAN(LatentVariableModel):
     def __init__(self, cfg: GANConfig):
         super().__init__()
-        if cfg.channels is None or cfg.image_size is None:
-            raise ConfigError("GAN needs model.channels and model.image_size (taken from the data)")
-        if cfg.arch == "dcgan" and cfg.image_size % 4:
-            raise ConfigError(f"the dcgan architecture needs an image size divisible by 4, got {cfg.image_size}; "
-                              "set data.image_size")
-        if cfg.conditional and not cfg.num_classes:
-            raise ConfigError("a conditional GAN needs labelled data (class sub-folders or labels)")
+        check_image_fields(cfg, "DCGAN" if cfg.arch == "dcgan" else "GAN", 4 if cfg.arch == "dcgan" else None)
         self.cfg = cfg
         self.conditional = cfg.conditional
         self.num_classes = cfg.num_classes if cfg.conditional else None
@@ -206,13 +200,6 @@ class GAN(GenerativeModel):
     @torch.no_grad()
     def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.generator(z, labels)
-
-    @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
-        dev = next(self.parameters()).device
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=generator.device).to(dev)
-        return self.decode_latent(z, None if labels is None else labels.to(dev))
 
 
 register("gan", GANConfig, GAN)

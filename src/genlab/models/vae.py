@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.errors import ConfigError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import LatentVariableModel, check_image_fields
 from genlab.registry import register
 
 
@@ -93,18 +93,12 @@ class _Decoder(nn.Module):
         return self.net(z).view(-1, *self.shape)
 
 
-class VAE(GenerativeModel):
+class VAE(LatentVariableModel):
     """Encoder q(z|x[,y]) = N(mu, diag sigma^2), prior p(z) = N(0, I), decoder p(x|z[,y])."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        if cfg.channels is None or cfg.image_size is None:
-            raise ConfigError("VAE needs model.channels and model.image_size (taken from the data)")
-        if cfg.arch == "conv" and cfg.image_size % 4:
-            raise ConfigError(f"the conv VAE needs an image size divisible by 4, got {cfg.image_size}; "
-                              "set data.image_size")
-        if cfg.conditional and not cfg.num_classes:
-            raise ConfigError("a conditional VAE needs labelled data (class sub-folders or labels)")
+        check_image_fields(cfg, "conv VAE" if cfg.arch == "conv" else "VAE", 4 if cfg.arch == "conv" else None)
         self.cfg = cfg
         self.conditional = cfg.conditional
         self.num_classes = cfg.num_classes if cfg.conditional else None
@@ -149,13 +143,6 @@ class VAE(GenerativeModel):
         recon = -self.log_px_z(self.decode(z, y).float(), x).mean()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1).mean()
         return {"loss": recon + self.cfg.beta * kl, "recon": recon, "kl": kl, "neg_elbo": recon + kl}
-
-    @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
-        dev = next(self.parameters()).device
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=generator.device).to(dev)
-        return self.decode_latent(z, None if labels is None else labels.to(dev))
 
     def latent_shape(self) -> tuple[int, ...]:
         return (self.cfg.latent_dim,)

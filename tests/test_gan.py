@@ -118,3 +118,22 @@ def test_conditional_gan_samples_requested_labels(tmp_path, data_root):
         assert torch.equal(v, c.tensors[f"ema.{k}"])
     assert any(not torch.equal(c.tensors[f"ema.{k}"], c.tensors[f"model.{k}"])
                for k in run.model.state_dict() if k.startswith("generator.") and "weight" in k)
+
+
+def test_gans_train_on_fashion_and_rgb_folders_by_changing_data(tmp_path, data_root):
+    import numpy as np
+    from PIL import Image
+
+    res = genlab.train("cgan-mnist", tmp_path / "fashion", overrides=SMALL + ["data.dataset=fashion-mnist"],
+                       steps=2, data_root=str(data_root))
+    imgs, labels = genlab.load(res.run_dir).sample(10, seed=0)
+    assert imgs.shape == (10, 1, 28, 28) and labels.tolist() == list(range(10))
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    res = genlab.train("dcgan-mnist", tmp_path / "rgb", overrides=SMALL + [
+        "data.dataset=folder", f"data.path={tmp_path / 'images'}", "data.image_size=32", "data.channels=3",
+        "train.batch_size=8", "data.val_size=0.1", "data.test_size=0.1"], steps=2)
+    imgs, labels = genlab.load(res.run_dir).sample(5, seed=0)
+    assert imgs.shape == (5, 3, 32, 32) and labels is None

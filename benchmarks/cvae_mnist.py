@@ -7,10 +7,8 @@ shipped lenet-mnist classifier sees the requested class (target: >= 90% after 5 
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 
-import torch
 
 from _common import RESULTS, fresh_run_dir, machine_lines, write_results
 

@@ -69,7 +69,8 @@ class RunLog:
     def progress(self, terms: dict[str, float]) -> None:
         if self._bar is not None:
             self._bar.update(1)
-            shown = {k: f"{v:.4g}" for k, v in terms.items() if "loss" in k}
+            # the totals only: "loss", or "loss_<optimiser>" for models with several optimisers
+            shown = {k: f"{v:.4g}" for k, v in terms.items() if k == "loss" or k.startswith("loss_")}
             if shown:
                 self._bar.set_postfix(shown, refresh=False)
 

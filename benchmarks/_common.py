@@ -34,3 +34,12 @@ def machine_lines(m: dict) -> str:
             f"- matmul peak measured in this run: fp32 {m['matmul_fp32_gflops']} GFLOP/s, "
             f"bf16 {m['matmul_bf16_gflops']} GFLOP/s; bf16 autocast {'on' if m['bf16_autocast'] else 'off'}\n"
             f"- date: {m['date']}\n")
+
+
+def mean_train_throughput(run_dir: Path) -> float:
+    """Mean training images/s over a run's log records, skipping the first (start-up) window
+    unless it is the only one."""
+    from genlab.engine.logs import read_log
+
+    ips = [r["images_per_s"] for r in read_log(run_dir) if r["kind"] == "train"]
+    return sum(ips[1:]) / len(ips[1:]) if len(ips) > 1 else ips[0]

@@ -10,11 +10,10 @@ import argparse
 import time
 
 
-from _common import RESULTS, fresh_run_dir, machine_lines, write_results
+from _common import mean_train_throughput, RESULTS, fresh_run_dir, machine_lines, write_results
 
 import genlab
 from genlab.bench import machine_info
-from genlab.engine.logs import read_log
 from genlab.metrics.classifier import class_histogram, label_accuracy, load_classifier, predict
 
 
@@ -27,8 +26,7 @@ def main() -> None:
     machine = machine_info()
     run_dir = fresh_run_dir("cvae-mnist")
     res = genlab.train("cvae-mnist", run_dir, minutes=a.minutes, seed=a.seed)
-    recs = [r for r in read_log(run_dir) if r["kind"] == "train"]
-    ips = sum(r["images_per_s"] for r in recs[1:]) / max(1, len(recs) - 1)
+    ips = mean_train_throughput(run_dir)
     run = genlab.load(run_dir)
     t0 = time.time()
     images, labels = run.sample(a.n, seed=a.seed)

@@ -13,11 +13,10 @@ import argparse
 import json
 import time
 
-from _common import RESULTS, fresh_run_dir, machine_lines, write_results
+from _common import mean_train_throughput, RESULTS, fresh_run_dir, machine_lines, write_results
 
 import genlab
 from genlab.bench import machine_info
-from genlab.engine.logs import read_log
 from genlab.images import save_grid
 from genlab.metrics.classifier import label_accuracy, load_classifier, predict
 
@@ -29,8 +28,7 @@ def bench_one(preset: str, minutes: float, n: int, seed: int) -> dict:
     t0 = time.time()
     res = genlab.train(preset, run_dir, minutes=minutes, seed=seed)
     wall = time.time() - t0
-    recs = [r for r in read_log(run_dir) if r["kind"] == "train"]
-    ips = sum(r["images_per_s"] for r in recs[1:]) / max(1, len(recs) - 1)
+    ips = mean_train_throughput(run_dir)
     run = genlab.load(run_dir)
     images, labels = run.sample(n, seed=seed)
     clf = load_classifier("lenet-mnist")

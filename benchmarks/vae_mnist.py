@@ -15,14 +15,13 @@ import time
 
 import torch
 
-from _common import RESULTS, fresh_run_dir, machine_lines, write_results
+from _common import mean_train_throughput, RESULTS, fresh_run_dir, machine_lines, write_results
 
 import genlab
 from genlab.bench import dense_macs_per_example, machine_info, pipeline_throughput, training_mfu
 from genlab.config import DataConfig
 from genlab.data.datasets import load_image_data, resolve_data_root
 from genlab.data.transforms import BatchPipeline
-from genlab.engine.logs import read_log
 from genlab.images import save_grid
 from genlab.metrics.likelihood import bits_per_dim, iw_nll
 from genlab.sampling import interpolation_grid
@@ -54,9 +53,7 @@ def main() -> None:
     t0 = time.time()
     res = genlab.train("vae-mnist", run_dir, minutes=a.minutes, seed=a.seed, data_root=str(root))
     wall = time.time() - t0
-    recs = [r for r in read_log(run_dir) if r["kind"] == "train"]
-    ips = [r["images_per_s"] for r in recs[1:]] or [recs[0]["images_per_s"]]
-    images_per_s = sum(ips) / len(ips)
+    images_per_s = mean_train_throughput(run_dir)
 
     run = genlab.load(run_dir)
     g = torch.Generator().manual_seed(12345)

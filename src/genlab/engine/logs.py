@@ -14,6 +14,12 @@ from genlab.engine.checkpoint import atomic_write_text
 log = logging.getLogger("genlab")
 
 
+def is_total_loss(key: str) -> bool:
+    """A back-propagated total: "loss", or "loss_<optimiser>" for models with several optimisers
+    (the other terms are its components or diagnostics)."""
+    return key == "loss" or key.startswith("loss_")
+
+
 class RunLog:
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
@@ -69,8 +75,7 @@ class RunLog:
     def progress(self, terms: dict[str, float]) -> None:
         if self._bar is not None:
             self._bar.update(1)
-            # the totals only: "loss", or "loss_<optimiser>" for models with several optimisers
-            shown = {k: f"{v:.4g}" for k, v in terms.items() if k == "loss" or k.startswith("loss_")}
+            shown = {k: f"{v:.4g}" for k, v in terms.items() if is_total_loss(k)}
             if shown:
                 self._bar.set_postfix(shown, refresh=False)
 

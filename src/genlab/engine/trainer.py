@@ -28,7 +28,7 @@ from genlab.data.transforms import BatchPipeline
 from genlab.engine import checkpoint as ckpt
 from genlab.engine.device import autocast_dtype
 from genlab.engine.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_module
-from genlab.engine.logs import RunLog
+from genlab.engine.logs import RunLog, is_total_loss
 from genlab.engine.optim import EMA, build_optimizer, lr_at
 from genlab.errors import ConfigError, TrainingDiverged
 from genlab.images import save_grid
@@ -275,8 +275,7 @@ class Trainer:
         if bool(torch.isfinite(vals).all()):
             return
         # name the component that broke, not the total it feeds into
-        bad = sorted((k for k, v in zip(sums, vals.tolist()) if not math.isfinite(v)),
-                     key=lambda k: k.endswith("loss"))
+        bad = sorted((k for k, v in zip(sums, vals.tolist()) if not math.isfinite(v)), key=is_total_loss)
         good = ckpt.list_steps(self.ckpt_dir)
         keep = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written"
         self.log.close()

@@ -37,9 +37,7 @@ def machine_lines(m: dict) -> str:
 
 
 def mean_train_throughput(run_dir: Path) -> float:
-    """Mean training images/s over a run's log records, skipping the first (start-up) window
-    unless it is the only one."""
-    from genlab.engine.logs import read_log
+    """Mean training images/s (or tokens/s) of a run, as `genlab compare` reports it."""
+    from genlab.engine.logs import mean_throughput
 
-    ips = [r["images_per_s"] for r in read_log(run_dir) if r["kind"] == "train"]
-    return sum(ips[1:]) / len(ips[1:]) if len(ips) > 1 else ips[0]
+    return mean_throughput(run_dir)[0]

@@ -56,6 +56,34 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=10, help="images per interpolation row")
     s.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
     s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--prompt", help="text runs: the text to continue (streamed to stdout; default a newline)")
+    s.add_argument("--max-tokens", type=int, default=500, help="text runs: tokens to generate")
+    s.add_argument("--temperature", type=float, default=1.0, help="text runs: 0 = greedy")
+    s.add_argument("--top-k", type=int, help="text runs: sample among the k most likely tokens")
+    s.add_argument("--top-p", type=float, help="text runs: nucleus sampling mass (0-1]")
+    s.add_argument("--repetition-penalty", type=float, default=1.0, help="text runs: > 1 discourages repeats")
+    s.add_argument("--stop", help="text runs: end the text before this string")
+    s.add_argument("--no-cache", action="store_true", help="text runs: recompute the context for every token")
+
+    e = sub.add_parser("evaluate", help="metrics for a run's model family -> report.json + report.html")
+    e.add_argument("run_dir")
+    e.add_argument("--n", type=int, help="samples to draw (images: default 10,000)")
+    e.add_argument("--metrics", nargs="+", help="subset of metrics (default: all that apply), e.g. fid kid")
+    e.add_argument("--out", help="report path (default RUN_DIR/report.json; the HTML goes beside it)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--extractor", help="feature extractor: lenet-mnist, lenet-fashion or inception "
+                                       "(default: the dataset's offline LeNet)")
+    e.add_argument("--inception-weights", help="local file of torch-fidelity's Inception weights")
+    e.add_argument("--download", action="store_true", help="download the Inception weights if missing (online)")
+    e.add_argument("--iw-k", type=int, help="importance samples for likelihood bounds (default 100)")
+    e.add_argument("--data-root", help="folder holding the datasets (default: the run's)")
+    e.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
+    e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--no-html", action="store_true", help="write report.json only")
+
+    c = sub.add_parser("compare", help="one table of several runs' metrics, throughput and time")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--out", help="also write the table as FILE.html")
 
     sub.add_parser("presets", help="list presets")
     i = sub.add_parser("info", help="show a run's config, progress and key figures")
@@ -98,6 +126,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from genlab.images import write_images
 
     run = load(a.run_dir, a.checkpoint, a.device)
+    if run.family == "text" or a.prompt is not None:
+        return _sample_text(run, a)
     if a.interpolate:
         from genlab.sampling import interpolation_grid
 
@@ -111,6 +141,61 @@ def cmd_sample(a: argparse.Namespace) -> int:
     out = a.out or str(Path(a.run_dir) / "samples" / f"{kind}-seed{a.seed}.png")
     path = write_images(out, images, labels, nrow=nrow)
     log.info("wrote %d images to %s", len(images), path)
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from genlab.evaluation import evaluate
+
+    opts = {k: v for k, v in (("extractor", a.extractor), ("inception_weights", a.inception_weights),
+                              ("iw_k", a.iw_k), ("data_root", a.data_root), ("download", a.download or None))
+            if v is not None}
+    report = evaluate(a.run_dir, n=a.n, metrics=a.metrics, out=a.out, seed=a.seed, checkpoint=a.checkpoint,
+                      device=a.device, html=not a.no_html, **opts)
+    out = Path(a.out) if a.out else Path(a.run_dir) / "report.json"
+    for name, m in report["metrics"].items():
+        ext = f" ({m['extractor']})" if m.get("extractor") else ""
+        print(f"{name + ext:<32} {m['value']:.6g}")
+    log.info("wrote %s%s in %.1f s", out, "" if a.no_html else f" and {out.with_suffix('.html')}",
+             report["seconds_with_report"])
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from genlab.evaluation.compare import collect, format_table, write_compare_html
+
+    header, rows = collect(a.run_dirs)
+    print(format_table(header, rows))
+    if a.out:
+        log.info("wrote %s", write_compare_html(header, rows, Path(a.out)))
+    return 0
+
+
+def _sample_text(run, a: argparse.Namespace) -> int:
+    """Stream a continuation to stdout as it is generated; --out also writes prompt + text."""
+    import time
+
+    prompt = "\n" if a.prompt is None else a.prompt
+    pieces = run.generate(prompt, a.max_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                          repetition_penalty=a.repetition_penalty, stop=a.stop, seed=a.seed,
+                          use_cache=not a.no_cache)
+    t0, out = time.perf_counter(), []
+    for piece in pieces:  # bad input raises at the first piece, before anything is written
+        if not out:
+            sys.stdout.write(prompt)
+        out.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    if not out:
+        sys.stdout.write(prompt)
+    sys.stdout.write("\n")
+    text = prompt + "".join(out)
+    if a.out:
+        from genlab.engine.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(a.out), text)
+        log.info("wrote %s", a.out)
+    log.info("%d characters in %.2f s", len(text), time.perf_counter() - t0)
     return 0
 
 
@@ -142,7 +227,8 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets, "info": cmd_info}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
+            "presets": cmd_presets, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

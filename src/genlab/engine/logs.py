@@ -103,3 +103,16 @@ def read_log(run_dir: Path) -> list[dict]:
     if not p.is_file():
         return []
     return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def mean_throughput(run_dir: Path) -> tuple[float | None, str | None]:
+    """(mean training throughput, its unit) over a run's log records, skipping the first
+    (start-up) window unless it is the only one; the unit is the log's `*_per_s` key that
+    counts data (images_per_s, tokens_per_s, ...), not steps."""
+    train = [r for r in read_log(run_dir) if r.get("kind") == "train"]
+    keys = [k for k in (train[0] if train else {}) if k.endswith("_per_s") and k != "steps_per_s"]
+    if not keys:
+        return None, None
+    vals = [r[keys[0]] for r in train if keys[0] in r]
+    vals = vals[1:] if len(vals) > 1 else vals
+    return sum(vals) / len(vals), keys[0].replace("_per_s", "/s")

@@ -23,6 +23,7 @@ from genlab.errors import ConfigError
 class GenerativeModel(nn.Module):
     """Base class with the single-optimiser defaults."""
 
+    family: str = "image"  # which evaluator and sampler apply: "image", "text", "graph"
     conditional: bool = False
     num_classes: int | None = None
     # False for models whose loss says nothing about quality (GANs): no validation loss,

@@ -1,0 +1,102 @@
+"""`genlab evaluate`: the metrics that fit a run's model family, in one report.
+
+report.json layout (shared by every family):
+    {"run": str, "step": int, "model": str, "created": str, "machine": str, "seconds": float,
+     "metrics": {NAME: {"value": float, "extractor": str | null, "n": int, "seed": int,
+                        "seconds": float, ...extra fields}}}
+The default output is RUN_DIR/report.json: metrics already there (e.g. the test losses
+written at the end of training) are kept, and the ones just computed replace theirs.
+An HTML page with the table, sample grids and loss curves is written beside the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from genlab.engine.checkpoint import atomic_write_json
+from genlab.engine.device import cpu_model, device_name
+from genlab.errors import ConfigError
+
+log = logging.getLogger("genlab")
+
+
+def _image_family(run, *, n, seed, metrics, **opts):
+    from genlab.evaluation.images import ImageEvalOptions, evaluate_images, with_data_root
+
+    o = with_data_root(ImageEvalOptions(n=n or 10_000, seed=seed, metrics=metrics, **opts), run)
+    return evaluate_images(run, o)
+
+
+def _text_family(run, *, n, seed, metrics, **opts):
+    from genlab.evaluation.text import evaluate_text
+
+    if opts:
+        raise ConfigError(f"option(s) {', '.join(opts)} do not apply to text runs")
+    res = evaluate_text(run, n=n, seed=seed, metrics=metrics)
+    return res if isinstance(res, tuple) else (res, {})
+
+
+# model family -> evaluator(run, n, seed, metrics, **options) -> (metrics, artefacts)
+EVALUATORS = {"image": _image_family, "text": _text_family}
+
+
+def evaluate(run_dir: str | Path, *, n: int | None = None, metrics: list[str] | None = None,
+             out: str | Path | None = None, seed: int = 0, checkpoint: str = "last", device: str = "cpu",
+             html: bool = True, **options) -> dict:
+    """Evaluate a run and write report.json (+ report.html). `options` go to the family's
+    evaluator (images: extractor, inception_weights, download, iw_k, data_root)."""
+    from genlab.engine.run import load
+
+    t0 = time.perf_counter()
+    if n is not None and n < 2:
+        raise ConfigError(f"--n must be at least 2, got {n}")
+    run = load(run_dir, checkpoint, device)
+    family = getattr(run.model, "family", "image")
+    if family not in EVALUATORS:
+        raise ConfigError(f"no evaluator for {family} models yet")
+    with torch.no_grad():
+        values, artefacts = EVALUATORS[family](run, n=n, seed=seed, metrics=metrics, **options)
+    out = Path(out) if out else Path(run_dir) / "report.json"
+    previous = _read(out)
+    merged = dict(previous.get("metrics", {})) if previous.get("run") == str(run_dir) else {}
+    merged.update(values)
+    report = {"run": str(run_dir), "step": run.step, "model": run.cfg.preset or run.cfg.model_name,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "machine": f"{cpu_model()}, {torch.get_num_threads()} threads ({device_name(run.device)})",
+              "seconds": round(time.perf_counter() - t0, 3), "metrics": merged}
+    atomic_write_json(out, report)
+    if html:
+        _write_html(run, report, out, artefacts)
+    report["seconds_with_report"] = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_html(run, report: dict, out: Path, artefacts: dict) -> Path:
+    from genlab.evaluation.html import loss_curve_png, write_report_html
+    from genlab.images import make_grid, png_bytes
+
+    pics: dict[str, bytes] = {}
+    if artefacts.get("samples") is not None:
+        s = artefacts["samples"][:100]
+        k = run.model.num_classes if run.model.conditional else None
+        pics[f"samples (seed {report['metrics'].get('fid', {}).get('seed', 0)})"] = png_bytes(
+            make_grid(s, nrow=k if k and k <= 16 else 10))
+    if artefacts.get("reconstructions") is not None:
+        o, r = artefacts["originals"][:10], artefacts["reconstructions"][:10]
+        pics["test images (top) and reconstructions (bottom)"] = png_bytes(make_grid(torch.cat([o, r]), nrow=len(o)))
+    curve = loss_curve_png(run.run_dir)
+    if curve:
+        pics["training losses"] = curve
+    return write_report_html(report, out.with_suffix(".html"), pics, artefacts.get("text"))

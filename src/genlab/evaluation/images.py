@@ -1,0 +1,235 @@
+"""Metrics of an image run: sample quality against the real test split (FID, KID,
+precision/recall, IS, class coverage, label accuracy), reconstruction (MSE, PSNR, SSIM,
+feature distance) for models that reconstruct, and likelihood bounds for models that have
+one. Which metrics apply is decided by what the model can do, not by its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from genlab.data.datasets import ImageData, cache_dir, load_image_data
+from genlab.engine.checkpoint import atomic_write_bytes
+from genlab.errors import ConfigError, DataError
+from genlab.images import resize_uint8
+from genlab.metrics import reconstruction as rec
+from genlab.metrics import sample_quality as sq
+from genlab.metrics.features import Extractor, default_extractor, get_extractor
+from genlab.metrics.likelihood import bits_per_dim, iw_nll
+
+log = logging.getLogger("genlab")
+
+SAMPLE_METRICS = ("fid", "kid", "precision", "recall", "inception_score", "class_coverage", "label_accuracy")
+RECON_METRICS = ("mse", "psnr", "ssim", "feature_distance")
+LIKELIHOOD_METRICS = ("nll_nats", "bits_per_dim")
+IMAGE_METRICS = SAMPLE_METRICS + RECON_METRICS + LIKELIHOOD_METRICS
+_CLASSIFIER_METRICS = ("inception_score", "class_coverage", "label_accuracy")  # need the extractor's logits
+
+
+@dataclass
+class ImageEvalOptions:
+    n: int = 10_000
+    seed: int = 0
+    metrics: list[str] | None = None  # None: everything that applies
+    extractor: str | None = None  # None: the dataset's offline default
+    inception_weights: str | None = None
+    download: bool = False
+    iw_k: int = 100  # importance samples for likelihood bounds
+    data_root: str | None = None
+
+
+def applicable(model, extractor: str | None) -> list[str]:
+    """The metrics that make sense for `model` with feature extractor `extractor`."""
+    out: list[str] = []
+    if extractor:
+        out += ["fid", "kid", "precision", "recall"]
+        if extractor.startswith("lenet"):
+            out += ["inception_score", "class_coverage"] + (["label_accuracy"] if model.conditional else [])
+        elif extractor == "inception":
+            out += ["inception_score"]
+    if hasattr(model, "reconstruct"):
+        out += ["mse", "psnr", "ssim"] + (["feature_distance"] if extractor else [])
+    if hasattr(model, "iw_log_weights"):
+        out += list(LIKELIHOOD_METRICS)
+    return out
+
+
+def _real_test_images(run, data_root: str | None) -> tuple[ImageData, torch.Tensor]:
+    """The run's data and its test split as uint8 at the native size samples come back at."""
+    try:
+        data = load_image_data(run.cfg.data, data_root)
+    except DataError as e:
+        raise DataError(f"cannot load the run's data for evaluation ({e}); pass --data-root") from None
+    test = data.test_x
+    if len(test) == 0:
+        raise DataError("the run's data has no test split to compare samples with; set data.test_size")
+    return data, resize_uint8(test, tuple(run.meta["native_size"]))
+
+
+def reference_features(extractor: Extractor, images: torch.Tensor, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and logits of real images, cached per (dataset, split, extractor, N) in genlab's
+    cache; the file name carries a hash of the pixels, so changed data is never served stale."""
+    digest = hashlib.blake2b(images.contiguous().numpy().tobytes(), digest_size=8).hexdigest()
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    path = cache_dir() / "reference" / f"{safe}-{extractor.name}-n{len(images)}-{digest}.safetensors"
+    if path.is_file():
+        try:
+            t = load_file(str(path))
+            return t["features"], t["logits"]
+        except Exception:  # noqa: BLE001  a damaged cache file is recomputed
+            log.warning("ignoring a damaged reference cache %s", path)
+    feats, logits = extractor(images)
+    atomic_write_bytes(path, save({"features": feats.contiguous(), "logits": logits.contiguous()}))
+    return feats, logits
+
+
+def _entry(value: float, extractor: str | None, n: int, seed: int, seconds: float, **extra) -> dict:
+    return {"value": float(value), "extractor": extractor, "n": int(n), "seed": int(seed),
+            "seconds": round(seconds, 3), **extra}
+
+
+def evaluate_images(run, opts: ImageEvalOptions) -> tuple[dict[str, dict], dict]:
+    """Compute the requested image metrics. Returns (metrics, artefacts) where artefacts
+    holds the samples drawn (for the HTML report)."""
+    dataset = run.cfg.data.dataset
+    shape = (run.meta["channels"], *run.meta["native_size"])
+    ext_name = opts.extractor or default_extractor(dataset, shape)
+    wanted = applicable(run.model, ext_name)
+    if opts.metrics:
+        unknown = [m for m in opts.metrics if m not in IMAGE_METRICS]
+        if unknown:
+            raise ConfigError(f"unknown image metric(s) {', '.join(unknown)}; known: {', '.join(IMAGE_METRICS)}")
+        missing = [m for m in opts.metrics if m not in wanted]
+        if missing:
+            why = ("no offline feature extractor fits this data; pass --extractor inception"
+                   if not ext_name else f"{run.cfg.model_name} models with extractor {ext_name} do not support them")
+            raise ConfigError(f"cannot compute {', '.join(missing)}: {why}")
+        wanted = list(opts.metrics)
+    elif not ext_name:
+        log.warning("no offline feature extractor for %s %s images; FID/KID skipped (use --extractor inception)",
+                    dataset, "x".join(map(str, shape)))
+    data, real = _real_test_images(run, opts.data_root)
+    out: dict[str, dict] = {}
+    artefacts: dict = {}
+    needs_samples = any(m in SAMPLE_METRICS for m in wanted)
+    extractor = get_extractor(ext_name, run.device, weights=opts.inception_weights,
+                              download=opts.download) if ext_name and (
+        needs_samples or "feature_distance" in wanted) else None
+
+    if needs_samples:
+        t0 = time.perf_counter()
+        fake, labels = run.sample(opts.n, seed=opts.seed)
+        t_sample = time.perf_counter() - t0
+        artefacts.update(samples=fake, labels=labels, sample_seconds=t_sample)
+        n_real = min(opts.n, len(real))
+        t0 = time.perf_counter()
+        r_feats, _ = reference_features(extractor, real[:n_real], f"{data.source}-test")
+        f_feats, f_logits = extractor(fake)
+        t_feat = time.perf_counter() - t0 + t_sample  # every metric below shares the sampling cost
+        n = len(fake)
+
+        def timed(fn):
+            t = time.perf_counter()
+            v = fn()
+            return v, time.perf_counter() - t + t_feat
+
+        extra = {"n_real": n_real, "sample_seconds": round(t_sample, 3)}
+        if "fid" in wanted:
+            def _fid():
+                a, b = sq.FeatureSet(), sq.FeatureSet()
+                a.update(r_feats)
+                b.update(f_feats)
+                return sq.fid(a, b)
+            v, s = timed(_fid)
+            out["fid"] = _entry(v, ext_name, n, opts.seed, s, **extra)
+        if "kid" in wanted:
+            (v, std), s = timed(lambda: sq._compute_kid(r_feats, f_feats, seed=opts.seed))
+            out["kid"] = _entry(v, ext_name, n, opts.seed, s, std=std, **extra)
+        if "precision" in wanted or "recall" in wanted:
+            (p, r), s = timed(lambda: sq._compute_precision_recall(r_feats, f_feats))
+            for name, v in (("precision", p), ("recall", r)):
+                if name in wanted:
+                    out[name] = _entry(v, ext_name, n, opts.seed, s, k=3, **extra)
+        if "inception_score" in wanted:
+            (v, std), s = timed(lambda: sq._compute_inception_score(f_logits))
+            out["inception_score"] = _entry(v, ext_name, n, opts.seed, s, std=std, splits=10)
+        if "class_coverage" in wanted or "label_accuracy" in wanted:
+            pred = f_logits.argmax(1)
+            k = f_logits.shape[1]
+            shares = (torch.bincount(pred, minlength=k).double() / n).tolist()
+            # a class is covered when it gets at least half of a uniform share
+            cov = sum(sh >= 0.5 / k for sh in shares) / k
+            if "class_coverage" in wanted:
+                out["class_coverage"] = _entry(cov, ext_name, n, opts.seed, t_feat,
+                                               per_class=[round(x, 5) for x in shares])
+            if "label_accuracy" in wanted:
+                acc = (pred == labels).double().mean().item()
+                per = [(pred[labels == c] == c).double().mean().item() for c in range(k) if (labels == c).any()]
+                out["label_accuracy"] = _entry(acc, ext_name, n, opts.seed, t_feat,
+                                               per_class=[round(x, 5) for x in per])
+
+    if any(m in RECON_METRICS for m in wanted):
+        t0 = time.perf_counter()
+        n = min(opts.n, len(real))
+        recon = reconstruct_test(run, data, n, opts.seed)
+        truth = real[:n]
+        t_rec = time.perf_counter() - t0
+        artefacts.update(reconstructions=recon[:50], originals=truth[:50])
+        fns = {"mse": rec.mse, "psnr": rec.psnr, "ssim": rec.ssim,
+               "feature_distance": lambda a, b: rec.feature_distance(extractor, a, b)}
+        for name in RECON_METRICS:
+            if name in wanted:
+                t = time.perf_counter()
+                v = fns[name](recon, truth)
+                out[name] = _entry(v, ext_name if name == "feature_distance" else None, n, opts.seed,
+                                   time.perf_counter() - t + t_rec)
+
+    if any(m in LIKELIHOOD_METRICS for m in wanted):
+        t0 = time.perf_counter()
+        n = min(opts.n, len(data.test_x))
+        torch.manual_seed(opts.seed)  # the binarisation of test images, if any, is fixed by the seed
+        batch = run.pipeline(data.test_x[:n], data.test_y[:n] if data.test_y is not None else None,
+                             train=False, device=run.device)
+        nll = iw_nll(run.model, batch["x"], batch.get("y"), k=opts.iw_k, seed=opts.seed).mean().item()
+        s = time.perf_counter() - t0
+        dims = int(torch.tensor(batch["x"].shape[1:]).prod())
+        if "nll_nats" in wanted:
+            out["nll_nats"] = _entry(nll, None, n, opts.seed, s, k=opts.iw_k, bound="importance-weighted upper")
+        if "bits_per_dim" in wanted:
+            out["bits_per_dim"] = _entry(bits_per_dim(nll, dims), None, n, opts.seed, s, k=opts.iw_k)
+    return out, artefacts
+
+
+@torch.no_grad()
+def reconstruct_test(run, data: ImageData, n: int, seed: int, batch_size: int = 500) -> torch.Tensor:
+    """Reconstructions (posterior mean decoded) of the first n test images, uint8 at native size."""
+    torch.manual_seed(seed)
+    chunks = []
+    for i in range(0, n, batch_size):
+        y = data.test_y[i:min(n, i + batch_size)] if data.test_y is not None else None
+        batch = run.pipeline(data.test_x[i:min(n, i + batch_size)], y, train=False, device=run.device)
+        x = run.model.reconstruct(batch["x"], batch.get("y"))
+        chunks.append(resize_uint8(run.pipeline.to_uint8(x), tuple(run.meta["native_size"])))
+    return torch.cat(chunks)
+
+
+def with_data_root(opts: ImageEvalOptions, run) -> ImageEvalOptions:
+    """Default the data root to the one the run was trained with (manifest), if any."""
+    if opts.data_root:
+        return opts
+    m = Path(run.run_dir) / "manifest.json"
+    try:
+        import json
+
+        root = json.loads(m.read_text()).get("data_root")
+    except (OSError, ValueError):
+        root = None
+    return dataclasses.replace(opts, data_root=root) if root and Path(root).is_dir() else opts

@@ -17,6 +17,7 @@ from _common import mean_train_throughput, RESULTS, fresh_run_dir, machine_lines
 
 import genlab
 from genlab.bench import machine_info
+from genlab.evaluation import evaluate
 from genlab.images import save_grid
 from genlab.metrics.classifier import label_accuracy, load_classifier, predict
 
@@ -41,7 +42,15 @@ def bench_one(preset: str, minutes: float, n: int, seed: int) -> dict:
            "all_classes_5_to_15pct": all(0.05 <= f <= 0.15 for f in fractions), "grid": grid_name}
     if labels is not None:
         row["label_accuracy"] = label_accuracy(clf, images, labels)
+    t0 = time.time()
+    report = evaluate(run_dir, n=10_000, metrics=["fid", "kid", "precision", "recall"], seed=seed)
+    row["evaluate_seconds"] = time.time() - t0
+    row.update({k: report["metrics"][k]["value"] for k in ("fid", "kid", "precision", "recall")})
     return row
+
+
+def _m(row: dict, key: str, fmt: str) -> str:
+    return format(row[key], fmt) if key in row else "-"
 
 
 def main() -> None:
@@ -68,13 +77,17 @@ def main() -> None:
           "(test accuracy 99.45%). Target for dcgan-mnist at 5 minutes: every class 5-15%.\n",
           "Machine of the latest run:\n", machine_lines(machine),
           "| preset | CPU minutes | steps | images/s | min class share | max class share | all in 5-15% | "
-          "label accuracy | samples |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "label accuracy | FID (lenet-mnist) | KID | precision | recall | samples |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ordered:
         acc = f"{100 * r['label_accuracy']:.1f}%" if "label_accuracy" in r else "-"
         md.append(f"| {r['preset']} | {r['minutes']:g} | {r['steps']:,} | {r['train_images_per_s']:,.0f} | "
                   f"{100 * r['min_class_fraction']:.1f}% | {100 * r['max_class_fraction']:.1f}% | "
-                  f"{'yes' if r['all_classes_5_to_15pct'] else 'no'} | {acc} | ![]({r['grid']}) |")
+                  f"{'yes' if r['all_classes_5_to_15pct'] else 'no'} | {acc} | {_m(r, 'fid', '.2f')} | "
+                  f"{_m(r, 'kid', '.4f')} | {_m(r, 'precision', '.3f')} | {_m(r, 'recall', '.3f')} | ![]({r['grid']}) |")
+    md.append("\nFID, KID and precision/recall (k=3): `genlab evaluate RUN --n 10000` against the 10,000 MNIST "
+              "test images in the lenet-mnist feature space (not comparable with Inception FIDs); the "
+              "train-vs-test floor is in [evaluation.md](evaluation.md). '-' = not measured for that row.")
     md.append("\nEach row's CPU model and matmul peak are in gan-mnist.json (`machine`).\n")
     write_results("gan-mnist", {"rows": ordered}, "\n".join(md) + "\n")
 

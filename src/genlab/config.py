@@ -28,8 +28,8 @@ from genlab.errors import ConfigError
 class DataConfig:
     """Where the data comes from and how a batch is prepared."""
 
-    dataset: str = "mnist"  # mnist | fashion-mnist | digits | folder | array
-    path: str | None = None  # folder or .npz/.npy, relative to the data root
+    dataset: str = "mnist"  # mnist | fashion-mnist | digits | folder | array | text
+    path: str | None = None  # folder or .npz/.npy (text: a UTF-8 file or folder), relative to the data root
     image_size: int | None = None  # resize to this (square); None = native size
     channels: int | None = None  # 1 or 3 for image folders; None = from the data
     normalize: str = "minus_one_one"  # minus_one_one | zero_one | standardize
@@ -39,6 +39,8 @@ class DataConfig:
     val_size: float = 5000  # images held out of train for validation (a fraction if < 1)
     test_size: float = 0.1  # for folders/arrays without a test split: fraction or count
     download: bool = False  # MNIST/Fashion-MNIST: fetch with torchvision when missing
+    tokenizer: str = "char"  # text: char | bpe (byte-level BPE trained on the corpus)
+    vocab_size: int = 1024  # text, bpe: vocabulary size (256 bytes + merges)
 
 
 @dataclass
@@ -287,9 +289,10 @@ def _validate_run(cfg: RunConfig) -> None:
          f"train.device must be auto, cpu or cuda, got {t.device!r}"),
         (d.normalize in ("minus_one_one", "zero_one", "standardize"),
          f"data.normalize must be minus_one_one, zero_one or standardize, got {d.normalize!r}"),
-        (d.dataset in ("mnist", "fashion-mnist", "digits", "folder", "array"),
+        (d.dataset in ("mnist", "fashion-mnist", "digits", "folder", "array", "text"),
          f"unknown data.dataset {d.dataset!r}"
-         f"{close_matches(d.dataset, ['mnist', 'fashion-mnist', 'digits', 'folder', 'array'])}"),
+         f"{close_matches(d.dataset, ['mnist', 'fashion-mnist', 'digits', 'folder', 'array', 'text'])}"),
+        (d.tokenizer in ("char", "bpe"), f"data.tokenizer must be char or bpe, got {d.tokenizer!r}"),
         (d.crop_padding >= 0, "data.crop_padding must be >= 0"),
         (not d.binarize or d.normalize == "zero_one", "data.binarize needs data.normalize=zero_one"),
     ]

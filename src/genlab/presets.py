@@ -97,3 +97,42 @@ PRESETS.update({
         },
     ),
 })
+
+
+# Text: tiny Shakespeare, character level, nanoGPT's split (first 90% train, last 10% val).
+_SHAKESPEARE_CHAR = {"dataset": "text", "path": "shakespeare/input.txt", "tokenizer": "char", "val_size": 0.1}
+# nanoGPT's optimiser: AdamW, beta2 0.99, weight decay 0.1, clip 1.0, 100 warmup steps,
+# lr decayed (cosine) to a tenth over the run.
+_NANOGPT_TRAIN = {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1, "grad_clip": 1.0,
+                  "warmup_steps": 100, "min_lr_ratio": 0.1, "schedule": "cosine"}
+
+PRESETS.update({
+    "gpt-shakespeare-cpu": Preset(
+        "char GPT in nanoGPT's documented CPU shape: 4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 steps",
+        {
+            "model": {"name": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0},
+            "data": dict(_SHAKESPEARE_CHAR),
+            "train": {**_NANOGPT_TRAIN, "steps": 2000, "batch_size": 12, "log_every": 50, "eval_every": 500,
+                      "eval_batches": 20, "sample_every": 1000, "ckpt_every": 500},
+        },
+    ),
+    "gpt-shakespeare": Preset(
+        "char GPT as nanoGPT's shakespeare_char: 6 layers, 6 heads, 384 wide, block 256, batch 64, dropout 0.2",
+        {
+            "model": {"name": "gpt", "n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2},
+            "data": dict(_SHAKESPEARE_CHAR),
+            "train": {**_NANOGPT_TRAIN, "steps": 5000, "batch_size": 64, "log_every": 10, "eval_every": 250,
+                      "eval_batches": 20, "sample_every": 500, "ckpt_every": 250},
+        },
+    ),
+    "lstm-shakespeare": Preset(
+        "char LSTM (char-rnn style): 2 layers of 512, embedding 128, dropout 0.2, windows of 128",
+        {
+            "model": {"name": "lstm", "n_layer": 2, "hidden": 512, "n_embd": 128, "block_size": 128, "dropout": 0.2},
+            "data": dict(_SHAKESPEARE_CHAR),
+            "train": {"optimizer": "adam", "lr": 2e-3, "grad_clip": 1.0, "warmup_steps": 100, "min_lr_ratio": 0.1,
+                      "steps": 5000, "batch_size": 32, "log_every": 50, "eval_every": 500, "eval_batches": 20,
+                      "sample_every": 1000, "ckpt_every": 500},
+        },
+    ),
+})

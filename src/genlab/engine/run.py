@@ -22,13 +22,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 import genlab
 from genlab.config import RunConfig, load_config, resolve, save_config
 from genlab.data.datasets import ImageData, load_image_data, resolve_data_root
+from genlab.data.text import TextData, load_text_data, load_tokenizer
 from genlab.data.transforms import BatchPipeline
 from genlab.engine import checkpoint as ckpt
 from genlab.engine.device import cpu_model, device_name, select_device
@@ -42,14 +43,14 @@ from genlab.seed import seed_everything
 
 log = logging.getLogger("genlab")
 
-DATA_FIELDS = ("channels", "image_size", "num_classes")
+DATA_FIELDS = ("channels", "image_size", "num_classes", "vocab_size")
 
 
 def resolve_data_fields(cfg: RunConfig, data: ImageData) -> RunConfig:
     """Fill the model config's data-dependent fields (channels, image_size, num_classes) that
     were left None, returning a new config; the user's explicit values are kept."""
     names = {f.name for f in dataclasses.fields(cfg.model)}
-    fill = {k: getattr(data, k) for k in DATA_FIELDS if k in names and getattr(cfg.model, k) is None}
+    fill = {k: getattr(data, k, None) for k in DATA_FIELDS if k in names and getattr(cfg.model, k) is None}
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **fill))
 
 
@@ -58,7 +59,23 @@ def build_model(cfg: RunConfig) -> GenerativeModel:
     return model_cls(cfg.model)
 
 
-def build_pipeline(cfg: RunConfig, meta: dict) -> BatchPipeline:
+def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None) -> ImageData | TextData:
+    """The dataset the config names, checked against the model family. Text runs reuse the
+    tokenizer saved in `run_dir` when there is one (a resumed run)."""
+    family = getattr(get_model(cfg.model_name)[1], "family", "image")
+    if (cfg.data.dataset == "text") != (family == "text"):
+        raise ConfigError(f"model {cfg.model_name} is a{'' if family == 'text' else 'n'} {family} model but "
+                          f"data.dataset={cfg.data.dataset}; set data.dataset="
+                          f"{'text' if family == 'text' else 'mnist (or folder/array)'}")
+    if family == "text":
+        tok = run_dir / "tokenizer.json" if run_dir is not None else None
+        return load_text_data(cfg.data, root, block_size=cfg.model.block_size, tokenizer_path=tok)
+    return load_image_data(cfg.data, root)
+
+
+def build_pipeline(cfg: RunConfig, meta: dict) -> BatchPipeline | None:
+    if meta.get("family") == "text":
+        return None  # text batches are windows of token ids, nothing to prepare
     d = cfg.data
     return BatchPipeline(d.normalize, meta["mean"], meta["std"], hflip=d.hflip,
                          crop_padding=d.crop_padding, binarize=d.binarize)
@@ -156,13 +173,15 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
         dev = torch.device("cuda", dist.local_rank)
     _set_threads(t.threads, dist)
     root = resolve_data_root(data_root)
-    data = load_image_data(cfg.data, root)
+    data = load_data(cfg, root, run_dir)
     cfg = resolve_data_fields(cfg, data)
     seed_everything(t.seed)  # the initial weights are a function of the seed
     model = build_model(cfg)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         ckpt.atomic_write_json(run_dir / "data.json", data.meta())
+        if isinstance(data, TextData):
+            ckpt.atomic_write_text(run_dir / "tokenizer.json", data.tokenizer.to_json())
         if resume is None or not (run_dir / "manifest.json").exists():
             ckpt.atomic_write_json(run_dir / "manifest.json", manifest(dev, dist, data, root, argv))
     barrier(dist)
@@ -182,12 +201,14 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
 
 
 def write_test_report(trainer: Trainer, run_dir: Path) -> None:
-    """Loss terms on the whole test split, in the evaluation report layout."""
+    """Loss terms on the whole test split, in the evaluation report layout (text data has no
+    test split: its val split, as many random windows as it has tokens / block_size)."""
     t0 = time.perf_counter()
-    res = trainer.evaluate("test")
-    n = len(trainer.data.test_x)
+    split = "val" if len(trainer.data.test_x) == 0 and trainer.text else "test"
+    res = trainer.evaluate(split)
+    n = len(getattr(trainer.data, f"{split}_x"))
     secs = time.perf_counter() - t0
-    metrics = {f"test_{k}": {"value": v, "extractor": None, "n": n, "seed": trainer.t.seed, "seconds": secs}
+    metrics = {f"{split}_{k}": {"value": v, "extractor": None, "n": n, "seed": trainer.t.seed, "seconds": secs}
                for k, v in res.items()}
     ckpt.atomic_write_json(run_dir / "report.json", {"run": str(run_dir), "step": trainer.state.step,
                                                      "stop_reason": trainer.state.stop_reason, "metrics": metrics})
@@ -248,6 +269,8 @@ class Run:
                                   f"{str(e).splitlines()[0]}") from None
         self.model.to(self.device).eval()
         self.pipeline = build_pipeline(self.cfg, self.meta)
+        self.family = getattr(self.model, "family", "image")
+        self.tokenizer = load_tokenizer(self.run_dir / "tokenizer.json") if self.family == "text" else None
 
     @property
     def step(self) -> int:
@@ -255,8 +278,32 @@ class Run:
 
     def sample(self, n: int, *, seed: int = 0, label: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n samples as (uint8 (n, C, H, W) at the data's native size, labels or None)."""
+        if self.family == "text":
+            raise ConfigError(f"{self.run_dir} is a text run: sample it with a prompt (Run.generate, "
+                              "genlab sample RUN --prompt TEXT)")
         return draw_samples(self.model, self.pipeline, n, seed=seed, label=label,
                             native_size=tuple(self.meta["native_size"]))
+
+
+    def data(self, data_root: str | os.PathLike | None = None) -> ImageData | TextData:
+        """The run's dataset, from `data_root` or the root the run was trained from."""
+        root = data_root or (_read_json(self.run_dir / "manifest.json") or {}).get("data_root")
+        return load_data(self.cfg, resolve_data_root(root), self.run_dir)
+
+    def generate(self, prompt: str, max_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, repetition_penalty: float = 1.0, stop: str | None = None,
+                 seed: int = 0, use_cache: bool = True) -> Iterator[str]:
+        """Stream the continuation of `prompt` (text runs), piece by piece."""
+        from genlab.models.autoregressive.generation import SamplingConfig, stream_text
+
+        if self.family != "text":
+            raise ConfigError(f"--prompt is for text runs; {self.run_dir} is a {self.cfg.model_name} "
+                              f"{self.family} model (drop --prompt)")
+        if max_tokens < 0:
+            raise ConfigError(f"--max-tokens must be >= 0, got {max_tokens}")
+        return stream_text(self.model, self.tokenizer, prompt, max_tokens,
+                           SamplingConfig(temperature, top_k, top_p, repetition_penalty),
+                           seed=seed, stop=stop, use_cache=use_cache)
 
 
 def load(run_dir: str | os.PathLike, checkpoint: str = "last", device: str = "cpu") -> Run:

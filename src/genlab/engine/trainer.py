@@ -88,7 +88,10 @@ class Trainer:
         self.opts = {name: build_optimizer(params, self.t) for name, params in self.groups.items()}
         self.plan = model.schedule()
         self.ema = EMA(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
-        self.order = BatchOrder(len(data.train_x), self.t.batch_size, self.t.seed)
+        # Text data has no epochs: each micro-batch draws random windows from its seeded generator.
+        self.text = getattr(data, "family", "image") == "text"
+        self.order = None if self.text else BatchOrder(len(data.train_x), self.t.batch_size, self.t.seed)
+        self.unit, self.per_example = ("tokens", data.block_size) if self.text else ("images", 1)
         self.micro = self.t.batch_size // (self.t.accum * dist.world)
         if self.micro * self.t.accum * dist.world != self.t.batch_size:
             raise ConfigError(f"train.batch_size={self.t.batch_size} is not divisible by "
@@ -187,8 +190,8 @@ class Trainer:
                     dt = time.perf_counter() - window_t
                     rate = window_steps / dt
                     self.log.record("train", s, {**terms, "lr": lr, "steps_per_s": rate,
-                                                 "images_per_s": rate * self.t.batch_size *
-                                                 sum(r for _, r in self.plan),
+                                                 f"{self.unit}_per_s": rate * self.t.batch_size *
+                                                 self.per_example * sum(r for _, r in self.plan),
                                                  "elapsed_s": elapsed0 + time.perf_counter() - t0})
                     window_t, window_steps = time.perf_counter(), 0
                 if s % self.t.eval_every == 0 and self._evaluate_and_track():
@@ -242,14 +245,17 @@ class Trainer:
                 g["lr"] = lr * self.model.lr_scale(oname)
             for r in range(repeats):
                 opt.zero_grad(set_to_none=True)
-                idx_global = self.order.indices(self.state.batches)
+                idx_global = self.order.indices(self.state.batches) if self.order else None
                 self.state.batches += 1
                 for m in range(A):
                     shard = rank * A + m
                     torch.manual_seed(derive_seed(self.t.seed, s, e, r, shard))
-                    idx = idx_global[shard * self.micro:(shard + 1) * self.micro]
-                    y = self.data.train_y[idx] if self.data.train_y is not None else None
-                    batch = self.pipeline(self.data.train_x[idx], y, device=self.device)
+                    if self.text:  # random windows from the generator just seeded
+                        batch = self.data.random_batch("train", self.micro, device=self.device)
+                    else:
+                        idx = idx_global[shard * self.micro:(shard + 1) * self.micro]
+                        y = self.data.train_y[idx] if self.data.train_y is not None else None
+                        batch = self.pipeline(self.data.train_x[idx], y, device=self.device)
                     with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                                         enabled=self.amp_dtype is not None):
                         out = self.model.loss(batch, oname)
@@ -294,7 +300,8 @@ class Trainer:
         was_training = model.training
         model.eval()
         bs = self.t.batch_size
-        n_batches = math.ceil(len(x_all) / bs)
+        # text: random windows, as many as the split has tokens / block_size (or max_batches)
+        n_batches = math.ceil((self.data.num_windows(split) // self.data.block_size if self.text else len(x_all)) / bs)
         if max_batches:
             n_batches = min(n_batches, max_batches)
         sums: dict[str, float] = {}
@@ -302,13 +309,17 @@ class Trainer:
         rng_state = torch.get_rng_state()
         for i in range(n_batches):
             torch.manual_seed(derive_seed(self.t.seed, split, i))
-            x = x_all[i * bs:(i + 1) * bs]
-            y = y_all[i * bs:(i + 1) * bs] if y_all is not None else None
-            batch = self.pipeline(x, y, train=False, device=self.device)
+            if self.text:
+                batch = self.data.random_batch(split, bs, device=self.device)
+            else:
+                x = x_all[i * bs:(i + 1) * bs]
+                y = y_all[i * bs:(i + 1) * bs] if y_all is not None else None
+                batch = self.pipeline(x, y, train=False, device=self.device)
             out = model.loss(batch, self.plan[-1][0])
+            n = len(batch["x"])
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(x)
-            count += len(x)
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            count += n
         torch.set_rng_state(rng_state)
         model.train(was_training)
         return {k: v / count for k, v in sums.items()}
@@ -337,6 +348,8 @@ class Trainer:
         Conditional models: one column per class."""
         if not self.dist.is_main:
             return
+        if self.text:
+            return self._write_text_sample(Path(name).with_suffix(".txt").name)
         from genlab.sampling import draw_samples
 
         k = self.model.num_classes if self.model.conditional else None
@@ -344,3 +357,14 @@ class Trainer:
         images, _ = draw_samples(self.sampling_model, self.pipeline, nrow * 8, seed=derive_seed(self.t.seed, "grid"),
                                  native_size=self.data.native_size)
         save_grid(images, self.run_dir / "samples" / name, nrow=nrow)
+
+    @torch.no_grad()
+    def _write_text_sample(self, name: str, max_tokens: int = 300) -> None:
+        """A text "grid": the continuation of the first tokens of the val split, with a fixed seed."""
+        from genlab.engine.checkpoint import atomic_write_text
+        from genlab.models.autoregressive.generation import SamplingConfig, generate
+
+        prompt = self.data.val_x[:min(16, self.data.block_size // 2)][None]  # (1, T0)
+        ids = generate(self.sampling_model, prompt.to(self.device), max_tokens, SamplingConfig(temperature=0.8),
+                       generator=torch.Generator(device=self.device).manual_seed(derive_seed(self.t.seed, "grid")))
+        atomic_write_text(self.run_dir / "samples" / name, self.data.tokenizer.decode(ids[0].tolist()))

@@ -1,0 +1,1 @@
+"""Autoregressive text models (GPT, LSTM) and their generation helpers."""

@@ -1,0 +1,173 @@
+"""A GPT: token + position embeddings, pre-norm transformer blocks with causal attention
+through `scaled_dot_product_attention`, a final LayerNorm and a head tied to the token
+embedding (nanoGPT's shape, GPT-2's init). A KV cache makes generating n tokens cost n
+single-token forward passes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.errors import ConfigError
+from genlab.models.base import GenerativeModel
+from genlab.registry import register
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int | None = None  # from the data's tokenizer
+    block_size: int = 256  # context length (training windows and the generation window)
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+    bias: bool = False  # biases in Linear layers and LayerNorms
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer: preallocated (B, nh, block, hs)
+    buffers and a fill count."""
+
+    def __init__(self, n_layer: int, B: int, n_head: int, block_size: int, head_size: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (B, n_head, block_size, head_size)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.length = 0  # tokens stored (advanced once all layers have written)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) after the cached tokens; return all keys/values so far."""
+        T, end = k.shape[2], self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, nh, L+T, hs)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        past = cache.length if cache is not None else 0
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (B, nh, past+T, hs)
+        if past == 0:
+            mask, causal = None, True
+        elif T == 1:  # one new token attends to everything before it
+            mask, causal = None, False
+        else:  # new token i (at position past+i) sees keys 0..past+i
+            mask = torch.arange(past + T, device=x.device)[None, :] <= (past + torch.arange(T, device=x.device))[:, None]
+            causal = False  # (T, past+T) boolean mask
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(GenerativeModel):
+    family = "text"
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        if not cfg.vocab_size:
+            raise ConfigError("gpt needs model.vocab_size (taken from the data's tokenizer)")
+        if cfg.n_embd % cfg.n_head:
+            raise ConfigError(f"model.n_embd={cfg.n_embd} must be divisible by model.n_head={cfg.n_head}")
+        if not 0 <= cfg.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
+        self.cfg = cfg
+        self.context_limit = cfg.block_size
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        # The output head is tied to the token embedding: logits = h @ wte.weight^T (no second
+        # parameter, so checkpoints hold each tensor once).
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for tokens idx (B, T) that follow the `cache.length` cached ones."""
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.cfg.block_size:
+            raise ConfigError(f"{past + T} tokens exceed the context of {self.cfg.block_size}")
+        pos = torch.arange(past, past + T, device=idx.device)  # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += T
+        return F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V)
+
+    def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
+        logits = self(batch["x"])  # (B, T, V)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), batch["y"].flatten())
+        return {"loss": ce}
+
+    # --- the generation protocol (see autoregressive/generation.py)
+    def init_state(self, batch: int) -> KVCache:
+        p = self.wte.weight
+        return KVCache(self.cfg.n_layer, batch, self.cfg.n_head, self.cfg.block_size,
+                       self.cfg.n_embd // self.cfg.n_head, p.device, p.dtype)
+
+    def forward_step(self, idx: torch.Tensor, state: KVCache | None) -> tuple[torch.Tensor, KVCache | None]:
+        return self(idx, state), state
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+        raise ConfigError("text models sample from a prompt: use genlab sample RUN --prompt TEXT")
+
+register("gpt", GPTConfig, GPT)

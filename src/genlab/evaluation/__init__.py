@@ -63,7 +63,8 @@ def evaluate(run_dir: str | Path, *, n: int | None = None, metrics: list[str] | 
         values, artefacts = EVALUATORS[family](run, n=n, seed=seed, metrics=metrics, **options)
     out = Path(out) if out else Path(run_dir) / "report.json"
     previous = _read(out)
-    merged = dict(previous.get("metrics", {})) if previous.get("run") == str(run_dir) else {}
+    same_run = previous.get("run") and Path(previous["run"]).resolve() == Path(run_dir).resolve()
+    merged = dict(previous.get("metrics", {})) if same_run else {}
     merged.update(values)
     report = {"run": str(run_dir), "step": run.step, "model": run.cfg.preset or run.cfg.model_name,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -27,8 +27,13 @@ def lr_at(step: int, total_steps: int, base_lr: float, *, warmup: int = 0, sched
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    groups: list = params
+    if cfg.weight_decay > 0:
+        # Decay weight matrices and embeddings only, not biases or norm gains (as nanoGPT, minGPT).
+        groups = [g for g in ({"params": [p for p in params if p.dim() >= 2]},
+                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}) if g["params"]]
     # fused=True: one kernel for the whole update (CPU and CUDA), faster than foreach.
-    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
+    return cls(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
 
 
 def ema_decay_at(step: int, decay: float) -> float:

@@ -26,6 +26,7 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.2
     bias: bool = False  # biases in Linear layers and LayerNorms
+    position: str = "learned"  # learned (a table, as GPT-2) | rope (rotary, on queries and keys)
 
 
 class KVCache:
@@ -47,6 +48,19 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, nh, L+T, hs)
 
 
+def rope_tables(positions: torch.Tensor, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, hs/2) of the rotary angles pos * base^(-2i/hs)."""
+    inv = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32, device=positions.device) / head_size)
+    ang = positions.float()[:, None] * inv[None, :]  # (T, hs/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of x (B, nh, T, hs) by the angles of each position."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # 2 x (B, nh, T, hs/2)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -55,13 +69,16 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:  # keys are cached already rotated
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = cache.length if cache is not None else 0
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, nh, past+T, hs)
@@ -98,8 +115,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -112,12 +129,16 @@ class GPT(GenerativeModel):
             raise ConfigError("gpt needs model.vocab_size (taken from the data's tokenizer)")
         if cfg.n_embd % cfg.n_head:
             raise ConfigError(f"model.n_embd={cfg.n_embd} must be divisible by model.n_head={cfg.n_head}")
+        if cfg.position not in ("learned", "rope"):
+            raise ConfigError(f"model.position must be learned or rope, got {cfg.position!r}")
+        if cfg.position == "rope" and (cfg.n_embd // cfg.n_head) % 2:
+            raise ConfigError(f"rope needs an even head size, got {cfg.n_embd // cfg.n_head}")
         if not 0 <= cfg.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
         self.cfg = cfg
         self.context_limit = cfg.block_size
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -145,9 +166,15 @@ class GPT(GenerativeModel):
         if past + T > self.cfg.block_size:
             raise ConfigError(f"{past + T} tokens exceed the context of {self.cfg.block_size}")
         pos = torch.arange(past, past + T, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(pos)
+        else:
+            rope = rope_tables(pos, self.cfg.n_embd // self.cfg.n_head)
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+            x = block(x, cache, i, rope)
         if cache is not None:
             cache.length += T
         return F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V)

@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--out", help="also write the table as FILE.html")
 
+    pl = sub.add_parser("pipeline", help="train -> evaluate -> retrain until a quality target passes")
+    pl.add_argument("config", help="pipeline FILE.yaml (see examples/pipeline-mnist.yaml)")
+    pl.add_argument("--out", help="pipeline directory (default runs/NAME of the file)")
+    pl.add_argument("--resume", action="store_true", help="continue a killed pipeline, re-using finished rounds")
+    pl.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    pl.add_argument("--data-root", help="folder holding the datasets (default: $GENLAB_DATA, ../shared/data)")
+
     sub.add_parser("presets", help="list presets")
     i = sub.add_parser("info", help="show a run's config, progress and key figures")
     i.add_argument("run_dir")
@@ -199,6 +206,23 @@ def _sample_text(run, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(a: argparse.Namespace) -> int:
+    from genlab.pipeline import Pipeline, load_pipeline
+
+    cfg = load_pipeline(a.config)
+    out = Path(a.out) if a.out else Path("runs") / Path(a.config).stem
+    p = Pipeline(cfg, out, data_root=a.data_root)
+    if a.dry_run:
+        print(p.plan())
+        return 0
+    outcome = p.run(resume=a.resume)
+    if outcome is None:
+        log.info("interrupted; continue with `genlab pipeline %s --out %s --resume`", a.config, out)
+        return 130
+    print(outcome.summary)
+    return 0 if outcome.passed else 1
+
+
 def cmd_presets(a: argparse.Namespace) -> int:
     from genlab.presets import PRESETS
 
@@ -228,6 +252,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
+            "pipeline": cmd_pipeline,
             "presets": cmd_presets, "info": cmd_info}
 
 

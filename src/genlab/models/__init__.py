@@ -1,4 +1,4 @@
 """Model families. Importing this package registers every built-in model."""
 
 from genlab.models import gan, vae  # noqa: F401
-from genlab.models.autoregressive import gpt, lstm  # noqa: F401
+from genlab.models.autoregressive import gpt, lstm, pixelcnn  # noqa: F401

@@ -1,1 +1,1 @@
-"""Autoregressive text models (GPT, LSTM) and their generation helpers."""
+"""Autoregressive models: text (GPT, LSTM, with their generation helpers) and images (PixelCNN)."""

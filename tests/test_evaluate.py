@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from genlab.cli import main
+from genlab.engine.device import cpu_model
 from tests.conftest import TINY_VAE, run_cli
 from tests.test_gan import SMALL
 
@@ -54,7 +55,8 @@ def test_evaluate_gan_report_layout_and_reproducibility(runs, tmp_path):
     r = run_cli("evaluate", str(gan), "--n", "600", "--seed", "3")
     assert r.returncode == 0, r.stderr
     rep = json.loads((gan / "report.json").read_text())
-    assert rep["run"] == str(gan) and rep["step"] == 30 and "AMD" in rep["machine"] or rep["machine"]
+    assert rep["run"] == str(gan) and rep["step"] == 30 and rep["model"] == "gan-mlp-mnist"
+    assert rep["machine"].startswith(cpu_model())
     m = rep["metrics"]
     assert {"fid", "kid", "precision", "recall", "inception_score", "class_coverage"} <= set(m)
     for name in ("fid", "kid", "precision", "recall"):

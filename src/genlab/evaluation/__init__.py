@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from genlab.engine.checkpoint import atomic_write_json
-from genlab.engine.device import cpu_model, device_name
+from genlab.engine.device import device_name
 from genlab.errors import ConfigError
 
 log = logging.getLogger("genlab")
@@ -68,7 +68,7 @@ def evaluate(run_dir: str | Path, *, n: int | None = None, metrics: list[str] | 
     merged.update(values)
     report = {"run": str(run_dir), "step": run.step, "model": run.cfg.preset or run.cfg.model_name,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": f"{cpu_model()}, {torch.get_num_threads()} threads ({device_name(run.device)})",
+              "machine": device_name(run.device),
               "seconds": round(time.perf_counter() - t0, 3), "metrics": merged}
     atomic_write_json(out, report)
     if html:

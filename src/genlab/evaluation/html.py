@@ -64,6 +64,10 @@ def loss_curve_png(run_dir: Path) -> bytes | None:
     return buf.getvalue()
 
 
+def _png_width(png: bytes) -> int:
+    return int.from_bytes(png[16:20], "big")  # the IHDR chunk's width field
+
+
 def write_report_html(report: dict, out: Path, images: dict[str, bytes], text: str | None = None) -> Path:
     """report.json's content as a page beside it; `images` maps caption -> PNG bytes."""
     out = Path(out)
@@ -80,7 +84,9 @@ def write_report_html(report: dict, out: Path, images: dict[str, bytes], text: s
     for i, (caption, png) in enumerate(images.items()):
         name = f"{i}-{''.join(c if c.isalnum() else '-' for c in caption.lower())}.png"
         atomic_write_bytes(assets / name, png)
-        figs.append(f"<figure><img src='{assets.name}/{name}' alt='{html.escape(caption)}'>"
+        width = _png_width(png)
+        size = f" width='{width * 2}'" if width < 400 else ""  # small grids of 28x28 images: show them 2x
+        figs.append(f"<figure><img src='{assets.name}/{name}'{size} alt='{html.escape(caption)}'>"
                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     if figs:
         parts += ["<h2>Figures</h2>", "".join(figs)]

@@ -112,6 +112,8 @@ def _compute_kid(real: torch.Tensor, fake: torch.Tensor, *, subsets: int = 100, 
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         raise ShapeError("KID needs at least 2 real and 2 generated samples")
+    if m == len(real) == len(fake):
+        subsets = 1  # every "subset" would be the whole of both sets: the same value each time
     g = make_generator(seed)
     x_all, y_all = real.double(), fake.double()
     vals = torch.empty(subsets, dtype=torch.float64)

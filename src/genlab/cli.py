@@ -135,6 +135,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     run = load(a.run_dir, a.checkpoint, a.device)
     if run.family == "text" or a.prompt is not None:
         return _sample_text(run, a)
+    if run.family == "graph":
+        return _sample_graphs(run, a)
     if a.interpolate:
         from genlab.sampling import interpolation_grid
 
@@ -148,6 +150,28 @@ def cmd_sample(a: argparse.Namespace) -> int:
     out = a.out or str(Path(a.run_dir) / "samples" / f"{kind}-seed{a.seed}.png")
     path = write_images(out, images, labels, nrow=nrow)
     log.info("wrote %d images to %s", len(images), path)
+    return 0
+
+
+def _sample_graphs(run, a: argparse.Namespace) -> int:
+    """Graph runs: --out FILE.npz (adjacency, num_nodes) or DIR/ (one edge-list CSV per graph),
+    plus a PNG drawing of the first 16 beside it."""
+    from genlab.data.graphs import draw_graphs, write_graphs
+    from genlab.errors import ConfigError
+    from genlab.seed import make_generator
+
+    if a.label is not None or a.interpolate:
+        raise ConfigError("--label and --interpolate are image options; graph runs take --n, --seed and --out")
+    if getattr(run.model, "task", None) != "generate":
+        raise ConfigError(f"{a.run_dir} is a link-prediction run ({run.cfg.model_name}); it draws no graphs: "
+                          "use `genlab evaluate` for its test AUC/AP")
+    graphs = run.model.sample_graphs(a.n, generator=make_generator(a.seed))
+    out = a.out or str(Path(a.run_dir) / "samples" / f"graphs-seed{a.seed}.npz")
+    if out.endswith(".png"):
+        raise ConfigError("graph samples go to FILE.npz or DIR/ (a PNG drawing is written beside them)")
+    path = write_graphs(out, graphs)
+    png = draw_graphs(graphs[:16], path / "drawing.png" if path.is_dir() else path.with_suffix(".png"))
+    log.info("wrote %d graphs to %s and a drawing of %d to %s", len(graphs), path, min(16, len(graphs)), png)
     return 0
 
 

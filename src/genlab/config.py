@@ -24,11 +24,16 @@ import yaml
 from genlab.errors import ConfigError
 
 
+DATASETS = ("mnist", "fashion-mnist", "digits", "folder", "array", "text",
+            "cora", "citeseer", "edgelist", "community", "grid", "ego")
+
+
 @dataclass
 class DataConfig:
     """Where the data comes from and how a batch is prepared."""
 
-    dataset: str = "mnist"  # mnist | fashion-mnist | digits | folder | array | text
+    dataset: str = "mnist"  # mnist | fashion-mnist | digits | folder | array | text | cora | citeseer | edgelist
+    #                         | community | grid | ego (graphs)
     path: str | None = None  # folder or .npz/.npy (text: a UTF-8 file or folder), relative to the data root
     image_size: int | None = None  # resize to this (square); None = native size
     channels: int | None = None  # 1 or 3 for image folders; None = from the data
@@ -41,6 +46,8 @@ class DataConfig:
     download: bool = False  # MNIST/Fashion-MNIST: fetch with torchvision when missing
     tokenizer: str = "char"  # text: char | bpe (byte-level BPE trained on the corpus)
     vocab_size: int = 1024  # text, bpe: vocabulary size (256 bytes + merges)
+    features: str | None = None  # edgelist graphs: a CSV of node features (one row per node)
+    num_graphs: int = 200  # synthetic small-graph families (community, grid, ego): how many to generate
 
 
 @dataclass
@@ -289,9 +296,7 @@ def _validate_run(cfg: RunConfig) -> None:
          f"train.device must be auto, cpu or cuda, got {t.device!r}"),
         (d.normalize in ("minus_one_one", "zero_one", "standardize"),
          f"data.normalize must be minus_one_one, zero_one or standardize, got {d.normalize!r}"),
-        (d.dataset in ("mnist", "fashion-mnist", "digits", "folder", "array", "text"),
-         f"unknown data.dataset {d.dataset!r}"
-         f"{close_matches(d.dataset, ['mnist', 'fashion-mnist', 'digits', 'folder', 'array', 'text'])}"),
+        (d.dataset in DATASETS, f"unknown data.dataset {d.dataset!r}{close_matches(d.dataset, DATASETS)}"),
         (d.tokenizer in ("char", "bpe"), f"data.tokenizer must be char or bpe, got {d.tokenizer!r}"),
         (d.crop_padding >= 0, "data.crop_padding must be >= 0"),
         (not d.binarize or d.normalize == "zero_one", "data.binarize needs data.normalize=zero_one"),

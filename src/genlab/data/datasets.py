@@ -238,6 +238,74 @@ class ImageData:
                 "class_names": self.class_names, "mean": self.mean, "std": self.std,
                 "sizes": {"train": len(self.train_x), "val": len(self.val_x), "test": len(self.test_x)}}
 
+    def feeder(self, pipeline, batch_size: int, seed: int) -> "ImageFeeder":
+        """What the training engine draws batches from (see genlab.engine.trainer)."""
+        return ImageFeeder(self, pipeline, batch_size, seed)
+
+
+class BatchOrder:
+    """Global batch number -> example indices: successive epochs of random permutations,
+    each fixed by (seed, epoch), the incomplete tail of each epoch dropped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, what: str = "images"):
+        from genlab.errors import ConfigError
+
+        if n < batch_size:
+            raise ConfigError(f"the training split has {n} {what}, fewer than train.batch_size={batch_size}; "
+                              "lower train.batch_size")
+        self.n, self.bs, self.seed = n, batch_size, seed
+        self.per_epoch = n // batch_size
+        self._epoch, self._perm = -1, None
+
+    def indices(self, b: int) -> torch.Tensor:
+        from genlab.seed import derive_seed, make_generator
+
+        epoch, i = divmod(b, self.per_epoch)
+        if epoch != self._epoch:
+            g = make_generator(derive_seed(self.seed, "epoch", epoch))
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm[i * self.bs:(i + 1) * self.bs]
+
+
+class ImageFeeder:
+    """Image batches for the engine: epochs of seeded permutations, prepared by the batch
+    pipeline (augmentation and binarisation draw from torch's global generator, which the
+    engine seeds per micro-batch)."""
+
+    unit, per_example = "images", 1
+
+    def __init__(self, data: ImageData, pipeline, batch_size: int, seed: int):
+        self.data, self.pipeline = data, pipeline
+        self.order = BatchOrder(len(data.train_x), batch_size, seed)
+
+    def train_batch(self, b: int, shard: int, micro: int, device) -> dict[str, torch.Tensor]:
+        """Micro-batch `shard` (of size `micro`) of global batch number `b`."""
+        idx = self.order.indices(b)[shard * micro:(shard + 1) * micro]
+        y = self.data.train_y[idx] if self.data.train_y is not None else None
+        return self.pipeline(self.data.train_x[idx], y, device=device)
+
+    def eval_size(self, split: str) -> int:
+        return len(getattr(self.data, f"{split}_x"))
+
+    def num_eval_batches(self, split: str, batch_size: int) -> int:
+        return -(-self.eval_size(split) // batch_size)
+
+    def eval_batch(self, split: str, i: int, batch_size: int, device) -> dict[str, torch.Tensor]:
+        x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
+        sl = slice(i * batch_size, (i + 1) * batch_size)
+        return self.pipeline(x[sl], y[sl] if y is not None else None, train=False, device=device)
+
+    @torch.no_grad()
+    def write_samples(self, model, folder: Path, stem: str, seed: int) -> None:
+        """A grid from fixed noise; conditional models: one column per class."""
+        from genlab.images import save_grid
+        from genlab.sampling import draw_samples
+
+        k = model.num_classes if model.conditional else None
+        nrow = k if k and k <= 16 else 8
+        images, _ = draw_samples(model, self.pipeline, nrow * 8, seed=seed, native_size=self.data.native_size)
+        save_grid(images, folder / f"{stem}.png", nrow=nrow)
+
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     """Exact per-channel mean and std of uint8 images in [0, 1] units, from value histograms."""

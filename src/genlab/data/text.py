@@ -227,6 +227,43 @@ class TextData:
         chunk = ids[ix[:, None] + torch.arange(T + 1)]  # (n, T+1)
         return {"x": chunk[:, :-1].to(device, non_blocking=True), "y": chunk[:, 1:].to(device, non_blocking=True)}
 
+    # ------------------------------------------------------------ what the engine draws from
+    unit = "tokens"
+
+    @property
+    def per_example(self) -> int:
+        return self.block_size
+
+    def feeder(self, pipeline, batch_size: int, seed: int) -> "TextData":
+        """Text has no epochs: every micro-batch draws random windows, so the data is its own feeder."""
+        return self
+
+    def train_batch(self, b: int, shard: int, micro: int, device) -> dict[str, torch.Tensor]:
+        """`micro` random windows from torch's global generator (seeded by the engine per micro-batch)."""
+        return self.random_batch("train", micro, device=device)
+
+    def eval_size(self, split: str) -> int:
+        return len(self.split(split))
+
+    def num_eval_batches(self, split: str, batch_size: int) -> int:
+        """As many windows as the split has tokens / block_size."""
+        return -(-(self.num_windows(split) // self.block_size) // batch_size)
+
+    def eval_batch(self, split: str, i: int, batch_size: int, device) -> dict[str, torch.Tensor]:
+        return self.random_batch(split, batch_size, device=device)
+
+    @torch.no_grad()
+    def write_samples(self, model, folder: Path, stem: str, seed: int, max_tokens: int = 300) -> None:
+        """A text "grid": the continuation of the first tokens of the val split, with a fixed seed."""
+        from genlab.engine.checkpoint import atomic_write_text
+        from genlab.models.autoregressive.generation import SamplingConfig, generate
+
+        dev = next(model.parameters()).device
+        prompt = self.val_x[:min(16, self.block_size // 2)][None]  # (1, T0)
+        ids = generate(model, prompt.to(dev), max_tokens, SamplingConfig(temperature=0.8),
+                       generator=torch.Generator(device=dev).manual_seed(seed))
+        atomic_write_text(folder / f"{stem}.txt", self.tokenizer.decode(ids[0].tolist()))
+
     def meta(self) -> dict:
         """What the run directory keeps (data.json); the tokenizer itself is tokenizer.json."""
         return {"family": "text", "source": self.source, "tokenizer": self.tokenizer.kind,

@@ -43,7 +43,7 @@ from genlab.seed import seed_everything
 
 log = logging.getLogger("genlab")
 
-DATA_FIELDS = ("channels", "image_size", "num_classes", "vocab_size")
+DATA_FIELDS = ("channels", "image_size", "num_classes", "vocab_size", "num_features", "max_nodes", "max_prev")
 
 
 def resolve_data_fields(cfg: RunConfig, data: ImageData) -> RunConfig:
@@ -62,11 +62,17 @@ def build_model(cfg: RunConfig) -> GenerativeModel:
 def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None) -> ImageData | TextData:
     """The dataset the config names, checked against the model family. Text runs reuse the
     tokenizer saved in `run_dir` when there is one (a resumed run)."""
+    from genlab.data.graphs import GRAPH_DATASETS, load_graph_data
+
     family = getattr(get_model(cfg.model_name)[1], "family", "image")
-    if (cfg.data.dataset == "text") != (family == "text"):
-        raise ConfigError(f"model {cfg.model_name} is a{'' if family == 'text' else 'n'} {family} model but "
-                          f"data.dataset={cfg.data.dataset}; set data.dataset="
-                          f"{'text' if family == 'text' else 'mnist (or folder/array)'}")
+    kind = "text" if cfg.data.dataset == "text" else "graph" if cfg.data.dataset in GRAPH_DATASETS else "image"
+    if kind != family:
+        fix = {"text": "text", "graph": "cora, citeseer, edgelist, community, grid or ego",
+               "image": "mnist (or folder/array)"}[family]
+        raise ConfigError(f"model {cfg.model_name} is a{'n' if family == 'image' else ''} {family} model but "
+                          f"data.dataset={cfg.data.dataset}; set data.dataset={fix}")
+    if family == "graph":
+        return load_graph_data(cfg.data, root, seed=cfg.train.seed)
     if family == "text":
         tok = run_dir / "tokenizer.json" if run_dir is not None else None
         return load_text_data(cfg.data, root, block_size=cfg.model.block_size, tokenizer_path=tok)
@@ -74,8 +80,8 @@ def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None) ->
 
 
 def build_pipeline(cfg: RunConfig, meta: dict) -> BatchPipeline | None:
-    if meta.get("family") == "text":
-        return None  # text batches are windows of token ids, nothing to prepare
+    if meta.get("family") in ("text", "graph"):
+        return None  # text batches are windows of token ids, graphs come whole: nothing to prepare
     d = cfg.data
     return BatchPipeline(d.normalize, meta["mean"], meta["std"], hflip=d.hflip,
                          crop_padding=d.crop_padding, binarize=d.binarize)
@@ -204,9 +210,9 @@ def write_test_report(trainer: Trainer, run_dir: Path) -> None:
     """Loss terms on the whole test split, in the evaluation report layout (text data has no
     test split: its val split, as many random windows as it has tokens / block_size)."""
     t0 = time.perf_counter()
-    split = "val" if len(trainer.data.test_x) == 0 and trainer.text else "test"
+    split = "test" if trainer.feeder.eval_size("test") else "val"
     res = trainer.evaluate(split)
-    n = len(getattr(trainer.data, f"{split}_x"))
+    n = trainer.feeder.eval_size(split)
     secs = time.perf_counter() - t0
     metrics = {f"{split}_{k}": {"value": v, "extractor": None, "n": n, "seed": trainer.t.seed, "seconds": secs}
                for k, v in res.items()}

@@ -7,6 +7,14 @@ binarisation, the model's noise, dropout) comes from torch's global generator se
 (seed, step, entry, repeat, shard), where shard = rank * accum + micro-batch. Hence:
   - a resumed run replays exactly what an uninterrupted run does (no RNG state to restore);
   - 2 processes x 1 micro-batch compute exactly what 1 process x 2 micro-batches does.
+
+Batches come from the data's *feeder* (`data.feeder(pipeline, batch_size, seed)`), so the loop
+is the same for images, text and graphs. A feeder has:
+  - `unit`, `per_example`: what throughput counts (images; tokens, block_size per window; ...);
+  - `train_batch(b, shard, micro, device)`: micro-batch `shard` of global batch number `b`,
+    drawing any randomness from torch's global generator, which the engine has just seeded;
+  - `eval_size(split)`, `num_eval_batches(split, bs)`, `eval_batch(split, i, bs, device)`;
+  - `write_samples(model, folder, stem, seed)`: the periodic "grid" (PNG, text, drawing).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import torch
 from torch import nn
 
 from genlab.config import RunConfig
-from genlab.data.datasets import ImageData
+from genlab.data.datasets import BatchOrder, ImageData  # noqa: F401  (BatchOrder: re-exported)
 from genlab.data.transforms import BatchPipeline
 from genlab.engine import checkpoint as ckpt
 from genlab.engine.device import autocast_dtype
@@ -31,9 +39,8 @@ from genlab.engine.distributed import DistInfo, all_reduce_sum, average_gradient
 from genlab.engine.logs import RunLog, is_total_loss
 from genlab.engine.optim import EMA, build_optimizer, lr_at
 from genlab.errors import ConfigError, TrainingDiverged
-from genlab.images import save_grid
 from genlab.models.base import GenerativeModel
-from genlab.seed import derive_seed, make_generator
+from genlab.seed import derive_seed
 
 log = logging.getLogger("genlab")
 
@@ -49,26 +56,6 @@ class TrainState:
     best_step: int | None = None
     evals_since_best: int = 0
     stop_reason: str | None = None  # steps | minutes | early_stop, once finished
-
-
-class BatchOrder:
-    """Global batch number -> example indices: successive epochs of random permutations,
-    each fixed by (seed, epoch), the incomplete tail of each epoch dropped."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if n < batch_size:
-            raise ConfigError(f"the training split has {n} images, fewer than train.batch_size={batch_size}; "
-                              "lower train.batch_size")
-        self.n, self.bs, self.seed = n, batch_size, seed
-        self.per_epoch = n // batch_size
-        self._epoch, self._perm = -1, None
-
-    def indices(self, b: int) -> torch.Tensor:
-        epoch, i = divmod(b, self.per_epoch)
-        if epoch != self._epoch:
-            g = make_generator(derive_seed(self.seed, "epoch", epoch))
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
-        return self._perm[i * self.bs:(i + 1) * self.bs]
 
 
 class Trainer:
@@ -88,10 +75,8 @@ class Trainer:
         self.opts = {name: build_optimizer(params, self.t) for name, params in self.groups.items()}
         self.plan = model.schedule()
         self.ema = EMA(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
-        # Text data has no epochs: each micro-batch draws random windows from its seeded generator.
-        self.text = getattr(data, "family", "image") == "text"
-        self.order = None if self.text else BatchOrder(len(data.train_x), self.t.batch_size, self.t.seed)
-        self.unit, self.per_example = ("tokens", data.block_size) if self.text else ("images", 1)
+        self.feeder = data.feeder(pipeline, self.t.batch_size, self.t.seed)
+        self.unit, self.per_example = self.feeder.unit, self.feeder.per_example
         self.micro = self.t.batch_size // (self.t.accum * dist.world)
         if self.micro * self.t.accum * dist.world != self.t.batch_size:
             raise ConfigError(f"train.batch_size={self.t.batch_size} is not divisible by "
@@ -245,17 +230,12 @@ class Trainer:
                 g["lr"] = lr * self.model.lr_scale(oname)
             for r in range(repeats):
                 opt.zero_grad(set_to_none=True)
-                idx_global = self.order.indices(self.state.batches) if self.order else None
+                b = self.state.batches
                 self.state.batches += 1
                 for m in range(A):
                     shard = rank * A + m
                     torch.manual_seed(derive_seed(self.t.seed, s, e, r, shard))
-                    if self.text:  # random windows from the generator just seeded
-                        batch = self.data.random_batch("train", self.micro, device=self.device)
-                    else:
-                        idx = idx_global[shard * self.micro:(shard + 1) * self.micro]
-                        y = self.data.train_y[idx] if self.data.train_y is not None else None
-                        batch = self.pipeline(self.data.train_x[idx], y, device=self.device)
+                    batch = self.feeder.train_batch(b, shard, self.micro, self.device)
                     with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                                         enabled=self.amp_dtype is not None):
                         out = self.model.loss(batch, oname)
@@ -292,16 +272,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str = "val", max_batches: int | None = None) -> dict[str, float]:
         """Mean loss terms over a split, with fixed randomness, using the sampling weights."""
-        x_all = getattr(self.data, f"{split}_x")
-        y_all = getattr(self.data, f"{split}_y")
-        if len(x_all) == 0:
+        if self.feeder.eval_size(split) == 0:
             return {}
         model = self.sampling_model
         was_training = model.training
         model.eval()
         bs = self.t.batch_size
-        # text: random windows, as many as the split has tokens / block_size (or max_batches)
-        n_batches = math.ceil((self.data.num_windows(split) // self.data.block_size if self.text else len(x_all)) / bs)
+        n_batches = self.feeder.num_eval_batches(split, bs)
         if max_batches:
             n_batches = min(n_batches, max_batches)
         sums: dict[str, float] = {}
@@ -309,14 +286,9 @@ class Trainer:
         rng_state = torch.get_rng_state()
         for i in range(n_batches):
             torch.manual_seed(derive_seed(self.t.seed, split, i))
-            if self.text:
-                batch = self.data.random_batch(split, bs, device=self.device)
-            else:
-                x = x_all[i * bs:(i + 1) * bs]
-                y = y_all[i * bs:(i + 1) * bs] if y_all is not None else None
-                batch = self.pipeline(x, y, train=False, device=self.device)
+            batch = self.feeder.eval_batch(split, i, bs, self.device)
             out = model.loss(batch, self.plan[-1][0])
-            n = len(batch["x"])
+            n = len(batch["x"] if "x" in batch else next(iter(batch.values())))  # examples in the batch
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
             count += n
@@ -344,27 +316,9 @@ class Trainer:
 
     @torch.no_grad()
     def write_grid(self, name: str) -> None:
-        """A grid from fixed noise, so grids over time show the same samples improving.
-        Conditional models: one column per class."""
+        """The feeder's sample picture from fixed noise (an image grid, a text continuation, a
+        drawing of graphs), so pictures over time show the same samples improving."""
         if not self.dist.is_main:
             return
-        if self.text:
-            return self._write_text_sample(Path(name).with_suffix(".txt").name)
-        from genlab.sampling import draw_samples
-
-        k = self.model.num_classes if self.model.conditional else None
-        nrow = k if k and k <= 16 else 8
-        images, _ = draw_samples(self.sampling_model, self.pipeline, nrow * 8, seed=derive_seed(self.t.seed, "grid"),
-                                 native_size=self.data.native_size)
-        save_grid(images, self.run_dir / "samples" / name, nrow=nrow)
-
-    @torch.no_grad()
-    def _write_text_sample(self, name: str, max_tokens: int = 300) -> None:
-        """A text "grid": the continuation of the first tokens of the val split, with a fixed seed."""
-        from genlab.engine.checkpoint import atomic_write_text
-        from genlab.models.autoregressive.generation import SamplingConfig, generate
-
-        prompt = self.data.val_x[:min(16, self.data.block_size // 2)][None]  # (1, T0)
-        ids = generate(self.sampling_model, prompt.to(self.device), max_tokens, SamplingConfig(temperature=0.8),
-                       generator=torch.Generator(device=self.device).manual_seed(derive_seed(self.t.seed, "grid")))
-        atomic_write_text(self.run_dir / "samples" / name, self.data.tokenizer.decode(ids[0].tolist()))
+        self.feeder.write_samples(self.sampling_model, self.run_dir / "samples", Path(name).stem,
+                                  derive_seed(self.t.seed, "grid"))

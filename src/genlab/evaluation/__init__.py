@@ -41,8 +41,14 @@ def _text_family(run, *, n, seed, metrics, **opts):
     return res if isinstance(res, tuple) else (res, {})
 
 
+def _graph_family(run, *, n, seed, metrics, **opts):
+    from genlab.evaluation.graphs import evaluate_graphs
+
+    return evaluate_graphs(run, n=n, seed=seed, metrics=metrics, **opts)
+
+
 # model family -> evaluator(run, n, seed, metrics, **options) -> (metrics, artefacts)
-EVALUATORS = {"image": _image_family, "text": _text_family}
+EVALUATORS = {"image": _image_family, "text": _text_family, "graph": _graph_family}
 
 
 def evaluate(run_dir: str | Path, *, n: int | None = None, metrics: list[str] | None = None,

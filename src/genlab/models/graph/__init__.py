@@ -1,0 +1,2 @@
+"""Graph models: GCN/GAT encoders with GAE/VGAE link predictors (gae.py) and a GraphRNN-S
+generator of whole small graphs (graphrnn.py)."""

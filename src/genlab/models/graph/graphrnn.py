@@ -1,0 +1,161 @@
+"""GraphRNN-S (You et al., 2018): a graph is generated node by node in BFS order; a GRU reads
+the previous node's adjacency vector and an MLP gives independent Bernoulli probabilities for
+the new node's edges to the `max_prev` nodes before it (nearest first). An all-zero vector ends
+the graph (every BFS node after the first has an earlier neighbour, so it means "no new node").
+
+Training orders each graph by a BFS from a random node with randomly permuted neighbours (drawn
+from torch's global generator, which the engine seeds per micro-batch), teacher-forced with
+binary cross-entropy over the entries that can exist (node i has min(i, max_prev) predecessors
+in reach).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.errors import ConfigError
+from genlab.models.base import GenerativeModel
+
+
+@dataclass
+class GraphRNNConfig:
+    hidden: int = 128  # GRU width
+    embed: int = 64  # input embedding of an adjacency vector
+    layers: int = 4  # GRU layers
+    out_hidden: int = 64  # MLP head width
+    max_nodes: int | None = None  # from the data
+    max_prev: int | None = None  # from the data (a BFS bandwidth bound)
+
+
+def bfs_order(adj: np.ndarray, perm: np.ndarray, start: int) -> np.ndarray:
+    """Node order of a BFS from `start`, neighbours visited in the order of `perm`
+    (rank[i] = position of node i in perm); unreached nodes follow in perm order."""
+    n = len(adj)
+    rank = np.empty(n, np.int64)
+    rank[perm] = np.arange(n)
+    seen = np.zeros(n, bool)
+    order = []
+    for s in [start, *perm.tolist()]:
+        if seen[s]:
+            continue
+        seen[s] = True
+        todo = deque([s])
+        while todo:
+            i = todo.popleft()
+            order.append(i)
+            nb = np.flatnonzero(adj[i] & ~seen)
+            for j in nb[np.argsort(rank[nb])]:
+                seen[j] = True
+                todo.append(j)
+    return np.asarray(order)
+
+
+def encode_sequences(adj: torch.Tensor, n: torch.Tensor, max_prev: int, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forcing tensors of a padded batch (B, N, N) with node counts n (B,):
+    inputs (B, N, M) [SOS, S_1, ..., S_{n-1}], targets (B, N, M) [S_1, ..., S_{n-1}, 0] and the
+    loss mask (B, N, M), where S_i[k] = 1 iff BFS node i links to BFS node i-1-k."""
+    B, N, _ = adj.shape
+    M = max_prev
+    a_np = adj.detach().to("cpu", torch.uint8).numpy()
+    seqs = np.zeros((B, N + 1, M), np.float32)  # S_0 .. S_N (S_0 unused, S_n = EOS zeros)
+    mask = np.zeros((B, N, M), np.float32)
+    for b, k in enumerate(n.tolist()):
+        perm = torch.randperm(k, generator=generator).numpy()
+        start = int(torch.randint(0, k, (1,), generator=generator))
+        o = bfs_order(a_np[b, :k, :k].astype(bool), perm, start)
+        ap = a_np[b][np.ix_(o, o)]  # (k, k) in BFS order
+        for i in range(1, k):
+            lo = max(0, i - M)
+            row = ap[i, lo:i][::-1]  # nearest predecessor first
+            if ap[i, :lo].any():
+                raise ConfigError(f"a graph has an edge further back than model.max_prev={M} in BFS order; "
+                                  "leave model.max_prev unset to take it from the data")
+            seqs[b, i, :len(row)] = row
+        for t in range(k):  # row t predicts S_{t+1}: node t+1 has min(t+1, M) predecessors in reach
+            mask[b, t, :min(t + 1, M)] = 1.0
+    s = torch.from_numpy(seqs).to(adj.device)
+    inputs = s[:, :N].clone()
+    inputs[:, 0] = 1.0  # SOS
+    return inputs, s[:, 1:], torch.from_numpy(mask).to(adj.device)
+
+
+class GraphRNN(GenerativeModel):
+    """GraphRNN-S: GRU over nodes, MLP to the new node's edges."""
+
+    family = "graph"
+    task = "generate"
+
+    def __init__(self, cfg: GraphRNNConfig):
+        super().__init__()
+        if cfg.max_nodes is None or cfg.max_prev is None:
+            raise ConfigError("GraphRNN needs model.max_nodes and model.max_prev (taken from the data)")
+        self.cfg = cfg
+        M = cfg.max_prev
+        self.inp = nn.Sequential(nn.Linear(M, cfg.embed), nn.ReLU())
+        self.gru = nn.GRU(cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(cfg.hidden, cfg.out_hidden), nn.ReLU(), nn.Linear(cfg.out_hidden, M))
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out, h = self.gru(self.inp(x), h)  # (B, T, hidden)
+        return self.head(out), h  # logits (B, T, M)
+
+    def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
+        inputs, targets, mask = encode_sequences(batch["adj"], batch["n"], self.cfg.max_prev)
+        logits, _ = self(inputs)
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        loss = (bce * mask).sum() / mask.sum()
+        return {"loss": loss, "nll_per_graph": (bce * mask).sum() / len(inputs)}
+
+    @torch.no_grad()
+    def sample_graphs(self, n: int, *, generator: torch.Generator, batch_size: int = 256) -> list[np.ndarray]:
+        """n graphs as numpy adjacency matrices (uint8, symmetric)."""
+        if n < 1:
+            raise ConfigError(f"--n must be >= 1, got {n}")
+        was = self.training
+        self.eval()
+        dev = next(self.parameters()).device
+        out = []
+        for i in range(0, n, batch_size):
+            out += self._sample_batch(min(batch_size, n - i), generator, dev)
+        self.train(was)
+        return out
+
+    def _sample_batch(self, B: int, generator: torch.Generator, dev) -> list[np.ndarray]:
+        N, M = self.cfg.max_nodes, self.cfg.max_prev
+        adj = torch.zeros(B, N, N, dtype=torch.uint8)
+        size = torch.full((B,), N, dtype=torch.int64)
+        alive = torch.ones(B, dtype=torch.bool)
+        x = torch.ones(B, 1, M, device=dev)
+        h = None
+        for t in range(N - 1):  # decides whether node t+1 exists and its edges
+            logits, h = self(x, h)
+            p = torch.sigmoid(logits[:, 0]).float().cpu()  # (B, M)
+            s = (torch.rand(p.shape, generator=generator, device=generator.device).cpu() < p).to(torch.uint8)
+            s[:, min(t + 1, M):] = 0
+            end = alive & (s.sum(1) == 0)
+            size[end] = t + 1
+            alive &= ~end
+            if not alive.any():
+                break
+            k = torch.arange(min(t + 1, M))
+            for b in torch.nonzero(alive).flatten().tolist():
+                prev = t - k[s[b, :len(k)].bool()]  # earlier nodes this one links to
+                adj[b, t + 1, prev] = 1
+                adj[b, prev, t + 1] = 1
+            x = (s * alive[:, None]).float().to(dev)[:, None]  # (B, 1, M)
+        return [adj[b, :size[b], :size[b]].numpy() for b in range(B)]
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator, labels=None) -> list[np.ndarray]:
+        return self.sample_graphs(n, generator=generator)
+
+from genlab.registry import register  # noqa: E402
+
+register("graphrnn", GraphRNNConfig, GraphRNN)

@@ -206,3 +206,35 @@ PRESETS.update({
                                                  "val_size": 0.1}, "train": dict(_GRAPHGEN_TRAIN)},
     ),
 })
+
+
+# Diffusion on MNIST-sized images, sized for a CPU: a 1.7M-parameter UNet (32-64-64 channels,
+# 2 residual blocks per level, attention at 7x7 and in the middle) behind a 2x2 pixel-unshuffle
+# stem, so the convolutions run at 14x14 (28.8 GFLOP per training step at batch 64, against
+# 72.5 for a 1.2M UNet at 28x28). v-prediction on the cosine schedule with min-SNR-5 weights,
+# Adam 1e-3, EMA 0.999. bf16 autocast is off: these convolutions ran 7x slower in bf16 than in
+# fp32 on the AMD EPYC development machine (batch 64, one thread).
+_DIFFUSION_MODEL = {"name": "diffusion", "schedule": "cosine", "timesteps": 1000, "prediction": "v",
+                    "loss_weight": "min_snr", "base_channels": 32, "channel_mults": [1, 2, 2],
+                    "num_res_blocks": 2, "attention_resolutions": [7], "patch": 2}
+_DIFFUSION_TRAIN = {"steps": 40_000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 200, "min_lr_ratio": 0.1,
+                    "grad_clip": 1.0, "ema_decay": 0.999, "amp": "off", "log_every": 50, "eval_every": 1000,
+                    "eval_batches": 5, "sample_every": 2000, "ckpt_every": 500}
+
+PRESETS.update({
+    "ddpm-mnist": Preset(
+        "diffusion, 1.7M-param UNet (2x2 patch stem), v-prediction, cosine schedule, EMA; DPM-Solver++ 20 steps",
+        {"model": dict(_DIFFUSION_MODEL), "data": {"dataset": "mnist", "normalize": "minus_one_one"},
+         "train": dict(_DIFFUSION_TRAIN)},
+    ),
+    "ddpm-fashion": Preset(
+        "diffusion as ddpm-mnist on Fashion-MNIST",
+        {"model": dict(_DIFFUSION_MODEL), "data": {"dataset": "fashion-mnist", "normalize": "minus_one_one"},
+         "train": dict(_DIFFUSION_TRAIN)},
+    ),
+    "ddpm-cond-mnist": Preset(
+        "class-conditional diffusion (label dropout 0.1, classifier-free guidance w=2 by default), MNIST",
+        {"model": {**_DIFFUSION_MODEL, "conditional": True, "label_dropout": 0.1, "guidance": 2.0},
+         "data": {"dataset": "mnist", "normalize": "minus_one_one"}, "train": dict(_DIFFUSION_TRAIN)},
+    ),
+})

@@ -19,9 +19,10 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 @torch.no_grad()
 def draw_samples(model: nn.Module, pipeline: BatchPipeline, n: int, *, seed: int,
                  native_size: tuple[int, int], label: int | None = None,
-                 batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 batch_size: int = 500, options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n samples -> (uint8 (n, C, H, W) at `native_size`, int64 labels or None).
-    A conditional model samples class `label`, or all classes in equal shares."""
+    A conditional model samples class `label`, or all classes in equal shares. `options` are
+    passed on to `model.sample` (diffusion: sampler, steps, guidance, eta)."""
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     conditional = getattr(model, "conditional", False)
@@ -39,7 +40,7 @@ def draw_samples(model: nn.Module, pipeline: BatchPipeline, n: int, *, seed: int
     chunks = []
     for i in range(0, n, batch_size):
         yb = None if labels is None else labels[i:i + batch_size]
-        x = model.sample(min(batch_size, n - i), generator=g, labels=yb)
+        x = model.sample(min(batch_size, n - i), generator=g, labels=yb, **(options or {}))
         chunks.append(resize_uint8(pipeline.to_uint8(x), native_size))
     model.train(was_training)
     return torch.cat(chunks), labels

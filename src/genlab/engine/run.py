@@ -282,13 +282,15 @@ class Run:
     def step(self) -> int:
         return self.checkpoint.state["state"]["step"]
 
-    def sample(self, n: int, *, seed: int = 0, label: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """n samples as (uint8 (n, C, H, W) at the data's native size, labels or None)."""
+    def sample(self, n: int, *, seed: int = 0, label: int | None = None,
+               **options) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n samples as (uint8 (n, C, H, W) at the data's native size, labels or None).
+        `options` go to the model's `sample` (diffusion: sampler, steps, guidance, eta)."""
         if self.family == "text":
             raise ConfigError(f"{self.run_dir} is a text run: sample it with a prompt (Run.generate, "
                               "genlab sample RUN --prompt TEXT)")
         return draw_samples(self.model, self.pipeline, n, seed=seed, label=label,
-                            native_size=tuple(self.meta["native_size"]))
+                            native_size=tuple(self.meta["native_size"]), options=options)
 
 
     def data(self, data_root: str | os.PathLike | None = None) -> ImageData | TextData:

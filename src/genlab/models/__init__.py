@@ -2,4 +2,5 @@
 
 from genlab.models import gan, vae  # noqa: F401
 from genlab.models.autoregressive import gpt, lstm, pixelcnn  # noqa: F401
+from genlab.models.diffusion import ddpm  # noqa: F401
 from genlab.models.graph import gae, graphrnn  # noqa: F401

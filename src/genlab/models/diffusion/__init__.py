@@ -1,0 +1,1 @@
+"""Diffusion models: schedules (pure functions), the UNet, and the diffusion process/samplers."""

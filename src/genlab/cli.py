@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from genlab.errors import GenlabError
+from genlab.errors import ConfigError, GenlabError
 
 log = logging.getLogger("genlab")
 
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--repetition-penalty", type=float, default=1.0, help="text runs: > 1 discourages repeats")
     s.add_argument("--stop", help="text runs: end the text before this string")
     s.add_argument("--no-cache", action="store_true", help="text runs: recompute the context for every token")
+    _diffusion_flags(s)
 
     e = sub.add_parser("evaluate", help="metrics for a run's model family -> report.json + report.html")
     e.add_argument("run_dir")
@@ -92,10 +93,48 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     pl.add_argument("--data-root", help="folder holding the datasets (default: $GENLAB_DATA, ../shared/data)")
 
+    ap = sub.add_parser("apply", help="use a trained model on images: inpaint, denoise, upscale, interpolate")
+    ap.add_argument("run_dir")
+    ap.add_argument("task", choices=["inpaint", "denoise", "upscale", "interpolate"])
+    ap.add_argument("--input", help="FILE.npz (images uint8 N x C x H x W) or FILE.png")
+    ap.add_argument("--out", required=True, help="FILE.npz (same layout as the input) or FILE.png")
+    ap.add_argument("--mask", help="inpaint: center | left-half | bottom-half | boxes | MASK.png "
+                                   "(white = fill; default center)")
+    ap.add_argument("--sigma", type=float, help="denoise: noise std on the [0, 1] pixel scale (pixel / 255)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), help="interpolate: two seeds instead of --input")
+    ap.add_argument("--steps", type=int, help="interpolate: frames per row, endpoints included (default 8)")
+    ap.add_argument("--label", type=int, help="interpolate, conditional models: the class")
+    ap.add_argument("--resample", type=int, help="inpaint, diffusion: RePaint resampling per step (default 5)")
+    ap.add_argument("--iters", type=int, help="inpaint, VAE: latent optimisation steps (default 200)")
+    _diffusion_flags(ap)
+    ap.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
+    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+
     sub.add_parser("presets", help="list presets")
     i = sub.add_parser("info", help="show a run's config, progress and key figures")
     i.add_argument("run_dir")
     return p
+
+
+def _diffusion_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"],
+                   help="diffusion runs: sampler (default: the run's, dpmpp)")
+    p.add_argument("--sampling-steps", type=int, help="diffusion runs: model evaluations (default 20; ddpm: 1000)")
+    p.add_argument("--guidance", type=float, help="diffusion runs, conditional: classifier-free guidance weight w "
+                                                  "(eps_u + w (eps_c - eps_u); 1 = conditional, 0 = unconditional)")
+    p.add_argument("--eta", type=float, help="diffusion runs, ddim: noise scale (0 deterministic, 1 = ddpm)")
+
+
+def diffusion_options(run, a: argparse.Namespace) -> dict:
+    """The diffusion sampling flags that were given, as keyword arguments of Diffusion.sample;
+    a ConfigError when they are given for another family."""
+    opts = {k: v for k, v in (("sampler", a.sampler), ("steps", a.sampling_steps), ("guidance", a.guidance),
+                              ("eta", a.eta)) if v is not None}
+    if opts and run.cfg.model_name != "diffusion":
+        flags = " ".join("--" + {"steps": "sampling-steps"}.get(k, k) for k in opts)
+        raise ConfigError(f"{flags}: diffusion options, but {a.run_dir} is a {run.cfg.model_name} run")
+    return opts
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -133,6 +172,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from genlab.images import write_images
 
     run = load(a.run_dir, a.checkpoint, a.device)
+    options = diffusion_options(run, a)
     if run.family == "text" or a.prompt is not None:
         return _sample_text(run, a)
     if run.family == "graph":
@@ -144,7 +184,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
                                             label=a.label)
         nrow = a.steps
     else:
-        images, labels = run.sample(a.n, seed=a.seed, label=a.label)
+        images, labels = run.sample(a.n, seed=a.seed, label=a.label, **options)
         nrow = None
     kind = "interp" if a.interpolate else "sample"
     out = a.out or str(Path(a.run_dir) / "samples" / f"{kind}-seed{a.seed}.png")
@@ -230,6 +270,22 @@ def _sample_text(run, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apply(a: argparse.Namespace) -> int:
+    import time
+
+    from genlab.apply import apply
+
+    options = {"mask": a.mask, "sigma": a.sigma, "seeds": a.seeds, "steps": a.steps, "label": a.label,
+               "resample": a.resample, "iters": a.iters, "sampler": a.sampler, "sampling_steps": a.sampling_steps,
+               "eta": a.eta, "guidance": a.guidance}
+    if a.task != "interpolate":  # interpolation is deterministic given its endpoints
+        options["seed"] = a.seed
+    t0 = time.perf_counter()
+    out = apply(a.run_dir, a.task, input=a.input, out=a.out, checkpoint=a.checkpoint, device=a.device, **options)
+    log.info("%s: wrote %s in %.1f s", a.task, out, time.perf_counter() - t0)
+    return 0
+
+
 def cmd_pipeline(a: argparse.Namespace) -> int:
     from genlab.pipeline import Pipeline, load_pipeline
 
@@ -276,7 +332,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
-            "pipeline": cmd_pipeline,
+            "pipeline": cmd_pipeline, "apply": cmd_apply,
             "presets": cmd_presets, "info": cmd_info}
 
 

@@ -1,0 +1,71 @@
+"""`genlab apply`: use a trained model on given images. One module per task; this dispatcher
+checks the family, reads the input, runs the task and writes the output atomically.
+
+    apply(run_dir, "inpaint", input="x.npz", out="y.npz", mask="center")
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+from genlab.apply.denoise import run_denoise
+from genlab.apply.inpaint import run_inpaint
+from genlab.apply.interpolate import run_interpolate
+from genlab.apply.io import check_size, read_images, write_output
+from genlab.apply.upscale import FACTOR, run_upscale
+from genlab.errors import ConfigError, DataError
+
+# task -> (function(run, images, labels, **options) -> uint8 images, families that can do it)
+TASKS = {
+    "inpaint": (run_inpaint, ("diffusion", "vae", "pixelcnn")),
+    "denoise": (run_denoise, ("diffusion",)),
+    "upscale": (run_upscale, ("diffusion",)),
+    "interpolate": (run_interpolate, ("diffusion", "vae", "gan")),
+}
+
+DIFFUSION_OPTIONS = ("sampler", "sampling_steps", "eta", "guidance", "resample")
+
+
+def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | None, out: str | os.PathLike,
+          checkpoint: str = "last", device: str = "cpu", **options) -> Path:
+    """Run `task` of run_dir's model on the images in `input`, write them to `out`; returns `out`.
+    `options` are the task's keyword arguments (mask, sigma, seed, steps, ...)."""
+    from genlab.engine.run import load
+
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    fn, families = TASKS[task]
+    if Path(out).suffix not in (".npz", ".png"):
+        raise DataError(f"--out must end in .npz or .png, got {Path(out).name}")
+    run = load(run_dir, checkpoint, device)
+    name = run.cfg.model_name
+    if name not in families:
+        raise ConfigError(f"{task} works with {', '.join(families)} runs; {run_dir} is a {name} run")
+    given = sorted(k for k in DIFFUSION_OPTIONS if options.get(k) is not None)
+    if given and name != "diffusion":
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: diffusion options, "
+                          f"but {run_dir} is a {name} run")
+    if run.family != "image":
+        raise ConfigError(f"{task} works on images; {run_dir} is a {run.family} run")
+    native = tuple(run.meta["native_size"])
+    if getattr(run.model.cfg, "image_size", None) != native[0] or native[0] != native[1]:
+        raise ConfigError(f"{task} needs a run trained at its data's native (square) size, {native[0]}x{native[1]}")
+    images = labels = None
+    if input is not None:
+        batch = read_images(input, run.meta["channels"])
+        images, labels = batch.images, batch.labels
+        want = (native[0] // FACTOR, native[1] // FACTOR) if task == "upscale" else native
+        check_size(images, want, f"{task} input")
+    elif task != "interpolate":
+        raise ConfigError(f"{task} needs --input FILE.npz or FILE.png")
+    given = {k: v for k, v in options.items() if v is not None}
+    accepted = inspect.signature(fn).parameters
+    for k in given:
+        if k not in accepted:
+            raise ConfigError(f"--{k.replace('_', '-')} is not an option of {task}")
+    result = fn(run, images, labels, **given)
+    nrow = options.get("steps", 8) if task == "interpolate" else None
+    keep = labels if task != "interpolate" else None
+    return write_output(out, result, keep, nrow=nrow)

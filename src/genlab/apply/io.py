@@ -1,0 +1,93 @@
+"""Reading and writing the images `genlab apply` works on, and moving them in and out of a
+run's data space.
+
+Inputs: `.npz` holding `images` (uint8, N x C x H x W, as `genlab sample` writes; `labels` kept
+if present) or one `.png`. Outputs are written atomically by name: `.npz` keeps the `images` key,
+uint8 dtype and N x C x H x W layout (and the input's labels); `.png` is the image itself for one
+image, else a grid.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab.data.transforms import normalize
+from genlab.errors import DataError, ShapeError
+from genlab.images import make_grid, png_bytes, save_npz
+from genlab.engine.checkpoint import atomic_write_bytes
+
+
+@dataclass
+class ImageBatch:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor | None  # int64 (N,) from an .npz, else None
+    kind: str  # "npz" | "png"
+
+
+def read_images(path: str | Path, channels: int) -> ImageBatch:
+    """An .npz (`images` uint8 N x C x H x W) or a PNG (converted to `channels` channels)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"input {p} not found")
+    if p.suffix == ".png":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            img = Image.open(p).convert("L" if channels == 1 else "RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"cannot read {p} as a PNG: {e}") from None
+        a = np.asarray(img, dtype=np.uint8)
+        a = a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None]  # (1, C, H, W)
+        return ImageBatch(torch.from_numpy(a.copy()), None, "png")
+    if p.suffix != ".npz":
+        raise DataError(f"--input must be an .npz (images uint8 N x C x H x W) or a .png, got {p.name}")
+    try:
+        with np.load(p) as z:
+            if "images" not in z:
+                raise ShapeError(f"{p} has no 'images' array (found: {', '.join(z.files) or 'nothing'})")
+            a, labels = z["images"], (z["labels"] if "labels" in z else None)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read {p} as .npz: {e}") from None
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[1] != channels or a.shape[0] == 0:
+        raise ShapeError(f"{p}: 'images' must be uint8 N x {channels} x H x W with N >= 1, "
+                         f"got {a.dtype} {tuple(a.shape)}")
+    return ImageBatch(torch.from_numpy(a.copy()), None if labels is None else torch.from_numpy(labels).long(), "npz")
+
+
+def check_size(images: torch.Tensor, size: tuple[int, int], what: str) -> None:
+    if tuple(images.shape[-2:]) != tuple(size):
+        raise ShapeError(f"{what} must be {size[0]}x{size[1]} images, got {images.shape[-2]}x{images.shape[-1]}")
+
+
+def write_output(out: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None,
+                 nrow: int | None = None) -> Path:
+    """uint8 (N, C, H, W) -> .npz (same layout) or .png (the image, or a grid of several)."""
+    p = Path(out)
+    if p.suffix == ".npz":
+        save_npz(p, images, labels)
+    elif p.suffix == ".png":
+        arr = images[0].permute(1, 2, 0).numpy() if len(images) == 1 and nrow is None else make_grid(images, nrow)
+        atomic_write_bytes(p, png_bytes(np.ascontiguousarray(arr)))
+    else:
+        raise DataError(f"--out must end in .npz or .png, got {p.name}")
+    return p
+
+
+def to_model_space(run, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> floats in the run's data space (no augmentation or binarisation)."""
+    p = run.pipeline
+    return normalize(images, p.mode, p.mean, p.std).to(run.device)
+
+
+def pixel_scale(run) -> float:
+    """How far 1.0 on the [0, 1] pixel scale is in the run's data space (2 for [-1, 1])."""
+    p = run.pipeline
+    lo = normalize(torch.zeros(1, 1, 1, 1, dtype=torch.uint8), p.mode, p.mean[:1], p.std[:1])
+    hi = normalize(torch.full((1, 1, 1, 1), 255, dtype=torch.uint8), p.mode, p.mean[:1], p.std[:1])
+    return float(hi - lo)
+

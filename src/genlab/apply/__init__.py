@@ -66,6 +66,6 @@ def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | N
         if k not in accepted:
             raise ConfigError(f"--{k.replace('_', '-')} is not an option of {task}")
     result = fn(run, images, labels, **given)
-    nrow = options.get("steps", 8) if task == "interpolate" else None
+    nrow = (options.get("steps") or 8) if task == "interpolate" else None
     keep = labels if task != "interpolate" else None
     return write_output(out, result, keep, nrow=nrow)

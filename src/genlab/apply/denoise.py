@@ -50,7 +50,7 @@ def run_denoise(run, images: torch.Tensor, labels: torch.Tensor | None, *, sigma
     if sigma is None or not sigma > 0:
         raise ConfigError(f"--sigma must be > 0 (noise std on the [0, 1] pixel scale), got {sigma}")
     model = run.model
-    sampler, _, w, eta = model.sampling_options(sampler, None, guidance, eta)
+    sampler, _, w, eta = model.sampling_options(sampler, sampling_steps, guidance, eta)  # checks the values
     y = labels.to(run.device) if labels is not None and model.conditional else None
     x0 = denoise(model, to_model_space(run, images), sigma * pixel_scale(run), steps=sampling_steps, sampler=sampler,
                  eta=eta, generator=make_generator(seed), labels=y, guidance=w)

@@ -168,8 +168,10 @@ def run_inpaint(run, images: torch.Tensor, labels: torch.Tensor | None, *, mask:
     model = run.model
     y = labels.to(run.device) if labels is not None and model.conditional else None
     if name == "diffusion":
-        w = model.cfg.guidance if guidance is None else guidance
-        out = repaint(model, x, fill, steps=sampling_steps or 50, resample=resample, generator=g, labels=y, guidance=w)
+        _, steps, w, _ = model.sampling_options("ddpm", sampling_steps or 50, guidance, None)  # checks the values
+        if resample < 1:
+            raise ConfigError(f"--resample must be >= 1, got {resample}")
+        out = repaint(model, x, fill, steps=steps, resample=resample, generator=g, labels=y, guidance=w)
     elif name == "vae":
         out = vae_latent_fill(model, x, fill, iters=iters, labels=y)
     elif name == "pixelcnn":

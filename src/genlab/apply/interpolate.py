@@ -58,8 +58,7 @@ def run_interpolate(run, images: torch.Tensor | None, labels: torch.Tensor | Non
     y_images = None if y is None else y.repeat_interleave(2)  # (2 rows,) for encoding the pairs
     y_frames = None if y is None else y.repeat_interleave(steps)  # (rows * steps,)
     if name == "diffusion":
-        k = sampling_steps or 50
-        w = model.cfg.guidance if guidance is None else guidance
+        _, k, w, _ = model.sampling_options("ddim", sampling_steps or 50, guidance, None)  # checks the values
         if images is not None:
             z = model.invert(to_model_space(run, images), k, y_images)
         else:

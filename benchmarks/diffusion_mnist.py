@@ -1,0 +1,381 @@
+"""ddpm-mnist and ddpm-cond-mnist: FID against CPU training time for four samplers, label
+accuracy of the conditional model, the `genlab apply` tasks against simple baselines, and the
+UNet's step/sampling time beside diffusers' UNet2DModel and lucidrains' Unet.
+
+    .venv/bin/python benchmarks/diffusion_mnist.py                 # the full run (many hours, see below)
+    .venv/bin/python benchmarks/diffusion_mnist.py --smoke         # end to end in a few minutes
+
+Parts (each can be skipped): `train` (ddpm-mnist for the largest --minutes budget, a checkpoint
+kept when training time passes each smaller budget), `fid` (lenet-mnist FID of --n samples for
+DDPM-1000, DDIM-50, DPM-Solver++ 10 and 20 steps at every budget, with samples/s), `cond`
+(ddpm-cond-mnist for --cond-minutes; share of --n samples the MNIST classifier labels as
+requested, at guidance 1 and the preset's w), `apply` (on --apply-n MNIST test images: inpaint
+centre vs mean fill and a vae-mnist trained --vae-minutes; denoise sigma 0.5 vs Gaussian blur and
+median filter; upscale 14->28 vs bicubic), `compare` (ms per training step at batch 64 and time
+to sample 64 images with 20 network evaluations, against diffusers and denoising-diffusion-pytorch
+at a matched parameter count, when `pip install -e '.[bench]'` made them importable).
+DDPM-1000 at N=10,000 is 10 million network evaluations: about 6 hours per checkpoint on the
+2-core development machine; --ddpm-n lowers it (the FID of fewer samples is biased upwards).
+Writes benchmarks/results/diffusion-mnist.{md,json} and PNGs beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import RESULTS, fresh_run_dir, machine_lines, mean_train_throughput, write_results
+
+import torch
+import torch.nn.functional as F
+
+import genlab
+from genlab.bench import machine_info
+from genlab.images import save_grid
+from genlab.metrics import reconstruction as rec
+from genlab.metrics.classifier import label_accuracy, load_classifier
+from genlab.metrics.features import get_extractor
+from genlab.metrics.sample_quality import FeatureSet, fid
+from genlab.seed import make_generator
+
+SAMPLERS = [("DDPM-1000", "ddpm", 1000), ("DDIM-50", "ddim", 50), ("DPM-Solver++ 10", "dpmpp", 10),
+            ("DPM-Solver++ 20", "dpmpp", 20)]
+PARTS = ("train", "fid", "cond", "apply", "compare")
+
+
+def log(msg: str) -> None:
+    print(f"[diffusion-mnist {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def features(ext, images: torch.Tensor) -> FeatureSet:
+    fs = FeatureSet()
+    fs.update(ext(images)[0])
+    return fs
+
+
+# --------------------------------------------------------------------------- training + FID
+
+
+def train_with_marks(preset: str, name: str, marks: list[float], seed: int) -> tuple[object, list[str]]:
+    """Train `preset` for max(marks) minutes; checkpoint names per mark ('min-M' or 'last')."""
+    run_dir = fresh_run_dir(name)
+    kept: list[float] = []
+
+    def keep_marks(trainer) -> None:
+        for m in marks[:-1]:
+            if m not in kept and trainer.state.elapsed >= m * 60:
+                trainer.save(f"min-{m:g}")
+                kept.append(m)
+
+    res = genlab.train(preset, run_dir, minutes=marks[-1], seed=seed, callbacks=[keep_marks])
+    return res, [f"min-{m:g}" if m in kept else "last" for m in marks]
+
+
+def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: FeatureSet) -> list[dict]:
+    rows = []
+    for m, ck in zip(marks, ckpts):
+        run = genlab.load(run_dir, ck)
+        for label, sampler, steps in SAMPLERS:
+            if sampler == "ddpm":
+                steps, label = a.ddpm_steps, f"DDPM-{a.ddpm_steps}"
+            n = a.ddpm_n if sampler == "ddpm" else a.n
+            t0 = time.perf_counter()
+            images, _ = run.sample(n, seed=a.seed, sampler=sampler, steps=steps)
+            secs = time.perf_counter() - t0
+            value = fid(real, features(ext, images))
+            rows.append({"minutes": m, "checkpoint": ck, "step": run.step, "sampler": label, "steps": steps,
+                         "n": n, "fid": value, "samples_per_s": n / secs, "seconds": secs})
+            log(f"{m:g} min, {label} ({steps} steps): FID {value:.2f}, {n / secs:.1f} samples/s")
+            if sampler == "dpmpp" and steps == 20:
+                save_grid(images[:100], RESULTS / f"{a.name}-{m:g}min.png", nrow=10)
+    return rows
+
+
+def cond_rows(a, clf) -> tuple[dict, list[dict]]:
+    res = genlab.train("ddpm-cond-mnist", fresh_run_dir("ddpm-cond-mnist"), minutes=a.cond_minutes, seed=a.seed)
+    run = genlab.load(res.run_dir)
+    rows = []
+    for w in sorted({1.0, run.model.cfg.guidance}):
+        t0 = time.perf_counter()
+        images, labels = run.sample(a.n, seed=a.seed, guidance=w)
+        secs = time.perf_counter() - t0
+        acc = label_accuracy(clf, images, labels)
+        rows.append({"guidance": w, "label_accuracy": acc, "n": a.n, "samples_per_s": a.n / secs})
+        log(f"conditional, w={w:g}: label accuracy {100 * acc:.2f}%")
+        save_grid(images[:100], RESULTS / f"{a.name}-cond-w{w:g}.png", nrow=10)
+    return {"steps": res.state.step, "minutes": a.cond_minutes,
+            "images_per_s": mean_train_throughput(res.run_dir) or 64 * res.state.step / res.state.elapsed}, rows
+
+
+# --------------------------------------------------------------------------- applications
+
+
+def masked_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over images of the PSNR (data range 1) over the masked pixels only."""
+    d = ((a.double() - b.double()) / 255) ** 2
+    m = mask.expand_as(d).double()
+    mse = (d * m).flatten(1).sum(1) / m.flatten(1).sum(1)
+    return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as TF
+
+    k = 2 * round(3 * sigma) + 1
+    return TF.gaussian_blur(x.float(), [k, k], [sigma, sigma]).round().clamp(0, 255).to(torch.uint8)
+
+
+def median_filter(x: torch.Tensor, k: int) -> torch.Tensor:
+    p = k // 2
+    patches = F.unfold(F.pad(x.float(), (p, p, p, p), mode="replicate"), k)  # (N, C k k, H W)
+    N, C, H, W = x.shape
+    return patches.view(N, C, k * k, H * W).median(2).values.view(N, C, H, W).to(torch.uint8)
+
+
+def apply_rows(run_dir, a, ext) -> dict:
+    from genlab.apply.denoise import run_denoise
+    from genlab.apply.inpaint import make_mask, run_inpaint
+    from genlab.apply.interpolate import run_interpolate
+    from genlab.apply.upscale import run_upscale
+
+    run = genlab.load(run_dir)
+    data = run.data()
+    x = data.test_x[:a.apply_n]
+    out: dict = {"n": len(x)}
+    # inpainting, centre mask
+    mask = make_mask("center", 1, 28, 28)
+    t0 = time.perf_counter()
+    diff = run_inpaint(run, x, None, mask="center", seed=a.seed, sampling_steps=a.repaint_steps,
+                       resample=a.repaint_resample)
+    diff_s = time.perf_counter() - t0
+    mean_img = data.train_x.double().mean(0, keepdim=True).round().to(torch.uint8)
+    mean_fill = torch.where(mask, mean_img, x)
+    vae_res = genlab.train("vae-mnist", fresh_run_dir("vae-mnist-for-inpaint"), minutes=a.vae_minutes, seed=a.seed)
+    vae = run_inpaint(genlab.load(vae_res.run_dir), x, None, mask="center", seed=a.seed)
+    crop = (slice(None), slice(None), slice(7, 21), slice(7, 21))
+    out["inpaint"] = {name: {"psnr_masked": masked_psnr(img, x, mask), "ssim_masked": rec.ssim(img[crop], x[crop])}
+                      for name, img in (("mean fill", mean_fill), ("vae-mnist latent optimisation", vae),
+                                        ("diffusion RePaint", diff))}
+    out["inpaint"]["diffusion RePaint"]["seconds"] = diff_s
+    masked_in = torch.where(mask, torch.full_like(x, 128), x)
+    save_grid(torch.cat([t[:10] for t in (x, masked_in, mean_fill, vae, diff)]), RESULTS / f"{a.name}-inpaint.png",
+              nrow=10)
+    # denoising, sigma 0.5 on the [0, 1] scale
+    g = make_generator(a.seed)
+    noisy = (x.float() + 0.5 * 255 * torch.randn(x.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
+    blur = {s: gaussian_blur(noisy, s) for s in (0.5, 1.0, 1.5, 2.0)}
+    best_blur = max(blur, key=lambda s: rec.psnr(blur[s], x))
+    med = {k: median_filter(noisy, k) for k in (3, 5)}
+    best_med = max(med, key=lambda k: rec.psnr(med[k], x))
+    d_sample = run_denoise(run, noisy, None, sigma=0.5, seed=a.seed)
+    d_mmse = run_denoise(run, noisy, None, sigma=0.5, seed=a.seed, sampling_steps=1)
+    out["denoise"] = {name: {"psnr": rec.psnr(img, x), "ssim": rec.ssim(img, x)} for name, img in (
+        ("noisy input", noisy), (f"Gaussian blur (best sigma, {best_blur:g})", blur[best_blur]),
+        (f"median filter (best, {best_med}x{best_med})", med[best_med]),
+        ("diffusion, reverse process (default steps)", d_sample), ("diffusion, 1 step (E[x0 | x_t])", d_mmse))}
+    save_grid(torch.cat([t[:10] for t in (x, noisy, blur[best_blur], med[best_med], d_sample, d_mmse)]),
+              RESULTS / f"{a.name}-denoise.png", nrow=10)
+    # x2 upscaling from 2x2 box averages
+    low = F.avg_pool2d(x.float(), 2).round().to(torch.uint8)
+    bicubic = F.interpolate(low.float(), scale_factor=2, mode="bicubic", align_corners=False).round().clamp(0, 255) \
+        .to(torch.uint8)
+    up = run_upscale(run, low, None, seed=a.seed)
+    real = features(ext, data.test_x)
+    out["upscale"] = {name: {"psnr": rec.psnr(img, x), "ssim": rec.ssim(img, x), "fid": fid(real, features(ext, img))}
+                      for name, img in (("bicubic", bicubic), ("diffusion, low-res consistency", up))}
+    nearest = F.interpolate(low, scale_factor=2, mode="nearest")
+    save_grid(torch.cat([t[:10] for t in (x, nearest, bicubic, up)]), RESULTS / f"{a.name}-upscale.png", nrow=10)
+    strip = run_interpolate(run, x[:4], None, steps=10)
+    save_grid(strip, RESULTS / f"{a.name}-interpolate.png", nrow=10)
+    return out
+
+
+# --------------------------------------------------------------------------- other libraries
+
+
+def time_step(model: torch.nn.Module, loss_fn, batch: int, size: int, reps: int) -> float:
+    """Median ms of one Adam step of `loss_fn(model, x)` at batch `batch`, size x size."""
+    opt = torch.optim.Adam(model.parameters(), 2e-4)
+    x = torch.rand(batch, 1, size, size) * 2 - 1
+    times = []
+    for i in range(reps + 2):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model, x).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return 1000 * sorted(times[2:])[len(times[2:]) // 2]
+
+
+@torch.no_grad()
+def time_forward(fn, batch: int, size: int, evals: int) -> float:
+    """Seconds for `evals` network evaluations at batch `batch` (a 20-step sampler's cost)."""
+    x = torch.randn(batch, 1, size, size)
+    fn(x)
+    t0 = time.perf_counter()
+    for _ in range(evals):
+        fn(x)
+    return time.perf_counter() - t0
+
+
+def compare_rows(a) -> list[dict]:
+    from genlab.config import resolve
+    from genlab.engine.run import build_model
+    import dataclasses
+
+    cfg = resolve("ddpm-mnist")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channels=1, image_size=28))
+    ours = build_model(cfg)
+    t = torch.randint(0, 1000, (a.compare_batch,))
+    rows = [{"library": "genlab (ddpm-mnist UNet, 28x28)", "params": sum(p.numel() for p in ours.parameters()),
+             "ms_per_step": time_step(ours, lambda m, x: m.loss({"x": x})["loss"], a.compare_batch, 28, a.compare_reps),
+             "sample_s": time_forward(lambda x: ours.net(x, t[:len(x)]), a.compare_batch, 28, 20)}]
+    log(f"genlab: {rows[-1]}")
+    try:
+        from diffusers import UNet2DModel
+
+        # 32x32 (zero padding): its three levels need sizes divisible by 4 at every level
+        net = UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
+                          layers_per_block=2, norm_num_groups=8,
+                          down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                          up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+        t32 = torch.randint(0, 1000, (a.compare_batch,))
+
+        def dloss(m, x):
+            noise = torch.randn_like(x)
+            return F.mse_loss(m(x + noise, t32[:len(x)]).sample, noise)
+
+        rows.append({"library": "diffusers UNet2DModel (32x32)", "params": sum(p.numel() for p in net.parameters()),
+                     "ms_per_step": time_step(net, dloss, a.compare_batch, 32, a.compare_reps),
+                     "sample_s": time_forward(lambda x: net(x, t32[:len(x)]).sample, a.compare_batch, 32, 20)})
+        log(f"diffusers: {rows[-1]}")
+    except ImportError as e:
+        rows.append({"library": "diffusers", "skipped": f"not importable ({e}); pip install -e '.[bench]'"})
+    try:
+        from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+
+        unet = Unet(dim=32, dim_mults=(1, 2, 2), channels=1, flash_attn=False)
+        gd = GaussianDiffusion(unet, image_size=32, timesteps=1000, sampling_timesteps=20)
+        t32 = torch.randint(0, 1000, (a.compare_batch,))
+        rows.append({"library": "denoising-diffusion-pytorch Unet + GaussianDiffusion (32x32)",
+                     "params": sum(p.numel() for p in unet.parameters()),
+                     "ms_per_step": time_step(gd, lambda m, x: m(x), a.compare_batch, 32, a.compare_reps),
+                     "sample_s": time_forward(lambda x: unet(x, t32[:len(x)]), a.compare_batch, 32, 20)})
+        log(f"denoising-diffusion-pytorch: {rows[-1]}")
+    except ImportError as e:
+        rows.append({"library": "denoising-diffusion-pytorch", "skipped": f"not importable ({e}); "
+                                                                         "pip install -e '.[bench]'"})
+    for r in rows[1:]:
+        if "skipped" not in r:
+            r["step_time_ratio_vs_genlab"] = r["ms_per_step"] / rows[0]["ms_per_step"]
+            r["sample_time_ratio_vs_genlab"] = r["sample_s"] / rows[0]["sample_s"]
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(out: dict, a, command: str) -> str:
+    md = ["# ddpm-mnist: FID against CPU time, samplers, guidance, applications\n", f"Command: `{command}`\n",
+          machine_lines(out["machine"])]
+    if "train" in out:
+        tr = out["train"]
+        md += [f"Training: `ddpm-mnist`, {tr['params']:,} parameters, {tr['steps']:,} steps in {tr['minutes']:g} "
+               f"minutes, {tr['images_per_s']:.1f} images/s = **{tr['ms_per_step']:.0f} ms per step at batch 64**.\n"]
+    if out.get("fid"):
+        md += ["| CPU minutes | step | sampler | N | FID (lenet-mnist) | samples/s |", "|---|---|---|---|---|---|"]
+        md += [f"| {r['minutes']:g} | {r['step']:,} | {r['sampler']} | {r['n']:,} | {r['fid']:.2f} | "
+               f"{r['samples_per_s']:.1f} |" for r in out["fid"]]
+        md += ["", "Samples (DPM-Solver++ 20 steps) at the largest budget:\n",
+               f"![samples]({a.name}-{a.minutes[-1]:g}min.png)\n"]
+    if out.get("cond"):
+        c = out["cond"]
+        md += [f"Conditional (`ddpm-cond-mnist`, {c['train']['minutes']:g} minutes, {c['train']['steps']:,} steps, "
+               "DPM-Solver++ 20 steps): share of samples the shipped MNIST LeNet labels as requested "
+               "(target >= 95%):\n", "| guidance w | N | label accuracy | samples/s |", "|---|---|---|---|"]
+        md += [f"| {r['guidance']:g} | {r['n']:,} | {100 * r['label_accuracy']:.2f}% | {r['samples_per_s']:.1f} |"
+               for r in c["rows"]]
+        md += [""]
+    if out.get("apply"):
+        ap = out["apply"]
+        md += [f"## Applications on {ap['n']:,} MNIST test images\n",
+               "Inpainting, centre 14x14 masked (PSNR/SSIM over the masked region):\n",
+               "| method | PSNR (dB) | SSIM |", "|---|---|---|"]
+        md += [f"| {k} | {v['psnr_masked']:.2f} | {v['ssim_masked']:.4f} |" for k, v in ap["inpaint"].items()]
+        md += ["", f"![inpaint]({a.name}-inpaint.png) (rows: original, input, mean fill, VAE, diffusion)\n",
+               "Denoising, sigma = 0.5 on the [0, 1] scale, noisy images clipped to 8 bits:\n",
+               "| method | PSNR (dB) | SSIM |", "|---|---|---|"]
+        md += [f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} |" for k, v in ap["denoise"].items()]
+        md += ["", f"![denoise]({a.name}-denoise.png) (rows: original, noisy, blur, median, diffusion, "
+               "diffusion 1 step)\n", "Upscaling x2 from 2x2 box averages (14x14 -> 28x28):\n",
+               "| method | PSNR (dB) | SSIM | FID (lenet-mnist) |", "|---|---|---|---|"]
+        md += [f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['fid']:.2f} |" for k, v in ap["upscale"].items()]
+        md += ["", f"![upscale]({a.name}-upscale.png) (rows: original, low-res, bicubic, diffusion)\n",
+               "Interpolation between test images (DDIM inversion, slerp):\n\n"
+               f"![interpolate]({a.name}-interpolate.png)\n"]
+    if out.get("compare"):
+        md += [f"## Against other libraries (batch {a.compare_batch}, same process)\n",
+               "| library | parameters | ms per training step | s for 20 network evaluations | "
+               "step time / genlab | sampling time / genlab |", "|---|---|---|---|---|---|"]
+        for r in out["compare"]:
+            if "skipped" in r:
+                md.append(f"| {r['library']} | skipped: {r['skipped']} | | | | |")
+            else:
+                md.append(f"| {r['library']} | {r['params']:,} | {r['ms_per_step']:.0f} | {r['sample_s']:.2f} | "
+                          f"{r.get('step_time_ratio_vs_genlab', 1):.2f} | {r.get('sample_time_ratio_vs_genlab', 1):.2f} |")
+    return "\n".join(md) + "\n"
+
+
+def main() -> None:
+    import sys
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", nargs="+", type=float, default=[30.0, 60.0])
+    ap.add_argument("--cond-minutes", type=float, default=30.0)
+    ap.add_argument("--vae-minutes", type=float, default=5.0)
+    ap.add_argument("--n", type=int, default=10_000, help="samples per FID / label-accuracy figure")
+    ap.add_argument("--ddpm-n", type=int, default=10_000, help="samples for the DDPM-1000 FID")
+    ap.add_argument("--ddpm-steps", type=int, default=1000)
+    ap.add_argument("--apply-n", type=int, default=1000)
+    ap.add_argument("--repaint-steps", type=int, default=50)
+    ap.add_argument("--repaint-resample", type=int, default=5)
+    ap.add_argument("--compare-batch", type=int, default=64)
+    ap.add_argument("--compare-reps", type=int, default=10)
+    ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny budgets and counts to check the script end to end (results named -smoke)")
+    a = ap.parse_args()
+    if a.smoke:
+        a.minutes, a.cond_minutes, a.vae_minutes = [0.2, 0.4], 0.2, 0.1
+        a.n = a.ddpm_n = 200
+        a.ddpm_steps, a.apply_n, a.repaint_steps, a.repaint_resample, a.compare_reps = 20, 20, 5, 2, 2
+    a.minutes = sorted(a.minutes)
+    a.name = name = "diffusion-mnist" + ("-smoke" if a.smoke else "")
+    command = ".venv/bin/python benchmarks/diffusion_mnist.py " + " ".join(sys.argv[1:])
+    RESULTS.mkdir(exist_ok=True)
+    out: dict = {"machine": machine_info(), "args": vars(a)}
+    ext = get_extractor("lenet-mnist")
+    run_dir = None
+    if "train" not in a.skip:
+        res, ckpts = train_with_marks("ddpm-mnist", "ddpm-mnist", a.minutes, a.seed)
+        run_dir = res.run_dir
+        ips = mean_train_throughput(run_dir) or 64 * res.state.step / res.state.elapsed  # short runs log no rate
+        out["train"] = {"steps": res.state.step, "minutes": a.minutes[-1], "images_per_s": ips,
+                        "ms_per_step": 64_000 / ips,
+                        "params": sum(p.numel() for p in genlab.load(run_dir).model.parameters())}
+        if "fid" not in a.skip:
+            real = features(ext, genlab.load(run_dir).data().test_x)
+            out["fid"] = sampler_rows(run_dir, ckpts, a.minutes, a, ext, real)
+    if "cond" not in a.skip:
+        train, rows = cond_rows(a, load_classifier("lenet-mnist"))
+        out["cond"] = {"train": train, "rows": rows}
+    if "apply" not in a.skip and run_dir is not None:
+        out["apply"] = apply_rows(run_dir, a, ext)
+    if "compare" not in a.skip:
+        out["compare"] = compare_rows(a)
+    write_results(name, out, markdown(out, a, command))
+
+
+if __name__ == "__main__":
+    main()

@@ -129,11 +129,13 @@ def _vae_fit(model, x, keep, iters, lr, y):
         z0, _ = model.encode(start, y)
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
-    for _ in range(iters):
-        opt.zero_grad()
-        obj = _vae_objective(model, z, x, keep, y)
-        obj.sum().backward()
-        opt.step()
+    with torch.enable_grad():  # callers may be in no_grad; only z is optimised
+        for _ in range(iters):
+            opt.zero_grad()
+            obj = _vae_objective(model, z, x, keep, y)
+            (grad,) = torch.autograd.grad(obj.sum(), [z])
+            z.grad = grad
+            opt.step()
     with torch.no_grad():
         obj = _vae_objective(model, z, x, keep, y)
         return model.mean(model.decode(z, y)), obj

@@ -6,9 +6,14 @@ self-attention only at the low resolutions listed in `attention_resolutions` (at
 added to the time embedding (index `num_classes` is the "no label" token for classifier-free
 guidance).
 
-CPU speed: activations and 4-D weights are kept channels_last, the layout oneDNN's
-convolutions (fp32 and bf16) run fastest in; attention is one fused SDPA call; down/up
-sampling are a strided conv and nearest + conv (no transposed convs, which are slow on CPU).
+An optional pixel-unshuffle stem (`patch`) folds p x p pixel blocks into channels, so the
+whole network runs at 1/p of the resolution (p = 2: 28x28x1 -> 14x14x4, about 3.7x fewer
+FLOPs for the same widths) and a pixel shuffle unfolds the output.
+
+CPU speed: activations and 4-D weights are kept channels_last (oneDNN's preferred layout; a
+training step at batch 64 ran 4% faster than contiguous on the AMD EPYC development machine,
+and bf16 autocast 7x slower than fp32, so the presets train in fp32); attention is one fused
+SDPA call; down/up sampling are a strided conv and nearest + conv (no transposed convs).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class UNetConfig:
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 2)  # one level per entry; each level but the last halves the size
     num_res_blocks: int = 2  # per level on the way down (one more on the way up)
-    attention_resolutions: tuple[int, ...] = (7,)  # feature-map sizes that get self-attention
+    attention_resolutions: tuple[int, ...] = (7,)  # feature-map sizes (after the stem) that get self-attention
     heads: int = 4
     dropout: float = 0.0
     groups: int = 8  # GroupNorm groups

@@ -15,7 +15,8 @@ median filter; upscale 14->28 vs bicubic), `compare` (ms per training step at ba
 to sample 64 images with 20 network evaluations, against diffusers and denoising-diffusion-pytorch
 at a matched parameter count, when `pip install -e '.[bench]'` made them importable).
 DDPM-1000 at N=10,000 is 10 million network evaluations: about 6 hours per checkpoint on the
-2-core development machine; --ddpm-n lowers it (the FID of fewer samples is biased upwards).
+2-core development machine; --ddpm-last-only runs it for the largest budget only, --ddpm-n lowers
+N (the FID of fewer samples is biased upwards, so compare it only with the same N).
 Writes benchmarks/results/diffusion-mnist.{md,json} and PNGs beside them.
 """
 
@@ -76,6 +77,8 @@ def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: Fe
     for m, ck in zip(marks, ckpts):
         run = genlab.load(run_dir, ck)
         for label, sampler, steps in SAMPLERS:
+            if sampler == "ddpm" and a.ddpm_last_only and m != marks[-1]:
+                continue
             if sampler == "ddpm":
                 steps, label = a.ddpm_steps, f"DDPM-{a.ddpm_steps}"
             n = a.ddpm_n if sampler == "ddpm" else a.n
@@ -336,6 +339,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="samples per FID / label-accuracy figure")
     ap.add_argument("--ddpm-n", type=int, default=10_000, help="samples for the DDPM-1000 FID")
     ap.add_argument("--ddpm-steps", type=int, default=1000)
+    ap.add_argument("--ddpm-last-only", action="store_true", help="DDPM only at the largest budget (saves hours)")
     ap.add_argument("--apply-n", type=int, default=1000)
     ap.add_argument("--repaint-steps", type=int, default=50)
     ap.add_argument("--repaint-resample", type=int, default=5)

@@ -27,6 +27,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread (no fork/join per op) and do not suffer when other
+    work holds the second core. Modules opt in with pytestmark = usefixtures("one_thread")."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if DATA is None or not (DATA / "MNIST" / "raw").is_dir():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import genlab
-from genlab.data.graphs import (LinkData, check_link_split, grid_graph, link_split, load_graph_data,
+from genlab.data.graphs import (LinkData, check_link_split, grid_graph, load_graph_data,
                                 synthetic_graphs, two_community_graph)
 from genlab.errors import ConfigError, DataError, GenlabError
 from genlab.metrics.graph_stats import gaussian_emd, graph_mmd
@@ -23,12 +23,7 @@ TINY_RNN = ["model.hidden=16", "model.embed=8", "model.layers=1", "model.out_hid
             "train.ckpt_every=1000", "train.warmup_steps=0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,7 @@ TINY_TEXT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.bloc
              "train.lr=1e-2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread (no fork/join per op) and do not suffer when
-    other work holds the second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

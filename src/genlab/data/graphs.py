@@ -77,26 +77,30 @@ def _numbers(line: str) -> list[str]:
         or ";" in line else line.split()
 
 
+def _csv_rows(path: Path):
+    """(line number, values, raw line) of each non-blank, non-comment line of a CSV/TSV/space file."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for no, line in enumerate(f, 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield no, _numbers(line), line
+
+
 def read_edge_list(path: Path) -> torch.Tensor:
     """Edges (2, E) int64 of a CSV of `source,target` lines (commas, tabs or spaces; an optional
     header line; blank lines and `#` comments skipped)."""
     if not path.is_file():
         raise DataError(f"edge list {path} not found; set data.path to a CSV of source,target node ids")
     edges = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = _numbers(line)
-            if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
-                if no == 1 and not any(p.lstrip("-").isdigit() for p in parts):
-                    continue  # header
-                raise DataError(f"{path}, line {no}: expected two integer node ids (source,target), got {line[:60]!r}")
-            a, b = int(parts[0]), int(parts[1])
-            if a < 0 or b < 0:
-                raise DataError(f"{path}, line {no}: node ids must be >= 0, got {line[:60]!r}")
-            edges.append((a, b))
+    for no, parts, line in _csv_rows(path):
+        if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+            if no == 1 and not any(p.lstrip("-").isdigit() for p in parts):
+                continue  # header
+            raise DataError(f"{path}, line {no}: expected two integer node ids (source,target), got {line[:60]!r}")
+        a, b = int(parts[0]), int(parts[1])
+        if a < 0 or b < 0:
+            raise DataError(f"{path}, line {no}: node ids must be >= 0, got {line[:60]!r}")
+        edges.append((a, b))
     if not edges:
         raise DataError(f"edge list {path} holds no edges")
     return torch.tensor(edges, dtype=torch.int64).t().contiguous()
@@ -107,20 +111,15 @@ def read_node_features(path: Path) -> torch.Tensor:
     if not path.is_file():
         raise DataError(f"node-feature file {path} not found; set data.features to a CSV with one row per node")
     rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = _numbers(line)
-            try:
-                rows.append([float(p) for p in parts])
-            except ValueError:
-                if no == 1 and not rows:
-                    continue  # header
-                raise DataError(f"{path}, line {no}: expected numbers, got {line[:60]!r}") from None
-            if len(rows[-1]) != len(rows[0]):
-                raise DataError(f"{path}, line {no}: {len(rows[-1])} values where the first row has {len(rows[0])}")
+    for no, parts, line in _csv_rows(path):
+        try:
+            rows.append([float(p) for p in parts])
+        except ValueError:
+            if no == 1 and not rows:
+                continue  # header
+            raise DataError(f"{path}, line {no}: expected numbers, got {line[:60]!r}") from None
+        if len(rows[-1]) != len(rows[0]):
+            raise DataError(f"{path}, line {no}: {len(rows[-1])} values where the first row has {len(rows[0])}")
     if not rows:
         raise DataError(f"node-feature file {path} holds no rows")
     return torch.tensor(rows, dtype=torch.float32)

@@ -147,13 +147,20 @@ def main() -> None:
     if "floors" in a.parts:
         data["floors"] = floors(root)
         data["machines"]["floors"] = {**machine, "load_average": open("/proc/loadavg").read().split()[0]}
+        write(data)
     if "ranking" in a.parts:
         data["ranking"] = ranking(a.seed, not a.reuse_runs)
         data["machines"]["ranking"] = {**machine, "load_average": open("/proc/loadavg").read().split()[0]}
         data["html_png"] = render_html(RUNS / "dcgan-mnist-5min")
+        write(data)
     if "retrain" in a.parts:
         data["retrain"] = retrain()
         data["machines"]["retrain"] = {**machine, "load_average": open("/proc/loadavg").read().split()[0]}
+        write(data)
+
+
+def write(data: dict) -> None:
+    """Results so far, written after every part (a part that fails later keeps the earlier ones)."""
     md = ["# Evaluation: floors, ranking, speed\n",
           "Command: `.venv/bin/python benchmarks/evaluation.py [--parts floors ranking retrain]`. Every FID/KID "
           "here is in a LeNet feature space, named beside it; it is not comparable with Inception FIDs from papers.\n"]
@@ -175,6 +182,10 @@ def main() -> None:
                "|---|---|---|---|---|---|---|---|"]
         md += [f"| {r['run']} | {r['step']:,} | {r['fid']:.2f} | {r['kid']:.4f} | {r['precision']:.3f} | "
                f"{r['recall']:.3f} | {r['sample_seconds']:.1f} | {r['wall_seconds']:.1f} |" for r in data["ranking"]]
+        md.append("\nRead the step column: a CPU-minute budget buys very different numbers of steps on different "
+                  "machines (and under other load). Two runs a few hundred steps apart early in GAN training are "
+                  "not ordered reliably by FID; the part checks the command's speed, the GAN benchmark "
+                  "(gan-mnist.md) the quality of trained runs.")
     if data.get("retrain"):
         md += ["\n## LeNet extractors retrained by scripts/train_classifier.py\n", _machine(data, "retrain"),
                "| extractor | shipped test accuracy | retrained test accuracy |", "|---|---|---|"]

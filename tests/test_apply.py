@@ -15,12 +15,7 @@ from tests.test_diffusion import TINY_DIFFUSION, small_mnist
 FAST = {"sampling_steps": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest)
 
 
 @pytest.fixture(scope="module")

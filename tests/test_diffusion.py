@@ -34,12 +34,7 @@ def small_mnist(folder, data_root, n=320, size=16) -> list[str]:
     return ["data.dataset=array", f"data.path={path}", "data.val_size=0.1", "data.test_size=0.1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: no fork/join per op
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest)
 
 
 def _model(conditional=False, prediction="v", T=16, size=8, channels=1, randomize=True, **kw) -> Diffusion:

@@ -41,3 +41,22 @@ def mean_train_throughput(run_dir: Path) -> float:
     from genlab.engine.logs import mean_throughput
 
     return mean_throughput(run_dir)[0]
+
+
+def train_with_marks(preset: str, run_dir: Path, marks: list[float], seed: int, **train_kw):
+    """Train `preset` for max(marks) CPU minutes, keeping a checkpoint `min-M` when the training
+    time passes each smaller mark. Returns (TrainResult, checkpoint name per mark, step per mark)."""
+    import genlab
+
+    marks = sorted(marks)
+    kept: dict[float, int] = {}
+
+    def keep_marks(trainer) -> None:
+        for m in marks[:-1]:
+            if m not in kept and trainer.state.elapsed >= m * 60:
+                trainer.save(f"min-{m:g}")
+                kept[m] = trainer.state.step
+
+    res = genlab.train(preset, run_dir, minutes=marks[-1], seed=seed, callbacks=[keep_marks], **train_kw)
+    return (res, [f"min-{m:g}" if m in kept else "last" for m in marks],
+            [kept.get(m, res.state.step) for m in marks])

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import RESULTS, fresh_run_dir, machine_lines, mean_train_throughput, write_results
+from _common import RESULTS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
 
 import torch
 import torch.nn.functional as F
@@ -55,21 +55,6 @@ def features(ext, images: torch.Tensor) -> FeatureSet:
 
 
 # --------------------------------------------------------------------------- training + FID
-
-
-def train_with_marks(preset: str, name: str, marks: list[float], seed: int) -> tuple[object, list[str]]:
-    """Train `preset` for max(marks) minutes; checkpoint names per mark ('min-M' or 'last')."""
-    run_dir = fresh_run_dir(name)
-    kept: list[float] = []
-
-    def keep_marks(trainer) -> None:
-        for m in marks[:-1]:
-            if m not in kept and trainer.state.elapsed >= m * 60:
-                trainer.save(f"min-{m:g}")
-                kept.append(m)
-
-    res = genlab.train(preset, run_dir, minutes=marks[-1], seed=seed, callbacks=[keep_marks])
-    return res, [f"min-{m:g}" if m in kept else "last" for m in marks]
 
 
 def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: FeatureSet) -> list[dict]:
@@ -362,7 +347,7 @@ def main() -> None:
     ext = get_extractor("lenet-mnist")
     run_dir = None
     if "train" not in a.skip:
-        res, ckpts = train_with_marks("ddpm-mnist", "ddpm-mnist", a.minutes, a.seed)
+        res, ckpts, _ = train_with_marks("ddpm-mnist", fresh_run_dir(name.replace("diffusion", "ddpm")), a.minutes, a.seed)
         run_dir = res.run_dir
         ips = mean_train_throughput(run_dir) or 64 * res.state.step / res.state.elapsed  # short runs log no rate
         out["train"] = {"steps": res.state.step, "minutes": a.minutes[-1], "images_per_s": ips,

@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from _common import mean_train_throughput, RESULTS, fresh_run_dir, machine_lines, write_results
+from _common import mean_train_throughput, RESULTS, fresh_run_dir, machine_lines, train_with_marks, write_results
 
 import genlab
 from genlab.bench import machine_info
@@ -29,28 +29,19 @@ def bench_preset(preset: str, marks: list[float], n: int, seed: int) -> list[dic
     each smaller one, and every budget is measured from its own checkpoint."""
     marks = sorted(marks)
     run_dir = fresh_run_dir(f"{preset}-{marks[-1]:g}min")
-    kept: dict[float, int] = {}
-
-    def keep_marks(trainer) -> None:
-        for m in marks[:-1]:
-            if m not in kept and trainer.state.elapsed >= m * 60:
-                trainer.save(f"min-{m:g}")
-                kept[m] = trainer.state.step
-
     t0 = time.time()
-    res = genlab.train(preset, run_dir, minutes=marks[-1], seed=seed, callbacks=[keep_marks])
+    res, ckpts, steps = train_with_marks(preset, run_dir, marks, seed)
     wall = time.time() - t0
     ips = mean_train_throughput(run_dir)
     clf = load_classifier("lenet-mnist")
     rows = []
-    for m in marks:
-        ckpt = f"min-{m:g}" if m in kept else "last"
+    for m, ckpt, step in zip(marks, ckpts, steps):
         run = genlab.load(run_dir, checkpoint=ckpt)
         images, labels = run.sample(n, seed=seed)
         fractions = (predict(clf, images).bincount(minlength=10).float() / n).tolist()
         grid_name = f"{preset}-{m:g}min.png"
         save_grid(images[:100], RESULTS / grid_name, nrow=10)
-        row = {"preset": preset, "minutes": m, "steps": kept.get(m, res.state.step), "checkpoint": ckpt,
+        row = {"preset": preset, "minutes": m, "steps": step, "checkpoint": ckpt,
                "run_wall_seconds": wall, "train_images_per_s": ips, "n": n, "class_fractions": fractions,
                "min_class_fraction": min(fractions), "max_class_fraction": max(fractions),
                "all_classes_5_to_15pct": all(0.05 <= f <= 0.15 for f in fractions), "grid": grid_name}

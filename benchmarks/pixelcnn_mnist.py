@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import RESULTS, fresh_run_dir, machine_lines, mean_train_throughput, write_results
+from _common import RESULTS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
 
 import torch
 
@@ -34,20 +34,11 @@ def main() -> None:
     marks = sorted(a.minutes)
     machine = machine_info()
     run_dir = fresh_run_dir("pixelcnn-mnist")
-    kept: list[float] = []
-
-    def keep_marks(trainer) -> None:
-        for m in marks[:-1]:
-            if m not in kept and trainer.state.elapsed >= m * 60:
-                trainer.save(f"min-{m:g}")
-                kept.append(m)
-
     t0 = time.time()
-    res = genlab.train("pixelcnn-mnist", run_dir, minutes=marks[-1], seed=a.seed, callbacks=[keep_marks])
+    res, ckpts, _ = train_with_marks("pixelcnn-mnist", run_dir, marks, a.seed)
     wall = time.time() - t0
     rows = []
-    for m in marks:
-        ckpt = f"min-{m:g}" if m in kept else "last"
+    for m, ckpt in zip(marks, ckpts):
         rep = evaluate(run_dir, n=10_000, metrics=["nll_nats", "bits_per_dim"], checkpoint=ckpt, seed=a.seed,
                        out=RESULTS / f".pixelcnn-{m:g}.json", html=False)
         (RESULTS / f".pixelcnn-{m:g}.json").unlink()

@@ -168,7 +168,7 @@ def _ssim_reference(x: torch.Tensor, y: torch.Tensor) -> float:
     return s.mean().item()
 
 
-def test_psnr_ssim_mse_against_hand_computation():
+def test_psnr_ssim_mse_against_hand_computation_and_torchmetrics():
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 256, (3, 1, 28, 28), generator=g, dtype=torch.uint8)
     noise = torch.randint(-20, 21, a.shape, generator=g)
@@ -179,6 +179,10 @@ def test_psnr_ssim_mse_against_hand_computation():
     assert rec.psnr(a, b) == pytest.approx((10 * torch.log10(1 / per_image_mse)).mean().item(), rel=1e-6)
     assert rec.ssim(a, b) == pytest.approx(_ssim_reference(x, y), abs=1e-6)
     assert rec.ssim(a, a) == pytest.approx(1.0)
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    tm_psnr = torch.stack([peak_signal_noise_ratio(x[i], y[i], data_range=1.0) for i in range(3)]).mean()
+    assert rec.psnr(a, b) == pytest.approx(tm_psnr.item(), rel=1e-6)  # torchmetrics, image by image
     with pytest.raises(ShapeError, match="share one"):
         rec.psnr(a, b[:2])
 

@@ -24,7 +24,7 @@ from genlab.metrics.classifier import label_accuracy, load_classifier, predict
 GAN_PRESETS = ["gan-mlp-mnist", "dcgan-mnist", "wgan-gp-mnist", "cgan-mnist", "sngan-mnist"]
 
 
-def bench_preset(preset: str, marks: list[float], n: int, seed: int) -> list[dict]:
+def bench_preset(preset: str, marks: list[float], n: int, seed: int, threads: int) -> list[dict]:
     """One run trained for the largest budget; a checkpoint is kept when the training time passes
     each smaller one, and every budget is measured from its own checkpoint."""
     marks = sorted(marks)
@@ -39,7 +39,7 @@ def bench_preset(preset: str, marks: list[float], n: int, seed: int) -> list[dic
         run = genlab.load(run_dir, checkpoint=ckpt)
         images, labels = run.sample(n, seed=seed)
         fractions = (predict(clf, images).bincount(minlength=10).float() / n).tolist()
-        grid_name = f"{preset}-{m:g}min.png"
+        grid_name = f"{preset}-{m:g}min-{threads}thread.png"
         save_grid(images[:100], RESULTS / grid_name, nrow=10)
         row = {"preset": preset, "minutes": m, "steps": step, "checkpoint": ckpt,
                "run_wall_seconds": wall, "train_images_per_s": ips, "n": n, "class_fractions": fractions,
@@ -63,7 +63,7 @@ def _m(row: dict, key: str, fmt: str) -> str:
 
 def _ordered(rows: dict) -> list[dict]:
     return sorted(rows.values(), key=lambda r: (GAN_PRESETS.index(r["preset"]) if r["preset"] in GAN_PRESETS
-                                                else 99, r["minutes"]))
+                                                else 99, r["minutes"], r["machine"]["threads"]))
 
 
 def _markdown(ordered: list[dict], machine: dict, a: argparse.Namespace) -> str:
@@ -74,12 +74,13 @@ def _markdown(ordered: list[dict], machine: dict, a: argparse.Namespace) -> str:
           "generator) as labelled by lenet-mnist (test accuracy 99.45%). Target for dcgan-mnist at 5 minutes: "
           "every class 5-15%.\n",
           "Machine of the latest run:\n", machine_lines(machine),
-          "| preset | CPU minutes | threads | steps | images/s | min class share | max class share | all in 5-15% | "
+          "| preset | CPU minutes | threads | fp32 GFLOP/s | steps | images/s | min class share | max class share | all in 5-15% | "
           "label accuracy | FID (lenet-mnist) | KID | precision | recall | samples |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ordered:
         acc = f"{100 * r['label_accuracy']:.1f}%" if "label_accuracy" in r else "-"
-        md.append(f"| {r['preset']} | {r['minutes']:g} | {r['machine']['threads']} | {r['steps']:,} | "
+        md.append(f"| {r['preset']} | {r['minutes']:g} | {r['machine']['threads']} | "
+                  f"{r['machine']['matmul_fp32_gflops']} | {r['steps']:,} | "
                   f"{r['train_images_per_s']:,.0f} | "
                   f"{100 * r['min_class_fraction']:.1f}% | {100 * r['max_class_fraction']:.1f}% | "
                   f"{'yes' if r['all_classes_5_to_15pct'] else 'no'} | {acc} | {_m(r, 'fid', '.2f')} | "
@@ -87,7 +88,8 @@ def _markdown(ordered: list[dict], machine: dict, a: argparse.Namespace) -> str:
     md.append("\nFID, KID and precision/recall (k=3): `genlab evaluate RUN --n 10000` against the 10,000 MNIST "
               "test images in the lenet-mnist feature space (not comparable with Inception FIDs); the "
               "train-vs-test floor is in [evaluation.md](evaluation.md). '-' = not measured for that row. "
-              "images/s is the run's mean over its whole budget.")
+              "images/s is the run's mean over its whole budget. The fp32 column is the matmul peak measured in "
+              "that row's run: a CPU minute on a slower machine buys fewer steps.")
     md.append("\nEach row's CPU model, thread count, matmul peak and date are in gan-mnist.json (`machine`).\n")
     return "\n".join(md) + "\n"
 
@@ -102,11 +104,13 @@ def main() -> None:
     machine = machine_info()
     path = RESULTS / "gan-mnist.json"
     old = json.loads(path.read_text()) if path.is_file() else {"rows": []}
-    rows = {(r["preset"], r["minutes"]): r for r in old["rows"]}
+    # a row is replaced only by a run of the same preset, budget and thread count: budgets in CPU
+    # minutes mean different things on different machines, so the table keeps both
+    rows = {(r["preset"], r["minutes"], r["machine"]["threads"]): r for r in old["rows"]}
     for p in a.presets:
-        for row in bench_preset(p, a.minutes, a.n, a.seed):
+        for row in bench_preset(p, a.minutes, a.n, a.seed, machine["threads"]):
             row["machine"] = machine
-            rows[(p, row["minutes"])] = row
+            rows[(p, row["minutes"], machine["threads"])] = row
         # written after every preset: a long benchmark cut short keeps what it measured
         write_results("gan-mnist", {"rows": _ordered(rows)}, _markdown(_ordered(rows), machine, a))
 

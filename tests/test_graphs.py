@@ -185,7 +185,8 @@ def test_mmd_is_zero_for_a_set_against_itself_and_grows_with_perturbation():
 # --------------------------------------------------------------------------- GraphRNN
 
 
-def test_graphrnn_sequences_encode_the_graph_and_samples_are_valid_graphs():
+@pytest.mark.parametrize("edges", ["rnn", "mlp"])
+def test_graphrnn_sequences_encode_the_graph_and_samples_are_valid_graphs(edges):
     from genlab.data.graphs import bfs_bandwidth_bound, pad_graphs
     from genlab.models.graph.graphrnn import GraphRNN, GraphRNNConfig, encode_sequences
 
@@ -204,7 +205,8 @@ def test_graphrnn_sequences_encode_the_graph_and_samples_are_valid_graphs():
         assert (targets[b, k - 1] == 0).all() and mask[b, k - 1].sum() == min(k, M)  # EOS row is scored
         assert mask[b, k:].sum() == 0 and (inputs[b, 0] == 1).all()
     torch.manual_seed(0)
-    m = GraphRNN(GraphRNNConfig(hidden=16, embed=8, layers=1, out_hidden=16, max_nodes=20, max_prev=M))
+    m = GraphRNN(GraphRNNConfig(hidden=16, embed=8, layers=1, out_hidden=16, max_nodes=20, max_prev=M,
+                                edges=edges))
     out = m.sample_graphs(10, generator=torch.Generator().manual_seed(1))
     assert len(out) == 10
     from genlab.data.graphs import is_connected
@@ -214,6 +216,40 @@ def test_graphrnn_sequences_encode_the_graph_and_samples_are_valid_graphs():
         assert len(a) == 1 or is_connected(a)  # BFS generation links each new node to an earlier one
     again = m.sample_graphs(10, generator=torch.Generator().manual_seed(1))
     assert all(np.array_equal(x, y) for x, y in zip(out, again))
+
+
+def test_graphrnn_edge_level_model_is_causal_and_learns_edge_dependence():
+    """Edge k's logit depends on edges 0..k-1 and never on edge k or later; trained on graphs
+    whose new node links to exactly one of its two predecessors (an XOR no independent-edge
+    model can express), the edge GRU learns it and the MLP cannot."""
+    from genlab.models.graph.graphrnn import GraphRNN, GraphRNNConfig
+
+    torch.manual_seed(0)
+    m = GraphRNN(GraphRNNConfig(hidden=16, embed=8, layers=1, out_hidden=16, max_nodes=10, max_prev=5))
+    node = torch.randn(3, 16)
+    s = (torch.rand(3, 5) < 0.5).float()
+    base = m.edge_logits(node, s)
+    for k in range(5):
+        changed = s.clone()
+        changed[:, k:] = 1 - changed[:, k:]
+        after = m.edge_logits(node, changed)
+        assert torch.equal(after[:, :k + 1], base[:, :k + 1])  # logit k is computed before edge k is seen
+        if k < 4:
+            assert not torch.allclose(after[:, k + 1:], base[:, k + 1:])  # ... and does see it after
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(32, 1)  # exactly one of two edges
+    for edges, expect in (("rnn", lambda nll: nll < 0.75), ("mlp", lambda nll: nll > 1.3)):
+        torch.manual_seed(0)
+        m = GraphRNN(GraphRNNConfig(hidden=8, embed=4, layers=1, out_hidden=16, max_nodes=4, max_prev=2,
+                                    edges=edges))
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        node = torch.zeros(64, 8)  # the same node state for both cases: only the edge model can tell them apart
+        for _ in range(300):
+            nll = F.binary_cross_entropy_with_logits(m.edge_logits(node, targets), targets,
+                                                     reduction="sum") / len(targets)
+            opt.zero_grad()
+            nll.backward()
+            opt.step()
+        assert expect(nll.item()), (edges, nll.item())  # nats per pair; 2 ln 2 = 1.386 for independent edges
 
 
 def test_graphrnn_run_resumes_exactly_and_samples_to_files(tmp_path, capsys):

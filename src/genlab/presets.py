@@ -196,12 +196,12 @@ PRESETS.update({
          "data": {"dataset": "cora", **_LINK_DATA}, "train": dict(_LINK_TRAIN)},
     ),
     "graphgen-community": Preset(
-        "GraphRNN-S generator of two-community graphs (12-20 nodes), 200 graphs, BFS order",
+        "GraphRNN generator (edge-level GRU) of two-community graphs (12-20 nodes), 200 graphs, BFS order",
         {"model": {"name": "graphrnn"}, "data": {"dataset": "community", "num_graphs": 200, "test_size": 0.2,
                                                  "val_size": 0.1}, "train": dict(_GRAPHGEN_TRAIN)},
     ),
     "graphgen-grid": Preset(
-        "GraphRNN-S generator of 2-D grids (3-6 x 3-6 nodes), 200 graphs, BFS order",
+        "GraphRNN generator (edge-level GRU) of 2-D grids (3-6 x 3-6 nodes), 200 graphs, BFS order",
         {"model": {"name": "graphrnn"}, "data": {"dataset": "grid", "num_graphs": 200, "test_size": 0.2,
                                                  "val_size": 0.1}, "train": dict(_GRAPHGEN_TRAIN)},
     ),

@@ -1,7 +1,13 @@
-"""GraphRNN-S (You et al., 2018): a graph is generated node by node in BFS order; a GRU reads
-the previous node's adjacency vector and an MLP gives independent Bernoulli probabilities for
-the new node's edges to the `max_prev` nodes before it (nearest first). An all-zero vector ends
-the graph (every BFS node after the first has an earlier neighbour, so it means "no new node").
+"""GraphRNN (You et al., 2018): a graph is generated node by node in BFS order; a node-level GRU
+reads the previous node's adjacency vector, and the new node's edges to the `max_prev` nodes
+before it (nearest first) come from its output in one of two ways:
+
+- `edges: rnn` (GraphRNN): an edge-level GRU, started from the node state, emits the edges one by
+  one, each conditioned on the ones before it;
+- `edges: mlp` (GraphRNN-S): an MLP gives independent Bernoulli probabilities for all of them.
+
+An all-zero vector ends the graph (every BFS node after the first has an earlier neighbour, so it
+means "no new node").
 
 Training orders each graph by a BFS from a random node with randomly permuted neighbours (drawn
 from torch's global generator, which the engine seeds per micro-batch), teacher-forced with
@@ -29,6 +35,10 @@ class GraphRNNConfig:
     embed: int = 64  # input embedding of an adjacency vector
     layers: int = 4  # GRU layers
     out_hidden: int = 64  # MLP head width
+    edges: str = "rnn"  # "rnn" (GraphRNN: edge-level GRU) or "mlp" (GraphRNN-S: independent edges)
+    edge_hidden: int = 16  # edge-level GRU width (edges: rnn)
+    edge_embed: int = 8  # edge-level input embedding (edges: rnn)
+    edge_layers: int = 4  # edge-level GRU layers (edges: rnn)
     max_nodes: int | None = None  # from the data
     max_prev: int | None = None  # from the data (a BFS bandwidth bound)
 
@@ -87,7 +97,7 @@ def encode_sequences(adj: torch.Tensor, n: torch.Tensor, max_prev: int, generato
 
 
 class GraphRNN(GenerativeModel):
-    """GraphRNN-S: GRU over nodes, MLP to the new node's edges."""
+    """GRU over nodes; an edge-level GRU (GraphRNN) or an MLP (GraphRNN-S) to the new node's edges."""
 
     family = "graph"
     task = "generate"
@@ -96,20 +106,67 @@ class GraphRNN(GenerativeModel):
         super().__init__()
         if cfg.max_nodes is None or cfg.max_prev is None:
             raise ConfigError("GraphRNN needs model.max_nodes and model.max_prev (taken from the data)")
+        if cfg.edges not in ("rnn", "mlp"):
+            raise ConfigError(f"model.edges must be 'rnn' (GraphRNN) or 'mlp' (GraphRNN-S), got {cfg.edges!r}")
         self.cfg = cfg
         M = cfg.max_prev
         self.inp = nn.Sequential(nn.Linear(M, cfg.embed), nn.ReLU())
         self.gru = nn.GRU(cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True)
-        self.head = nn.Sequential(nn.Linear(cfg.hidden, cfg.out_hidden), nn.ReLU(), nn.Linear(cfg.out_hidden, M))
+        if cfg.edges == "mlp":
+            self.head = nn.Sequential(nn.Linear(cfg.hidden, cfg.out_hidden), nn.ReLU(),
+                                      nn.Linear(cfg.out_hidden, M))
+        else:
+            He = cfg.edge_hidden
+            self.edge_init = nn.Linear(cfg.hidden, He)  # node state -> the edge GRU's first-layer state
+            self.edge_inp = nn.Sequential(nn.Linear(1, cfg.edge_embed), nn.ReLU())
+            self.edge_gru = nn.GRU(cfg.edge_embed, He, num_layers=cfg.edge_layers, batch_first=True)
+            self.edge_head = nn.Sequential(nn.Linear(He, cfg.out_hidden), nn.ReLU(), nn.Linear(cfg.out_hidden, 1))
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        out, h = self.gru(self.inp(x), h)  # (B, T, hidden)
-        return self.head(out), h  # logits (B, T, M)
+        """Node-level step(s): adjacency vectors (B, T, M) -> node states (B, T, hidden), GRU state."""
+        return self.gru(self.inp(x), h)
+
+    def _edge_state(self, node_out: torch.Tensor) -> torch.Tensor:
+        """The edge GRU's initial state (edge_layers, R, edge_hidden) from node states (R, hidden)."""
+        first = self.edge_init(node_out)[None]
+        rest = first.new_zeros(self.cfg.edge_layers - 1, *first.shape[1:])
+        return torch.cat([first, rest]).contiguous()
+
+    def edge_logits(self, node_out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced edge logits (R, M) from node states (R, hidden) and the true edges (R, M):
+        logit k sees only edges 0..k-1 (edge-level GRU) or none of them (MLP)."""
+        if self.cfg.edges == "mlp":
+            return self.head(node_out)
+        prev = torch.cat([torch.ones_like(targets[:, :1]), targets[:, :-1]], 1)  # SOS = 1, then S[:-1]
+        out, _ = self.edge_gru(self.edge_inp(prev[..., None]), self._edge_state(node_out))
+        return self.edge_head(out)[..., 0]
+
+    def sample_edges(self, node_out: torch.Tensor, reach: int, generator: torch.Generator) -> torch.Tensor:
+        """Edges (R, M) uint8 of new nodes, given their node states (R, hidden); only the first
+        `reach` entries can be 1 (a node has at most that many predecessors within reach)."""
+        R, M = len(node_out), self.cfg.max_prev
+        if self.cfg.edges == "mlp":
+            p = torch.sigmoid(self.head(node_out)).float().cpu()
+            s = (torch.rand(p.shape, generator=generator, device=generator.device).cpu() < p).to(torch.uint8)
+            s[:, reach:] = 0
+            return s
+        s = torch.zeros(R, M, dtype=torch.uint8)
+        h = self._edge_state(node_out)
+        x = node_out.new_ones(R, 1, 1)
+        for k in range(reach):
+            out, h = self.edge_gru(self.edge_inp(x), h)
+            p = torch.sigmoid(self.edge_head(out)[:, 0, 0]).float().cpu()
+            bit = torch.rand(R, generator=generator, device=generator.device).cpu() < p
+            s[:, k] = bit.to(torch.uint8)
+            x = bit.to(node_out.dtype).to(node_out.device)[:, None, None]
+        return s
 
     def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
         inputs, targets, mask = encode_sequences(batch["adj"], batch["n"], self.cfg.max_prev)
-        logits, _ = self(inputs)
-        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        out, _ = self(inputs)
+        rows = mask[..., 0] > 0  # node steps that exist (padding rows are skipped)
+        targets, mask = targets[rows], mask[rows]
+        bce = F.binary_cross_entropy_with_logits(self.edge_logits(out[rows], targets), targets, reduction="none")
         loss = (bce * mask).sum() / mask.sum()
         return {"loss": loss, "nll_per_graph": (bce * mask).sum() / len(inputs)}
 
@@ -135,10 +192,8 @@ class GraphRNN(GenerativeModel):
         x = torch.ones(B, 1, M, device=dev)
         h = None
         for t in range(N - 1):  # decides whether node t+1 exists and its edges
-            logits, h = self(x, h)
-            p = torch.sigmoid(logits[:, 0]).float().cpu()  # (B, M)
-            s = (torch.rand(p.shape, generator=generator, device=generator.device).cpu() < p).to(torch.uint8)
-            s[:, min(t + 1, M):] = 0
+            out, h = self(x, h)
+            s = self.sample_edges(out[:, 0], min(t + 1, M), generator)  # (B, M)
             end = alive & (s.sum(1) == 0)
             size[end] = t + 1
             alive &= ~end

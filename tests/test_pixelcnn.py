@@ -83,16 +83,17 @@ def test_seed_reproduces_a_sample_and_labels_condition():
     assert set(a.unique().tolist()) <= {0.0, 1.0} and a.shape == (3, 1, 6, 6)
 
 
-@pytest.mark.parametrize("likelihood, channels, kernel, conditional", [("bernoulli", 1, 3, False),
-                                                                       ("bernoulli", 1, 5, True),
-                                                                       ("categorical", 3, 3, False)])
-def test_sampling_path_gives_the_full_networks_logits(likelihood, channels, kernel, conditional):
+@pytest.mark.parametrize("likelihood, channels, kernel, layers, conditional", [
+    ("bernoulli", 1, 3, 3, False), ("bernoulli", 1, 5, 3, True), ("bernoulli", 1, 7, 2, False),
+    ("bernoulli", 1, 3, 1, False), ("categorical", 3, 3, 2, False)])
+def test_sampling_path_gives_the_full_networks_logits(likelihood, channels, kernel, layers, conditional):
     """The sampler computes each pixel's logits from cached layer outputs (a new row of the
-    vertical stack per row, a new column of the horizontal stack per pixel); they must equal the
-    full network's at every pixel, on an image larger than the receptive field."""
+    vertical stack per row, a new column of the horizontal stack per pixel) while it writes the
+    pixels; they must equal the full network's logits of the finished image at every pixel, on
+    an image larger than the receptive field."""
     torch.manual_seed(0)
     size = 13
-    cfg = PixelCNNConfig(likelihood=likelihood, hidden=8, layers=3, kernel=kernel, out_hidden=16,
+    cfg = PixelCNNConfig(likelihood=likelihood, hidden=8, layers=layers, kernel=kernel, out_hidden=16,
                          conditional=conditional, channels=channels, image_size=size,
                          num_classes=3 if conditional else None)
     m = PixelCNN(cfg).double().eval()
@@ -100,18 +101,23 @@ def test_sampling_path_gives_the_full_networks_logits(likelihood, channels, kern
         torch.nn.init.normal_(p, std=0.3)
     x = torch.rand(2, channels, size, size, dtype=torch.float64)
     y = torch.tensor([1, 2]) if conditional else None
-    full = m.logits(x, y)  # (B, C, levels, H, W)
-    seen = []
+    cond = m.embed(y) if conditional else None
+    seen = {}
 
-    def visit(i, j, logits):
+    def write(i, j, logits):  # the pixel becomes a function of its logits, as in sampling
+        seen[i, j] = logits.clone()
+        x[:, :, i, j] = (logits[..., 0] > 0).double() if likelihood == "bernoulli" else logits.argmax(-1) / 255
+
+    m._raster(x, list(range(size)), cond, write)
+    assert list(seen) == [(i, j) for i in range(size) for j in range(size)]  # every pixel, in raster order
+    full = m.logits(x, y)  # (B, C, levels, H, W) of the finished image
+    for (i, j), logits in seen.items():
         torch.testing.assert_close(logits, full[..., i, j], rtol=1e-10, atol=1e-10)
-        seen.append((i, j))
-
-    m._raster(x, list(range(size)), m.embed(y) if conditional else None, visit)
-    assert seen == [(i, j) for i in range(size) for j in range(size)]  # every pixel, in raster order
     seen.clear()
-    m._raster(x, [4, 9], m.embed(y) if conditional else None, visit)  # rows skipped still feed the cache
-    assert seen == [(i, j) for i in (4, 9) for j in range(size)]
+    m._raster(x, [4, 9], cond, lambda i, j, logits: seen.__setitem__((i, j), logits))
+    assert list(seen) == [(i, j) for i in (4, 9) for j in range(size)]  # skipped rows still feed the cache
+    for (i, j), logits in seen.items():
+        torch.testing.assert_close(logits, full[..., i, j], rtol=1e-10, atol=1e-10)
 
 
 def test_completion_keeps_the_top_half():

@@ -192,6 +192,7 @@ class PixelCNN(GenerativeModel):
         ch = [c if isinstance(c, float) else c.flatten(1) for _, c in conds]  # (B, 2c) or 0
         v_out = [x.new_zeros(B, self.cfg.hidden, H, W) for _ in self.layers]  # gated vertical outputs
         zero = x.new_zeros(B, 2 * self.cfg.hidden, 1, W)
+        wanted = set(rows)
         for i in range(rows[-1] + 1 if rows else 0):
             # the vertical stack's terms for row i come from row i - 1 (shift_down), now complete
             terms = []
@@ -204,7 +205,7 @@ class PixelCNN(GenerativeModel):
                 v_pre = layer.vertical(v, padded=False)  # (B, 2c, 1, W): row i - 1
                 terms.append(layer.v_to_h(v_pre)[:, :, 0])  # (B, 2c, W)
                 v_out[li][:, :, i - 1:i] = _gate(v_pre + conds[li][0])
-            if i not in rows:
+            if i not in wanted:
                 continue
             h = [x.new_zeros(B, C, W)] + [x.new_zeros(B, self.cfg.hidden, W) for _ in self.layers]
             for j in range(W):
@@ -229,6 +230,8 @@ class PixelCNN(GenerativeModel):
         x = x.clone()
         B, C, H, W = x.shape
         known = known.expand(B, 1, H, W).to(x.device)
+        if self.conditional and labels is None:
+            raise ConfigError("this PixelCNN is class-conditional: pass labels (--label)")
         rows = torch.nonzero((~known).any(dim=3).any(dim=1).any(dim=0)).flatten().tolist()  # rows with gaps
 
         def draw(i: int, j: int, logits: torch.Tensor) -> None:

@@ -35,7 +35,9 @@ class GraphRNNConfig:
     embed: int = 64  # input embedding of an adjacency vector
     layers: int = 4  # GRU layers
     out_hidden: int = 64  # MLP head width
-    edges: str = "rnn"  # "rnn" (GraphRNN: edge-level GRU) or "mlp" (GraphRNN-S: independent edges)
+    # "rnn" (GraphRNN: edge-level GRU, the presets' choice) or "mlp" (GraphRNN-S: independent
+    # edges; the default, so that runs saved before the option existed load as they were trained)
+    edges: str = "mlp"
     edge_hidden: int = 16  # edge-level GRU width (edges: rnn)
     edge_embed: int = 8  # edge-level input embedding (edges: rnn)
     edge_layers: int = 4  # edge-level GRU layers (edges: rnn)
@@ -108,6 +110,8 @@ class GraphRNN(GenerativeModel):
             raise ConfigError("GraphRNN needs model.max_nodes and model.max_prev (taken from the data)")
         if cfg.edges not in ("rnn", "mlp"):
             raise ConfigError(f"model.edges must be 'rnn' (GraphRNN) or 'mlp' (GraphRNN-S), got {cfg.edges!r}")
+        if min(cfg.edge_hidden, cfg.edge_embed, cfg.edge_layers) < 1:
+            raise ConfigError("model.edge_hidden, model.edge_embed and model.edge_layers must be >= 1")
         self.cfg = cfg
         M = cfg.max_prev
         self.inp = nn.Sequential(nn.Linear(M, cfg.embed), nn.ReLU())

@@ -197,13 +197,15 @@ PRESETS.update({
     ),
     "graphgen-community": Preset(
         "GraphRNN generator (edge-level GRU) of two-community graphs (12-20 nodes), 200 graphs, BFS order",
-        {"model": {"name": "graphrnn", "edges": "rnn"}, "data": {"dataset": "community", "num_graphs": 200, "test_size": 0.2,
-                                                 "val_size": 0.1}, "train": dict(_GRAPHGEN_TRAIN)},
+        {"model": {"name": "graphrnn", "edges": "rnn"},
+         "data": {"dataset": "community", "num_graphs": 200, "test_size": 0.2, "val_size": 0.1},
+         "train": dict(_GRAPHGEN_TRAIN)},
     ),
     "graphgen-grid": Preset(
         "GraphRNN generator (edge-level GRU) of 2-D grids (3-6 x 3-6 nodes), 200 graphs, BFS order",
-        {"model": {"name": "graphrnn", "edges": "rnn"}, "data": {"dataset": "grid", "num_graphs": 200, "test_size": 0.2,
-                                                 "val_size": 0.1}, "train": dict(_GRAPHGEN_TRAIN)},
+        {"model": {"name": "graphrnn", "edges": "rnn"},
+         "data": {"dataset": "grid", "num_graphs": 200, "test_size": 0.2, "val_size": 0.1},
+         "train": dict(_GRAPHGEN_TRAIN)},
     ),
 })
 

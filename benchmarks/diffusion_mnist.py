@@ -16,8 +16,19 @@ to sample 64 images with 20 network evaluations, against diffusers and denoising
 at a matched parameter count, when `pip install -e '.[bench]'` made them importable).
 DDPM-1000 at N=10,000 is 10 million network evaluations: about 6 hours per checkpoint on the
 2-core development machine; --ddpm-last-only runs it for the largest budget only, --ddpm-n lowers
-N (the FID of fewer samples is biased upwards, so compare it only with the same N).
-Writes benchmarks/results/diffusion-mnist.{md,json} and PNGs beside them.
+N (the FID of fewer samples is biased upwards, so compare it only with the same N: every other
+sampler's row is then repeated for the first --ddpm-n of its samples).
+
+Parts can run in separate processes, one per core: `--run-dir` samples from a ddpm-mnist run the
+`train` part made (its `min-M` checkpoints) instead of training, `--fid-minutes` and `--samplers`
+pick the FID rows. Each process merges its parts into benchmarks/results/diffusion-mnist.json
+(newer rows replace older ones with the same budget, sampler and N) and re-renders the .md from
+it, naming the command and machine behind every part; PNGs are written beside them.
+
+    # core 0: train, then the 60-minute rows; core 1, once min-30 exists: the 30-minute rows
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/diffusion_mnist.py --skip fid cond apply compare
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/diffusion_mnist.py --run-dir benchmarks/runs/ddpm-mnist \
+        --fid-minutes 30 --skip cond apply compare
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import RESULTS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
+from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +50,7 @@ from genlab.metrics.features import get_extractor
 from genlab.metrics.sample_quality import FeatureSet, fid
 from genlab.seed import make_generator
 
-SAMPLERS = [("DDPM-1000", "ddpm", 1000), ("DDIM-50", "ddim", 50), ("DPM-Solver++ 10", "dpmpp", 10),
-            ("DPM-Solver++ 20", "dpmpp", 20)]
+SAMPLERS = [("ddpm", "ddpm", 1000), ("ddim50", "ddim", 50), ("dpmpp10", "dpmpp", 10), ("dpmpp20", "dpmpp", 20)]
 PARTS = ("train", "fid", "cond", "apply", "compare")
 
 
@@ -60,20 +70,28 @@ def features(ext, images: torch.Tensor) -> FeatureSet:
 def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: FeatureSet) -> list[dict]:
     rows = []
     for m, ck in zip(marks, ckpts):
+        if m not in a.fid_minutes:
+            continue
         run = genlab.load(run_dir, ck)
-        for label, sampler, steps in SAMPLERS:
-            if sampler == "ddpm" and a.ddpm_last_only and m != marks[-1]:
+        for key, sampler, steps in SAMPLERS:
+            if key not in a.samplers or (sampler == "ddpm" and a.ddpm_last_only and m != marks[-1]):
                 continue
             if sampler == "ddpm":
-                steps, label = a.ddpm_steps, f"DDPM-{a.ddpm_steps}"
+                steps = a.ddpm_steps
+            label = f"{'DDPM' if sampler == 'ddpm' else 'DDIM' if sampler == 'ddim' else 'DPM-Solver++'} {steps}"
             n = a.ddpm_n if sampler == "ddpm" else a.n
             t0 = time.perf_counter()
             images, _ = run.sample(n, seed=a.seed, sampler=sampler, steps=steps)
             secs = time.perf_counter() - t0
-            value = fid(real, features(ext, images))
-            rows.append({"minutes": m, "checkpoint": ck, "step": run.step, "sampler": label, "steps": steps,
-                         "n": n, "fid": value, "samples_per_s": n / secs, "seconds": secs})
-            log(f"{m:g} min, {label} ({steps} steps): FID {value:.2f}, {n / secs:.1f} samples/s")
+            feats = ext(images)[0]
+            row = {"minutes": m, "checkpoint": ck, "step": run.step, "sampler": label, "steps": steps,
+                   "samples_per_s": n / secs, "seconds": secs}
+            subsets = [n] + ([a.ddpm_n] if sampler != "ddpm" and a.ddpm_n < n else [])
+            for k in subsets:  # the first k samples: an FID comparable with a smaller-N DDPM row
+                fs = FeatureSet()
+                fs.update(feats[:k])
+                rows.append({**row, "n": k, "of_n": n, "fid": fid(real, fs)})
+                log(f"{m:g} min, {label}: FID {rows[-1]['fid']:.2f} (N={k:,}), {n / secs:.1f} samples/s")
             if sampler == "dpmpp" and steps == 20:
                 save_grid(images[:100], RESULTS / f"{a.name}-{m:g}min.png", nrow=10)
     return rows
@@ -132,22 +150,25 @@ def apply_rows(run_dir, a, ext) -> dict:
     out: dict = {"n": len(x)}
     # inpainting, centre mask
     mask = make_mask("center", 1, 28, 28)
-    t0 = time.perf_counter()
-    diff = run_inpaint(run, x, None, mask="center", seed=a.seed, sampling_steps=a.repaint_steps,
-                       resample=a.repaint_resample)
-    diff_s = time.perf_counter() - t0
+    diff, secs = {}, {}
+    for k in (1, a.inpaint_average):  # one fill, and the mean of several (the posterior mean's estimate)
+        t0 = time.perf_counter()
+        diff[k] = run_inpaint(run, x, None, mask="center", seed=a.seed, average=k)
+        secs[k] = time.perf_counter() - t0
     mean_img = data.train_x.double().mean(0, keepdim=True).round().to(torch.uint8)
     mean_fill = torch.where(mask, mean_img, x)
     vae_res = genlab.train("vae-mnist", fresh_run_dir("vae-mnist-for-inpaint"), minutes=a.vae_minutes, seed=a.seed)
     vae = run_inpaint(genlab.load(vae_res.run_dir), x, None, mask="center", seed=a.seed)
     crop = (slice(None), slice(None), slice(7, 21), slice(7, 21))
+    one, avg = "diffusion, one fill", f"diffusion, mean of {a.inpaint_average} fills (--average {a.inpaint_average})"
     out["inpaint"] = {name: {"psnr_masked": masked_psnr(img, x, mask), "ssim_masked": rec.ssim(img[crop], x[crop])}
-                      for name, img in (("mean fill", mean_fill), ("vae-mnist latent optimisation", vae),
-                                        ("diffusion RePaint", diff))}
-    out["inpaint"]["diffusion RePaint"]["seconds"] = diff_s
+                      for name, img in (("mean fill", mean_fill), (f"vae-mnist ({a.vae_minutes:g} min) latent "
+                                                                   "optimisation", vae),
+                                        (one, diff[1]), (avg, diff[a.inpaint_average]))}
+    out["inpaint"][one]["seconds"], out["inpaint"][avg]["seconds"] = secs[1], secs[a.inpaint_average]
     masked_in = torch.where(mask, torch.full_like(x, 128), x)
-    save_grid(torch.cat([t[:10] for t in (x, masked_in, mean_fill, vae, diff)]), RESULTS / f"{a.name}-inpaint.png",
-              nrow=10)
+    save_grid(torch.cat([t[:10] for t in (x, masked_in, mean_fill, vae, diff[1], diff[a.inpaint_average])]),
+              RESULTS / f"{a.name}-inpaint.png", nrow=10)
     # denoising, sigma 0.5 on the [0, 1] scale
     g = make_generator(a.seed)
     noisy = (x.float() + 0.5 * 255 * torch.randn(x.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
@@ -263,62 +284,115 @@ def compare_rows(a) -> list[dict]:
 # --------------------------------------------------------------------------- report
 
 
-def markdown(out: dict, a, command: str) -> str:
-    md = ["# ddpm-mnist: FID against CPU time, samplers, guidance, applications\n", f"Command: `{command}`\n",
-          machine_lines(out["machine"])]
+def merge(old: dict, new: dict, command: str, machine: dict) -> dict:
+    """`old` results with the parts of `new` (made by `command` on `machine`) replacing theirs;
+    FID rows are replaced one (budget, sampler, N) at a time. Runs no part cites are dropped."""
+    runs = old.get("runs", {})
+    rid = str(max(map(int, runs), default=0) + 1)
+    out = {k: v for k, v in old.items() if k != "runs"}
+    for part, value in new.items():
+        if part == "fid":
+            key = lambda r: (r["minutes"], r["sampler"], r["n"])  # noqa: E731
+            fresh = {key(r) for r in value}
+            rows = [r for r in out.get("fid", []) if key(r) not in fresh] + [{**r, "run": rid} for r in value]
+            order = ["DDPM", "DDIM", "DPM-Solver++"]
+            out["fid"] = sorted(rows, key=lambda r: (r["minutes"], -r["n"], order.index(r["sampler"].split()[0]),
+                                                     r["steps"]))
+        else:
+            out[part] = {**value, "run": rid}
+    cited = {r["run"] for r in out.get("fid", [])} | {v["run"] for k, v in out.items() if k != "fid"}
+    out["runs"] = {k: v for k, v in {**runs, rid: {"command": command, "machine": machine}}.items() if k in cited}
+    return out
+
+
+def markdown(out: dict, name: str) -> str:
+    md = ["# ddpm-mnist: FID against CPU time, samplers, guidance, applications\n",
+          "Each part names the run (command and machine, listed at the end) that measured it; every run "
+          "used one thread (`OMP_NUM_THREADS=1 taskset -c N`).\n"]
     if "train" in out:
         tr = out["train"]
-        md += [f"Training: `ddpm-mnist`, {tr['params']:,} parameters, {tr['steps']:,} steps in {tr['minutes']:g} "
-               f"minutes, {tr['images_per_s']:.1f} images/s = **{tr['ms_per_step']:.0f} ms per step at batch 64**.\n"]
+        md += [f"Training (run {tr['run']}): `ddpm-mnist`, {tr['params']:,} parameters, {tr['steps']:,} steps in "
+               f"{tr['minutes']:g} CPU minutes, {tr['images_per_s']:.1f} images/s = "
+               f"**{tr['ms_per_step']:.0f} ms per step at batch 64**.\n"]
     if out.get("fid"):
-        md += ["| CPU minutes | step | sampler | N | FID (lenet-mnist) | samples/s |", "|---|---|---|---|---|---|"]
-        md += [f"| {r['minutes']:g} | {r['step']:,} | {r['sampler']} | {r['n']:,} | {r['fid']:.2f} | "
-               f"{r['samples_per_s']:.1f} |" for r in out["fid"]]
-        md += ["", "Samples (DPM-Solver++ 20 steps) at the largest budget:\n",
-               f"![samples]({a.name}-{a.minutes[-1]:g}min.png)\n"]
+        md += ["FID (lenet-mnist, against the 10,000 test images) of N samples; \"first k of n\" is the FID of "
+               "the first k of the n samples in the row above it, for comparison with a DDPM row of the same N "
+               "(FID is biased upwards at small N).\n",
+               "| CPU minutes | step | sampler | N | FID | samples/s | run |", "|---|---|---|---|---|---|---|"]
+        for r in out["fid"]:
+            n = f"{r['n']:,}" if r["n"] == r.get("of_n", r["n"]) else f"first {r['n']:,} of {r['of_n']:,}"
+            md.append(f"| {r['minutes']:g} | {r['step']:,} | {r['sampler']} | {n} | {r['fid']:.2f} | "
+                      f"{r['samples_per_s']:.1f} | {r['run']} |")
+        for m in sorted({r["minutes"] for r in out["fid"]}):
+            md += ["", f"Samples (DPM-Solver++ 20 steps) after {m:g} minutes:\n", f"![samples]({name}-{m:g}min.png)"]
+        md += [""]
     if out.get("cond"):
         c = out["cond"]
-        md += [f"Conditional (`ddpm-cond-mnist`, {c['train']['minutes']:g} minutes, {c['train']['steps']:,} steps, "
-               "DPM-Solver++ 20 steps): share of samples the shipped MNIST LeNet labels as requested "
-               "(target >= 95%):\n", "| guidance w | N | label accuracy | samples/s |", "|---|---|---|---|"]
+        md += [f"Conditional (run {c['run']}; `ddpm-cond-mnist`, {c['train']['minutes']:g} minutes, "
+               f"{c['train']['steps']:,} steps, DPM-Solver++ 20 steps): share of samples the shipped MNIST LeNet "
+               "labels as requested (target >= 95%):\n",
+               "| guidance w | N | label accuracy | samples/s |", "|---|---|---|---|"]
         md += [f"| {r['guidance']:g} | {r['n']:,} | {100 * r['label_accuracy']:.2f}% | {r['samples_per_s']:.1f} |"
                for r in c["rows"]]
         md += [""]
     if out.get("apply"):
         ap = out["apply"]
-        md += [f"## Applications on {ap['n']:,} MNIST test images\n",
+        md += [f"## Applications on {ap['n']:,} MNIST test images (run {ap['run']})\n",
                "Inpainting, centre 14x14 masked (PSNR/SSIM over the masked region):\n",
                "| method | PSNR (dB) | SSIM |", "|---|---|---|"]
         md += [f"| {k} | {v['psnr_masked']:.2f} | {v['ssim_masked']:.4f} |" for k, v in ap["inpaint"].items()]
-        md += ["", f"![inpaint]({a.name}-inpaint.png) (rows: original, input, mean fill, VAE, diffusion)\n",
+        md += ["", f"![inpaint]({name}-inpaint.png) (rows: original, input, mean fill, VAE, diffusion one fill, "
+               "diffusion mean of fills)\n",
                "Denoising, sigma = 0.5 on the [0, 1] scale, noisy images clipped to 8 bits:\n",
                "| method | PSNR (dB) | SSIM |", "|---|---|---|"]
         md += [f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} |" for k, v in ap["denoise"].items()]
-        md += ["", f"![denoise]({a.name}-denoise.png) (rows: original, noisy, blur, median, diffusion, "
+        md += ["", f"![denoise]({name}-denoise.png) (rows: original, noisy, blur, median, diffusion, "
                "diffusion 1 step)\n", "Upscaling x2 from 2x2 box averages (14x14 -> 28x28):\n",
                "| method | PSNR (dB) | SSIM | FID (lenet-mnist) |", "|---|---|---|---|"]
         md += [f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['fid']:.2f} |" for k, v in ap["upscale"].items()]
-        md += ["", f"![upscale]({a.name}-upscale.png) (rows: original, low-res, bicubic, diffusion)\n",
+        md += ["", f"![upscale]({name}-upscale.png) (rows: original, low-res, bicubic, diffusion)\n",
                "Interpolation between test images (DDIM inversion, slerp):\n\n"
-               f"![interpolate]({a.name}-interpolate.png)\n"]
+               f"![interpolate]({name}-interpolate.png)\n"]
     if out.get("compare"):
-        md += [f"## Against other libraries (batch {a.compare_batch}, same process)\n",
+        cp = out["compare"]
+        md += [f"## Against other libraries (run {cp['run']}; batch {cp['batch']}, same process)\n",
                "| library | parameters | ms per training step | s for 20 network evaluations | "
                "step time / genlab | sampling time / genlab |", "|---|---|---|---|---|---|"]
-        for r in out["compare"]:
+        for r in cp["rows"]:
             if "skipped" in r:
                 md.append(f"| {r['library']} | skipped: {r['skipped']} | | | | |")
             else:
+                ratios = (r.get("step_time_ratio_vs_genlab", 1), r.get("sample_time_ratio_vs_genlab", 1))
                 md.append(f"| {r['library']} | {r['params']:,} | {r['ms_per_step']:.0f} | {r['sample_s']:.2f} | "
-                          f"{r.get('step_time_ratio_vs_genlab', 1):.2f} | {r.get('sample_time_ratio_vs_genlab', 1):.2f} |")
+                          f"{ratios[0]:.2f} | {ratios[1]:.2f} |")
+        md += [""]
+    md += ["## Runs\n"]
+    for rid, r in sorted(out["runs"].items(), key=lambda kv: int(kv[0])):
+        md += [f"Run {rid}: `{r['command']}`\n", machine_lines(r["machine"])]
     return "\n".join(md) + "\n"
 
 
+def run_info(run_dir, marks: list[float]) -> tuple[dict, list[str]]:
+    """The `train` part's figures for a finished ddpm-mnist run, and its checkpoint per mark."""
+    run = genlab.load(run_dir)
+    ips = mean_train_throughput(run_dir) or 64 * run.step / run.checkpoint.state["state"]["elapsed"]
+    ckpts = [f"min-{m:g}" if (run_dir / "checkpoints" / f"min-{m:g}.json").exists() else "last" for m in marks]
+    return {"steps": run.step, "minutes": marks[-1], "images_per_s": ips, "ms_per_step": 64_000 / ips,
+            "params": sum(p.numel() for p in run.model.parameters()), "run_dir": str(run_dir)}, ckpts
+
+
 def main() -> None:
+    import fcntl
+    import json
     import sys
+    from pathlib import Path
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", nargs="+", type=float, default=[30.0, 60.0])
+    ap.add_argument("--run-dir", type=Path, help="sample from this finished ddpm-mnist run (trained with these "
+                                                 "--minutes marks by the train part) instead of training")
+    ap.add_argument("--fid-minutes", nargs="+", type=float, help="the budgets to measure FID at (default: all)")
+    ap.add_argument("--samplers", nargs="+", choices=[k for k, _, _ in SAMPLERS], default=[k for k, _, _ in SAMPLERS])
     ap.add_argument("--cond-minutes", type=float, default=30.0)
     ap.add_argument("--vae-minutes", type=float, default=5.0)
     ap.add_argument("--n", type=int, default=10_000, help="samples per FID / label-accuracy figure")
@@ -326,8 +400,7 @@ def main() -> None:
     ap.add_argument("--ddpm-steps", type=int, default=1000)
     ap.add_argument("--ddpm-last-only", action="store_true", help="DDPM only at the largest budget (saves hours)")
     ap.add_argument("--apply-n", type=int, default=1000)
-    ap.add_argument("--repaint-steps", type=int, default=50)
-    ap.add_argument("--repaint-resample", type=int, default=5)
+    ap.add_argument("--inpaint-average", type=int, default=4, help="fills averaged in the second inpainting row")
     ap.add_argument("--compare-batch", type=int, default=64)
     ap.add_argument("--compare-reps", type=int, default=10)
     ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
@@ -337,33 +410,47 @@ def main() -> None:
     a = ap.parse_args()
     if a.smoke:
         a.minutes, a.cond_minutes, a.vae_minutes = [0.2, 0.4], 0.2, 0.1
-        a.n = a.ddpm_n = 200
-        a.ddpm_steps, a.apply_n, a.repaint_steps, a.repaint_resample, a.compare_reps = 20, 20, 5, 2, 2
+        a.n, a.ddpm_n = 200, 100
+        a.ddpm_steps, a.apply_n, a.inpaint_average, a.compare_reps = 20, 20, 2, 2
     a.minutes = sorted(a.minutes)
+    a.fid_minutes = a.minutes if a.fid_minutes is None else a.fid_minutes
+    if not set(a.fid_minutes) <= set(a.minutes):
+        ap.error(f"--fid-minutes {a.fid_minutes} must be among --minutes {a.minutes}")
     a.name = name = "diffusion-mnist" + ("-smoke" if a.smoke else "")
     command = ".venv/bin/python benchmarks/diffusion_mnist.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(exist_ok=True)
-    out: dict = {"machine": machine_info(), "args": vars(a)}
+    machine = machine_info()
+    new: dict = {}
     ext = get_extractor("lenet-mnist")
-    run_dir = None
-    if "train" not in a.skip:
-        res, ckpts, _ = train_with_marks("ddpm-mnist", fresh_run_dir(name.replace("diffusion", "ddpm")), a.minutes, a.seed)
+    run_dir, ckpts = a.run_dir, None
+    if run_dir is not None:
+        if not (run_dir / "checkpoints").is_dir():
+            ap.error(f"--run-dir {run_dir} holds no checkpoints/; train it first (the train part of this script)")
+        if "train" not in a.skip:
+            ap.error("--run-dir replaces training: add --skip train")
+        new["train"], ckpts = run_info(run_dir, a.minutes)
+    elif "train" not in a.skip:
+        res, ckpts, _ = train_with_marks("ddpm-mnist", fresh_run_dir(name.replace("diffusion", "ddpm")), a.minutes,
+                                         a.seed)
         run_dir = res.run_dir
-        ips = mean_train_throughput(run_dir) or 64 * res.state.step / res.state.elapsed  # short runs log no rate
-        out["train"] = {"steps": res.state.step, "minutes": a.minutes[-1], "images_per_s": ips,
-                        "ms_per_step": 64_000 / ips,
-                        "params": sum(p.numel() for p in genlab.load(run_dir).model.parameters())}
-        if "fid" not in a.skip:
-            real = features(ext, genlab.load(run_dir).data().test_x)
-            out["fid"] = sampler_rows(run_dir, ckpts, a.minutes, a, ext, real)
+        new["train"], _ = run_info(run_dir, a.minutes)
+    if "fid" not in a.skip and run_dir is not None:
+        real = features(ext, genlab.load(run_dir).data().test_x)
+        new["fid"] = sampler_rows(run_dir, ckpts, a.minutes, a, ext, real)
     if "cond" not in a.skip:
         train, rows = cond_rows(a, load_classifier("lenet-mnist"))
-        out["cond"] = {"train": train, "rows": rows}
+        new["cond"] = {"train": train, "rows": rows}
     if "apply" not in a.skip and run_dir is not None:
-        out["apply"] = apply_rows(run_dir, a, ext)
+        new["apply"] = apply_rows(run_dir, a, ext)
     if "compare" not in a.skip:
-        out["compare"] = compare_rows(a)
-    write_results(name, out, markdown(out, a, command))
+        new["compare"] = {"batch": a.compare_batch, "rows": compare_rows(a)}
+    path = RESULTS / f"{name}.json"
+    RUNS.mkdir(exist_ok=True)
+    with open(RUNS / f".{name}.lock", "w") as lock:  # processes on other cores may finish at the same time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.exists() else {}
+        out = merge(old, new, command, machine)
+        write_results(name, out, markdown(out, name))
 
 
 if __name__ == "__main__":

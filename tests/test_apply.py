@@ -60,6 +60,22 @@ def test_inpaint_keeps_the_known_pixels(runs, tmp_path, family, mask):
     assert (got["images"][fill] != src["images"][fill]).any()
 
 
+def test_inpaint_average_is_the_mean_of_the_single_fills(runs):
+    """--average K is the mean of the fills with seeds seed .. seed + K - 1 (in model space, so up
+    to one 8-bit level of rounding), and reconstruction guidance changes the fill."""
+    from genlab.apply.inpaint import run_inpaint
+
+    run = genlab.load(runs["diffusion"])
+    with np.load(runs["root"] / "x.npz") as z:
+        x = torch.from_numpy(z["images"])
+    one = [run_inpaint(run, x, None, seed=s, **FAST).float() for s in (4, 5)]
+    two = run_inpaint(run, x, None, seed=4, average=2, **FAST).float()
+    assert (two - (one[0] + one[1]) / 2).abs().max() <= 1
+    assert not torch.equal(one[0], one[1])
+    plain = run_inpaint(run, x, None, seed=4, zeta=0.0, **FAST).float()
+    assert (plain != one[0]).any()
+
+
 def test_masks():
     c = make_mask("center", 1, 28, 28)[0, 0]
     assert c.sum() == 14 * 14 and c[7:21, 7:21].all()

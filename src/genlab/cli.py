@@ -105,7 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), help="interpolate: two seeds instead of --input")
     ap.add_argument("--steps", type=int, help="interpolate: frames per row, endpoints included (default 8)")
     ap.add_argument("--label", type=int, help="interpolate, conditional models: the class")
-    ap.add_argument("--resample", type=int, help="inpaint, diffusion: RePaint resampling per step (default 5)")
+    ap.add_argument("--resample", type=int, help="inpaint, diffusion: RePaint passes per step (default 1)")
+    ap.add_argument("--zeta", type=float, help="inpaint, diffusion: reconstruction guidance strength (default 3; "
+                                               "0 = plain RePaint)")
+    ap.add_argument("--average", type=int, help="inpaint, diffusion: return the mean of this many fills (an "
+                                                "estimate of the posterior mean: higher PSNR, blurrier; default 1)")
     ap.add_argument("--iters", type=int, help="inpaint, VAE: latent optimisation steps (default 200)")
     _diffusion_flags(ap)
     ap.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
@@ -276,8 +280,8 @@ def cmd_apply(a: argparse.Namespace) -> int:
     from genlab.apply import apply
 
     options = {"mask": a.mask, "sigma": a.sigma, "seeds": a.seeds, "steps": a.steps, "label": a.label,
-               "resample": a.resample, "iters": a.iters, "sampler": a.sampler, "sampling_steps": a.sampling_steps,
-               "eta": a.eta, "guidance": a.guidance}
+               "resample": a.resample, "zeta": a.zeta, "average": a.average, "iters": a.iters, "sampler": a.sampler,
+               "sampling_steps": a.sampling_steps, "eta": a.eta, "guidance": a.guidance}
     if a.task != "interpolate":  # interpolation is deterministic given its endpoints
         options["seed"] = a.seed
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ TASKS = {
     "interpolate": (run_interpolate, ("diffusion", "vae", "gan")),
 }
 
-DIFFUSION_OPTIONS = ("sampler", "sampling_steps", "eta", "guidance", "resample")
+DIFFUSION_OPTIONS = ("sampler", "sampling_steps", "eta", "guidance", "resample", "zeta", "average")
 
 
 def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | None, out: str | os.PathLike,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
 
@@ -305,13 +306,20 @@ def merge(old: dict, new: dict, command: str, machine: dict) -> dict:
     return out
 
 
+def cell(text: str) -> str:
+    """A markdown table cell's text (a | would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def markdown(out: dict, name: str) -> str:
     md = ["# ddpm-mnist: FID against CPU time, samplers, guidance, applications\n",
           "Each part names the run (command and machine, listed at the end) that measured it; every run "
           "used one thread (`OMP_NUM_THREADS=1 taskset -c N`).\n"]
     if "train" in out:
         tr = out["train"]
-        md += [f"Training (run {tr['run']}): `ddpm-mnist`, {tr['params']:,} parameters, {tr['steps']:,} steps in "
+        who = (f"run {tr['run']}" if tr.get("trained_here") else f"`{Path(tr['run_dir']).name}`, trained by the "
+               f"train part's call in its own process, read by run {tr['run']}")
+        md += [f"Training ({who}): `ddpm-mnist`, {tr['params']:,} parameters, {tr['steps']:,} steps in "
                f"{tr['minutes']:g} CPU minutes, {tr['images_per_s']:.1f} images/s = "
                f"**{tr['ms_per_step']:.0f} ms per step at batch 64**.\n"]
     if out.get("fid"):
@@ -345,7 +353,7 @@ def markdown(out: dict, name: str) -> str:
                "diffusion mean of fills)\n",
                "Denoising, sigma = 0.5 on the [0, 1] scale, noisy images clipped to 8 bits:\n",
                "| method | PSNR (dB) | SSIM |", "|---|---|---|"]
-        md += [f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} |" for k, v in ap["denoise"].items()]
+        md += [f"| {cell(k)} | {v['psnr']:.2f} | {v['ssim']:.4f} |" for k, v in ap["denoise"].items()]
         md += ["", f"![denoise]({name}-denoise.png) (rows: original, noisy, blur, median, diffusion, "
                "diffusion 1 step)\n", "Upscaling x2 from 2x2 box averages (14x14 -> 28x28):\n",
                "| method | PSNR (dB) | SSIM | FID (lenet-mnist) |", "|---|---|---|---|"]
@@ -385,7 +393,6 @@ def main() -> None:
     import fcntl
     import json
     import sys
-    from pathlib import Path
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", nargs="+", type=float, default=[30.0, 60.0])
@@ -434,6 +441,7 @@ def main() -> None:
                                          a.seed)
         run_dir = res.run_dir
         new["train"], _ = run_info(run_dir, a.minutes)
+        new["train"]["trained_here"] = True
     if "fid" not in a.skip and run_dir is not None:
         real = features(ext, genlab.load(run_dir).data().test_x)
         new["fid"] = sampler_rows(run_dir, ckpts, a.minutes, a, ext, real)

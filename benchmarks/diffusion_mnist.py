@@ -22,13 +22,14 @@ sampler's row is then repeated for the first --ddpm-n of its samples).
 Parts can run in separate processes, one per core: `--run-dir` samples from a ddpm-mnist run the
 `train` part made (its `min-M` checkpoints) instead of training, `--fid-minutes` and `--samplers`
 pick the FID rows. Each process merges its parts into benchmarks/results/diffusion-mnist.json
-(newer rows replace older ones with the same budget, sampler and N) and re-renders the .md from
-it, naming the command and machine behind every part; PNGs are written beside them.
+(new rows of a budget and sampler replace all older ones of that pair) and re-renders the .md
+from it, naming the command and machine behind every part; PNGs are written beside them.
 
     # core 0: train, then the 60-minute rows; core 1, once min-30 exists: the 30-minute rows
-    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/diffusion_mnist.py --skip fid cond apply compare
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/diffusion_mnist.py --skip cond apply compare \
+        --fid-minutes 60
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/diffusion_mnist.py --run-dir benchmarks/runs/ddpm-mnist \
-        --fid-minutes 30 --skip cond apply compare
+        --fid-minutes 30 --skip train cond apply compare
 """
 
 from __future__ import annotations
@@ -287,21 +288,26 @@ def compare_rows(a) -> list[dict]:
 
 def merge(old: dict, new: dict, command: str, machine: dict) -> dict:
     """`old` results with the parts of `new` (made by `command` on `machine`) replacing theirs;
-    FID rows are replaced one (budget, sampler, N) at a time. Runs no part cites are dropped."""
+    new FID rows of a (budget, sampler) pair replace all older rows of that pair. Runs no part
+    cites are dropped; run numbers are never reused."""
     runs = old.get("runs", {})
-    rid = str(max(map(int, runs), default=0) + 1)
+    rid = str(max([old.get("last_run", 0), *map(int, runs)]) + 1)
     out = {k: v for k, v in old.items() if k != "runs"}
+    out["last_run"] = int(rid)
     for part, value in new.items():
         if part == "fid":
-            key = lambda r: (r["minutes"], r["sampler"], r["n"])  # noqa: E731
+            key = lambda r: (r["minutes"], r["sampler"])  # noqa: E731
             fresh = {key(r) for r in value}
             rows = [r for r in out.get("fid", []) if key(r) not in fresh] + [{**r, "run": rid} for r in value]
             order = ["DDPM", "DDIM", "DPM-Solver++"]
             out["fid"] = sorted(rows, key=lambda r: (r["minutes"], -r["n"], order.index(r["sampler"].split()[0]),
                                                      r["steps"]))
+        elif part == "train" and {k: out.get("train", {}).get(k) for k in ("run_dir", "steps")} == \
+                {k: value[k] for k in ("run_dir", "steps")}:
+            continue  # the same finished run, read again: keep the entry of the run that trained it
         else:
             out[part] = {**value, "run": rid}
-    cited = {r["run"] for r in out.get("fid", [])} | {v["run"] for k, v in out.items() if k != "fid"}
+    cited = {r["run"] for r in out.get("fid", [])} | {v["run"] for k, v in out.items() if isinstance(v, dict)}
     out["runs"] = {k: v for k, v in {**runs, rid: {"command": command, "machine": machine}}.items() if k in cited}
     return out
 
@@ -324,7 +330,7 @@ def markdown(out: dict, name: str) -> str:
                f"**{tr['ms_per_step']:.0f} ms per step at batch 64**.\n"]
     if out.get("fid"):
         md += ["FID (lenet-mnist, against the 10,000 test images) of N samples; \"first k of n\" is the FID of "
-               "the first k of the n samples in the row above it, for comparison with a DDPM row of the same N "
+               "the first k of that sampler's n samples, for comparison with a DDPM row of the same N "
                "(FID is biased upwards at small N).\n",
                "| CPU minutes | step | sampler | N | FID | samples/s | run |", "|---|---|---|---|---|---|---|"]
         for r in out["fid"]:
@@ -380,11 +386,22 @@ def markdown(out: dict, name: str) -> str:
     return "\n".join(md) + "\n"
 
 
-def run_info(run_dir, marks: list[float]) -> tuple[dict, list[str]]:
-    """The `train` part's figures for a finished ddpm-mnist run, and its checkpoint per mark."""
+def run_info(run_dir, marks: list[float], need: list[float]) -> tuple[dict | None, list[str]]:
+    """(the `train` part's figures, or None while the run is still training; its checkpoint per
+    mark) for a ddpm-mnist run trained with `marks`. Stops with a message when a mark in `need`
+    has no checkpoint yet."""
     run = genlab.load(run_dir)
-    ips = mean_train_throughput(run_dir) or 64 * run.step / run.checkpoint.state["state"]["elapsed"]
-    ckpts = [f"min-{m:g}" if (run_dir / "checkpoints" / f"min-{m:g}.json").exists() else "last" for m in marks]
+    elapsed = run.checkpoint.state["state"]["elapsed"]
+    finished = elapsed >= marks[-1] * 60 - 1 or run.step >= run.cfg.train.steps
+    ckpts = [f"min-{m:g}" for m in marks[:-1]] + ["last"]
+    ready = [(run_dir / "checkpoints" / f"{ck}.json").exists() for ck in ckpts[:-1]] + [finished]
+    missing = [m for m, ok in zip(marks, ready) if m in need and not ok]
+    if missing:
+        raise SystemExit(f"{run_dir} has no checkpoint for {missing} minutes yet (trained {elapsed / 60:.1f}); "
+                         "wait for its training, or run the train part")
+    if not finished:
+        return None, ckpts
+    ips = mean_train_throughput(run_dir) or 64 * run.step / elapsed
     return {"steps": run.step, "minutes": marks[-1], "images_per_s": ips, "ms_per_step": 64_000 / ips,
             "params": sum(p.numel() for p in run.model.parameters()), "run_dir": str(run_dir)}, ckpts
 
@@ -398,8 +415,9 @@ def main() -> None:
     ap.add_argument("--minutes", nargs="+", type=float, default=[30.0, 60.0])
     ap.add_argument("--run-dir", type=Path, help="sample from this finished ddpm-mnist run (trained with these "
                                                  "--minutes marks by the train part) instead of training")
-    ap.add_argument("--fid-minutes", nargs="+", type=float, help="the budgets to measure FID at (default: all)")
-    ap.add_argument("--samplers", nargs="+", choices=[k for k, _, _ in SAMPLERS], default=[k for k, _, _ in SAMPLERS])
+    ap.add_argument("--fid-minutes", nargs="+", action="extend", type=float,
+                    help="the budgets to measure FID at (default: all)")
+    ap.add_argument("--samplers", nargs="+", action="extend", choices=[k for k, _, _ in SAMPLERS])
     ap.add_argument("--cond-minutes", type=float, default=30.0)
     ap.add_argument("--vae-minutes", type=float, default=5.0)
     ap.add_argument("--n", type=int, default=10_000, help="samples per FID / label-accuracy figure")
@@ -410,7 +428,7 @@ def main() -> None:
     ap.add_argument("--inpaint-average", type=int, default=4, help="fills averaged in the second inpainting row")
     ap.add_argument("--compare-batch", type=int, default=64)
     ap.add_argument("--compare-reps", type=int, default=10)
-    ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
+    ap.add_argument("--skip", nargs="+", action="extend", choices=PARTS, default=[])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true",
                     help="tiny budgets and counts to check the script end to end (results named -smoke)")
@@ -421,6 +439,9 @@ def main() -> None:
         a.ddpm_steps, a.apply_n, a.inpaint_average, a.compare_reps = 20, 20, 2, 2
     a.minutes = sorted(a.minutes)
     a.fid_minutes = a.minutes if a.fid_minutes is None else a.fid_minutes
+    a.samplers = a.samplers or [k for k, _, _ in SAMPLERS]
+    if a.inpaint_average < 2:
+        ap.error("--inpaint-average must be >= 2 (the first inpainting row is one fill)")
     if not set(a.fid_minutes) <= set(a.minutes):
         ap.error(f"--fid-minutes {a.fid_minutes} must be among --minutes {a.minutes}")
     a.name = name = "diffusion-mnist" + ("-smoke" if a.smoke else "")
@@ -435,12 +456,15 @@ def main() -> None:
             ap.error(f"--run-dir {run_dir} holds no checkpoints/; train it first (the train part of this script)")
         if "train" not in a.skip:
             ap.error("--run-dir replaces training: add --skip train")
-        new["train"], ckpts = run_info(run_dir, a.minutes)
+        need = (a.fid_minutes if "fid" not in a.skip else []) + (a.minutes[-1:] if "apply" not in a.skip else [])
+        train, ckpts = run_info(run_dir, a.minutes, need)
+        if train is not None:
+            new["train"] = train
     elif "train" not in a.skip:
         res, ckpts, _ = train_with_marks("ddpm-mnist", fresh_run_dir(name.replace("diffusion", "ddpm")), a.minutes,
                                          a.seed)
         run_dir = res.run_dir
-        new["train"], _ = run_info(run_dir, a.minutes)
+        new["train"], _ = run_info(run_dir, a.minutes, [])
         new["train"]["trained_here"] = True
     if "fid" not in a.skip and run_dir is not None:
         real = features(ext, genlab.load(run_dir).data().test_x)

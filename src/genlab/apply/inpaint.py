@@ -4,8 +4,8 @@
     input noised to that step, the unknown region comes from the model, and each step can be
     undone and redone `resample` times (x_s -> x_t by the forward process) so the two agree.
     With few steps, replacement alone fills the hole with a digit that often ignores the known
-    border, so the unknown region is also pushed along -grad_{x_t} |known - x0_hat(x_t)|
-    (reconstruction guidance, as in DPS, Chung et al. 2023, with step zeta / |known - x0_hat|).
+    border, so the unknown region is also pushed along -grad_{x_t} |known - x0_hat(x_t)|^2 with
+    step zeta / |known - x0_hat| (reconstruction guidance, as in DPS, Chung et al. 2023).
     `average` > 1 returns the mean of that many independent fills: an estimate of the posterior
     mean, which has the lowest expected squared error (higher PSNR, blurrier);
   - VAE: latent optimisation, z minimising -log p(known pixels | z) + |z|^2 / 2 (a MAP
@@ -190,9 +190,11 @@ def run_inpaint(run, images: torch.Tensor, labels: torch.Tensor | None, *, mask:
     y = labels.to(run.device) if labels is not None and model.conditional else None
     if name == "diffusion":
         _, steps, w, _ = model.sampling_options("ddpm", sampling_steps or 50, guidance, None)  # checks the values
-        if resample < 1 or average < 1 or not zeta >= 0:
-            raise ConfigError(f"--resample and --average must be >= 1 and --zeta >= 0, got {resample}, {average}, "
-                              f"{zeta}")
+        for flag, value, ok in (("--resample", resample, resample >= 1), ("--average", average, average >= 1),
+                                ("--zeta", zeta, math.isfinite(zeta) and zeta >= 0)):
+            if not ok:
+                raise ConfigError(f"{flag} must be {'a finite number >= 0' if flag == '--zeta' else '>= 1'}, "
+                                  f"got {value}")
         out = sum(repaint(model, x, fill, steps=steps, resample=resample, zeta=zeta, generator=make_generator(seed + k),
                           labels=y, guidance=w) for k in range(average)) / average  # fill k: seed + k
     elif name == "vae":

@@ -35,6 +35,7 @@ from it, naming the command and machine behind every part; PNGs are written besi
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from genlab.metrics.sample_quality import FeatureSet, fid
 from genlab.seed import make_generator
 
 SAMPLERS = [("ddpm", "ddpm", 1000), ("ddim50", "ddim", 50), ("dpmpp10", "dpmpp", 10), ("dpmpp20", "dpmpp", 20)]
+NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}  # in the tables' order
 PARTS = ("train", "fid", "cond", "apply", "compare")
 
 
@@ -80,7 +82,7 @@ def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: Fe
                 continue
             if sampler == "ddpm":
                 steps = a.ddpm_steps
-            label = f"{'DDPM' if sampler == 'ddpm' else 'DDIM' if sampler == 'ddim' else 'DPM-Solver++'} {steps}"
+            label = f"{NAMES[sampler]} {steps}"
             n = a.ddpm_n if sampler == "ddpm" else a.n
             t0 = time.perf_counter()
             images, _ = run.sample(n, seed=a.seed, sampler=sampler, steps=steps)
@@ -299,11 +301,11 @@ def merge(old: dict, new: dict, command: str, machine: dict) -> dict:
             key = lambda r: (r["minutes"], r["sampler"])  # noqa: E731
             fresh = {key(r) for r in value}
             rows = [r for r in out.get("fid", []) if key(r) not in fresh] + [{**r, "run": rid} for r in value]
-            order = ["DDPM", "DDIM", "DPM-Solver++"]
+            order = list(NAMES.values())
             out["fid"] = sorted(rows, key=lambda r: (r["minutes"], -r["n"], order.index(r["sampler"].split()[0]),
                                                      r["steps"]))
-        elif part == "train" and {k: out.get("train", {}).get(k) for k in ("run_dir", "steps")} == \
-                {k: value[k] for k in ("run_dir", "steps")}:
+        elif part == "train" and (out.get("train", {}).get("run_dir"), out.get("train", {}).get("steps")) == \
+                (value["run_dir"], value["steps"]):
             continue  # the same finished run, read again: keep the entry of the run that trained it
         else:
             out[part] = {**value, "run": rid}
@@ -403,7 +405,8 @@ def run_info(run_dir, marks: list[float], need: list[float]) -> tuple[dict | Non
         return None, ckpts
     ips = mean_train_throughput(run_dir) or 64 * run.step / elapsed
     return {"steps": run.step, "minutes": marks[-1], "images_per_s": ips, "ms_per_step": 64_000 / ips,
-            "params": sum(p.numel() for p in run.model.parameters()), "run_dir": str(run_dir)}, ckpts
+            "params": sum(p.numel() for p in run.model.parameters()),
+            "run_dir": os.path.relpath(Path(run_dir).resolve(), RUNS.parent.parent)}, ckpts  # from the repo root
 
 
 def main() -> None:
@@ -450,22 +453,20 @@ def main() -> None:
     machine = machine_info()
     new: dict = {}
     ext = get_extractor("lenet-mnist")
-    run_dir, ckpts = a.run_dir, None
+    run_dir, ckpts, trained_here = a.run_dir, None, "train" not in a.skip
     if run_dir is not None:
         if not (run_dir / "checkpoints").is_dir():
             ap.error(f"--run-dir {run_dir} holds no checkpoints/; train it first (the train part of this script)")
-        if "train" not in a.skip:
+        if trained_here:
             ap.error("--run-dir replaces training: add --skip train")
+    elif trained_here:
+        run_dir = train_with_marks("ddpm-mnist", fresh_run_dir(name.replace("diffusion", "ddpm")), a.minutes,
+                                   a.seed)[0].run_dir
+    if run_dir is not None:  # the checkpoint of each mark, and the training figures once it is finished
         need = (a.fid_minutes if "fid" not in a.skip else []) + (a.minutes[-1:] if "apply" not in a.skip else [])
         train, ckpts = run_info(run_dir, a.minutes, need)
         if train is not None:
-            new["train"] = train
-    elif "train" not in a.skip:
-        res, ckpts, _ = train_with_marks("ddpm-mnist", fresh_run_dir(name.replace("diffusion", "ddpm")), a.minutes,
-                                         a.seed)
-        run_dir = res.run_dir
-        new["train"], _ = run_info(run_dir, a.minutes, [])
-        new["train"]["trained_here"] = True
+            new["train"] = {**train, "trained_here": trained_here}
     if "fid" not in a.skip and run_dir is not None:
         real = features(ext, genlab.load(run_dir).data().test_x)
         new["fid"] = sampler_rows(run_dir, ckpts, a.minutes, a, ext, real)

@@ -35,17 +35,22 @@ from it, naming the command and machine behind every part; PNGs are written besi
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import socket
 import time
 from pathlib import Path
 
 from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import genlab
 from genlab.bench import machine_info
+from genlab.engine.checkpoint import atomic_write_bytes
+from genlab.engine.device import cpu_model
 from genlab.images import save_grid
 from genlab.metrics import reconstruction as rec
 from genlab.metrics.classifier import label_accuracy, load_classifier
@@ -71,12 +76,74 @@ def features(ext, images: torch.Tensor) -> FeatureSet:
 # --------------------------------------------------------------------------- training + FID
 
 
+def claim(path: Path) -> bool:
+    """Take the work item `path` for this process: create it exclusively, holding host and pid.
+    A claim left by a dead process on this host is taken over; a live one is left alone."""
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = path.read_text().partition(" ")
+            try:
+                alive = host != socket.gethostname() or (os.kill(int(pid), 0) is None)
+            except (ProcessLookupError, ValueError):
+                alive = False
+            if alive:
+                return False
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def ddpm_chunks(run, ck: str, a) -> tuple[torch.Tensor, float, dict] | None:
+    """The first --ddpm-n DDPM samples of checkpoint `ck`, drawn --ddpm-chunk at a time (chunk i
+    from seed 1,000,000 * --seed + i) and each saved as it finishes, in
+    <run>/ddpm-chunks/<ck>-<steps>steps-seed<seed>-chunk<size>/: hours of sampling survive a
+    killed process, and processes on other cores (or later sessions) share the chunks.
+    (images, seconds summed over chunks (scaled to --ddpm-n when the last chunk is cut), row fields: chunk size, the CPUs that drew them, whether
+    all ran compiled), or None while another process still draws some."""
+    folder = run.run_dir / "ddpm-chunks" / f"{ck}-{a.ddpm_steps}steps-seed{a.seed}-chunk{a.ddpm_chunk}"
+    folder.mkdir(parents=True, exist_ok=True)
+    count = -(-a.ddpm_n // a.ddpm_chunk)
+    for i in range(count):
+        out, mine = folder / f"{i:05d}.npz", folder / f"{i:05d}.claim"
+        if out.exists() or not claim(mine):
+            continue
+        if out.exists():  # finished by another process between the two checks
+            mine.unlink()
+            continue
+        t0 = time.perf_counter()
+        images, _ = run.sample(a.ddpm_chunk, seed=1_000_000 * a.seed + i, sampler="ddpm", steps=a.ddpm_steps)
+        buf = io.BytesIO()
+        np.savez(buf, images=images.numpy(), seconds=time.perf_counter() - t0, step=run.step,
+                 compiled=a.compile, cpu=cpu_model())
+        atomic_write_bytes(out, buf.getvalue())
+        mine.unlink()
+        log(f"{ck}: DDPM chunk {i + 1}/{count} in {time.perf_counter() - t0:.0f} s")
+    if not all((folder / f"{i:05d}.npz").exists() for i in range(count)):
+        return None
+    parts = [np.load(folder / f"{i:05d}.npz", allow_pickle=False) for i in range(count)]
+    if any(int(p["step"]) != run.step for p in parts):
+        raise SystemExit(f"{folder} holds chunks of another step than {ck}'s {run.step}; delete the folder")
+    images = torch.from_numpy(np.concatenate([p["images"] for p in parts])[:a.ddpm_n])
+    secs = sum(float(p["seconds"]) for p in parts) * a.ddpm_n / (count * a.ddpm_chunk)  # the share of the n used
+    return images, secs, {
+        "chunk": a.ddpm_chunk, "cpus": sorted({str(p["cpu"]) for p in parts}),
+        "compiled": all(bool(p["compiled"]) for p in parts)}
+
+
 def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: FeatureSet) -> list[dict]:
     rows = []
     for m, ck in zip(marks, ckpts):
         if m not in a.fid_minutes:
             continue
         run = genlab.load(run_dir, ck)
+        if a.compile:
+            run.compile()
         for key, sampler, steps in SAMPLERS:
             if key not in a.samplers or (sampler == "ddpm" and a.ddpm_last_only and m != marks[-1]):
                 continue
@@ -84,12 +151,22 @@ def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: Fe
                 steps = a.ddpm_steps
             label = f"{NAMES[sampler]} {steps}"
             n = a.ddpm_n if sampler == "ddpm" else a.n
+            extra = {}
+            if a.compile:  # compile for this sampler's batch size before the clock starts
+                run.sample(min(a.ddpm_chunk if sampler == "ddpm" else n, 500), seed=0, sampler="ddim", steps=2)
             t0 = time.perf_counter()
-            images, _ = run.sample(n, seed=a.seed, sampler=sampler, steps=steps)
-            secs = time.perf_counter() - t0
+            if sampler == "ddpm":
+                drawn = ddpm_chunks(run, ck, a)
+                if drawn is None:
+                    log(f"{m:g} min, {label}: other processes still draw chunks; the last to finish adds the row")
+                    continue
+                images, secs, extra = drawn
+            else:
+                images, _ = run.sample(n, seed=a.seed, sampler=sampler, steps=steps)
+                secs = time.perf_counter() - t0
             feats = ext(images)[0]
             row = {"minutes": m, "checkpoint": ck, "step": run.step, "sampler": label, "steps": steps,
-                   "samples_per_s": n / secs, "seconds": secs}
+                   "samples_per_s": n / secs, "seconds": secs, "compiled": a.compile, **extra}
             subsets = [n] + ([a.ddpm_n] if sampler != "ddpm" and a.ddpm_n < n else [])
             for k in subsets:  # the first k samples: an FID comparable with a smaller-N DDPM row
                 fs = FeatureSet()
@@ -337,8 +414,16 @@ def markdown(out: dict, name: str) -> str:
                "| CPU minutes | step | sampler | N | FID | samples/s | run |", "|---|---|---|---|---|---|---|"]
         for r in out["fid"]:
             n = f"{r['n']:,}" if r["n"] == r.get("of_n", r["n"]) else f"first {r['n']:,} of {r['of_n']:,}"
-            md.append(f"| {r['minutes']:g} | {r['step']:,} | {r['sampler']} | {n} | {r['fid']:.2f} | "
-                      f"{r['samples_per_s']:.1f} | {r['run']} |")
+            speed = f"{r['samples_per_s']:.1f}" + (" compiled" if r.get("compiled") else "")
+            md.append(f"| {r['minutes']:g} | {r['step']:,} | {r['sampler']} | {n} | {r['fid']:.2f} | {speed} | "
+                      f"{r['run']} |")
+        chunked = [r for r in out["fid"] if "chunk" in r]
+        if chunked:
+            md += ["", f"DDPM rows are drawn in saved chunks of {chunked[0]['chunk']} by one or more processes "
+                   "(possibly in several sessions); their samples/s is N over the chunks' summed seconds. "
+                   "CPUs that drew them: " + "; ".join(sorted({c for r in chunked for c in r["cpus"]}))
+                   + ". \"compiled\": the UNet ran under torch.compile (`--compile`, `Run.compile`), compiled "
+                   "before the clock started."]
         for m in sorted({r["minutes"] for r in out["fid"]}):
             md += ["", f"Samples (DPM-Solver++ 20 steps) after {m:g} minutes:\n", f"![samples]({name}-{m:g}min.png)"]
         md += [""]
@@ -426,6 +511,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="samples per FID / label-accuracy figure")
     ap.add_argument("--ddpm-n", type=int, default=10_000, help="samples for the DDPM-1000 FID")
     ap.add_argument("--ddpm-steps", type=int, default=1000)
+    ap.add_argument("--ddpm-chunk", type=int, default=100, help="DDPM samples per saved chunk")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet for the FID samplers "
+                                                           "(Run.compile; rows say so)")
     ap.add_argument("--ddpm-last-only", action="store_true", help="DDPM only at the largest budget (saves hours)")
     ap.add_argument("--apply-n", type=int, default=1000)
     ap.add_argument("--inpaint-average", type=int, default=4, help="fills averaged in the second inpainting row")
@@ -439,7 +527,7 @@ def main() -> None:
     if a.smoke:
         a.minutes, a.cond_minutes, a.vae_minutes = [0.2, 0.4], 0.2, 0.1
         a.n, a.ddpm_n = 200, 100
-        a.ddpm_steps, a.apply_n, a.inpaint_average, a.compare_reps = 20, 20, 2, 2
+        a.ddpm_steps, a.ddpm_chunk, a.apply_n, a.inpaint_average, a.compare_reps = 20, 40, 20, 2, 2
     a.minutes = sorted(a.minutes)
     a.fid_minutes = a.minutes if a.fid_minutes is None else a.fid_minutes
     a.samplers = a.samplers or [k for k, _, _ in SAMPLERS]

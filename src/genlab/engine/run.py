@@ -292,6 +292,15 @@ class Run:
         return draw_samples(self.model, self.pipeline, n, seed=seed, label=label,
                             native_size=tuple(self.meta["native_size"]), options=options)
 
+    def compile(self) -> "Run":
+        """torch.compile the network sampling evaluates at every step (diffusion runs), in place.
+        The first batch then waits for the compiler (tens of seconds, a C++ compiler is needed on
+        CPU); later evaluations run faster: 1.17x for ddpm-mnist on one Xeon thread."""
+        if self.cfg.model_name != "diffusion":
+            raise ConfigError(f"--compile is for diffusion runs; {self.run_dir} is a {self.cfg.model_name} run "
+                              "(drop --compile)")
+        self.model.net.compile(dynamic=False)  # one kernel set per batch size: no slower dynamic-shape code
+        return self
 
     def data(self, data_root: str | os.PathLike | None = None) -> ImageData | TextData:
         """The run's dataset, from `data_root` or the root the run was trained from."""

@@ -14,10 +14,13 @@ centre vs mean fill and a vae-mnist trained --vae-minutes; denoise sigma 0.5 vs 
 median filter; upscale 14->28 vs bicubic), `compare` (ms per training step at batch 64 and time
 to sample 64 images with 20 network evaluations, against diffusers and denoising-diffusion-pytorch
 at a matched parameter count, when `pip install -e '.[bench]'` made them importable).
-DDPM-1000 at N=10,000 is 10 million network evaluations: about 6 hours per checkpoint on the
-2-core development machine; --ddpm-last-only runs it for the largest budget only, --ddpm-n lowers
-N (the FID of fewer samples is biased upwards, so compare it only with the same N: every other
-sampler's row is then repeated for the first --ddpm-n of its samples).
+DDPM-1000 at N=10,000 is 10 million network evaluations: about 4 core-hours per checkpoint on the
+2-core development machine (with --compile). It is drawn in chunks of --ddpm-chunk samples, each
+saved under the run directory as it finishes and claimed by the process drawing it, so a killed
+process loses one chunk, rerunning the same command resumes, and processes on both cores share the
+work (the last to finish adds the row). --ddpm-last-only runs it for the largest budget only,
+--ddpm-n lowers N (the FID of fewer samples is biased upwards, so compare it only with the same N:
+every other sampler's row is then repeated for the first --ddpm-n of its samples).
 
 Parts can run in separate processes, one per core: `--run-dir` samples from a ddpm-mnist run the
 `train` part made (its `min-M` checkpoints) instead of training, `--fid-minutes` and `--samplers`
@@ -30,6 +33,9 @@ from it, naming the command and machine behind every part; PNGs are written besi
         --fid-minutes 60
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/diffusion_mnist.py --run-dir benchmarks/runs/ddpm-mnist \
         --fid-minutes 30 --skip train cond apply compare
+    # DDPM-1000 for one budget on both cores (run the same command on core 1 with taskset -c 1)
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/diffusion_mnist.py --run-dir benchmarks/runs/ddpm-mnist \
+        --skip train cond apply compare --samplers ddpm --compile --fid-minutes 60
 """
 
 from __future__ import annotations
@@ -104,8 +110,9 @@ def ddpm_chunks(run, ck: str, a) -> tuple[torch.Tensor, float, dict] | None:
     from seed 1,000,000 * --seed + i) and each saved as it finishes, in
     <run>/ddpm-chunks/<ck>-<steps>steps-seed<seed>-chunk<size>/: hours of sampling survive a
     killed process, and processes on other cores (or later sessions) share the chunks.
-    (images, seconds summed over chunks (scaled to --ddpm-n when the last chunk is cut), row fields: chunk size, the CPUs that drew them, whether
-    all ran compiled), or None while another process still draws some."""
+    Returns (images, seconds summed over chunks (scaled to --ddpm-n when the last chunk is cut),
+    row fields: chunk size, the CPUs that drew them, whether all ran compiled), or None while
+    another process still draws some."""
     folder = run.run_dir / "ddpm-chunks" / f"{ck}-{a.ddpm_steps}steps-seed{a.seed}-chunk{a.ddpm_chunk}"
     folder.mkdir(parents=True, exist_ok=True)
     count = -(-a.ddpm_n // a.ddpm_chunk)

@@ -287,6 +287,12 @@ def test_cli_sample_flags(cond_run, tmp_path):
     assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "--sampling-steps must be in 1..50" in r.stderr
 
 
+def test_compiled_unet_samples_the_same_images(cond_run):
+    eager = genlab.load(cond_run).sample(4, seed=3, sampler="ddim", steps=2)[0]
+    compiled = genlab.load(cond_run).compile().sample(4, seed=3, sampler="ddim", steps=2)[0]
+    assert (compiled.int() - eager.int()).abs().max() <= 1  # rounding to uint8 may differ by one level
+
+
 def test_other_families_reject_diffusion_flags(tmp_path, data_root):
     from tests.conftest import TINY_VAE
 
@@ -294,3 +300,6 @@ def test_other_families_reject_diffusion_flags(tmp_path, data_root):
     r = run_cli("sample", str(res.run_dir), "--sampler", "ddim", "--guidance", "2", "--out", str(tmp_path / "s.png"))
     assert r.returncode != 0 and r.stderr.strip().count("\n") == 0
     assert "--sampler --guidance: diffusion options" in r.stderr and "vae run" in r.stderr
+    r = run_cli("sample", str(res.run_dir), "--compile", "--out", str(tmp_path / "s.png"))
+    assert r.returncode != 0 and r.stderr.strip().count("\n") == 0
+    assert "--compile is for diffusion runs" in r.stderr and not (tmp_path / "s.png").exists()

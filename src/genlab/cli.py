@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--stop", help="text runs: end the text before this string")
     s.add_argument("--no-cache", action="store_true", help="text runs: recompute the context for every token")
     _diffusion_flags(s)
+    s.add_argument("--compile", action="store_true", help="diffusion runs: torch.compile the UNet first (a wait "
+                                                          "for the compiler, then faster steps: for many samples)")
 
     e = sub.add_parser("evaluate", help="metrics for a run's model family -> report.json + report.html")
     e.add_argument("run_dir")
@@ -177,6 +179,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     run = load(a.run_dir, a.checkpoint, a.device)
     options = diffusion_options(run, a)
+    if a.compile:
+        run.compile()
     if run.family == "text" or a.prompt is not None:
         return _sample_text(run, a)
     if run.family == "graph":

@@ -82,25 +82,35 @@ def features(ext, images: torch.Tensor) -> FeatureSet:
 # --------------------------------------------------------------------------- training + FID
 
 
+def boot_id() -> str:
+    """This boot of this machine (Linux), so a claim made before a restart is known to be stale."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return socket.gethostname()
+
+
 def claim(path: Path) -> bool:
-    """Take the work item `path` for this process: create it exclusively, holding host and pid.
-    A claim left by a dead process on this host is taken over; a live one is left alone."""
-    me = f"{socket.gethostname()} {os.getpid()}"
+    """Take the work item `path` for this process: create it exclusively, holding boot id and pid.
+    A claim left by a dead process (or one from before a restart) is taken over; a live one is
+    left alone. For processes on one machine."""
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            host, _, pid = path.read_text().partition(" ")
+            boot, _, pid = path.read_text().rpartition(" ")
             try:
-                alive = host != socket.gethostname() or (os.kill(int(pid), 0) is None)
+                alive = boot == boot_id() and os.kill(int(pid), 0) is None
             except (ProcessLookupError, ValueError):
                 alive = False
+            except PermissionError:  # another user's live process
+                alive = True
             if alive:
                 return False
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(me)
+            f.write(f"{boot_id()} {os.getpid()}")
         return True
     return False
 

@@ -41,10 +41,11 @@ from it, naming the command and machine behind every part; PNGs are written besi
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import os
-import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
@@ -82,37 +83,18 @@ def features(ext, images: torch.Tensor) -> FeatureSet:
 # --------------------------------------------------------------------------- training + FID
 
 
-def boot_id() -> str:
-    """This boot of this machine (Linux), so a claim made before a restart is known to be stale."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return socket.gethostname()
-
-
-def claim(path: Path) -> bool:
-    """Take the work item `path` for this process: create it exclusively, holding boot id and pid.
-    A claim left by a dead process (or one from before a restart) is taken over; a live one is
-    left alone. For processes on one machine."""
-    for _ in range(2):
+@contextmanager
+def claimed(path: Path):
+    """Yield True when this process holds the work item `path` (an exclusive, non-blocking flock on
+    it), False when another process does. The kernel drops the lock when its holder exits or is
+    killed, so nothing stale is left to take over."""
+    with open(path, "a") as f:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            boot, _, pid = path.read_text().rpartition(" ")
-            try:
-                alive = boot == boot_id() and os.kill(int(pid), 0) is None
-            except (ProcessLookupError, ValueError):
-                alive = False
-            except PermissionError:  # another user's live process
-                alive = True
-            if alive:
-                return False
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{boot_id()} {os.getpid()}")
-        return True
-    return False
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def ddpm_chunks(run, ck: str, a) -> tuple[torch.Tensor, float, dict] | None:
@@ -127,30 +109,41 @@ def ddpm_chunks(run, ck: str, a) -> tuple[torch.Tensor, float, dict] | None:
     folder.mkdir(parents=True, exist_ok=True)
     count = -(-a.ddpm_n // a.ddpm_chunk)
     for i in range(count):
-        out, mine = folder / f"{i:05d}.npz", folder / f"{i:05d}.claim"
-        if out.exists() or not claim(mine):
+        out = folder / f"{i:05d}.npz"
+        if out.exists():
             continue
-        if out.exists():  # finished by another process between the two checks
-            mine.unlink()
-            continue
-        t0 = time.perf_counter()
-        images, _ = run.sample(a.ddpm_chunk, seed=1_000_000 * a.seed + i, sampler="ddpm", steps=a.ddpm_steps)
-        buf = io.BytesIO()
-        np.savez(buf, images=images.numpy(), seconds=time.perf_counter() - t0, step=run.step,
-                 compiled=a.compile, cpu=cpu_model())
-        atomic_write_bytes(out, buf.getvalue())
-        mine.unlink()
+        with claimed(folder / f"{i:05d}.claim") as mine:
+            if not mine or out.exists():  # drawn by another process, now or between the two checks
+                continue
+            t0 = time.perf_counter()
+            images, _ = run.sample(a.ddpm_chunk, seed=1_000_000 * a.seed + i, sampler="ddpm", steps=a.ddpm_steps)
+            buf = io.BytesIO()
+            np.savez(buf, images=images.numpy(), seconds=time.perf_counter() - t0, step=run.step,
+                     compiled=a.compile, cpu=cpu_model())
+            atomic_write_bytes(out, buf.getvalue())
         log(f"{ck}: DDPM chunk {i + 1}/{count} in {time.perf_counter() - t0:.0f} s")
     if not all((folder / f"{i:05d}.npz").exists() for i in range(count)):
         return None
-    parts = [np.load(folder / f"{i:05d}.npz", allow_pickle=False) for i in range(count)]
-    if any(int(p["step"]) != run.step for p in parts):
-        raise SystemExit(f"{folder} holds chunks of another step than {ck}'s {run.step}; delete the folder")
-    images = torch.from_numpy(np.concatenate([p["images"] for p in parts])[:a.ddpm_n])
-    secs = sum(float(p["seconds"]) for p in parts) * a.ddpm_n / (count * a.ddpm_chunk)  # the share of the n used
-    return images, secs, {
-        "chunk": a.ddpm_chunk, "cpus": sorted({str(p["cpu"]) for p in parts}),
-        "compiled": all(bool(p["compiled"]) for p in parts)}
+    images, secs, cpus, compiled = [], 0.0, set(), True
+    for i in range(count):
+        with np.load(folder / f"{i:05d}.npz", allow_pickle=False) as p:
+            if int(p["step"]) != run.step:
+                raise SystemExit(f"{folder} holds chunks of step {int(p['step'])}, not {ck}'s {run.step}; "
+                                 "delete the folder")
+            images.append(p["images"])
+            secs += float(p["seconds"])
+            cpus.add(str(p["cpu"]))
+            compiled &= bool(p["compiled"])
+    secs *= a.ddpm_n / (count * a.ddpm_chunk)  # the share of the samples used
+    return torch.from_numpy(np.concatenate(images)[:a.ddpm_n]), secs, {
+        "chunk": a.ddpm_chunk, "cpus": sorted(cpus), "compiled": compiled}
+
+
+def warm_up(run, n: int) -> None:
+    """Compile the UNet for every batch size sampling n images uses (draw_samples takes 500 at a
+    time; a compiled UNet has kernels per size), so no compiling is timed."""
+    for b in {min(n, 500), n % 500} - {0}:
+        run.sample(b, seed=0, sampler="ddim", steps=2)
 
 
 def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: FeatureSet) -> list[dict]:
@@ -169,8 +162,8 @@ def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: Fe
             label = f"{NAMES[sampler]} {steps}"
             n = a.ddpm_n if sampler == "ddpm" else a.n
             extra = {}
-            if a.compile:  # compile for this sampler's batch size before the clock starts
-                run.sample(min(a.ddpm_chunk if sampler == "ddpm" else n, 500), seed=0, sampler="ddim", steps=2)
+            if a.compile:
+                warm_up(run, a.ddpm_chunk if sampler == "ddpm" else n)
             t0 = time.perf_counter()
             if sampler == "ddpm":
                 drawn = ddpm_chunks(run, ck, a)
@@ -435,12 +428,17 @@ def markdown(out: dict, name: str) -> str:
             md.append(f"| {r['minutes']:g} | {r['step']:,} | {r['sampler']} | {n} | {r['fid']:.2f} | {speed} | "
                       f"{r['run']} |")
         chunked = [r for r in out["fid"] if "chunk" in r]
+        notes = []
         if chunked:
-            md += ["", f"DDPM rows are drawn in saved chunks of {chunked[0]['chunk']} by one or more processes "
-                   "(possibly in several sessions); their samples/s is N over the chunks' summed seconds. "
-                   "CPUs that drew them: " + "; ".join(sorted({c for r in chunked for c in r["cpus"]}))
-                   + ". \"compiled\": the UNet ran under torch.compile (`--compile`, `Run.compile`), compiled "
-                   "before the clock started."]
+            sizes = " or ".join(f"{c:,}" for c in sorted({r["chunk"] for r in chunked}))
+            which = ", ".join(sorted({f"{r['minutes']:g} min" for r in chunked}))
+            notes.append(f"DDPM rows at {which}: drawn in saved chunks of {sizes} by one or more processes "
+                         "(possibly in several sessions); their samples/s is N over the chunks' summed seconds. "
+                         "CPUs that drew them: " + "; ".join(sorted({c for r in chunked for c in r["cpus"]})) + ".")
+        if any(r.get("compiled") for r in out["fid"]):
+            notes.append("\"compiled\": the UNet ran under torch.compile (`--compile`, `Run.compile`), compiled "
+                         "before the clock started.")
+        md += ["", " ".join(notes)] if notes else []
         for m in sorted({r["minutes"] for r in out["fid"]}):
             md += ["", f"Samples (DPM-Solver++ 20 steps) after {m:g} minutes:\n", f"![samples]({name}-{m:g}min.png)"]
         md += [""]
@@ -512,7 +510,6 @@ def run_info(run_dir, marks: list[float], need: list[float]) -> tuple[dict | Non
 
 
 def main() -> None:
-    import fcntl
     import json
     import sys
 
@@ -548,6 +545,8 @@ def main() -> None:
     a.minutes = sorted(a.minutes)
     a.fid_minutes = a.minutes if a.fid_minutes is None else a.fid_minutes
     a.samplers = a.samplers or [k for k, _, _ in SAMPLERS]
+    if a.ddpm_chunk < 1:
+        ap.error(f"--ddpm-chunk must be >= 1, got {a.ddpm_chunk}")
     if a.inpaint_average < 2:
         ap.error("--inpaint-average must be >= 2 (the first inpainting row is one fill)")
     if not set(a.fid_minutes) <= set(a.minutes):

@@ -63,6 +63,7 @@ from genlab.metrics import reconstruction as rec
 from genlab.metrics.classifier import label_accuracy, load_classifier
 from genlab.metrics.features import get_extractor
 from genlab.metrics.sample_quality import FeatureSet, fid
+from genlab.sampling import BATCH
 from genlab.seed import make_generator
 
 SAMPLERS = [("ddpm", "ddpm", 1000), ("ddim50", "ddim", 50), ("dpmpp10", "dpmpp", 10), ("dpmpp20", "dpmpp", 20)]
@@ -140,9 +141,9 @@ def ddpm_chunks(run, ck: str, a) -> tuple[torch.Tensor, float, dict] | None:
 
 
 def warm_up(run, n: int) -> None:
-    """Compile the UNet for every batch size sampling n images uses (draw_samples takes 500 at a
+    """Compile the UNet for every batch size sampling n images uses (draw_samples takes BATCH at a
     time; a compiled UNet has kernels per size), so no compiling is timed."""
-    for b in {min(n, 500), n % 500} - {0}:
+    for b in {min(n, BATCH), n % BATCH} - {0}:
         run.sample(b, seed=0, sampler="ddim", steps=2)
 
 

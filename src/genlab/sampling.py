@@ -10,6 +10,8 @@ from genlab.errors import ConfigError
 from genlab.images import resize_uint8
 from genlab.seed import make_generator
 
+BATCH = 500  # images per model.sample call in draw_samples
+
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     """0, 1, ..., K-1, 0, 1, ...: each class gets n/K samples (the first n % K one more)."""
@@ -19,7 +21,7 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 @torch.no_grad()
 def draw_samples(model: nn.Module, pipeline: BatchPipeline, n: int, *, seed: int,
                  native_size: tuple[int, int], label: int | None = None,
-                 batch_size: int = 500, options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 batch_size: int = BATCH, options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n samples -> (uint8 (n, C, H, W) at `native_size`, int64 labels or None).
     A conditional model samples class `label`, or all classes in equal shares. `options` are
     passed on to `model.sample` (diffusion: sampler, steps, guidance, eta)."""

@@ -108,7 +108,7 @@ def ddpm_chunks(run, ck: str, a) -> tuple[torch.Tensor, float, dict] | None:
     another process still draws some."""
     folder = run.run_dir / "ddpm-chunks" / f"{ck}-{a.ddpm_steps}steps-seed{a.seed}-chunk{a.ddpm_chunk}"
     folder.mkdir(parents=True, exist_ok=True)
-    count = -(-a.ddpm_n // a.ddpm_chunk)
+    count, warm = -(-a.ddpm_n // a.ddpm_chunk), not a.compile
     for i in range(count):
         out = folder / f"{i:05d}.npz"
         if out.exists():
@@ -116,6 +116,9 @@ def ddpm_chunks(run, ck: str, a) -> tuple[torch.Tensor, float, dict] | None:
         with claimed(folder / f"{i:05d}.claim") as mine:
             if not mine or out.exists():  # drawn by another process, now or between the two checks
                 continue
+            if not warm:  # only a process that draws a chunk compiles for it
+                warm_up(run, a.ddpm_chunk)
+                warm = True
             t0 = time.perf_counter()
             images, _ = run.sample(a.ddpm_chunk, seed=1_000_000 * a.seed + i, sampler="ddpm", steps=a.ddpm_steps)
             buf = io.BytesIO()
@@ -163,8 +166,8 @@ def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: Fe
             label = f"{NAMES[sampler]} {steps}"
             n = a.ddpm_n if sampler == "ddpm" else a.n
             extra = {}
-            if a.compile:
-                warm_up(run, a.ddpm_chunk if sampler == "ddpm" else n)
+            if a.compile and sampler != "ddpm":  # ddpm_chunks warms up when it draws a chunk
+                warm_up(run, n)
             t0 = time.perf_counter()
             if sampler == "ddpm":
                 drawn = ddpm_chunks(run, ck, a)

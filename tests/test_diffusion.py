@@ -2,13 +2,13 @@
 training on MNIST and `genlab sample`'s diffusion flags."""
 
 import math
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
 import genlab
+from genlab.engine.device import cxx_compiler
 from genlab.models.diffusion import schedules as sch
 from genlab.models.diffusion.ddpm import Diffusion, DiffusionConfig, guided
 from genlab.models.diffusion.unet import UNet, UNetConfig
@@ -288,7 +288,7 @@ def test_cli_sample_flags(cond_run, tmp_path):
     assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "--sampling-steps must be in 1..50" in r.stderr
 
 
-@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))), reason="torch.compile needs a C++ compiler")
+@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile needs a C++ compiler")
 def test_compiled_unet_samples_the_same_images(cond_run):
     eager = genlab.load(cond_run).sample(4, seed=3, sampler="ddim", steps=2)[0]
     compiled = genlab.load(cond_run).compile().sample(4, seed=3, sampler="ddim", steps=2)[0]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import shutil
 import time
 from functools import lru_cache
 
@@ -46,6 +48,14 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def cxx_compiler() -> str | None:
+    """Path of the C++ compiler torch.compile would use on CPU ($CXX, else g++, c++, clang++), or None."""
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None
 
 
 def device_name(device: torch.device) -> str:

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from genlab.data.datasets import ImageData, load_image_data, resolve_data_root
 from genlab.data.text import TextData, load_text_data, load_tokenizer
 from genlab.data.transforms import BatchPipeline
 from genlab.engine import checkpoint as ckpt
-from genlab.engine.device import cpu_model, device_name, select_device
+from genlab.engine.device import cpu_model, cxx_compiler, device_name, select_device
 from genlab.engine.distributed import DistInfo, barrier, init_distributed, shutdown
 from genlab.engine.trainer import Trainer, TrainState
 from genlab.errors import CheckpointError, ConfigError
@@ -305,8 +304,7 @@ class Run:
         if self.cfg.model_name != "diffusion":
             raise ConfigError(f"--compile is for diffusion runs; {self.run_dir} is a {self.cfg.model_name} run "
                               "(drop --compile)")
-        if self.device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++",
-                                                                           "clang++") if c):
+        if self.device.type == "cpu" and cxx_compiler() is None:
             raise ConfigError("--compile needs a C++ compiler on CPU (none found: install g++ or set CXX), "
                               "or drop --compile")
         self.model.net.compile(dynamic=False)  # one kernel set per batch size: no slower dynamic-shape code

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,25 +59,27 @@ def cache_dir() -> Path:
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array of its stored dtype/shape."""
+    """Read an IDX file (optionally gzipped) into a numpy array of its stored dtype/shape.
+    A damaged file is a DataError naming it, never an empty or partial array."""
     path = Path(path)
+    fix = "re-download it or remove it"
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:  # gzip reports damage as all three
+        raise DataError(f"cannot read IDX file {path} ({e}); {fix}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path} is not an IDX file (bad magic number)")
+        raise DataError(f"{path} is not an IDX file (bad magic number); {fix}")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if raw[2] not in dtypes:
-        raise DataError(f"{path}: unknown IDX element type 0x{raw[2]:02x}")
+        raise DataError(f"{path}: unknown IDX element type 0x{raw[2]:02x}; {fix}")
     nd = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
     dtype = np.dtype(dtypes[raw[2]])
-    expected = 4 + 4 * nd + int(np.prod(dims)) * dtype.itemsize
+    expected = 4 + 4 * nd + math.prod(dims) * dtype.itemsize  # exact: np.prod can overflow on junk
     if len(raw) != expected:
-        raise DataError(f"{path} is truncated or corrupt ({len(raw)} bytes, expected {expected})")
+        raise DataError(f"{path} is truncated or corrupt ({len(raw)} bytes, expected {expected}); {fix}")
     return np.frombuffer(raw, dtype, offset=4 + 4 * nd).reshape(dims)
 
 
@@ -84,6 +88,14 @@ def _find(raw_dir: Path, stem: str) -> Path | None:
         if (raw_dir / name).is_file():
             return raw_dir / name
     return None
+
+
+def _count_idx_files(root: Path | None, dataset: str) -> int:
+    """How many of the dataset's four IDX files (train/test images/labels) exist under `root`."""
+    if root is None:
+        return 0
+    raw_dir = root / _IDX_DIRS[dataset] / "raw"
+    return sum(_find(raw_dir, stem) is not None for stems in _IDX_FILES.values() for stem in stems)
 
 
 def load_idx_split(root: Path, dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +108,8 @@ def load_idx_split(root: Path, dataset: str, split: str) -> tuple[torch.Tensor, 
                         f"(holding {_IDX_DIRS[dataset]}/raw/) or --download")
     x, y = read_idx(img_path), read_idx(lab_path)
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-        raise ShapeError(f"{img_path}: expected images (N, H, W) and labels (N,), got {x.shape} and {y.shape}")
+        raise ShapeError(f"{img_path}: expected images (N, H, W) and labels (N,), got {x.shape} and {y.shape}; "
+                         "re-download both files")
     return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
 
 
@@ -115,44 +128,72 @@ def _download_idx(dataset: str) -> Path:
     return root
 
 
+def _open_image(f: Path, mode: str | None):
+    """One image file as a PIL image in `mode` ("L" or "RGB"; None = "L" for grayscale files,
+    else "RGB"), with any transparency composited onto white."""
+    from PIL import Image
+
+    with Image.open(f) as im:
+        if mode is None:
+            mode = "L" if Image.getmodebase(im.mode) == "L" else "RGB"
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            # Dropping alpha would show whatever colour is stored under transparent pixels.
+            im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+        return im.convert(mode)
+
+
 def load_folder(path: Path, size: int | None, channels: int | None) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
     """A folder of images -> (uint8 (N, C, S, S), labels or None, class names or None).
+
     Sub-folders are classes (sorted by name); images are resized on the short side and
-    centre-cropped to `size` (default: the first image's short side)."""
-    from PIL import Image, UnidentifiedImageError
+    centre-cropped to `size` (default: the first image's short side). Channels: `channels`
+    if given (1 = grayscale, 3 = RGB), else 3 if any file is in colour (grayscale files are
+    then replicated to RGB, as torchvision's ImageFolder does), else 1. Transparent pixels
+    are composited onto a white background. Hidden files and files without an image
+    extension are skipped with a warning; an unreadable image file is a DataError.
+    """
+    from PIL import Image
 
     if not path.is_dir():
         raise DataError(f"image folder {path} not found; set data.path relative to the data root")
-    subdirs = sorted(d for d in path.iterdir() if d.is_dir())
+    if channels not in (None, 1, 3):
+        raise DataError(f"data.channels={channels} is not supported for image folders; use 1 or 3")
+    # Hidden entries (.DS_Store, macOS ._x.png, .ipynb_checkpoints/) are never data.
+    hidden = (lambda f: any(part.startswith(".") for part in f.relative_to(path).parts))
+    entries = [f for f in sorted(path.iterdir()) if not hidden(f)]
+    subdirs = [d for d in entries if d.is_dir()]
     if subdirs:
-        files = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.rglob("*"))
-                 if f.suffix.lower() in IMAGE_EXTENSIONS]
+        found = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.rglob("*"))
+                 if f.is_file() and not hidden(f)]
+        stray = [f for f in entries if f.is_file()]  # beside the class folders: no label, not used
         names = [d.name for d in subdirs]
     else:
-        files = [(f, -1) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
-        names = None
+        found, stray, names = [(f, -1) for f in entries if f.is_file()], [], None
+    files = [(f, i) for f, i in found if f.suffix.lower() in IMAGE_EXTENSIONS]
+    skipped = [f for f, _ in found if f.suffix.lower() not in IMAGE_EXTENSIONS] + stray
+    if skipped:
+        log.warning("skipping %d file(s) in %s without an image extension (%s) or outside the "
+                    "class sub-folders, e.g. %s", len(skipped), path, ", ".join(IMAGE_EXTENSIONS), skipped[0])
     if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}")
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}; "
+                        "put images there, or one sub-folder of images per class")
     images = []
     for f, _ in files:
         try:
-            with Image.open(f) as im:
-                if channels is None:
-                    channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
-                im = im.convert("L" if channels == 1 else "RGB")
-                if size is None:
-                    size = min(im.size)
-                w, h = im.size
-                s = size / min(w, h)
-                im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-                w, h = im.size
-                left, top = (w - size) // 2, (h - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-                a = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"cannot read image {f}: {e}") from None
-        images.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    x = torch.from_numpy(np.stack(images))
+            im = _open_image(f, {1: "L", 3: "RGB"}.get(channels))
+        except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's ways of saying 'damaged'
+            raise DataError(f"cannot read image {f} ({e}); remove or replace it") from None
+        if size is None:
+            size = min(im.size)
+        w, h = im.size
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        images.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))  # (C, S, S)
+    c = max(a.shape[0] for a in images)
+    x = torch.from_numpy(np.stack([np.broadcast_to(a, (c, size, size)) for a in images]))
     y = torch.tensor([i for _, i in files]) if names else None
     return x, y, names
 
@@ -213,6 +254,7 @@ class ImageData:
     test_y: torch.Tensor | None
     native_size: tuple[int, int]  # (H, W) the user's data had; samples come back at this size
     source: str
+    dataset: str  # the dataset really loaded: "digits" when MNIST fell back to it
     class_names: list[str] | None = None
     mean: list[float] = field(default_factory=list)  # per-channel, in [0, 1] units, train split
     std: list[float] = field(default_factory=list)
@@ -233,7 +275,7 @@ class ImageData:
 
     def meta(self) -> dict:
         """What a run directory keeps to turn model outputs back into images."""
-        return {"source": self.source, "native_size": list(self.native_size), "channels": self.channels,
+        return {"dataset": self.dataset, "source": self.source, "native_size": list(self.native_size), "channels": self.channels,
                 "image_size": self.image_size, "num_classes": self.num_classes,
                 "class_names": self.class_names, "mean": self.mean, "std": self.std,
                 "sizes": {"train": len(self.train_x), "val": len(self.val_x), "test": len(self.test_x)}}
@@ -347,25 +389,26 @@ def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None) -> I
     root_path = resolve_data_root(root)
     names = None
     if cfg.dataset in _IDX_DIRS:
-        try:
-            if root_path is None:
-                raise DataError("no data root")
+        found = _count_idx_files(root_path, cfg.dataset)
+        # Only missing files are replaced (by a download, or for MNIST with no files at all by the
+        # digits); files that are there are read, so a damaged copy is refused, never skipped.
+        if found < 4 and cfg.download:
+            dl = _download_idx(cfg.dataset)
+            tr_x, tr_y = load_idx_split(dl, cfg.dataset, "train")
+            te_x, te_y = load_idx_split(dl, cfg.dataset, "test")
+            source = f"{cfg.dataset} (downloaded to {dl})"
+        elif found == 0 and cfg.dataset == "mnist":
+            log.warning("MNIST not found under %s; falling back to scikit-learn's 8x8 digits "
+                        "(1,797 images, upscaled to 28x28); pass --data-root or --download for MNIST",
+                        root_path or "any data root")
+            return load_image_data(DataConfig(**{**cfg.__dict__, "dataset": "digits"}), root)
+        elif root_path is None:
+            raise DataError(f"{cfg.dataset} not found (no data root); pass --data-root DIR "
+                            f"(holding {_IDX_DIRS[cfg.dataset]}/raw/) or --download")
+        else:
             tr_x, tr_y = load_idx_split(root_path, cfg.dataset, "train")
             te_x, te_y = load_idx_split(root_path, cfg.dataset, "test")
             source = f"{cfg.dataset} ({root_path / _IDX_DIRS[cfg.dataset] / 'raw'})"
-        except DataError:
-            if cfg.download:
-                dl = _download_idx(cfg.dataset)
-                tr_x, tr_y = load_idx_split(dl, cfg.dataset, "train")
-                te_x, te_y = load_idx_split(dl, cfg.dataset, "test")
-                source = f"{cfg.dataset} (downloaded to {dl})"
-            elif cfg.dataset == "mnist":
-                log.warning("MNIST not found under %s; falling back to scikit-learn's 8x8 digits "
-                            "(1,797 images, upscaled to 28x28); pass --data-root or --download for MNIST",
-                            root_path or "any data root")
-                return load_image_data(DataConfig(**{**cfg.__dict__, "dataset": "digits"}), root)
-            else:
-                raise
         if cfg.dataset == "fashion-mnist":
             names = FASHION_CLASSES
         tr_x, tr_y, va_x, va_y = _split(tr_x, tr_y, _count(len(tr_x), cfg.val_size), seed=1)
@@ -401,4 +444,4 @@ def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None) -> I
         raise ShapeError(f"images are {native[0]}x{native[1]}; set data.image_size to train on squares")
     mean, std = channel_stats(tr_x)
     return ImageData(tr_x.contiguous(), tr_y, va_x.contiguous(), va_y, te_x.contiguous(), te_y,
-                     native, source, names, mean, std)
+                     native, source, cfg.dataset, names, mean, std)

@@ -2,12 +2,14 @@
 CSV) for graph autoencoders, and sets of small graphs (synthetic families made from a seed)
 for graph generators.
 
-- Planetoid (`data.dataset=cora|citeseer`): PyG's `Planetoid` reading `ROOT/Planetoid/<Name>/raw/`.
-  The data root is read-only, so the raw files are copied into genlab's cache
-  (`cache_dir()/planetoid/Planetoid/<Name>/raw`) and PyG writes its `processed/` there.
+- Planetoid (`data.dataset=cora|citeseer`): the `ind.<name>.*` files of `ROOT/Planetoid/<Name>/raw/`
+  (PyG's layout). A data root is user input and the files are pickles, so each file must match the
+  official file's sha256 before any is parsed, and the parse allows only the few classes they hold;
+  the result equals PyG's `Planetoid` x and edge_index. Nothing is written or cached.
 - Edge list (`data.dataset=edgelist`, `data.path=FILE.csv`): two integer columns (source,
-  target; a non-numeric first line is a header), node ids 0..N-1; an optional node-feature CSV
-  (`data.features`, one row of numbers per node, N rows) - without it nodes get one-hot features.
+  target; a non-numeric first line is a header). Without a node-feature CSV, node ids are labels
+  (any ids >= 0, renumbered 0..N-1 in increasing order) and nodes get one-hot features; with one
+  (`data.features`, one row of numbers per node), id i is row i, so ids must be 0..rows-1.
 - Link splits: PyG's `RandomLinkSplit` (undirected; `data.val_size`/`data.test_size` of the edges,
   fractions or counts; one negative pair per held-out edge), seeded by `train.seed`. Message
   passing uses the training edges only, for training and for scoring val/test pairs, and
@@ -21,10 +23,15 @@ for graph generators.
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import io
 import logging
+import math
 import os
+import pickle
 import random
-import shutil
+import re
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +53,68 @@ _PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 # --------------------------------------------------------------------------- readers
 
 
+# sha256 of the official Planetoid files: GitHub kimiyoung/planetoid at commit af6abf46 (data/ind.*),
+# the files PyG's Planetoid downloads. Computed from the copies in ../shared/data/Planetoid (see its
+# README), whose git blob SHA-1s equal that commit's blobs.
+_PLANETOID_SHA256 = {
+    "ind.cora.x": "23cfa55d91c6f624233f5eb7b6e3f141f1bd2b2ae39608a63cf5d084bb27baab",
+    "ind.cora.tx": "b9afbaa4a400df991f6f02ef677e1e44da55ffc04801fd02f9e673987829226a",
+    "ind.cora.allx": "9419ba2f26f5c35243db64aba110e0f35a04851609e0dc5433450676ca6b8543",
+    "ind.cora.y": "94465c14eb53e04ca262198dcbb2521ee8af60fb3f3d546cd6ca24a511b0e7d1",
+    "ind.cora.ty": "41f5ac76596a1699cc33f53084a2419e92961c42bb75f36fc38e616d348532ad",
+    "ind.cora.ally": "2b998f5cc7fedc86e7f97ca2498f47a1ffc1462c29e2d578b23bf3f62b6e7d71",
+    "ind.cora.graph": "58f13302f39dde8852dad6fe6d15b89b077b6d7f837626bce671ef80344b383d",
+    "ind.cora.test.index": "297ce89af2b51a6a194181c7dbe1796c6a1cf9cd9349a88383b1b1e227867875",
+    "ind.citeseer.x": "d20de19150741e555de0ed037195630fc194114ebc7fd72ced62810148aa22f6",
+    "ind.citeseer.tx": "539a8906a2da97628d212f2fdd668c109a8b3f0d36574b59e5d3fd5b5303da21",
+    "ind.citeseer.allx": "2ac30345d95c9ec933a817ee0bdd6a5f077f8c184a20e696910192d534414668",
+    "ind.citeseer.y": "8ba87e515d8e3ee3cf52f6d2c5b86aa73f11ecad825a808455209ec26cd54924",
+    "ind.citeseer.ty": "55e5bd1ba1e733a04598753ad1a8d57957f4b8f89e74519f41f4f4938767e4ce",
+    "ind.citeseer.ally": "f704b2d986dde6c2669934de1f3ae5696a6cf9455c0f6b2646a2d135ea0a1c95",
+    "ind.citeseer.graph": "d79a4ef9d3e7169aee8946145f6b7306e35bc79bffad26346cfb94e10e9912a7",
+    "ind.citeseer.test.index": "2af990671580b6b2df5d158d1038f8292e30c9cd821b5453f399659b25b723d4",
+}
+_PLANETOID_MAX_BYTES = 1 << 20  # the largest official file is 595,021 bytes; read no more than this + 1
+
+
+def _read_verified(path: Path) -> bytes:
+    """The bytes of an official Planetoid file, or DataError. The bytes that are hashed are the
+    bytes that get parsed, so the file cannot change between the check and the read."""
+    with open(path, "rb") as f:
+        data = f.read(_PLANETOID_MAX_BYTES + 1)  # a longer file fails the hash without filling memory
+    if hashlib.sha256(data).hexdigest() != _PLANETOID_SHA256[path.name]:
+        raise DataError(f"{path} is not the official Planetoid file (sha256 mismatch); restore it from "
+                        f"github.com/kimiyoung/planetoid (data/{path.name}), the file PyG's Planetoid downloads")
+    return data
+
+
+class _PlanetoidUnpickler(pickle.Unpickler):
+    """Unpickles only what the Planetoid files hold (numpy arrays, scipy CSR matrices, the graph's
+    defaultdict of lists): a pickle naming any other global (os.system, eval, ...) is refused
+    before it runs. Defence in depth behind the checksums."""
+
+    def find_class(self, module: str, name: str):
+        import scipy.sparse
+
+        allowed = {("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.empty(0))[0],
+                   ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                   ("scipy.sparse.csr", "csr_matrix"): scipy.sparse.csr_matrix,
+                   ("collections", "defaultdict"): collections.defaultdict, ("__builtin__", "list"): list}
+        if (module, name) not in allowed:
+            raise DataError(f"Planetoid file refers to {module}.{name}, which a Planetoid file never holds; "
+                            "restore the official files from github.com/kimiyoung/planetoid")
+        return allowed[(module, name)]
+
+
+def _unpickle(data: bytes):
+    return _PlanetoidUnpickler(io.BytesIO(data), encoding="latin1").load()  # Python-2 pickles
+
+
 def load_planetoid(root: Path | None, name: str) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(features (N, F) float, edge_index (2, E) both directions, source) of Cora/CiteSeer."""
+    """(features (N, F) float32, edge_index (2, E) both directions, source) of Cora/CiteSeer, read
+    as PyG's `read_planetoid_data` reads them (same x, same coalesced edge_index) but from files
+    checked against the official checksums, without general unpickling and without a cache (the
+    parse takes well under a second, so nothing stale can ever be reused)."""
     folder = PLANETOID[name]
     raw = root / "Planetoid" / folder / "raw" if root is not None else None
     files = [f"ind.{name}.{s}" for s in _PLANETOID_FILES]
@@ -55,21 +122,25 @@ def load_planetoid(root: Path | None, name: str) -> tuple[torch.Tensor, torch.Te
         where = raw or "the data root (none found)"
         raise DataError(f"Planetoid {folder} not found in {where} (needs {', '.join(files[:2])}, ...); "
                         "pass --data-root with Planetoid/<Name>/raw/ in PyG's layout")
-    from genlab.data.datasets import cache_dir
-
-    cache = cache_dir() / "planetoid"
-    dst = cache / "Planetoid" / folder / "raw"
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in files:  # copy (not link): PyG must never write next to the read-only originals
-        if not (dst / f).is_file() or (dst / f).stat().st_size != (raw / f).stat().st_size:
-            tmp = dst / f".{f}.tmp{os.getpid()}"
-            shutil.copyfile(raw / f, tmp)
-            os.replace(tmp, dst / f)
-    from torch_geometric.datasets import Planetoid
-
-    ds = Planetoid(str(cache / "Planetoid"), folder)  # raw files present: nothing is downloaded
-    d = ds[0]
-    return d.x.float(), d.edge_index, f"Planetoid {folder} ({raw})"
+    blobs = {s: _read_verified(raw / f) for s, f in zip(_PLANETOID_FILES, files)}  # all, before parsing any
+    allx, tx, graph = (_unpickle(blobs[s]) for s in ("allx", "tx", "graph"))
+    test_index = np.array([int(t) for t in blobs["test.index"].split()], dtype=np.int64)  # one id a line
+    sorted_test = np.sort(test_index)
+    tx = tx.toarray()
+    if name == "citeseer":  # isolated test nodes have no row in tx: zero rows fill the gaps (as PyG does)
+        lo = sorted_test[0]
+        full = np.zeros((sorted_test[-1] - lo + 1, tx.shape[1]), tx.dtype)
+        full[sorted_test - lo] = tx
+        tx = full
+    x = np.concatenate([allx.toarray(), tx])
+    x[test_index] = x[sorted_test]  # the test rows are stored in sorted order
+    n = len(x)
+    src = np.array([k for k, v in graph.items() for _ in v], dtype=np.int64)
+    dst = np.array([j for v in graph.values() for j in v], dtype=np.int64)
+    keep = src != dst  # the files hold a few self-loops and duplicates: drop them, sort by target as PyG does
+    ids = np.unique(dst[keep] * n + src[keep])
+    ei = torch.from_numpy(np.stack([ids % n, ids // n]))
+    return torch.from_numpy(x).float(), ei, f"Planetoid {folder} ({raw})"
 
 
 def _numbers(line: str) -> list[str]:
@@ -79,64 +150,86 @@ def _numbers(line: str) -> list[str]:
 
 def _csv_rows(path: Path):
     """(line number, values, raw line) of each non-blank, non-comment line of a CSV/TSV/space file."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # -sig: a byte-order mark is not data
         for no, line in enumerate(f, 1):
             line = line.strip()
             if line and not line.startswith("#"):
                 yield no, _numbers(line), line
 
 
+_INT = re.compile(r"-?[0-9]+")  # ASCII digits only: int() also takes '٣' and raises on '²'
+_INT64_MAX = 2**63 - 1
+_ONE_HOT_MAX_BYTES = 1 << 30  # one-hot features larger than this must come from data.features
+
+
 def read_edge_list(path: Path) -> torch.Tensor:
     """Edges (2, E) int64 of a CSV of `source,target` lines (commas, tabs or spaces; an optional
-    header line; blank lines and `#` comments skipped)."""
+    header line; blank lines and `#` comments skipped). Node ids are integers 0..2^63-1."""
     if not path.is_file():
         raise DataError(f"edge list {path} not found; set data.path to a CSV of source,target node ids")
     edges = []
-    for no, parts, line in _csv_rows(path):
-        if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
-            if no == 1 and not any(p.lstrip("-").isdigit() for p in parts):
-                continue  # header
-            raise DataError(f"{path}, line {no}: expected two integer node ids (source,target), got {line[:60]!r}")
-        a, b = int(parts[0]), int(parts[1])
-        if a < 0 or b < 0:
-            raise DataError(f"{path}, line {no}: node ids must be >= 0, got {line[:60]!r}")
-        edges.append((a, b))
+    for k, (no, parts, line) in enumerate(_csv_rows(path)):
+        if len(parts) != 2 or not all(_INT.fullmatch(p) for p in parts):
+            if k == 0 and not any(_INT.fullmatch(p) for p in parts):
+                continue  # header (a first line without numbers)
+            raise DataError(f"{path}, line {no}: expected two integer node ids (source,target), got {line[:60]!r}; "
+                            "fix or remove that line")
+        if any(p.startswith("-") for p in parts):
+            raise DataError(f"{path}, line {no}: node ids must be >= 0, got {line[:60]!r}; renumber the nodes")
+        digits = [p.lstrip("0") or "0" for p in parts]
+        if any(len(d) > 19 or int(d) > _INT64_MAX for d in digits):  # length first: int() of 5000 digits raises
+            raise DataError(f"{path}, line {no}: node id over 2^63-1 in {line[:60]!r}; renumber the nodes")
+        edges.append((int(digits[0]), int(digits[1])))
     if not edges:
-        raise DataError(f"edge list {path} holds no edges")
+        raise DataError(f"edge list {path} holds no edges; it needs lines of source,target node ids")
     return torch.tensor(edges, dtype=torch.int64).t().contiguous()
 
 
 def read_node_features(path: Path) -> torch.Tensor:
-    """(N, F) float32 of a CSV with one row of numbers per node (an optional header line)."""
+    """(N, F) float32 of a CSV with one row of finite numbers per node (an optional header line)."""
     if not path.is_file():
         raise DataError(f"node-feature file {path} not found; set data.features to a CSV with one row per node")
     rows = []
-    for no, parts, line in _csv_rows(path):
+    for k, (no, parts, line) in enumerate(_csv_rows(path)):
         try:
-            rows.append([float(p) for p in parts])
+            row = [float(p) for p in parts]
         except ValueError:
-            if no == 1 and not rows:
+            if k == 0:
                 continue  # header
-            raise DataError(f"{path}, line {no}: expected numbers, got {line[:60]!r}") from None
-        if len(rows[-1]) != len(rows[0]):
-            raise DataError(f"{path}, line {no}: {len(rows[-1])} values where the first row has {len(rows[0])}")
+            raise DataError(f"{path}, line {no}: expected numbers, got {line[:60]!r}; "
+                            "fix or remove that line") from None
+        if not all(math.isfinite(v) for v in row):
+            raise DataError(f"{path}, line {no}: features must be finite numbers, got {line[:60]!r}")
+        if rows and len(row) != len(rows[0]):
+            raise DataError(f"{path}, line {no}: {len(row)} values where the first row has {len(rows[0])}; "
+                            "give every node the same number of features")
+        rows.append(row)
     if not rows:
-        raise DataError(f"node-feature file {path} holds no rows")
+        raise DataError(f"node-feature file {path} holds no rows; it needs one row of numbers per node")
     return torch.tensor(rows, dtype=torch.float32)
 
 
 def load_edge_list_graph(path: Path, features: Path | None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(features (N, F), edge_index (2, E), source) of a user's graph; one-hot features if none given."""
+    """(features (N, F), edge_index (2, E), source) of a user's graph. With a feature file, node id
+    i is row i of it (ids must be 0..rows-1; rows without edges are isolated nodes). Without one,
+    ids are labels: the distinct ids, in increasing order, become nodes 0..N-1 with one-hot
+    features, so ids need not be contiguous (0,5000000000 is a graph of two nodes)."""
     ei = read_edge_list(path)
+    if bool((ei[0] == ei[1]).all()):
+        raise DataError(f"{path}: every edge is a self-loop (i,i); link prediction needs edges between "
+                        "distinct nodes")
     if features is not None:
         x = read_node_features(features)
         n = len(x)
-        bad = ei[ei >= n]
-        if len(bad):
-            raise DataError(f"{path}: node id {int(bad.max())} is out of range for {n} nodes "
-                            f"(the {n} rows of {features}); ids must be 0..{n - 1}")
+        if int(ei.max()) >= n:
+            raise DataError(f"{path}: node id {int(ei.max())} is out of range for {n} nodes (the {n} rows of "
+                            f"{features}, row i is node i); ids must be 0..{n - 1}, or give one row per node")
     else:
-        n = int(ei.max()) + 1
+        ids, ei = torch.unique(ei, return_inverse=True)  # (2, E) now indexes the sorted distinct ids
+        n = len(ids)
+        if 4 * n * n > _ONE_HOT_MAX_BYTES:
+            raise DataError(f"{path}: {n} nodes would need a {n} x {n} one-hot feature matrix "
+                            f"({4 * n * n / 2**30:.1f} GiB); give data.features, a CSV with one row per node")
         x = torch.eye(n)
     return x, ei, f"edge list ({path}{', features ' + str(features) if features else ''})"
 

@@ -78,7 +78,7 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path, data_root):
     _one_error_line(run_cli("train", "cvae-mnist", "--out", str(trained), "--data-root", str(data_root)),
                     "already holds a run")
     _one_error_line(run_cli("sample", str(tmp_path / "nope")), "not found")
-    _one_error_line(run_cli("sample", str(trained), "--out", str(tmp_path / "x.jpg")), ".png, .npz")
+    _one_error_line(run_cli("sample", str(trained), "--out", str(tmp_path / "x.jpg")), "FILE.png or FILE.npz or DIR/")
     _one_error_line(run_cli("sample", str(trained), "--label", "12"), "--label must be in 0..9")
     _one_error_line(run_cli("train", "--resume", str(trained), "vae-mnist"), "--resume takes its config")
 

@@ -25,10 +25,18 @@ def _setup_logging(verbose: bool = False) -> None:
     root.propagate = False
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with genlab's error format: one line naming the problem and where help is,
+    instead of the usage block (the one-line rule holds for every command-line mistake)."""
+
+    def error(self, message: str):
+        self.exit(2, f"genlab: error: {message}; see `{self.prog} --help`\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="genlab", description="Train, measure and use generative models.")
+    p = _Parser(prog="genlab", description="Train, measure and use generative models.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a preset or YAML config, or resume a run")
     t.add_argument("config", nargs="?", help="preset name (see `genlab presets`) or FILE.yaml")
@@ -144,8 +152,9 @@ def diffusion_options(run, a: argparse.Namespace) -> dict:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from genlab.engine.run import is_finished, run_status, train
+    from genlab.engine.run import check_budgets, is_finished, run_status, train
 
+    check_budgets(a.steps, a.minutes)
     if a.resume:
         if a.config:
             raise GenlabError("--resume takes its config from the run directory; drop the preset/config argument")
@@ -176,15 +185,23 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_sample(a: argparse.Namespace) -> int:
     from genlab.engine.run import load
     from genlab.images import write_images
+    from genlab.options import check_memory, check_number, check_output
 
+    check_number("--n", a.n, lo=1, integer=True)
+    check_number("--steps", a.steps, lo=2, integer=True)
     run = load(a.run_dir, a.checkpoint, a.device)
     options = diffusion_options(run, a)
-    if a.compile:
-        run.compile()
     if run.family == "text" or a.prompt is not None:
         return _sample_text(run, a)
     if run.family == "graph":
         return _sample_graphs(run, a)
+    if a.out:
+        check_output(a.out, (".png", ".npz"), folder=True)
+    n = max(1, a.n // a.steps) * a.steps if a.interpolate else a.n
+    per_image = run.meta["channels"] * run.meta["native_size"][0] * run.meta["native_size"][1]
+    check_memory(3 * n * per_image, f"--n {a.n}", "draw fewer, or several batches with different --seed")
+    if a.compile:
+        run.compile()
     if a.interpolate:
         from genlab.sampling import interpolation_grid
 
@@ -206,6 +223,7 @@ def _sample_graphs(run, a: argparse.Namespace) -> int:
     plus a PNG drawing of the first 16 beside it."""
     from genlab.data.graphs import draw_graphs, write_graphs
     from genlab.errors import ConfigError
+    from genlab.options import check_memory, check_output
     from genlab.seed import make_generator
 
     if a.label is not None or a.interpolate:
@@ -213,10 +231,11 @@ def _sample_graphs(run, a: argparse.Namespace) -> int:
     if getattr(run.model, "task", None) != "generate":
         raise ConfigError(f"{a.run_dir} is a link-prediction run ({run.cfg.model_name}); it draws no graphs: "
                           "use `genlab evaluate` for its test AUC/AP")
-    graphs = run.model.sample_graphs(a.n, generator=make_generator(a.seed))
     out = a.out or str(Path(a.run_dir) / "samples" / f"graphs-seed{a.seed}.npz")
-    if out.endswith(".png"):
-        raise ConfigError("graph samples go to FILE.npz or DIR/ (a PNG drawing is written beside them)")
+    check_output(out, (".npz",), folder=True)
+    nmax = run.model.cfg.max_nodes
+    check_memory(2 * a.n * nmax * nmax, f"--n {a.n} graphs", "draw fewer, or several batches with different --seed")
+    graphs = run.model.sample_graphs(a.n, generator=make_generator(a.seed))
     path = write_graphs(out, graphs)
     png = draw_graphs(graphs[:16], path / "drawing.png" if path.is_dir() else path.with_suffix(".png"))
     log.info("wrote %d graphs to %s and a drawing of %d to %s", len(graphs), path, min(16, len(graphs)), png)
@@ -251,27 +270,39 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def _sample_text(run, a: argparse.Namespace) -> int:
-    """Stream a continuation to stdout as it is generated; --out also writes prompt + text."""
+    """Stream a continuation to stdout as it is generated; --out also writes prompt + text,
+    also when the generation is interrupted (Ctrl-C): what was generated is kept."""
     import time
 
+    from genlab.engine.checkpoint import atomic_write_text
+    from genlab.options import check_output
+
+    if a.label is not None or a.interpolate or a.compile:
+        raise ConfigError("--label, --interpolate and --compile are image options; text runs take --prompt")
+    if a.out:
+        check_output(a.out, (".txt",))
     prompt = "\n" if a.prompt is None else a.prompt
     pieces = run.generate(prompt, a.max_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                           repetition_penalty=a.repetition_penalty, stop=a.stop, seed=a.seed,
                           use_cache=not a.no_cache)
     t0, out = time.perf_counter(), []
-    for piece in pieces:  # bad input raises at the first piece, before anything is written
-        if not out:
-            sys.stdout.write(prompt)
-        out.append(piece)
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    try:
+        for piece in pieces:  # bad input raises at the first piece, before anything is written
+            if not out:
+                sys.stdout.write(prompt)
+            out.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        if a.out and out:
+            atomic_write_text(Path(a.out), prompt + "".join(out))
+            log.info("interrupted; wrote the %d pieces generated so far to %s", len(out), a.out)
+        raise
     if not out:
         sys.stdout.write(prompt)
     sys.stdout.write("\n")
     text = prompt + "".join(out)
     if a.out:
-        from genlab.engine.checkpoint import atomic_write_text
-
         atomic_write_text(Path(a.out), text)
         log.info("wrote %s", a.out)
     log.info("%d characters in %.2f s", len(text), time.perf_counter() - t0)
@@ -303,7 +334,10 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     if a.dry_run:
         print(p.plan())
         return 0
-    outcome = p.run(resume=a.resume)
+    from genlab.engine.lock import RunLock
+
+    with RunLock(out):  # one pipeline per folder (each round's run is locked by train as well)
+        outcome = p.run(resume=a.resume)
     if outcome is None:
         log.info("interrupted; continue with `genlab pipeline %s --out %s --resume`", a.config, out)
         return 130

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -273,16 +274,19 @@ def build_config(tree: dict) -> RunConfig:
         train=build_section(TrainConfig, tree.get("train") or {}, "train"),
         preset=tree.get("preset"),
     )
-    _validate_run(cfg)
+    validate_run(cfg)
     return cfg
 
 
-def _validate_run(cfg: RunConfig) -> None:
+def validate_run(cfg: RunConfig) -> None:
+    """Cross-field and range checks of a whole run config (ConfigError naming the key)."""
     t, d = cfg.train, cfg.data
     checks = [
-        (t.steps >= 0, "train.steps must be >= 0"),
+        (t.steps >= 1, f"train.steps must be >= 1, got {t.steps}"),
         (t.schedule_steps is None or t.schedule_steps >= 1, "train.schedule_steps must be >= 1"),
-        (t.minutes is None or t.minutes > 0, "train.minutes must be > 0"),
+        (t.minutes is None or (math.isfinite(t.minutes) and t.minutes > 0),
+         f"train.minutes must be a finite number > 0 (or null for no time limit), got {t.minutes}"),
+        (t.threads is None or t.threads >= 1, f"train.threads must be >= 1 (or null for all cores), got {t.threads}"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.accum >= 1, "train.accum must be >= 1"),
         (t.batch_size % t.accum == 0, "train.batch_size must be divisible by train.accum"),
@@ -299,6 +303,21 @@ def _validate_run(cfg: RunConfig) -> None:
         (d.dataset in DATASETS, f"unknown data.dataset {d.dataset!r}{close_matches(d.dataset, DATASETS)}"),
         (d.tokenizer in ("char", "bpe"), f"data.tokenizer must be char or bpe, got {d.tokenizer!r}"),
         (d.crop_padding >= 0, "data.crop_padding must be >= 0"),
+        (all(v >= 1 for v in (t.log_every, t.eval_every, t.sample_every, t.ckpt_every, t.eval_batches)),
+         "train.log_every, eval_every, sample_every, ckpt_every and eval_batches must be >= 1"),
+        (t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+        (t.grad_clip is None or (math.isfinite(t.grad_clip) and t.grad_clip > 0),
+         "train.grad_clip must be > 0, or null for no clipping"),
+        (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]"),
+        (t.early_stop_patience is None or t.early_stop_patience >= 1,
+         "train.early_stop_patience must be >= 1, or null for no early stopping"),
+        (math.isfinite(t.lr), "train.lr must be finite"),
+        (d.image_size is None or 1 <= d.image_size <= 4096, "data.image_size must be in 1..4096, or null"),
+        (d.channels in (None, 1, 3), "data.channels must be 1, 3 or null (from the data)"),
+        (d.val_size >= 0 and d.test_size >= 0, "data.val_size and data.test_size must be >= 0"),
+        (d.num_graphs >= 1, "data.num_graphs must be >= 1"),
+        (d.vocab_size >= 257 or d.tokenizer != "bpe", "data.vocab_size must be >= 257 (256 bytes + merges)"),
         (not d.binarize or d.normalize == "zero_one", "data.binarize needs data.normalize=zero_one"),
     ]
     for ok, msg in checks:

@@ -16,6 +16,7 @@ from genlab.apply.interpolate import run_interpolate
 from genlab.apply.io import check_size, read_images, write_output
 from genlab.apply.upscale import FACTOR, run_upscale
 from genlab.errors import ConfigError, DataError
+from genlab.options import check_number, check_output
 
 # task -> (function(run, images, labels, **options) -> uint8 images, families that can do it)
 TASKS = {
@@ -27,6 +28,13 @@ TASKS = {
 
 DIFFUSION_OPTIONS = ("sampler", "sampling_steps", "eta", "guidance", "resample", "zeta", "average")
 
+# The numeric options' ranges, checked for every task before the run is loaded
+# (the upper bound of --sampling-steps, the run's T, is checked by the model).
+BOUNDS = {"steps": dict(lo=2, integer=True), "sampling_steps": dict(lo=1, integer=True),
+          "resample": dict(lo=1, integer=True), "average": dict(lo=1, integer=True),
+          "iters": dict(lo=1, integer=True), "zeta": dict(lo=0), "eta": dict(lo=0),
+          "sigma": dict(lo=0, lo_open=True), "guidance": {}, "label": dict(lo=0, integer=True)}
+
 
 def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | None, out: str | os.PathLike,
           checkpoint: str = "last", device: str = "cpu", **options) -> Path:
@@ -37,8 +45,13 @@ def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | N
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     fn, families = TASKS[task]
-    if Path(out).suffix not in (".npz", ".png"):
-        raise DataError(f"--out must end in .npz or .png, got {Path(out).name}")
+    check_output(out, (".npz", ".png"))
+    for k, v in options.items():
+        if k in BOUNDS:
+            check_number("--" + k.replace("_", "-"), v, **BOUNDS[k])
+    if options.get("seeds") is not None:
+        for v in options["seeds"]:
+            check_number("--seeds", v, integer=True)
     run = load(run_dir, checkpoint, device)
     name = run.cfg.model_name
     if name not in families:

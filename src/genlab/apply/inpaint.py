@@ -189,12 +189,8 @@ def run_inpaint(run, images: torch.Tensor, labels: torch.Tensor | None, *, mask:
     model = run.model
     y = labels.to(run.device) if labels is not None and model.conditional else None
     if name == "diffusion":
-        _, steps, w, _ = model.sampling_options("ddpm", sampling_steps or 50, guidance, None)  # checks the values
-        for flag, value, ok in (("--resample", resample, resample >= 1), ("--average", average, average >= 1),
-                                ("--zeta", zeta, math.isfinite(zeta) and zeta >= 0)):
-            if not ok:
-                raise ConfigError(f"{flag} must be {'a finite number >= 0' if flag == '--zeta' else '>= 1'}, "
-                                  f"got {value}")
+        steps = 50 if sampling_steps is None else sampling_steps
+        _, steps, w, _ = model.sampling_options("ddpm", steps, guidance, None)  # checks the values
         out = sum(repaint(model, x, fill, steps=steps, resample=resample, zeta=zeta, generator=make_generator(seed + k),
                           labels=y, guidance=w) for k in range(average)) / average  # fill k: seed + k
     elif name == "vae":

@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,16 +29,18 @@ from typing import Callable, Iterator
 import torch
 
 import genlab
-from genlab.config import RunConfig, load_config, resolve, save_config
+from genlab.config import RunConfig, load_config, resolve, save_config, validate_run
 from genlab.data.datasets import ImageData, load_image_data, resolve_data_root
 from genlab.data.text import TextData, load_text_data, load_tokenizer
 from genlab.data.transforms import BatchPipeline
 from genlab.engine import checkpoint as ckpt
 from genlab.engine.device import cpu_model, cxx_compiler, device_name, select_device
 from genlab.engine.distributed import DistInfo, barrier, init_distributed, shutdown
+from genlab.engine.lock import RunLock
 from genlab.engine.trainer import Trainer, TrainState
-from genlab.errors import CheckpointError, ConfigError
+from genlab.errors import CheckpointError, ConfigError, DataError
 from genlab.models.base import GenerativeModel
+from genlab.options import check_number, check_run_dir_path
 from genlab.registry import get_model
 from genlab.sampling import draw_samples
 from genlab.seed import seed_everything
@@ -59,9 +63,11 @@ def build_model(cfg: RunConfig) -> GenerativeModel:
     return model_cls(cfg.model)
 
 
-def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None) -> ImageData | TextData:
+def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None, *,
+              fallback: bool = False) -> ImageData | TextData:
     """The dataset the config names, checked against the model family. Text runs reuse the
-    tokenizer saved in `run_dir` when there is one (a resumed run)."""
+    tokenizer saved in `run_dir` when there is one (a resumed run). Only a new run may fall
+    back to another dataset (MNIST missing: the 8x8 digits); a run that exists keeps its data."""
     from genlab.data.graphs import GRAPH_DATASETS, load_graph_data
 
     family = getattr(get_model(cfg.model_name)[1], "family", "image")
@@ -76,7 +82,12 @@ def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None) ->
     if family == "text":
         tok = run_dir / "tokenizer.json" if run_dir is not None else None
         return load_text_data(cfg.data, root, block_size=cfg.model.block_size, tokenizer_path=tok)
-    return load_image_data(cfg.data, root)
+    data = load_image_data(cfg.data, root)
+    used = getattr(data, "dataset", cfg.data.dataset)
+    if used != cfg.data.dataset and not fallback:
+        raise DataError(f"this run was trained on {cfg.data.dataset}, which is not under {root or 'any data root'} "
+                        f"(found {used} instead); pass --data-root DIR holding it")
+    return data
 
 
 def build_pipeline(cfg: RunConfig, meta: dict) -> BatchPipeline | None:
@@ -148,7 +159,11 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
           callbacks: list[Callable[[Trainer], None]] | None = None) -> TrainResult:
     """Train a model (a preset name, YAML path, nested dict or RunConfig), or resume a run.
 
-    The keyword budgets/options mirror the CLI flags and override the config."""
+    The keyword budgets/options mirror the CLI flags and override the config. Everything is
+    checked before the run directory is touched; the directory is then owned by this process
+    (RunLock) until training ends, so a second process on the same folder is refused."""
+    check_budgets(steps, minutes)
+    check_number("--threads", threads, lo=1, integer=True)
     if resume is not None:
         run_dir = Path(resume)
         cfg = load_config(run_dir / "config.yaml")
@@ -167,19 +182,36 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
         seed=seed if seed is not None else t.seed, device=device or t.device,
         threads=threads if threads is not None else t.threads)
     cfg = dataclasses.replace(cfg, train=t, data=dataclasses.replace(cfg.data, download=cfg.data.download or download))
+    validate_run(cfg)  # what is saved below must be a config that every later command accepts
     if resume is None:
-        run_dir = Path(out) if out else default_run_dir(cfg)
-        if ckpt.list_steps(run_dir / "checkpoints"):
-            raise ConfigError(f"{run_dir} already holds a run; continue it with `genlab train --resume {run_dir}` "
-                              "or choose another --out")
+        run_dir = check_run_dir_path(out) if out else default_run_dir(cfg)
 
     dev = select_device(t.device)
     dist = init_distributed(dev.type)
     if dev.type == "cuda" and dist.world > 1:
         dev = torch.device("cuda", dist.local_rank)
+    lock = RunLock(run_dir) if dist.is_main else nullcontext()
+    try:
+        with lock:
+            if resume is None and ckpt.list_steps(run_dir / "checkpoints"):
+                raise ConfigError(f"{run_dir} already holds a run; continue it with `genlab train --resume {run_dir}` "
+                                  "or choose another --out")
+            return _train_in(cfg, run_dir, resume is not None, dev, dist, data_root, argv, callbacks)
+    finally:
+        shutdown(dist)
+
+
+def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, dist: DistInfo,
+              data_root: str | None, argv: list[str] | None,
+              callbacks: list[Callable[[Trainer], None]] | None) -> TrainResult:
+    """train()'s second half, in a run directory this process owns."""
+    t = cfg.train
     _set_threads(t.threads, dist)
     root = resolve_data_root(data_root)
-    data = load_data(cfg, root, run_dir)
+    data = load_data(cfg, root, run_dir, fallback=not resuming)
+    used = getattr(data, "dataset", cfg.data.dataset)
+    if used != cfg.data.dataset:  # e.g. no MNIST anywhere: the config says what was really used
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=used))
     cfg = resolve_data_fields(cfg, data)
     seed_everything(t.seed)  # the initial weights are a function of the seed
     model = build_model(cfg)
@@ -188,7 +220,7 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
         ckpt.atomic_write_json(run_dir / "data.json", data.meta())
         if isinstance(data, TextData):
             ckpt.atomic_write_text(run_dir / "tokenizer.json", data.tokenizer.to_json())
-        if resume is None or not (run_dir / "manifest.json").exists():
+        if not resuming or not (run_dir / "manifest.json").exists():
             ckpt.atomic_write_json(run_dir / "manifest.json", manifest(dev, dist, data, root, argv))
     barrier(dist)
     pipeline = build_pipeline(cfg, data.meta())
@@ -196,14 +228,17 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
              device_name(dev), f"{sum(p.numel() for p in model.parameters()):,}", data.source,
              len(data.train_x), len(data.val_x), len(data.test_x))
     trainer = Trainer(model, data, pipeline, cfg, run_dir, device=dev, dist=dist, callbacks=callbacks)
-    try:
-        state = trainer.fit()
-        finished = state.stop_reason is not None
-        if finished and dist.is_main and model.validation_loss:
-            write_test_report(trainer, run_dir)
-    finally:
-        shutdown(dist)
+    state = trainer.fit()
+    finished = state.stop_reason is not None
+    if finished and dist.is_main and model.validation_loss:
+        write_test_report(trainer, run_dir)
     return TrainResult(run_dir, state, finished)
+
+
+def check_budgets(steps: int | None, minutes: float | None) -> None:
+    """--steps and --minutes, checked before anything is read or written."""
+    check_number("--steps", steps, lo=1, integer=True)
+    check_number("--minutes", minutes, lo=0, lo_open=True)
 
 
 def write_test_report(trainer: Trainer, run_dir: Path) -> None:
@@ -256,13 +291,23 @@ class Run:
         if self.meta is None:
             raise CheckpointError(f"{self.run_dir}/data.json is missing or corrupt; the run directory is damaged")
         folder = self.run_dir / "checkpoints"
-        if checkpoint == "last":
+        if checkpoint == "last":  # the newest that verifies, as `train --resume` picks it
             names = ckpt.list_steps(folder)
             if not names:
                 raise CheckpointError(f"{self.run_dir} has no checkpoint yet; train it first")
-            c = ckpt.read_checkpoint(folder, names[-1])
-        else:
+            c = ckpt.latest_valid(folder)
+            if c is None:
+                ckpt.read_checkpoint(folder, names[-1])  # raises, naming what is wrong with the newest
+            if c.name != names[-1]:
+                log.warning("using %s (step %d), the newest checkpoint that verifies", c.name,
+                            c.state["state"]["step"])
+        elif checkpoint == "best" or re.fullmatch(r"step-\d{8}", checkpoint):
+            if not (folder / f"{checkpoint}.json").is_file():
+                raise CheckpointError(f"{self.run_dir} has no checkpoint {checkpoint!r} "
+                                      f"(it has: {', '.join(ckpt.list_steps(folder)) or 'none'}); use --checkpoint last")
             c = ckpt.read_checkpoint(folder, checkpoint)
+        else:
+            raise ConfigError(f"--checkpoint must be last, best or step-NNNNNNNN, got {checkpoint!r}")
         self.checkpoint = c
         self.device = select_device(device)
         self.model = build_model(self.cfg)

@@ -21,6 +21,7 @@ import torch
 from genlab.engine.checkpoint import atomic_write_json
 from genlab.engine.device import device_name
 from genlab.errors import ConfigError
+from genlab.options import check_number, check_output
 
 log = logging.getLogger("genlab")
 
@@ -59,8 +60,10 @@ def evaluate(run_dir: str | Path, *, n: int | None = None, metrics: list[str] | 
     from genlab.engine.run import load
 
     t0 = time.perf_counter()
-    if n is not None and n < 2:
-        raise ConfigError(f"--n must be at least 2, got {n}")
+    check_number("--n", n, lo=2, integer=True)
+    check_number("--iw-k", options.get("iw_k"), lo=1, integer=True)
+    if out is not None:
+        check_output(out, (".json",))
     run = load(run_dir, checkpoint, device)
     family = getattr(run.model, "family", "image")
     if family not in EVALUATORS:

@@ -31,14 +31,12 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the context
 
     def check(self) -> None:
-        if self.temperature < 0:
-            raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ConfigError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}")
+        from genlab.options import check_number
+
+        check_number("--temperature", self.temperature, lo=0)
+        check_number("--top-k", self.top_k, lo=1, integer=True)
+        check_number("--top-p", self.top_p, lo=0, hi=1, lo_open=True)
+        check_number("--repetition-penalty", self.repetition_penalty, lo=0, lo_open=True)
 
 
 # --------------------------------------------------------------------------- filters (pure)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from genlab.errors import ConfigError
+from genlab.options import check_number
 from genlab.models.base import GenerativeModel, check_image_fields
 from genlab.models.diffusion import schedules as sch
 from genlab.models.diffusion.unet import UNet, UNetConfig
@@ -172,12 +173,14 @@ class Diffusion(GenerativeModel):
             raise ConfigError(f"--sampler must be ddpm, ddim or dpmpp, got {sampler!r}")
         if steps is None:
             steps = self.T if sampler == "ddpm" else c.sampling_steps
-        if not 1 <= steps <= self.T:
-            raise ConfigError(f"--sampling-steps must be in 1..{self.T}, got {steps}")
+        check_number("--sampling-steps", steps, lo=1, hi=self.T, integer=True)
+        check_number("--guidance", guidance)
+        check_number("--eta", eta, lo=0)
+        if guidance is not None and not self.conditional:
+            raise ConfigError("--guidance needs a class-conditional diffusion run (e.g. ddpm-cond-mnist); "
+                              "this one is unconditional: drop --guidance")
         guidance = c.guidance if guidance is None else guidance
         eta = (1.0 if sampler == "ddpm" else c.eta) if eta is None else eta
-        if eta < 0:
-            raise ConfigError(f"--eta must be >= 0, got {eta}")
         return sampler, steps, guidance, eta
 
     @torch.no_grad()

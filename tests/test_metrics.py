@@ -15,6 +15,7 @@ from genlab.metrics import reconstruction as rec
 from genlab.metrics import sample_quality as sq
 from genlab.metrics import text as tm
 from genlab.metrics.features import get_extractor
+from genlab.metrics.likelihood import discretized_gaussian_log_prob
 
 
 def _features(seed, n, d, shift=0.0, scale=1.0):
@@ -218,3 +219,44 @@ def test_perplexity_and_bits_per_char_arithmetic():
     assert tm.perplexity(math.log(v)) == pytest.approx(v)
     assert tm.bits_per_char(100 * math.log(v), 100) == pytest.approx(math.log2(v))
     assert tm.distinct_n(["a b a b", "a b c"], 2) == pytest.approx(3 / 5)
+
+
+def test_discretized_gaussian_matches_hand_computation():
+    """log P(pixel) of N(mean, s^2) integrated over the pixel's 8-bit bin, against mpmath: on
+    [-1, 1] (normalize=minus_one_one) a bin is 2/255 wide, pixels 0 and 255 own the tails."""
+    import mpmath
+
+    pix = [0, 1, 128, 200, 254, 255]
+    mean = [-0.9, -0.9, 0.0, -0.5, 0.99, 0.5]  # (pixel 200 sits 43 scales above its mean: a far tail)
+    s, h = 0.025, 1 / 255
+    want = []
+    with mpmath.workdps(500):  # Phi differences down to 1e-400
+        for p, m in zip(pix, mean):
+            x = mpmath.mpf(p) * 2 / 255 - 1
+            lo = mpmath.ncdf((x - h - m) / s) if p > 0 else 0
+            hi = mpmath.ncdf((x + h - m) / s) if p < 255 else 1
+            want.append(float(mpmath.log(hi - lo)))
+    x = torch.tensor(pix, dtype=torch.float64) * 2 / 255 - 1
+    got = discretized_gaussian_log_prob(x, torch.tensor(mean, dtype=torch.float64),
+                                        torch.tensor(math.log(s), dtype=torch.float64), -1.0, 1.0)
+    assert got.tolist() == pytest.approx(want, rel=1e-9)
+    assert got[3] < -900  # the far tail is a finite log-probability, not log(0), also in float32:
+    got32 = discretized_gaussian_log_prob(x.float(), torch.tensor(mean), torch.tensor(math.log(s)), -1.0, 1.0)
+    assert got32.tolist() == pytest.approx(want, rel=1e-4)
+
+
+_STANDARDIZED = (torch.tensor([-0.4, -1.2], dtype=torch.float64).view(1, 2, 1),
+                 torch.tensor([2.1, 0.9], dtype=torch.float64).view(1, 2, 1))  # per-channel (1, C, 1)
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 1.0), (-1.0, 1.0), _STANDARDIZED])
+def test_discretized_gaussian_is_a_distribution_over_the_256_levels(low, high):
+    # zero_one (bin 1/255), minus_one_one (2/255) and per-channel standardisation (1 / (255 std))
+    levels = torch.arange(256, dtype=torch.float64).view(1, 1, 256) / 255  # pixel / 255, (1, 1, 256)
+    x = (low + (high - low) * levels).expand(3, 2, 256)  # (3 means, 2 channels, 256 levels)
+    mean = torch.tensor([-3.0, 0.3, 0.7], dtype=torch.float64).view(3, 1, 1)
+    for log_s in (-6.0, -2.0, 1.0):
+        lp = discretized_gaussian_log_prob(x, mean, torch.tensor(log_s, dtype=torch.float64), low, high)
+        assert (lp <= 0).all() and torch.isfinite(lp).all()
+        assert lp.exp().sum(-1).flatten().tolist() == pytest.approx([1.0] * 6, abs=1e-9)
+

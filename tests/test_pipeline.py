@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from genlab.cli import main
 from genlab.errors import ConfigError
 from genlab.pipeline import Pipeline, load_pipeline, parse_target, read_history
 from tests.conftest import TINY_VAE, run_cli
@@ -66,7 +67,7 @@ def test_passes_at_round_k_continuing_one_run(tmp_path):
 
 def test_gives_up_after_max_rounds_naming_the_closest(tmp_path):
     fake = Scripted([0.5, 0.8, 0.7], fail_at_round=None)
-    out = _pipeline(tmp_path, fake, target="label_accuracy >= 0.9", rounds=3).run()
+    out = _pipeline(tmp_path, fake, target="class_coverage >= 0.9", rounds=3).run()
     assert not out.passed and len(out.rounds) == 3
     assert out.best.round == 2
     assert "limit of 3 rounds" in out.summary and "missed by 0.1" in out.summary
@@ -139,21 +140,69 @@ def test_config_errors(tmp_path, body, match):
         load_pipeline(_write(tmp_path, body))
 
 
+@pytest.mark.parametrize("target, second, match", [
+    ("fid <= 9", "{config: vae-mnsit}", "candidate 2 \\(vae-mnsit\\): unknown preset 'vae-mnsit' "
+                                        "\\(did you mean: vae-mnist"),
+    ("fid <= 9", "{config: vae-mnist, name: wide, set: [model.hiden=64]}",
+     "candidate 2 \\(wide\\): unknown key model.hiden \\(did you mean: hidden"),
+    ("fid <= 9", "{config: vae-mnist, set: [train.lr=fast]}", "candidate 2 \\(vae-mnist\\): train.lr expects a number"),
+    ("nll_nats <= 90", "{config: dcgan-mnist}", "candidate 2 \\(dcgan-mnist\\): this gan config .* does not report "
+                                                "nll_nats; change the target to one of fid"),
+    ("label_accuracy >= 0.9", "{config: vae-mnist}", "candidate 2 \\(vae-mnist\\): .* does not report label_accuracy"),
+    ("auc >= 0.9", "{config: vgae-cora}", "candidate 1 \\(cvae-mnist\\): .* does not report auc"),
+    ("perplexity <= 5", "{config: gpt-shakespeare-cpu}", "candidate 1 \\(cvae-mnist\\): .* does not report perplexity"),
+], ids=["misspelled-preset", "bad-set-key", "bad-set-value", "gan-nll", "unconditional-label-accuracy",
+        "image-auc", "image-perplexity"])
+def test_every_candidate_is_checked_before_round_1(tmp_path, capsys, target, second, match):
+    """A bad later candidate fails the whole pipeline (and its dry run) before anything trains
+    or is written, with one line naming the candidate."""
+    p = _write(tmp_path, f"target: {target}\ncandidates: [{{config: cvae-mnist}}, {second}]\nbudget: {{steps: 1}}\n")
+    with pytest.raises(ConfigError, match=match):
+        load_pipeline(p)
+    out = tmp_path / "out"
+    for extra in (["--dry-run"], []):
+        assert main(["pipeline", str(p), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("genlab: error: candidate "), err
+    assert not out.exists()
+
+
+def test_candidate_check_uses_the_pipeline_data_and_accepts_what_fits(tmp_path):
+    def load(target, candidate, extra=""):
+        return load_pipeline(_write(tmp_path, f"target: {target}\ncandidates: [{candidate}]\nbudget: {{steps: 1}}\n"
+                                              + extra))
+
+    # the pipeline's data section reaches every candidate's config before the check
+    with pytest.raises(ConfigError, match="candidate 1 \\(vae-mnist\\): data.normalize must be"):
+        load("fid <= 9", "vae-mnist", "data: {normalize: sideways}\n")
+    for target in ("label_accuracy >= 0.9", "bits_per_dim <= 0.2", "test_loss <= 90"):
+        load(target, "cvae-mnist")
+    load("auc >= 0.9", "vgae-cora")
+    load("perplexity <= 5", "gpt-shakespeare-cpu")
+    with pytest.raises(ConfigError, match="gpt runs write no test_\\* losses; change the target to one of val_loss"):
+        load("test_loss <= 5", "gpt-shakespeare-cpu")
+
+
 def test_real_pipeline_round_trip(tmp_path, data_root):
-    """Two real rounds on MNIST: a 5-step VAE fails the NLL-free target, continuing passes."""
+    """Real rounds on MNIST: a 2-step VAE misses the test-loss target (about 543 nats), the
+    continue action trains the same run on to step 20 (about 462 nats), which passes."""
     p = _write(tmp_path, f"""
-target: test_loss <= 1e9
+target: test_loss <= 500
 candidates: [{{config: vae-mnist, set: [{', '.join(TINY_VAE)}]}}]
-budget: {{steps: 4}}
-retrain: {{more: {{steps: 4}}}}
-max_rounds: 2
+budget: {{steps: 2}}
+retrain: {{actions: [continue], more: {{steps: 18}}}}
+max_rounds: 3
 """)
     r = run_cli("pipeline", str(p), "--out", str(tmp_path / "out"), "--dry-run")
-    assert r.returncode == 0 and "target: test_loss <= 1e+09" in r.stdout
+    assert r.returncode == 0 and "target: test_loss <= 500" in r.stdout
     r = run_cli("pipeline", str(p), "--out", str(tmp_path / "out"), "--data-root", str(data_root))
     assert r.returncode == 0, r.stderr
-    assert "Passed: test_loss" in r.stdout
+    assert "Passed: test_loss" in r.stdout and "in round 2 of 2" in r.stdout
+    hist = read_history(tmp_path / "out")
+    assert [(h.action, h.step, h.passed, h.decision) for h in hist] == [
+        ("start", 2, False, "continue"), ("continue", 20, True, "pass")]
+    assert hist[0].run_dir == hist[1].run_dir and hist[1].value < hist[0].value
+    run = Path(hist[1].run_dir)
+    assert json.loads((run / "report.json").read_text())["step"] == 20  # the test losses are the continued run's
     best = tmp_path / "out" / "best"
     assert (best / "samples" / "pipeline-final.png").is_file() and (best / "config.yaml").is_file()
-    hist = read_history(tmp_path / "out")
-    assert len(hist) == 1 and hist[0].step == 4 and hist[0].passed

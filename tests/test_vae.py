@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
@@ -116,3 +117,43 @@ def test_build_model_from_preset_counts_params():
     # encoder 784*512+512 + 512*512+512 + 512*64+64, decoder 32*512+512 + 512*512+512 + 512*784+784
     expected = (784 * 512 + 512) + (512 * 512 + 512) + (512 * 64 + 64) + (32 * 512 + 512) + (512 * 512 + 512) + (512 * 784 + 784)
     assert sum(p.numel() for p in m.parameters()) == expected
+
+
+def test_gaussian_iw_bound_scores_8bit_pixels_not_a_density():
+    m = _tiny(likelihood="gaussian")
+    x = torch.full((2, 1, 8, 8), -1.0)  # black images under normalize=minus_one_one
+    with pytest.raises(genlab.GenlabError, match="Gaussian VAE's likelihood bound needs pixel_range"):
+        iw_nll(m, x, k=2)
+    with torch.no_grad():
+        m.log_sigma.fill_(-6.0)  # a density far above 1 at each pixel the mean hits
+        m.decoder.net[-1].weight.zero_()
+        m.decoder.net[-1].bias.fill_(-1.0)
+    nll = iw_nll(m, x, k=4, pixel_range=(-1.0, 1.0))
+    assert (nll > 0).all()  # a probability of pixels: nats >= 0 (before the KL's small share)
+
+
+def test_gaussian_vae_reports_bits_per_dim_of_8bit_images(tmp_path):
+    """`genlab evaluate` on a Gaussian VAE: -log P of 8-bit pixels, the Gaussian integrated over
+    each pixel's bin (2/255 wide under normalize=minus_one_one, pixel 0's bin reaching to -inf).
+    With the decoder pinned to mean -1 at the smallest scale and q(z|x) = p(z), every weight is
+    p(x|z) = P(black)^64 exactly; the old density bound gave about -7.3 bits/dim here."""
+    from scipy.stats import norm
+
+    from genlab.evaluation.images import ImageEvalOptions, evaluate_images
+
+    np.savez(tmp_path / "black.npz", images=np.zeros((80, 1, 8, 8), np.uint8))
+    data = ["data.dataset=array", f"data.path={tmp_path / 'black.npz'}", "data.val_size=0.1", "data.test_size=0.25",
+            "data.normalize=minus_one_one", "data.binarize=false", "model.likelihood=gaussian"]
+    res = genlab.train("vae-mnist", tmp_path / "r", overrides=TINY_VAE + data, steps=1)
+    run = genlab.load(res.run_dir)
+    with torch.no_grad():
+        run.model.log_sigma.fill_(-6.0)
+        run.model.decoder.net[-1].weight.zero_()
+        run.model.decoder.net[-1].bias.fill_(-1.0)
+        run.model.encoder.head.weight.zero_()  # mu = 0, log var = 0: q(z|x) is the prior
+        run.model.encoder.head.bias.zero_()
+        m, _ = evaluate_images(run, ImageEvalOptions(n=20, metrics=["nll_nats", "bits_per_dim"], iw_k=3))
+    per_pixel = -norm.logcdf((1 / 255) / math.exp(-6.0))  # P(pixel 0) = Phi((-1 + 1/255 - mean) / sigma)
+    assert m["nll_nats"]["value"] == pytest.approx(64 * per_pixel, rel=1e-4)
+    assert m["bits_per_dim"]["value"] == pytest.approx(per_pixel / math.log(2), rel=1e-4)
+    assert 0 < m["bits_per_dim"]["value"] < 0.1

@@ -18,6 +18,8 @@ round:
     max_rounds: 4
     max_minutes: 10                         # wall time of the whole pipeline
 
+Loading the file resolves every candidate's config (preset or YAML, data, --set) and checks
+that its model reports the target metric, so a typo fails before round 1, also in --dry-run.
 Every round appends one line to OUT/pipeline.jsonl (what it trained, the metric, the decision).
 `--resume` replays that file to find the next round, so finished rounds are never redone and
 an interrupted round continues from its run's last checkpoint.
@@ -36,17 +38,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from genlab.config import build_section, close_matches, yaml_load
+from genlab.config import build_section, close_matches, deep_update, load_tree, parse_set, resolve, yaml_load
 from genlab.engine.checkpoint import atomic_write_json, atomic_write_text, list_steps
 from genlab.errors import ConfigError
+from genlab.evaluation import graphs, images, text
+from genlab.registry import get_model
 
 log = logging.getLogger("genlab")
 
 ACTIONS = ("continue", "lower_lr", "next_candidate")
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
-KNOWN_METRICS = ("fid", "kid", "precision", "recall", "inception_score", "class_coverage", "label_accuracy",
-                 "mse", "psnr", "ssim", "feature_distance", "nll_nats", "bits_per_dim", "val_loss", "perplexity",
-                 "bits_per_char", "bleu", "rouge_l", "distinct_2", "auc", "ap")
+KNOWN_METRICS = images.IMAGE_METRICS + text.METRICS + graphs.LINK_METRICS + graphs.GEN_METRICS
 
 
 # --------------------------------------------------------------------------- the file
@@ -193,7 +195,45 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         max_minutes=tree.get("max_minutes"))
     if cfg.max_rounds < 1:
         raise ConfigError("max_rounds must be >= 1")
+    for i, cand in enumerate(cfg.candidates):
+        check_candidate(cfg, i)
     return cfg
+
+
+def candidate_tree(cfg: PipelineConfig, cand: Candidate) -> dict:
+    """A candidate's config tree before its --set overrides: preset or YAML + the pipeline's data."""
+    tree = load_tree(cand.config)
+    return deep_update(tree, {"data": cfg.data}) if cfg.data else tree
+
+
+def reportable_metrics(model_cls: type, run_cfg) -> list[str]:
+    """The metrics `genlab evaluate` gives a run of RunConfig `run_cfg`, known before training."""
+    family = model_cls.family
+    if family == "text":
+        return list(text.METRICS)
+    if family == "graph":
+        return list(graphs.LINK_METRICS if model_cls.task == "link" else graphs.GEN_METRICS)
+    return images.planned_metrics(model_cls, run_cfg)
+
+
+def check_candidate(cfg: PipelineConfig, i: int) -> None:
+    """Resolve candidate i's config and check that its model reports the target metric, so a
+    typo fails before round 1 instead of after earlier candidates have trained."""
+    cand, metric = cfg.candidates[i], cfg.target.metric
+    where = f"candidate {i + 1} ({cand.label})"
+    try:
+        run_cfg = resolve(candidate_tree(cfg, cand), cand.set)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    model_cls = get_model(run_cfg.model_name)[1]
+    known = reportable_metrics(model_cls, run_cfg)
+    if metric.startswith("test_"):  # the training report's test losses (text runs score their val split)
+        if model_cls.family == "text" or not model_cls.validation_loss:
+            raise ConfigError(f"{where}: {run_cfg.model_name} runs write no test_* losses; "
+                              f"change the target to one of {', '.join(known)}")
+    elif metric not in known:
+        raise ConfigError(f"{where}: this {run_cfg.model_name} config (data.dataset={run_cfg.data.dataset}) does "
+                          f"not report {metric}; change the target to one of {', '.join(known)} or the candidate")
 
 
 # --------------------------------------------------------------------------- decisions
@@ -294,7 +334,6 @@ def _append(out: Path, r: Round) -> None:
 def _train_round(cfg: PipelineConfig, r: Round, data_root: str | None) -> tuple[bool, int, float]:
     """Train (or continue) round r's run to its budget -> (finished, step, training minutes);
     finished is False when interrupted (Ctrl-C, SIGTERM)."""
-    from genlab.config import deep_update, load_tree, parse_set
     from genlab.engine.run import train
 
     run_dir = Path(r.run_dir)
@@ -304,8 +343,7 @@ def _train_round(cfg: PipelineConfig, r: Round, data_root: str | None) -> tuple[
         res = train(resume=run_dir, steps=r.steps, minutes=r.minutes, data_root=data_root)
     else:
         cand = cfg.candidates[r.candidate]
-        tree = deep_update(load_tree(cand.config), {"data": cfg.data} if cfg.data else {})
-        tree = deep_update(tree, parse_set(cand.set))
+        tree = deep_update(candidate_tree(cfg, cand), parse_set(cand.set))
         res = train(tree, run_dir, steps=r.steps, minutes=r.minutes, data_root=data_root)
     return res.finished, res.state.step, res.state.elapsed / 60
 

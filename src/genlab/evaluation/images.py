@@ -17,12 +17,13 @@ import torch
 from safetensors.torch import load_file, save
 
 from genlab.data.datasets import ImageData, cache_dir, load_image_data
+from genlab.data.transforms import BatchPipeline, normalize
 from genlab.engine.checkpoint import atomic_write_bytes
 from genlab.errors import ConfigError, DataError
 from genlab.images import resize_uint8
 from genlab.metrics import reconstruction as rec
 from genlab.metrics import sample_quality as sq
-from genlab.metrics.features import Extractor, default_extractor, get_extractor
+from genlab.metrics.features import DEFAULT_EXTRACTOR, Extractor, default_extractor, get_extractor
 from genlab.metrics.likelihood import bits_per_dim, iw_nll
 
 log = logging.getLogger("genlab")
@@ -46,13 +47,15 @@ class ImageEvalOptions:
     data_root: str | None = None
 
 
-def applicable(model, extractor: str | None) -> list[str]:
-    """The metrics that make sense for `model` with feature extractor `extractor`."""
+def applicable(model, extractor: str | None, conditional: bool | None = None) -> list[str]:
+    """The metrics that make sense for `model` with feature extractor `extractor`. `model` may
+    also be a model class (before training), with `conditional` taken from its config."""
+    conditional = model.conditional if conditional is None else conditional
     out: list[str] = []
     if extractor:
         out += ["fid", "kid", "precision", "recall"]
         if extractor.startswith("lenet"):
-            out += ["inception_score", "class_coverage"] + (["label_accuracy"] if model.conditional else [])
+            out += ["inception_score", "class_coverage"] + (["label_accuracy"] if conditional else [])
         elif extractor == "inception":
             out += ["inception_score"]
     if hasattr(model, "reconstruct"):
@@ -60,6 +63,22 @@ def applicable(model, extractor: str | None) -> list[str]:
     if hasattr(model, "log_prob") or hasattr(model, "iw_log_weights"):
         out += list(LIKELIHOOD_METRICS)
     return out
+
+
+def planned_metrics(model_cls: type, cfg) -> list[str]:
+    """The metrics `genlab evaluate` gives a run of RunConfig `cfg` (model class `model_cls`),
+    known before training. The extractor is the dataset's default; folders and arrays, whose
+    image shape is known only once loaded, are allowed every metric (evaluate checks again)."""
+    extractor = DEFAULT_EXTRACTOR.get(cfg.data.dataset, "lenet-mnist")
+    return applicable(model_cls, extractor, conditional=bool(getattr(cfg.model, "conditional", False)))
+
+
+def pixel_range(pipeline: BatchPipeline, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model-space values of pixels 0 and 255 under the run's normalisation, (1, C, 1, 1) each:
+    the first and last of the 256 levels a discretised likelihood scores."""
+    ends = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, channels, 1, 1)  # (2, C, 1, 1)
+    low, high = normalize(ends, pipeline.mode, pipeline.mean, pipeline.std)  # (C, 1, 1) each
+    return low[None], high[None]
 
 
 def _real_test_images(run, data_root: str | None) -> tuple[ImageData, torch.Tensor]:
@@ -203,8 +222,10 @@ def evaluate_images(run, opts: ImageEvalOptions) -> tuple[dict[str, dict], dict]
             nll = -torch.cat([run.model.log_prob(batch["x"][i:i + 500], None if y is None else y[i:i + 500])
                               for i in range(0, n, 500)]).mean().item()
             how = {"bound": "exact"}
-        else:  # latent-variable models: an importance-weighted upper bound on the NLL
-            nll = iw_nll(run.model, batch["x"], batch.get("y"), k=opts.iw_k, seed=opts.seed).mean().item()
+        else:  # latent-variable models: an importance-weighted upper bound on the NLL of 8-bit pixels
+            ends = tuple(t.to(run.device) for t in pixel_range(run.pipeline, batch["x"].shape[1]))
+            nll = iw_nll(run.model, batch["x"], batch.get("y"), k=opts.iw_k, seed=opts.seed,
+                         pixel_range=ends).mean().item()
             how = {"k": opts.iw_k, "bound": "importance-weighted upper"}
         s = time.perf_counter() - t0
         dims = int(torch.tensor(batch["x"].shape[1:]).prod())

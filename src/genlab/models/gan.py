@@ -145,13 +145,14 @@ class Discriminator(nn.Module):
 
 
 class GAN(LatentVariableModel):
+    validation_loss = False  # no likelihood to validate: quality comes from `genlab evaluate`
+
     def __init__(self, cfg: GANConfig):
         super().__init__()
         check_image_fields(cfg, "DCGAN" if cfg.arch == "dcgan" else "GAN", 4 if cfg.arch == "dcgan" else None)
         self.cfg = cfg
         self.conditional = cfg.conditional
         self.num_classes = cfg.num_classes if cfg.conditional else None
-        self.validation_loss = False
         self.generator = Generator(cfg)
         self.discriminator = Discriminator(cfg)
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.errors import ConfigError
+from genlab.metrics.likelihood import discretized_gaussian_log_prob
 from genlab.models.base import LatentVariableModel, check_image_fields
 from genlab.registry import register
 
@@ -127,12 +128,17 @@ class VAE(LatentVariableModel):
         """The decoder distribution's mean in data space."""
         return torch.sigmoid(out) if self.cfg.likelihood == "bernoulli" else out
 
-    def log_px_z(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) summed over pixels, (B,)."""
+    def log_px_z(self, out: torch.Tensor, x: torch.Tensor, pixel_range: tuple | None = None) -> torch.Tensor:
+        """log p(x|z) summed over pixels, (B,). Gaussian: a density (training), or with
+        pixel_range = (low, high), the model-space values of pixels 0 and 255, the probability
+        of x's 8-bit pixels (the density integrated over each pixel's bin)."""
         if self.cfg.likelihood == "bernoulli":
             return -F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(1).sum(1)
         log_sigma = self.log_sigma.clamp(min=-6.0)
-        lp = -0.5 * ((x - out) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
+        if pixel_range is not None:
+            lp = discretized_gaussian_log_prob(x, out, log_sigma, *pixel_range)
+        else:
+            lp = -0.5 * ((x - out) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
         return lp.flatten(1).sum(1)
 
     # ------------------------------------------------------------------ contract
@@ -159,8 +165,12 @@ class VAE(LatentVariableModel):
 
     @torch.no_grad()
     def iw_log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int,
-                       generator: torch.Generator) -> torch.Tensor:
-        """log p(x, z_i) - log q(z_i | x) for k samples z_i ~ q(z|x): shape (k, B)."""
+                       generator: torch.Generator, pixel_range: tuple | None = None) -> torch.Tensor:
+        """log p(x, z_i) - log q(z_i | x) for k samples z_i ~ q(z|x): shape (k, B). A Gaussian
+        decoder needs pixel_range (see log_px_z): bounds of densities are not likelihoods."""
+        if self.cfg.likelihood == "gaussian" and pixel_range is None:
+            raise ConfigError("a Gaussian VAE's likelihood bound needs pixel_range=(low, high), the model-space "
+                              "values of pixels 0 and 255, to score 8-bit pixels rather than a density")
         B = x.shape[0]
         mu, logvar = self.encode(x, y)  # (B, z)
         std = (0.5 * logvar).exp()
@@ -170,7 +180,7 @@ class VAE(LatentVariableModel):
         log_p_z = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)  # (k, B)
         yk = None if y is None else y.repeat(k)
         out = self.decode(z.reshape(k * B, -1), yk)  # (k*B, C, H, W)
-        log_px = self.log_px_z(out, x.repeat(k, 1, 1, 1)).view(k, B)
+        log_px = self.log_px_z(out, x.repeat(k, 1, 1, 1), pixel_range).view(k, B)
         return log_px + log_p_z - log_q
 
 

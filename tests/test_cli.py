@@ -88,10 +88,13 @@ def test_corrupt_and_truncated_checkpoints(trained, tmp_path):
 
     bad = tmp_path / "bad"
     shutil.copytree(trained, bad)
-    st = next((bad / "checkpoints").glob("step-*.safetensors"))
+    from genlab.engine.checkpoint import list_steps, tensor_file
+
+    name = list_steps(bad / "checkpoints")[-1]
+    st = tensor_file(bad / "checkpoints", name)
     st.write_bytes(st.read_bytes()[: len(st.read_bytes()) // 2])
     _one_error_line(run_cli("sample", str(bad)), "corrupt or truncated")
-    js = st.with_suffix(".json")
+    js = bad / "checkpoints" / f"{name}.json"
     js.write_text("{not json")
     _one_error_line(run_cli("sample", str(bad)), "not valid JSON")
     (bad / "config.yaml").unlink()

@@ -96,7 +96,7 @@ ckpt.save_checkpoint(Path({str(folder)!r}), "step-00000002", {{"w": torch.zeros(
     assert c.name == "step-00000001" and torch.equal(c.tensors["w"], torch.ones(3))
     # a truncated data file behind a complete JSON marker is detected and skipped too
     ckpt.save_checkpoint(folder, "step-00000003", {"w": torch.full((3,), 3.0)}, {"state": {"step": 3}})
-    st = folder / "step-00000003.safetensors"
+    st = ckpt.tensor_file(folder, "step-00000003")
     st.write_bytes(st.read_bytes()[:-5])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         ckpt.read_checkpoint(folder, "step-00000003")

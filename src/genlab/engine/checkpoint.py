@@ -1,9 +1,13 @@
 """Checkpoints: safetensors for tensors, JSON for the rest, both written atomically.
 
-A checkpoint `step-00001000` is two files. The `.safetensors` file is written first, then the
-`.json` file, which records the sha256 of the first: the JSON is the commit marker, so a kill
-at any moment leaves either a complete, verifiable checkpoint or none (and the previous ones
-untouched). Nothing is ever unpickled.
+A checkpoint `step-00001000` is two files: `step-00001000.<sha>.safetensors`, named by the
+first 16 hex digits of its sha256, then `step-00001000.json`, which names that file and
+records its full sha256. The JSON is the commit marker, and because a tensor file's name
+changes with its content, rewriting a checkpoint (`best`) never touches the file the current
+JSON points to. So a kill at any moment leaves either the new checkpoint or the old one,
+complete and verifiable; tensor files that no JSON names are removed at the next save.
+Nothing is ever unpickled. (Runs written before this scheme have `NAME.safetensors` and a
+JSON without a file name; they still load.)
 """
 
 from __future__ import annotations
@@ -63,29 +67,55 @@ class Checkpoint:
 
 
 def save_checkpoint(folder: Path, name: str, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    """Write `name.safetensors` then `name.json` (with the sha256 of the former)."""
+    """Write `name.<sha>.safetensors`, then `name.json` naming it, then drop tensor files of
+    `name` that the new JSON does not name."""
     blob = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
-    atomic_write_bytes(folder / f"{name}.safetensors", blob)
-    atomic_write_json(folder / f"{name}.json", {**state, "sha256": hashlib.sha256(blob).hexdigest()})
+    sha = hashlib.sha256(blob).hexdigest()
+    file = f"{name}.{sha[:16]}.safetensors"
+    atomic_write_bytes(folder / file, blob)
+    atomic_write_json(folder / f"{name}.json", {**state, "sha256": sha, "file": file})
+    for old in _tensor_files(folder, name):
+        if old.name != file:
+            old.unlink(missing_ok=True)
+
+
+def _tensor_files(folder: Path, name: str) -> list[Path]:
+    return [p for p in folder.glob(f"{name}.*safetensors") if p.name == f"{name}.safetensors"
+            or (p.name.startswith(f"{name}.") and p.name.count(".") == 2)]
 
 
 def read_checkpoint(folder: Path, name: str) -> Checkpoint:
     """Load and verify one checkpoint; CheckpointError names what is wrong."""
-    js, st = folder / f"{name}.json", folder / f"{name}.safetensors"
+    js = folder / f"{name}.json"
     try:
         state = json.loads(js.read_text())
-        blob = st.read_bytes()
-    except FileNotFoundError as e:
-        raise CheckpointError(f"checkpoint {folder / name} is incomplete ({Path(e.filename).name} missing)") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {folder / name} is incomplete ({js.name} missing)") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {js} is corrupt (not valid JSON)") from None
-    if not isinstance(state, dict) or state.get("sha256") != hashlib.sha256(blob).hexdigest():
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {js} is corrupt (not a JSON object)")
+    file = state.get("file", f"{name}.safetensors")
+    if not isinstance(file, str) or Path(file).name != file or not file.endswith(".safetensors"):
+        raise CheckpointError(f"checkpoint {js} is corrupt (bad tensor file name {file!r})")
+    st = folder / file
+    try:
+        blob = st.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {folder / name} is incomplete ({file} missing)") from None
+    if state.get("sha256") != hashlib.sha256(blob).hexdigest():
         raise CheckpointError(f"checkpoint {st} is corrupt or truncated (checksum mismatch)")
     try:
         tensors = st_load(blob)
     except (SafetensorError, ValueError) as e:
         raise CheckpointError(f"checkpoint {st} is not a valid safetensors file: {e}") from None
     return Checkpoint(tensors, state, name)
+
+
+def tensor_file(folder: Path, name: str) -> Path:
+    """The tensor file a committed checkpoint's JSON names (for tools and tests)."""
+    state = json.loads((folder / f"{name}.json").read_text())
+    return folder / state.get("file", f"{name}.safetensors")
 
 
 def list_steps(folder: Path) -> list[str]:
@@ -106,12 +136,22 @@ def latest_valid(folder: Path) -> Checkpoint | None:
 
 
 def prune(folder: Path, keep: int) -> None:
-    """Delete all but the newest `keep` step checkpoints, and stray temp files."""
+    """Delete all but the newest `keep` step checkpoints (the JSON first: the checkpoint is
+    uncommitted from then on), stray temp files, and tensor files that no JSON names (left
+    by a kill between the two deletions, or between writing the tensors and their JSON)."""
     for name in list_steps(folder)[:-keep]:
-        for ext in (".json", ".safetensors"):
-            (folder / f"{name}{ext}").unlink(missing_ok=True)
+        (folder / f"{name}.json").unlink(missing_ok=True)
     for tmp in folder.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+    named = set()
+    for js in folder.glob("*.json"):
+        try:
+            named.add(json.loads(js.read_text()).get("file", f"{js.stem}.safetensors"))
+        except (OSError, ValueError, AttributeError):  # a damaged JSON: keep all it may have named
+            named.update(p.name for p in _tensor_files(folder, js.stem))
+    for st in folder.glob("*.safetensors"):
+        if st.name not in named:
+            st.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- optimisers

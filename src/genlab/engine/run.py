@@ -229,30 +229,13 @@ def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, 
              len(data.train_x), len(data.val_x), len(data.test_x))
     trainer = Trainer(model, data, pipeline, cfg, run_dir, device=dev, dist=dist, callbacks=callbacks)
     state = trainer.fit()
-    finished = state.stop_reason is not None
-    if finished and dist.is_main and model.validation_loss:
-        write_test_report(trainer, run_dir)
-    return TrainResult(run_dir, state, finished)
+    return TrainResult(run_dir, state, state.stop_reason is not None)
 
 
 def check_budgets(steps: int | None, minutes: float | None) -> None:
     """--steps and --minutes, checked before anything is read or written."""
     check_number("--steps", steps, lo=1, integer=True)
     check_number("--minutes", minutes, lo=0, lo_open=True)
-
-
-def write_test_report(trainer: Trainer, run_dir: Path) -> None:
-    """Loss terms on the whole test split, in the evaluation report layout (text data has no
-    test split: its val split, as many random windows as it has tokens / block_size)."""
-    t0 = time.perf_counter()
-    split = "test" if trainer.feeder.eval_size("test") else "val"
-    res = trainer.evaluate(split)
-    n = trainer.feeder.eval_size(split)
-    secs = time.perf_counter() - t0
-    metrics = {f"{split}_{k}": {"value": v, "extractor": None, "n": n, "seed": trainer.t.seed, "seconds": secs}
-               for k, v in res.items()}
-    ckpt.atomic_write_json(run_dir / "report.json", {"run": str(run_dir), "step": trainer.state.step,
-                                                     "stop_reason": trainer.state.stop_reason, "metrics": metrics})
 
 
 def run_status(run_dir: Path) -> tuple[RunConfig, dict | None]:
@@ -263,7 +246,9 @@ def run_status(run_dir: Path) -> tuple[RunConfig, dict | None]:
 
 
 def is_finished(cfg: RunConfig, state: dict | None) -> bool:
-    if state is None:
+    """The run ended within its budgets and wrote its final grid and report (the checkpoint
+    saved after them carries the stop reason; a run killed just before is not finished)."""
+    if state is None or state["state"].get("stop_reason") is None:
         return False
     s = state["state"]
     return s["step"] >= cfg.train.steps or (cfg.train.minutes is not None and s["elapsed"] >= cfg.train.minutes * 60)

@@ -188,11 +188,15 @@ class Trainer:
                     self.state.elapsed = elapsed0 + time.perf_counter() - t0
                     self.save()
             self.state.elapsed = elapsed0 + time.perf_counter() - t0
-            if self.state.stop_reason and self.state.step % self.t.eval_every:
-                self._evaluate_and_track()
-            self.save()
             if self.state.stop_reason:
+                if self.state.step % self.t.eval_every:
+                    self._evaluate_and_track()
                 self.write_grid("final.png")
+                if self.dist.is_main and self.model.validation_loss:
+                    self.write_test_report()
+            # Last: a checkpoint with a stop_reason marks the run finished, so a kill before
+            # this line leaves a run that `train --resume` completes (grid and report included).
+            self.save()
         finally:
             self.log.close()
             for s, h in previous.items():
@@ -313,6 +317,20 @@ class Trainer:
             st.evals_since_best += 1
         p = self.t.early_stop_patience
         return p is not None and st.evals_since_best >= p
+
+    def write_test_report(self) -> None:
+        """Loss terms on the whole test split, in the evaluation report layout (text data has
+        no test split: its val split, as many random windows as it has tokens / block_size)."""
+        t0 = time.perf_counter()
+        split = "test" if self.feeder.eval_size("test") else "val"
+        res = self.evaluate(split)
+        n = self.feeder.eval_size(split)
+        secs = time.perf_counter() - t0
+        metrics = {f"{split}_{k}": {"value": v, "extractor": None, "n": n, "seed": self.t.seed, "seconds": secs}
+                   for k, v in res.items()}
+        ckpt.atomic_write_json(self.run_dir / "report.json", {
+            "run": str(self.run_dir), "step": self.state.step, "stop_reason": self.state.stop_reason,
+            "metrics": metrics})
 
     @torch.no_grad()
     def write_grid(self, name: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 import genlab
 from genlab.cli import main
+from genlab.engine.checkpoint import tensor_file
 from genlab.engine.lock import RunLock
 from tests.conftest import DATA, ROOT, TINY_VAE, run_cli
 from tests.test_diffusion import TINY_DIFFUSION, small_mnist
@@ -55,7 +56,11 @@ def runs(tmp_path_factory, data_root):
     (base / "afile").write_text("x")
     (base / "dir.png").mkdir()
     (base / "empty-root").mkdir()
-    (base / "bad-pipeline.yaml").write_text("name: p\ncandidates: [{preset: vae-mnsit}]\ntarget: test_neg_elbo <= 1\n")
+    (base / "bad-pipeline.yaml").write_text("target: test_neg_elbo <= 105\ncandidates:\n  - config: vae-mnist\n"
+                                           "  - config: vae-mnsit\nbudget: {steps: 100}\n")
+    (base / "binary.yaml").write_bytes(bytes(range(256)))
+    (base / "damaged").mkdir()
+    (base / "damaged" / "config.yaml").write_bytes(bytes(range(256)))
     return r
 
 
@@ -102,13 +107,13 @@ CASES = [
     ("sample {cvae} --sampling-steps 5", "diffusion options"),
     ("sample {cvae} --prompt hi", "--prompt is for text runs"),
     ("sample {ddpm} --guidance 3", "--guidance needs a class-conditional"),
-    ("sample {ddpm} --sampling-steps 0", "--sampling-steps must be >= 1"),
-    ("sample {ddpm} --sampling-steps 100000", "--sampling-steps must be <= 50"),
+    ("sample {ddpm} --sampling-steps 0", "--sampling-steps must be in 1..50"),
+    ("sample {ddpm} --sampling-steps 100000", "--sampling-steps must be in 1..50"),
     ("sample {ddpm} --eta -1", "--eta must be >= 0"),
     ("sample {ddpm} --sampler foo", "invalid choice"),
     ("sample {gpt} --out {base}/t.png", "--out must be FILE.txt"),
     ("sample {gpt} --temperature -1", "--temperature must be >= 0"),
-    ("sample {gpt} --top-p 0", "--top-p must be > 0"),
+    ("sample {gpt} --top-p 0", "--top-p must be in (0, 1]"),
     ("sample {gpt} --max-tokens -1", "--max-tokens must be >= 0"),
     ("sample {gpt} --prompt Ωmega", "vocabulary"),
     ("sample {graph} --out {base}/g.png", "--out must be FILE.npz or DIR/"),
@@ -140,6 +145,11 @@ CASES = [
     ("info {base}/nothing", "not found"),
     ("compare {base}/nothing", "not a genlab run directory"),
     ("pipeline {base}/missing.yaml", "not found"),
+    ("pipeline {base}/bad-pipeline.yaml", "candidate 2 (vae-mnsit)"),
+    ("pipeline {base}/bad-pipeline.yaml --dry-run", "candidate 2 (vae-mnsit)"),
+    ("train {base}/binary.yaml", "not a UTF-8 text file"),
+    ("sample {base}/damaged", "the run directory is damaged"),
+    ("info {base}/damaged", "the run directory is damaged"),
 ]
 
 
@@ -197,6 +207,8 @@ def test_second_trainer_on_the_same_folder_is_refused(tmp_path, data_root, capsy
     with RunLock(run):
         assert _call(["train", "--resume", str(run), "--steps", "4"]) == 2
         assert "in use by another genlab process" in capsys.readouterr().err
+        assert _call(["evaluate", str(run), "--n", "20"]) == 2  # its report goes into the folder
+        assert "in use by another genlab process" in capsys.readouterr().err
     assert folder_hash(run) == before
 
 
@@ -227,7 +239,7 @@ def test_sample_falls_back_to_the_newest_good_checkpoint(tmp_path, data_root, ca
     run = tmp_path / "run"
     genlab.train("vae-mnist", run, overrides=TINY_VAE + ["train.ckpt_every=2", "train.keep_last=3"], steps=4,
                  data_root=str(data_root))
-    st = run / "checkpoints" / "step-00000004.safetensors"
+    st = tensor_file(run / "checkpoints", "step-00000004")
     st.write_bytes(st.read_bytes()[:100])
     assert _call(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.npz")]) == 0
     err = capsys.readouterr().err

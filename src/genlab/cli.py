@@ -328,8 +328,10 @@ def cmd_apply(a: argparse.Namespace) -> int:
 def cmd_pipeline(a: argparse.Namespace) -> int:
     from genlab.pipeline import Pipeline, load_pipeline
 
+    from genlab.options import check_run_dir_path
+
     cfg = load_pipeline(a.config)
-    out = Path(a.out) if a.out else Path("runs") / Path(a.config).stem
+    out = check_run_dir_path(a.out) if a.out else Path("runs") / Path(a.config).stem
     p = Pipeline(cfg, out, data_root=a.data_root)
     if a.dry_run:
         print(p.plan())
@@ -364,7 +366,10 @@ def cmd_info(a: argparse.Namespace) -> int:
     for name in ("manifest.json", "report.json"):
         p = run_dir / name
         if p.is_file():
-            info[name.removesuffix(".json")] = json.loads(p.read_text())
+            try:
+                info[name.removesuffix(".json")] = json.loads(p.read_text())
+            except (ValueError, UnicodeDecodeError):
+                info[name.removesuffix(".json")] = f"damaged: {p} is not valid JSON"
     info["progress"] = state["state"] if state else None
     vals = [r for r in read_log(run_dir) if r.get("kind") == "val"]
     if vals:
@@ -389,3 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genlab: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the system refused (permissions, a full disk): say which file and why
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"genlab: error: {e.strerror or e}{where}; check the path's permissions and free space",
+              file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("genlab: error: out of memory; use smaller --n / batch sizes", file=sys.stderr)
+        return 2

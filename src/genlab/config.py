@@ -337,7 +337,9 @@ def load_tree(source: str) -> dict:
         if not path.is_file():
             raise ConfigError(f"config file {source} not found")
         try:
-            tree = yaml_load(path.read_text()) or {}
+            tree = yaml_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{source} is not a UTF-8 text file; give a YAML config") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{source} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(tree, dict):
@@ -368,7 +370,9 @@ def load_config(path: Path) -> RunConfig:
     if not path.is_file():
         raise ConfigError(f"{path} not found; is this a genlab run directory?")
     try:
-        tree = yaml_load(path.read_text())
-    except yaml.YAMLError:
+        tree = yaml_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
         raise ConfigError(f"{path} is not valid YAML; the run directory is damaged") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} does not hold a run config; the run directory is damaged")
     return build_config(tree)

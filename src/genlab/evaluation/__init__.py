@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from genlab.engine.checkpoint import atomic_write_json
 from genlab.engine.device import device_name
+from genlab.engine.lock import RunLock
 from genlab.errors import ConfigError
 from genlab.options import check_number, check_output
 
@@ -68,6 +70,14 @@ def evaluate(run_dir: str | Path, *, n: int | None = None, metrics: list[str] | 
     family = getattr(run.model, "family", "image")
     if family not in EVALUATORS:
         raise ConfigError(f"no evaluator for {family} models yet")
+    # The default report goes into the run folder: own it meanwhile, as training does, so that
+    # a training run (or a second evaluation) cannot interleave its report with this one.
+    with RunLock(run_dir) if out is None else nullcontext():
+        return _evaluate_and_write(run, run_dir, family, t0, n=n, metrics=metrics, out=out, seed=seed,
+                                   html=html, **options)
+
+
+def _evaluate_and_write(run, run_dir, family, t0, *, n, metrics, out, seed, html, **options) -> dict:
     with torch.no_grad():
         values, artefacts = EVALUATORS[family](run, n=n, seed=seed, metrics=metrics, **options)
     out = Path(out) if out else Path(run_dir) / "report.json"

@@ -179,5 +179,5 @@ def test_bad_input_one_line_errors(runs, tmp_path):
                 "--sigma", "0.3", "--out", str(tmp_path / "o.npz"))
     assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "got 8x8" in r.stderr, r.stderr
     assert not (tmp_path / "o.npz").exists()
-    with pytest.raises(DataError, match="--out must end in .npz or .png"):
+    with pytest.raises(ConfigError, match="--out must be FILE.npz or FILE.png"):
         apply(runs["vae"], "inpaint", input=runs["root"] / "x.npz", out=tmp_path / "o.jpg")

@@ -74,7 +74,7 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path, data_root):
     _one_error_line(run_cli("train", "vae-mnst"), "unknown preset 'vae-mnst'", "vae-mnist")
     _one_error_line(run_cli("train", "vae-mnist", "--set", "train.lrr=1"), "train.lrr", "did you mean: lr")
     _one_error_line(run_cli("train", "vae-mnist", "--set", "data.dataset=fashion-mnist", "--data-root",
-                            str(tmp_path / "nodata"), "--out", str(tmp_path / "x")), "fashion-mnist train files not found")
+                            str(tmp_path / "nodata"), "--out", str(tmp_path / "x")), "--data-root")
     _one_error_line(run_cli("train", "cvae-mnist", "--out", str(trained), "--data-root", str(data_root)),
                     "already holds a run")
     _one_error_line(run_cli("sample", str(tmp_path / "nope")), "not found")

@@ -102,7 +102,7 @@ def test_partial_mnist_is_an_error_not_the_digits(tmp_path):
 def test_missing_mnist_still_downloads(tmp_path, monkeypatch):
     _fake_mnist(tmp_path / "cache")
     monkeypatch.setattr(datasets, "_download_idx", lambda name: tmp_path / "cache")
-    d = load_image_data(DataConfig(dataset="mnist", val_size=0.2, download=True), tmp_path / "empty")
+    d = load_image_data(DataConfig(dataset="mnist", val_size=0.2, download=True), tmp_path)
     assert d.dataset == "mnist" and "downloaded" in d.source and len(d.test_x) == 10
 
 

@@ -52,6 +52,9 @@ def runs(tmp_path_factory, data_root):
     rng = np.random.default_rng(0)
     np.savez(base / "x16.npz", images=rng.integers(0, 256, (2, 1, 16, 16), dtype=np.uint8))
     np.savez(base / "x28.npz", images=rng.integers(0, 256, (2, 1, 28, 28), dtype=np.uint8))
+    np.savez(base / "badlabels.npz", images=rng.integers(0, 256, (2, 1, 28, 28), dtype=np.uint8), labels=[3, 42])
+    np.savez(base / "flatlabels.npz", images=rng.integers(0, 256, (2, 1, 28, 28), dtype=np.uint8),
+             labels=[[1.5], [2.0]])
     (base / "notzip.npz").write_bytes(b"this is not an npz")
     (base / "afile").write_text("x")
     (base / "dir.png").mkdir()
@@ -83,9 +86,11 @@ CASES = [
     ("train vae-mnist --out {base}/afile", "is an existing file"),
     ("train vae-mnist --out {base}/afile/run", "is a file, not a folder"),
     ("train cvae-mnist --out {cvae}", "already holds a run"),
-    ("train vae-mnist --set data.dataset=fashion-mnist --data-root {base}/empty-root --out {base}/new",
+    ("train vae-mnist --set data.dataset=fashion-mnist --data-root {base}/empty-root --out {base}/new/a/run",
      "fashion-mnist train files not found"),
     ("train", "give a preset"),
+    ("train vae-mnist --data-root {base}/nothing --out {base}/new", "--data-root"),
+    ("train vae-mnist --seed 99999999999999999999999 --out {base}/new", "--seed must be in"),
     ("train {base}/missing.yaml", "not found"),
     ("train --resume {cvae} --steps -5", "--steps must be >= 1"),
     ("train --resume {cvae} --minutes 0", "--minutes must be > 0"),
@@ -96,9 +101,11 @@ CASES = [
     ("sample {base}/afile", "not found"),
     ("sample {cvae} --n 0", "--n must be >= 1"),
     ("sample {cvae} --n -3", "--n must be >= 1"),
-    ("sample {cvae} --n 100000000000", "GiB of memory"),
+    ("sample {cvae} --n 100000000000 --out {base}/big.npz", "GiB of memory"),
     ("sample {cvae} --interpolate --steps 0", "--steps must be >= 2"),
     ("sample {cvae} --label 12", "--label must be in 0..9"),
+    ("sample {cvae} --seed 99999999999999999999999", "--seed must be in"),
+    ("sample {cvae} --n 70000", "a PNG grid holds at most 65,536 images"),
     ("sample {cvae} --out {base}/x.jpg", "--out must be"),
     ("sample {cvae} --out {base}/afile/", "a file of that name exists"),
     ("sample {cvae} --out {base}/afile/x.png", "is a file, not a folder"),
@@ -134,6 +141,8 @@ CASES = [
     ("apply {ddpm} interpolate --seeds 1 2 --steps 1 --out {base}/y.png", "--steps must be >= 2"),
     ("apply {ddpm} upscale --input {base}/x16.npz --out {base}/y.npz", "must be 8x8 images"),
     ("apply {cvae} inpaint --input {base}/x28.npz --out {base}/y.npz --iters 0", "--iters must be >= 1"),
+    ("apply {cvae} inpaint --input {base}/badlabels.npz --out {base}/y.npz", "must be classes in 0..9"),
+    ("apply {cvae} inpaint --input {base}/flatlabels.npz --out {base}/y.npz", "'labels' must be integers"),
     ("apply {cvae} denoise --input {base}/x28.npz --out {base}/y.npz --sigma 0.1", "denoise works with"),
     ("apply {gpt} inpaint --input {base}/x16.npz --out {base}/y.npz", "inpaint works with"),
     # evaluate, info, compare, pipeline
@@ -142,6 +151,7 @@ CASES = [
     ("evaluate {cvae} --out {base}/r.txt", "--out must be FILE.json"),
     ("evaluate {cvae} --metrics bogus", "bogus"),
     ("evaluate {cvae} --extractor bogus", "bogus"),
+    ("evaluate {cvae} --data-root {base}/empty-root", "mnist train files not found"),
     ("info {base}/nothing", "not found"),
     ("compare {base}/nothing", "not a genlab run directory"),
     ("pipeline {base}/missing.yaml", "not found"),
@@ -160,7 +170,8 @@ def _call(argv: list[str]) -> int:
         return e.code
 
 
-@pytest.mark.parametrize("line, fragment", CASES, ids=[c[0].split(" --")[0][:40] + f"-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("line, fragment", CASES,
+                         ids=[c[0].split(" --")[0][:40] + f"-{i}" for i, c in enumerate(CASES)])
 def test_bad_input_is_one_line_and_changes_nothing(runs, line, fragment, capsys):
     subs = {k: str(v) for k, v in runs.items()}
     argv = [a.format(**subs) for a in line.split(" ")]
@@ -269,6 +280,7 @@ def test_interrupted_text_generation_keeps_what_was_generated(runs, tmp_path, mo
 
 def test_fallback_dataset_is_recorded_and_a_resume_does_not_switch_data(tmp_path, data_root, capsys):
     run = tmp_path / "run"
+    (tmp_path / "no-data").mkdir()
     res = genlab.train("vae-mnist", run, overrides=TINY_VAE, steps=2, data_root=str(tmp_path / "no-data"))
     import json
 
@@ -280,9 +292,43 @@ def test_fallback_dataset_is_recorded_and_a_resume_does_not_switch_data(tmp_path
     # a real MNIST run never falls back: resuming it without MNIST is refused
     mn = tmp_path / "mn"
     genlab.train("vae-mnist", mn, overrides=TINY_VAE, steps=2, data_root=str(data_root))
-    (mn / "manifest.json").write_text((mn / "manifest.json").read_text().replace(str(data_root),
-                                                                                  str(tmp_path / "gone")))
     before = folder_hash(mn)
-    assert _call(["train", "--resume", str(mn), "--steps", "4"]) == 2
-    assert "this run was trained on mnist" in capsys.readouterr().err
+    assert _call(["train", "--resume", str(mn), "--steps", "4", "--data-root", str(tmp_path / "no-data")]) == 2
+    assert "mnist train files not found" in capsys.readouterr().err
     assert folder_hash(mn) == before
+
+
+def test_likelihood_of_grey_pixels_is_not_reported_for_a_bernoulli_vae(tmp_path, data_root, capsys):
+    run = genlab.train("vae-mnist", tmp_path / "grey", overrides=TINY_VAE + ["data.binarize=false"], steps=2,
+                       data_root=str(data_root)).run_dir
+    assert _call(["evaluate", str(run), "--n", "20", "--metrics", "bits_per_dim", "--no-html"]) == 2
+    assert "has no likelihood of them" in capsys.readouterr().err
+    from genlab.evaluation import evaluate
+
+    report = evaluate(run, n=20, html=False)
+    assert "mse" in report["metrics"] and "bits_per_dim" not in report["metrics"]
+
+
+def test_runs_with_the_old_checkpoint_layout_still_load_and_prune(tmp_path):
+    """Before content-addressed tensor files: NAME.safetensors beside a JSON without "file"."""
+    import hashlib
+    import json
+
+    import torch
+    from safetensors.torch import save as st_save
+
+    from genlab.engine import checkpoint as ckpt
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for step in (1, 2):
+        blob = st_save({"w": torch.full((3,), float(step))})
+        (folder / f"step-{step:08d}.safetensors").write_bytes(blob)
+        (folder / f"step-{step:08d}.json").write_text(json.dumps({"state": {"step": step},
+                                                                  "sha256": hashlib.sha256(blob).hexdigest()}))
+    assert torch.equal(ckpt.latest_valid(folder).tensors["w"], torch.full((3,), 2.0))
+    ckpt.save_checkpoint(folder, "step-00000003", {"w": torch.full((3,), 3.0)}, {"state": {"step": 3}})
+    ckpt.prune(folder, keep=2)
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == [
+        "step-00000002.safetensors", ckpt.tensor_file(folder, "step-00000003").name]
+    assert ckpt.read_checkpoint(folder, "step-00000002").state["state"]["step"] == 2

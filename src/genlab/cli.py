@@ -8,12 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from genlab.errors import ConfigError, GenlabError
 
 log = logging.getLogger("genlab")
+
+MAX_GRID = 65_536  # images in one PNG grid (a 256 x 256 grid of 28 x 28 images is 7,700 pixels wide)
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -195,11 +198,14 @@ def cmd_sample(a: argparse.Namespace) -> int:
         return _sample_text(run, a)
     if run.family == "graph":
         return _sample_graphs(run, a)
-    if a.out:
-        check_output(a.out, (".png", ".npz"), folder=True)
+    out = a.out or str(Path(a.run_dir) / "samples" / f"{'interp' if a.interpolate else 'sample'}-seed{a.seed}.png")
+    check_output(out, (".png", ".npz"), folder=True)
     n = max(1, a.n // a.steps) * a.steps if a.interpolate else a.n
+    if out.endswith(".png") and n > MAX_GRID:
+        raise ConfigError(f"--n {n}: a PNG grid holds at most {MAX_GRID:,} images; write FILE.npz or DIR/")
     per_image = run.meta["channels"] * run.meta["native_size"][0] * run.meta["native_size"][1]
-    check_memory(3 * n * per_image, f"--n {a.n}", "draw fewer, or several batches with different --seed")
+    # the images, plus the compressed .npz (at most as large) built in memory before the write
+    check_memory(2 * n * per_image, f"--n {a.n}", "draw fewer, or several batches with different --seed")
     if a.compile:
         run.compile()
     if a.interpolate:
@@ -211,8 +217,6 @@ def cmd_sample(a: argparse.Namespace) -> int:
     else:
         images, labels = run.sample(a.n, seed=a.seed, label=a.label, **options)
         nrow = None
-    kind = "interp" if a.interpolate else "sample"
-    out = a.out or str(Path(a.run_dir) / "samples" / f"{kind}-seed{a.seed}.png")
     path = write_images(out, images, labels, nrow=nrow)
     log.info("wrote %d images to %s", len(images), path)
     return 0
@@ -326,9 +330,9 @@ def cmd_apply(a: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(a: argparse.Namespace) -> int:
-    from genlab.pipeline import Pipeline, load_pipeline
-
+    from genlab.engine.lock import RunLock
     from genlab.options import check_run_dir_path
+    from genlab.pipeline import Pipeline, load_pipeline
 
     cfg = load_pipeline(a.config)
     out = check_run_dir_path(a.out) if a.out else Path("runs") / Path(a.config).stem
@@ -336,8 +340,6 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     if a.dry_run:
         print(p.plan())
         return 0
-    from genlab.engine.lock import RunLock
-
     with RunLock(out):  # one pipeline per folder (each round's run is locked by train as well)
         outcome = p.run(resume=a.resume)
     if outcome is None:
@@ -394,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `genlab info RUN | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as e:  # the system refused (permissions, a full disk): say which file and why
         where = f" ({e.filename})" if e.filename else ""
         print(f"genlab: error: {e.strerror or e}{where}; check the path's permissions and free space",

@@ -24,6 +24,10 @@ class CheckpointError(GenlabError):
     """A checkpoint or run directory is missing, corrupt or truncated."""
 
 
+class RunInUseError(GenlabError):
+    """Another process owns the run directory."""
+
+
 class TrainingDiverged(GenlabError):
     """A loss became NaN or infinite."""
 

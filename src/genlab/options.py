@@ -28,11 +28,15 @@ def check_number(flag: str, value: float | int | None, *, lo: float | None = Non
         raise ConfigError(f"{flag} must be a finite number, got {value}")
     if integer and value != int(value):
         raise ConfigError(f"{flag} expects an integer, got {value}")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        bound = f"> {lo}" if lo_open else f">= {lo}"
-        raise ConfigError(f"{flag} must be {bound}" + (f" and <= {hi}" if hi is not None else "") + f", got {value}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{flag} must be <= {hi}, got {value}")
+    below = lo is not None and (value <= lo if lo_open else value < lo)
+    if below or (hi is not None and value > hi):
+        if lo is not None and hi is not None:
+            bound = f"in ({lo}, {hi}]" if lo_open else f"in {lo}..{hi}"
+        elif lo is not None:
+            bound = f"> {lo}" if lo_open else f">= {lo}"
+        else:
+            bound = f"<= {hi}"
+        raise ConfigError(f"{flag} must be {bound}, got {value}")
 
 
 def check_output(out: str | os.PathLike, suffixes: tuple[str, ...], *, folder: bool = False,
@@ -75,7 +79,15 @@ def check_run_dir_path(run_dir: str | os.PathLike) -> Path:
 
 
 def available_memory() -> int | None:
-    """Bytes of physical memory available now (Linux/macOS), or None when unknown."""
+    """Bytes of memory available now without swapping (Linux's MemAvailable, which counts
+    reclaimable cache; else free pages), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

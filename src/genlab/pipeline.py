@@ -351,10 +351,12 @@ def _train_round(cfg: PipelineConfig, r: Round, data_root: str | None) -> tuple[
 def _set_lr(run_dir: Path, lr: float) -> None:
     """lower_lr: the run continues with train.lr = lr (recorded in pipeline.jsonl)."""
     from genlab.config import load_config, save_config
+    from genlab.engine.lock import RunLock
 
-    c = load_config(run_dir / "config.yaml")
-    if c.train.lr != lr:
-        save_config(replace(c, train=replace(c.train, lr=lr)), run_dir / "config.yaml")
+    with RunLock(run_dir):  # the run's owner is whoever holds its folder, as for training
+        c = load_config(run_dir / "config.yaml")
+        if c.train.lr != lr:
+            save_config(replace(c, train=replace(c.train, lr=lr)), run_dir / "config.yaml")
 
 
 def _evaluate_round(cfg: PipelineConfig, r: Round) -> dict:

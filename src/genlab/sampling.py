@@ -39,13 +39,16 @@ def draw_samples(model: nn.Module, pipeline: BatchPipeline, n: int, *, seed: int
     was_training = model.training
     model.eval()
     g = make_generator(seed)
-    chunks = []
+    out = None  # filled in place: the n images are held once, not twice as chunks + their concatenation
     for i in range(0, n, batch_size):
         yb = None if labels is None else labels[i:i + batch_size]
         x = model.sample(min(batch_size, n - i), generator=g, labels=yb, **(options or {}))
-        chunks.append(resize_uint8(pipeline.to_uint8(x), native_size))
+        x = resize_uint8(pipeline.to_uint8(x), native_size)  # (b, C, H, W)
+        if out is None:
+            out = torch.empty((n, *x.shape[1:]), dtype=torch.uint8)
+        out[i:i + len(x)] = x
     model.train(was_training)
-    return torch.cat(chunks), labels
+    return out, labels
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

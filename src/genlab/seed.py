@@ -18,8 +18,16 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
+def check_seed(seed: int) -> None:
+    """A seed torch accepts: an integer of at most 64 bits (negative ones included)."""
+    from genlab.options import check_number
+
+    check_number("--seed", seed, lo=-(1 << 63), hi=(1 << 64) - 1, integer=True)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) global generators."""
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
@@ -28,6 +36,7 @@ def seed_everything(seed: int) -> None:
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch.Generator seeded with `seed` on `device`."""
+    check_seed(seed)
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g

@@ -15,7 +15,7 @@ from genlab.apply.inpaint import run_inpaint
 from genlab.apply.interpolate import run_interpolate
 from genlab.apply.io import check_size, read_images, write_output
 from genlab.apply.upscale import FACTOR, run_upscale
-from genlab.errors import ConfigError, DataError
+from genlab.errors import ConfigError, ShapeError
 from genlab.options import check_number, check_output
 
 # task -> (function(run, images, labels, **options) -> uint8 images, families that can do it)
@@ -69,6 +69,10 @@ def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | N
     if input is not None:
         batch = read_images(input, run.meta["channels"])
         images, labels = batch.images, batch.labels
+        k = run.model.num_classes if getattr(run.model, "conditional", False) else None
+        if labels is not None and k and not bool(((labels >= 0) & (labels < k)).all()):
+            raise ShapeError(f"{input}: 'labels' must be classes in 0..{k - 1} for this run, got values "
+                             f"{int(labels.min())}..{int(labels.max())}")
         want = (native[0] // FACTOR, native[1] // FACTOR) if task == "upscale" else native
         check_size(images, want, f"{task} input")
     elif task != "interpolate":

@@ -58,7 +58,8 @@ def run_interpolate(run, images: torch.Tensor | None, labels: torch.Tensor | Non
     y_images = None if y is None else y.repeat_interleave(2)  # (2 rows,) for encoding the pairs
     y_frames = None if y is None else y.repeat_interleave(steps)  # (rows * steps,)
     if name == "diffusion":
-        _, k, w, _ = model.sampling_options("ddim", 50 if sampling_steps is None else sampling_steps, guidance, None)  # checks the values
+        k = 50 if sampling_steps is None else sampling_steps
+        _, k, w, _ = model.sampling_options("ddim", k, guidance, None)  # checks the values
         if images is not None:
             z = model.invert(to_model_space(run, images), k, y_images)
         else:

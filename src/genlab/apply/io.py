@@ -56,6 +56,9 @@ def read_images(path: str | Path, channels: int) -> ImageBatch:
     if a.dtype != np.uint8 or a.ndim != 4 or a.shape[1] != channels or a.shape[0] == 0:
         raise ShapeError(f"{p}: 'images' must be uint8 N x {channels} x H x W with N >= 1, "
                          f"got {a.dtype} {tuple(a.shape)}")
+    if labels is not None and (labels.shape != (len(a),) or labels.dtype.kind not in "iu"):
+        raise ShapeError(f"{p}: 'labels' must be integers of shape ({len(a)},), one per image, "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
     return ImageBatch(torch.from_numpy(a.copy()), None if labels is None else torch.from_numpy(labels).long(), "npz")
 
 

@@ -37,7 +37,8 @@ def run_upscale(run, images: torch.Tensor, labels: torch.Tensor | None, *, seed:
     check_size(images, (H // FACTOR, W // FACTOR), "upscale input")
     model = run.model
     sampler = sampler or "ddim"
-    sampler, steps, w, eta = model.sampling_options(sampler, 50 if sampling_steps is None else sampling_steps, guidance, 1.0 if eta is None else eta)
+    steps = 50 if sampling_steps is None else sampling_steps
+    sampler, steps, w, eta = model.sampling_options(sampler, steps, guidance, 1.0 if eta is None else eta)
     y = labels.to(run.device) if labels is not None and model.conditional else None
     out = upscale(model, to_model_space(run, images), steps=steps, sampler=sampler, eta=eta,
                   generator=make_generator(seed), labels=y, guidance=w)

@@ -37,10 +37,13 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path | None:
     """`explicit`, else $GENLAB_DATA, else ../shared/data (from the working directory or from
     the project checkout) when it exists, else None."""
-    if explicit:
-        return Path(explicit)
-    if os.environ.get("GENLAB_DATA"):
-        return Path(os.environ["GENLAB_DATA"])
+    # A root the user names must exist: a typo must not silently become another dataset.
+    for given, what in ((explicit, "--data-root"), (os.environ.get("GENLAB_DATA"), "$GENLAB_DATA")):
+        if given:
+            if not Path(given).is_dir():
+                raise DataError(f"{what} {given} is not a folder; give the folder holding the datasets "
+                                "(e.g. ../shared/data)")
+            return Path(given)
     project = Path(__file__).resolve().parents[3]
     for cand in (Path.cwd() / ".." / "shared" / "data", project / ".." / "shared" / "data"):
         if cand.is_dir():
@@ -275,7 +278,8 @@ class ImageData:
 
     def meta(self) -> dict:
         """What a run directory keeps to turn model outputs back into images."""
-        return {"dataset": self.dataset, "source": self.source, "native_size": list(self.native_size), "channels": self.channels,
+        return {"dataset": self.dataset, "source": self.source, "native_size": list(self.native_size),
+                "channels": self.channels,
                 "image_size": self.image_size, "num_classes": self.num_classes,
                 "class_names": self.class_names, "mean": self.mean, "std": self.std,
                 "sizes": {"train": len(self.train_x), "val": len(self.val_x), "test": len(self.test_x)}}
@@ -384,8 +388,11 @@ def _split(x: torch.Tensor, y: torch.Tensor | None, n_hold: int, seed: int):
     return x[keep], pick(y, keep), x[hold], pick(y, hold)
 
 
-def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None) -> ImageData:
-    """Load, resize and split the dataset `cfg` describes. `root` as in resolve_data_root."""
+def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None, *,
+                    fallback: bool = True) -> ImageData:
+    """Load, resize and split the dataset `cfg` describes. `root` as in resolve_data_root.
+    With `fallback`, MNIST absent from the data root (none of its files) is replaced by the
+    8x8 digits (ImageData.dataset says so); without, it is a DataError."""
     root_path = resolve_data_root(root)
     names = None
     if cfg.dataset in _IDX_DIRS:
@@ -397,7 +404,7 @@ def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None) -> I
             tr_x, tr_y = load_idx_split(dl, cfg.dataset, "train")
             te_x, te_y = load_idx_split(dl, cfg.dataset, "test")
             source = f"{cfg.dataset} (downloaded to {dl})"
-        elif found == 0 and cfg.dataset == "mnist":
+        elif found == 0 and cfg.dataset == "mnist" and fallback:
             log.warning("MNIST not found under %s; falling back to scikit-learn's 8x8 digits "
                         "(1,797 images, upscaled to 28x28); pass --data-root or --download for MNIST",
                         root_path or "any data root")

@@ -21,7 +21,6 @@ import re
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -35,10 +34,10 @@ from genlab.data.text import TextData, load_text_data, load_tokenizer
 from genlab.data.transforms import BatchPipeline
 from genlab.engine import checkpoint as ckpt
 from genlab.engine.device import cpu_model, cxx_compiler, device_name, select_device
-from genlab.engine.distributed import DistInfo, barrier, init_distributed, shutdown
+from genlab.engine.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from genlab.engine.lock import RunLock
 from genlab.engine.trainer import Trainer, TrainState
-from genlab.errors import CheckpointError, ConfigError, DataError
+from genlab.errors import CheckpointError, ConfigError, RunInUseError
 from genlab.models.base import GenerativeModel
 from genlab.options import check_number, check_run_dir_path
 from genlab.registry import get_model
@@ -82,12 +81,7 @@ def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None, *,
     if family == "text":
         tok = run_dir / "tokenizer.json" if run_dir is not None else None
         return load_text_data(cfg.data, root, block_size=cfg.model.block_size, tokenizer_path=tok)
-    data = load_image_data(cfg.data, root)
-    used = getattr(data, "dataset", cfg.data.dataset)
-    if used != cfg.data.dataset and not fallback:
-        raise DataError(f"this run was trained on {cfg.data.dataset}, which is not under {root or 'any data root'} "
-                        f"(found {used} instead); pass --data-root DIR holding it")
-    return data
+    return load_image_data(cfg.data, root, fallback=fallback)
 
 
 def build_pipeline(cfg: RunConfig, meta: dict) -> BatchPipeline | None:
@@ -166,9 +160,8 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
     check_number("--threads", threads, lo=1, integer=True)
     if resume is not None:
         run_dir = Path(resume)
-        cfg = load_config(run_dir / "config.yaml")
-        prev = _read_json(run_dir / "manifest.json")
-        data_root = data_root or (prev or {}).get("data_root")
+        cfg = with_recorded_dataset(load_config(run_dir / "config.yaml"), _read_json(run_dir / "data.json"))
+        data_root = data_root or recorded_data_root(run_dir)
     else:
         if config is None:
             raise ConfigError("give a preset or config file, or --resume RUN_DIR")
@@ -190,15 +183,31 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
     dist = init_distributed(dev.type)
     if dev.type == "cuda" and dist.world > 1:
         dev = torch.device("cuda", dist.local_rank)
-    lock = RunLock(run_dir) if dist.is_main else nullcontext()
+    lock = RunLock(run_dir)
     try:
-        with lock:
-            if resume is None and ckpt.list_steps(run_dir / "checkpoints"):
-                raise ConfigError(f"{run_dir} already holds a run; continue it with `genlab train --resume {run_dir}` "
-                                  "or choose another --out")
-            return _train_in(cfg, run_dir, resume is not None, dev, dist, data_root, argv, callbacks)
+        _own(lock, dist)
+        if resume is None and ckpt.list_steps(run_dir / "checkpoints"):
+            raise ConfigError(f"{run_dir} already holds a run; continue it with `genlab train --resume {run_dir}` "
+                              "or choose another --out")
+        return _train_in(cfg, run_dir, resume is not None, dev, dist, data_root, argv, callbacks)
     finally:
+        lock.release()
         shutdown(dist)
+
+
+def _own(lock: RunLock, dist: DistInfo) -> None:
+    """Rank 0 takes the run directory's lock; every rank learns whether it did, so that a
+    refusal stops all processes at once instead of leaving the others waiting at a barrier."""
+    refusal = None
+    if dist.is_main:
+        try:
+            lock.acquire()
+        except RunInUseError as e:
+            refusal = e
+    if dist.world > 1 and all_reduce_sum(torch.tensor([float(refusal is not None)]), dist).item():
+        refusal = refusal or RunInUseError(f"{lock.run_dir} is in use by another genlab process")
+    if refusal is not None:
+        raise refusal
 
 
 def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, dist: DistInfo,
@@ -254,6 +263,22 @@ def is_finished(cfg: RunConfig, state: dict | None) -> bool:
     return s["step"] >= cfg.train.steps or (cfg.train.minutes is not None and s["elapsed"] >= cfg.train.minutes * 60)
 
 
+def with_recorded_dataset(cfg: RunConfig, meta: dict | None) -> RunConfig:
+    """Runs made before configs recorded the digits fallback say `mnist` although data.json's
+    source says they trained on the 8x8 digits: keep them on the data they trained on."""
+    if (cfg.data.dataset == "mnist" and meta and "dataset" not in meta
+            and str(meta.get("source", "")).startswith("scikit-learn 8x8 digits")):
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset="digits"))
+    return cfg
+
+
+def recorded_data_root(run_dir: Path) -> str | None:
+    """The data root a run was trained from, when it is a folder on this machine (else None:
+    the default search, $GENLAB_DATA then ../shared/data, applies)."""
+    root = (_read_json(Path(run_dir) / "manifest.json") or {}).get("data_root")
+    return root if isinstance(root, str) and Path(root).is_dir() else None
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -271,25 +296,26 @@ class Run:
         self.run_dir = Path(run_dir)
         if not self.run_dir.is_dir():
             raise CheckpointError(f"run directory {self.run_dir} not found")
-        self.cfg = load_config(self.run_dir / "config.yaml")
         self.meta = _read_json(self.run_dir / "data.json")
         if self.meta is None:
             raise CheckpointError(f"{self.run_dir}/data.json is missing or corrupt; the run directory is damaged")
+        self.cfg = with_recorded_dataset(load_config(self.run_dir / "config.yaml"), self.meta)
         folder = self.run_dir / "checkpoints"
         if checkpoint == "last":  # the newest that verifies, as `train --resume` picks it
             names = ckpt.list_steps(folder)
             if not names:
                 raise CheckpointError(f"{self.run_dir} has no checkpoint yet; train it first")
             c = ckpt.latest_valid(folder)
-            if c is None:
-                ckpt.read_checkpoint(folder, names[-1])  # raises, naming what is wrong with the newest
+            if c is None:  # raises, naming what is wrong with the newest
+                c = ckpt.read_checkpoint(folder, names[-1])
             if c.name != names[-1]:
                 log.warning("using %s (step %d), the newest checkpoint that verifies", c.name,
                             c.state["state"]["step"])
         elif checkpoint == "best" or re.fullmatch(r"step-\d{8}", checkpoint):
             if not (folder / f"{checkpoint}.json").is_file():
-                raise CheckpointError(f"{self.run_dir} has no checkpoint {checkpoint!r} "
-                                      f"(it has: {', '.join(ckpt.list_steps(folder)) or 'none'}); use --checkpoint last")
+                have = ", ".join(ckpt.list_steps(folder)) or "none"
+                raise CheckpointError(f"{self.run_dir} has no checkpoint {checkpoint!r} (it has: {have}); "
+                                      "use --checkpoint last")
             c = ckpt.read_checkpoint(folder, checkpoint)
         else:
             raise ConfigError(f"--checkpoint must be last, best or step-NNNNNNNN, got {checkpoint!r}")
@@ -342,7 +368,7 @@ class Run:
 
     def data(self, data_root: str | os.PathLike | None = None) -> ImageData | TextData:
         """The run's dataset, from `data_root` or the root the run was trained from."""
-        root = data_root or (_read_json(self.run_dir / "manifest.json") or {}).get("data_root")
+        root = data_root or recorded_data_root(self.run_dir)
         return load_data(self.cfg, resolve_data_root(root), self.run_dir)
 
     def generate(self, prompt: str, max_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,

@@ -55,6 +55,7 @@ class TrainState:
     best_val: float | None = None
     best_step: int | None = None
     evals_since_best: int = 0
+    last_eval_step: int | None = None  # step of the latest validation (none twice at one step)
     stop_reason: str | None = None  # steps | minutes | early_stop, once finished
 
 
@@ -188,9 +189,15 @@ class Trainer:
                     self.state.elapsed = elapsed0 + time.perf_counter() - t0
                     self.save()
             self.state.elapsed = elapsed0 + time.perf_counter() - t0
-            if self.state.stop_reason:
-                if self.state.step % self.t.eval_every:
+            reason = self.state.stop_reason
+            if reason:
+                if self.state.last_eval_step != self.state.step:
                     self._evaluate_and_track()
+                # Saved as unfinished first, so nothing is lost if the slow ending below fails
+                # or is killed: `train --resume` then redoes only the grid and the report.
+                self.state.stop_reason = None
+                self.save()
+                self.state.stop_reason = reason
                 self.write_grid("final.png")
                 if self.dist.is_main and self.model.validation_loss:
                     self.write_test_report()
@@ -310,6 +317,7 @@ class Trainer:
         val = res["loss"]
         self.log.record("val", self.state.step, res)
         st = self.state
+        st.last_eval_step = st.step
         if st.best_val is None or val < st.best_val:
             st.best_val, st.best_step, st.evals_since_best = val, st.step, 0
             self.save("best")

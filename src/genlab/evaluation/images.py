@@ -11,12 +11,11 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 
-from genlab.data.datasets import ImageData, cache_dir, load_image_data
+from genlab.data.datasets import ImageData, cache_dir
 from genlab.data.transforms import BatchPipeline, normalize
 from genlab.engine.checkpoint import atomic_write_bytes
 from genlab.errors import ConfigError, DataError
@@ -47,9 +46,19 @@ class ImageEvalOptions:
     data_root: str | None = None
 
 
-def applicable(model, extractor: str | None, conditional: bool | None = None) -> list[str]:
+def likelihood_defined(model, cfg) -> bool:
+    """Whether the model's likelihood is a probability of the run's test data. A Bernoulli VAE
+    scored on grey (not binarised) pixels gives a cross-entropy with soft targets, not an NLL."""
+    if not (hasattr(model, "log_prob") or hasattr(model, "iw_log_weights")):
+        return False
+    bernoulli_vae = hasattr(model, "iw_log_weights") and getattr(cfg.model, "likelihood", None) == "bernoulli"
+    return not bernoulli_vae or cfg.data.binarize
+
+
+def applicable(model, extractor: str | None, conditional: bool | None = None, cfg=None) -> list[str]:
     """The metrics that make sense for `model` with feature extractor `extractor`. `model` may
-    also be a model class (before training), with `conditional` taken from its config."""
+    also be a model class (before training), with `conditional` taken from its config; `cfg`
+    (the run's RunConfig, default the model's run config) decides the likelihood metrics."""
     conditional = model.conditional if conditional is None else conditional
     out: list[str] = []
     if extractor:
@@ -60,7 +69,7 @@ def applicable(model, extractor: str | None, conditional: bool | None = None) ->
             out += ["inception_score"]
     if hasattr(model, "reconstruct"):
         out += ["mse", "psnr", "ssim"] + (["feature_distance"] if extractor else [])
-    if hasattr(model, "log_prob") or hasattr(model, "iw_log_weights"):
+    if cfg is not None and likelihood_defined(model, cfg):
         out += list(LIKELIHOOD_METRICS)
     return out
 
@@ -70,7 +79,7 @@ def planned_metrics(model_cls: type, cfg) -> list[str]:
     known before training. The extractor is the dataset's default; folders and arrays, whose
     image shape is known only once loaded, are allowed every metric (evaluate checks again)."""
     extractor = DEFAULT_EXTRACTOR.get(cfg.data.dataset, "lenet-mnist")
-    return applicable(model_cls, extractor, conditional=bool(getattr(cfg.model, "conditional", False)))
+    return applicable(model_cls, extractor, conditional=bool(getattr(cfg.model, "conditional", False)), cfg=cfg)
 
 
 def pixel_range(pipeline: BatchPipeline, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,9 +93,9 @@ def pixel_range(pipeline: BatchPipeline, channels: int) -> tuple[torch.Tensor, t
 def _real_test_images(run, data_root: str | None) -> tuple[ImageData, torch.Tensor]:
     """The run's data and its test split as uint8 at the native size samples come back at."""
     try:
-        data = load_image_data(run.cfg.data, data_root)
+        data = run.data(data_root)  # the run's own dataset: never a fallback to another one
     except DataError as e:
-        raise DataError(f"cannot load the run's data for evaluation ({e}); pass --data-root") from None
+        raise DataError(f"cannot load the run's data for evaluation: {e}") from None
     test = data.test_x
     if len(test) == 0:
         raise DataError("the run's data has no test split to compare samples with; set data.test_size")
@@ -121,15 +130,20 @@ def evaluate_images(run, opts: ImageEvalOptions) -> tuple[dict[str, dict], dict]
     dataset = run.cfg.data.dataset
     shape = (run.meta["channels"], *run.meta["native_size"])
     ext_name = opts.extractor or default_extractor(dataset, shape)
-    wanted = applicable(run.model, ext_name)
+    wanted = applicable(run.model, ext_name, cfg=run.cfg)
     if opts.metrics:
         unknown = [m for m in opts.metrics if m not in IMAGE_METRICS]
         if unknown:
             raise ConfigError(f"unknown image metric(s) {', '.join(unknown)}; known: {', '.join(IMAGE_METRICS)}")
         missing = [m for m in opts.metrics if m not in wanted]
         if missing:
-            why = ("no offline feature extractor fits this data; pass --extractor inception"
-                   if not ext_name else f"{run.cfg.model_name} models with extractor {ext_name} do not support them")
+            if set(missing) <= set(LIKELIHOOD_METRICS) and hasattr(run.model, "iw_log_weights"):
+                why = ("a Bernoulli VAE trained on grey pixels has no likelihood of them "
+                       "(train with data.binarize=true, or model.likelihood=gaussian)")
+            elif not ext_name:
+                why = "no offline feature extractor fits this data; pass --extractor inception"
+            else:
+                why = f"{run.cfg.model_name} models with extractor {ext_name} do not support them"
             raise ConfigError(f"cannot compute {', '.join(missing)}: {why}")
         wanted = list(opts.metrics)
     elif not ext_name:
@@ -251,13 +265,7 @@ def reconstruct_test(run, data: ImageData, n: int, seed: int, batch_size: int = 
 
 def with_data_root(opts: ImageEvalOptions, run) -> ImageEvalOptions:
     """Default the data root to the one the run was trained with (manifest), if any."""
-    if opts.data_root:
-        return opts
-    m = Path(run.run_dir) / "manifest.json"
-    try:
-        import json
+    from genlab.engine.run import recorded_data_root
 
-        root = json.loads(m.read_text()).get("data_root")
-    except (OSError, ValueError):
-        root = None
-    return dataclasses.replace(opts, data_root=root) if root and Path(root).is_dir() else opts
+    root = None if opts.data_root else recorded_data_root(run.run_dir)
+    return dataclasses.replace(opts, data_root=root) if root else opts

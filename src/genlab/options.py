@@ -57,11 +57,7 @@ def check_output(out: str | os.PathLike, suffixes: tuple[str, ...], *, folder: b
             raise ConfigError(f"{flag} {s} is a folder; give {kinds}")
         if p.suffix.lower() not in suffixes:
             raise ConfigError(f"{flag} must be {kinds}, got {s!r}")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{flag} {s}: {parent} is a file, not a folder; choose another path")
-            break
+    _check_parents(p, flag)
     return p
 
 
@@ -70,12 +66,17 @@ def check_run_dir_path(run_dir: str | os.PathLike) -> Path:
     p = Path(run_dir)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"--out {p} is an existing file; a run directory is a folder: choose another --out")
+    _check_parents(p, "--out")
+    return p
+
+
+def _check_parents(p: Path, flag: str) -> None:
+    """The nearest existing ancestor of `p` must be a folder (else mkdir would fail later)."""
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ConfigError(f"--out {p}: {parent} is a file, not a folder; choose another --out")
-            break
-    return p
+                raise ConfigError(f"{flag} {p}: {parent} is a file, not a folder; choose another path")
+            return
 
 
 def available_memory() -> int | None:

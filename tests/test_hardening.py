@@ -18,10 +18,8 @@ import genlab
 from genlab.cli import main
 from genlab.engine.checkpoint import tensor_file
 from genlab.engine.lock import RunLock
-from tests.conftest import DATA, ROOT, TINY_VAE, run_cli
-from tests.test_diffusion import TINY_DIFFUSION, small_mnist
-from tests.test_graphs import TINY_RNN
-from tests.test_text import TINY_TEXT
+from tests.conftest import ROOT, TINY_VAE, run_cli
+from tests.tiny_runs import train_tiny_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,15 +38,7 @@ def folder_hash(folder: Path) -> str:
 def runs(tmp_path_factory, data_root):
     """One tiny finished run per family, and a few input files."""
     base = tmp_path_factory.mktemp("hostile")
-    r = {"base": base}
-    r["cvae"] = genlab.train("cvae-mnist", base / "cvae", overrides=TINY_VAE, steps=2, data_root=str(data_root)).run_dir
-    r["ddpm"] = genlab.train("ddpm-mnist", base / "ddpm", overrides=TINY_DIFFUSION + small_mnist(base, data_root),
-                             steps=2, data_root=str(data_root)).run_dir
-    corpus = base / "corpus.txt"
-    corpus.write_text((DATA / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:5_000], encoding="utf-8")
-    r["gpt"] = genlab.train("gpt-shakespeare-cpu", base / "gpt", overrides=TINY_TEXT + [f"data.path={corpus}"],
-                            steps=2).run_dir
-    r["graph"] = genlab.train("graphgen-grid", base / "graph", overrides=TINY_RNN, steps=2).run_dir
+    r = {"base": base, **train_tiny_runs(base, data_root)}
     rng = np.random.default_rng(0)
     np.savez(base / "x16.npz", images=rng.integers(0, 256, (2, 1, 16, 16), dtype=np.uint8))
     np.savez(base / "x28.npz", images=rng.integers(0, 256, (2, 1, 28, 28), dtype=np.uint8))

@@ -128,6 +128,17 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
 
+    sv = sub.add_parser("serve", help="HTTP API and web page over trained runs (needs the serve extra)")
+    sv.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs to serve; a model's id is its folder name")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", help="require this key on /v1 routes (Authorization: Bearer KEY or X-API-Key); "
+                                      "default $GENLAB_API_KEY, else no key")
+    sv.add_argument("--max-batch", type=int, default=16, help="images per forward pass of grouped requests")
+    sv.add_argument("--queue", type=int, default=64, help="requests waiting per model before answering 503")
+    sv.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    sv.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take before 504")
+
     sub.add_parser("presets", help="list presets")
     i = sub.add_parser("info", help="show a run's config, progress and key figures")
     i.add_argument("run_dir")
@@ -329,6 +340,50 @@ def cmd_apply(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    import socket
+
+    from genlab.options import check_number
+
+    check_number("--port", a.port, lo=0, hi=65535, integer=True)
+    check_number("--max-batch", a.max_batch, lo=1, integer=True)
+    check_number("--queue", a.queue, lo=1, integer=True)
+    check_number("--threads", a.threads, lo=1, integer=True)
+    check_number("--timeout", a.timeout, lo=0, lo_open=True)
+    try:
+        import uvicorn
+
+        from genlab.serve import create_app
+    except ImportError as e:
+        raise ConfigError(f"genlab serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") \
+            from None
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    key = a.api_key or os.environ.get("GENLAB_API_KEY") or None
+    # bind first, so that a taken port is a one-line error before the runs are loaded
+    sock = socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((a.host, a.port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"--host {a.host} --port {a.port}: cannot listen there ({e.strerror or e}); "
+                          "choose another --port") from None
+    app = create_app(a.run_dirs, api_key=key, max_batch=a.max_batch, queue=a.queue, timeout=a.timeout)
+    host, port = sock.getsockname()[:2]
+    if key is None and a.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without an API key: anyone who can reach it can use the models "
+                    "(set --api-key or $GENLAB_API_KEY)", a.host)
+    log.info("serving %d model(s) (%s) at http://%s:%d/ (API docs at /docs); Ctrl-C stops",
+             len(app.state.served), ", ".join(app.state.served), f"[{host}]" if ":" in host else host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info" if a.verbose else "warning",
+                                           access_log=a.verbose, timeout_graceful_shutdown=5))
+    server.run(sockets=[sock])
+    return 0
+
+
 def cmd_pipeline(a: argparse.Namespace) -> int:
     from genlab.engine.lock import RunLock
     from genlab.options import check_run_dir_path
@@ -381,7 +436,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
-            "pipeline": cmd_pipeline, "apply": cmd_apply,
+            "pipeline": cmd_pipeline, "apply": cmd_apply, "serve": cmd_serve,
             "presets": cmd_presets, "info": cmd_info}
 
 

@@ -47,17 +47,32 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
-    atomic_write_bytes(Path(path), png_bytes(make_grid(images, nrow)))
-
-
-def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+def npz_bytes(images: torch.Tensor, labels: torch.Tensor | None = None) -> bytes:
+    """uint8 (N, C, H, W) images (and int64 labels) as the bytes of a compressed .npz."""
     arrays = {"images": images.numpy()}
     if labels is not None:
         arrays["labels"] = labels.to(torch.int64).numpy()
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    return buf.getvalue()
+
+
+def encode_images(fmt: str, images: torch.Tensor, labels: torch.Tensor | None = None,
+                  nrow: int | None = None) -> bytes:
+    """The bytes `write_images` writes for FILE.png (a grid) or FILE.npz: fmt "png" | "npz"."""
+    if fmt == "png":
+        return png_bytes(make_grid(images, nrow))
+    if fmt == "npz":
+        return npz_bytes(images, labels)
+    raise ShapeError(f"image batches are encoded as png or npz, got {fmt!r}")
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
+    atomic_write_bytes(Path(path), encode_images("png", images, nrow=nrow))
+
+
+def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    atomic_write_bytes(Path(path), encode_images("npz", images, labels))
 
 
 def save_folder(folder: Path, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -18,6 +21,59 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     return torch.arange(n) % num_classes
 
 
+def sample_labels(model: nn.Module, n: int, label: int | None) -> torch.Tensor | None:
+    """The n labels draw_samples gives a model: None (unconditional), class `label` n times, or
+    all classes in equal shares; a ConfigError for a label the model cannot take."""
+    conditional = getattr(model, "conditional", False)
+    k = getattr(model, "num_classes", None)
+    if label is not None and not conditional:
+        raise ConfigError("--label needs a conditional model; this one is unconditional")
+    if label is not None and not 0 <= label < k:
+        raise ConfigError(f"--label must be in 0..{k - 1}, got {label}")
+    if not conditional:
+        return None
+    return torch.full((n,), label) if label is not None else balanced_labels(n, k)
+
+
+@dataclass(frozen=True)
+class NoiseDecoder:
+    """How a model's `sample` splits into drawing its initial noise and a deterministic rest, for
+    models whose generator is used for nothing else (VAE/GAN prior draws; diffusion with
+    DPM-Solver++ or DDIM at eta = 0). Requests with equal `key`s can then share one `decode`
+    call on their concatenated noise and labels, each getting what `model.sample` gives alone."""
+    noise: Callable[[int, torch.Generator], torch.Tensor]  # (n, generator) -> (n, ...) noise
+    decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (noise, labels) -> data space
+    key: tuple  # the resolved sampling settings
+
+
+def noise_decoder(model: nn.Module, options: dict | None = None) -> NoiseDecoder | None:
+    """The NoiseDecoder that reproduces `model.sample(n, generator=g, labels=y, **options)`, or
+    None when sampling keeps drawing from the generator (DDPM, DDIM with eta > 0, PixelCNN,
+    GraphRNN). Checks the options as `model.sample` would (a ConfigError for bad ones)."""
+    from genlab.models.base import LatentVariableModel
+    from genlab.models.diffusion.ddpm import Diffusion
+
+    options = options or {}
+    dev = next(model.parameters()).device
+    if isinstance(model, LatentVariableModel) and not options:  # LatentVariableModel.sample
+        return NoiseDecoder(
+            noise=lambda n, g: torch.randn(n, *model.latent_shape(), generator=g, device=g.device),
+            decode=lambda z, y: model.decode_latent(z.to(dev), None if y is None else y.to(dev)),
+            key=("latent",))
+    if isinstance(model, Diffusion):  # Diffusion.sample
+        sampler, steps, guidance, eta = model.sampling_options(options.get("sampler"), options.get("steps"),
+                                                               options.get("guidance"), options.get("eta"))
+        if not (sampler == "dpmpp" or (sampler == "ddim" and eta == 0)):  # ancestral steps draw noise
+            return None
+        c = model.cfg
+        return NoiseDecoder(
+            noise=lambda n, g: torch.randn(n, c.channels, c.image_size, c.image_size, generator=g, device=g.device),
+            decode=lambda x, y: model.sample_from(x.to(dev), model.T - 1, steps=steps, sampler=sampler, eta=eta,
+                                                  guidance=guidance, labels=None if y is None else y.to(dev)),
+            key=(sampler, steps, guidance, eta))
+    return None
+
+
 @torch.no_grad()
 def draw_samples(model: nn.Module, pipeline: BatchPipeline, n: int, *, seed: int,
                  native_size: tuple[int, int], label: int | None = None,
@@ -27,15 +83,7 @@ def draw_samples(model: nn.Module, pipeline: BatchPipeline, n: int, *, seed: int
     passed on to `model.sample` (diffusion: sampler, steps, guidance, eta)."""
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
-    conditional = getattr(model, "conditional", False)
-    k = getattr(model, "num_classes", None)
-    if label is not None and not conditional:
-        raise ConfigError("--label needs a conditional model; this one is unconditional")
-    if label is not None and not 0 <= label < k:
-        raise ConfigError(f"--label must be in 0..{k - 1}, got {label}")
-    labels = None
-    if conditional:
-        labels = torch.full((n,), label) if label is not None else balanced_labels(n, k)
+    labels = sample_labels(model, n, label)
     was_training = model.training
     model.eval()
     g = make_generator(seed)

@@ -10,10 +10,12 @@ import inspect
 import os
 from pathlib import Path
 
+import torch
+
 from genlab.apply.denoise import run_denoise
 from genlab.apply.inpaint import run_inpaint
 from genlab.apply.interpolate import run_interpolate
-from genlab.apply.io import check_size, read_images, write_output
+from genlab.apply.io import ImageBatch, check_size, read_images, write_output
 from genlab.apply.upscale import FACTOR, run_upscale
 from genlab.errors import ConfigError, ShapeError
 from genlab.options import check_number, check_output
@@ -36,42 +38,70 @@ BOUNDS = {"steps": dict(lo=2, integer=True), "sampling_steps": dict(lo=1, intege
           "sigma": dict(lo=0, lo_open=True), "guidance": {}, "label": dict(lo=0, integer=True)}
 
 
-def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | None, out: str | os.PathLike,
-          checkpoint: str = "last", device: str = "cpu", **options) -> Path:
-    """Run `task` of run_dir's model on the images in `input`, write them to `out`; returns `out`.
-    `options` are the task's keyword arguments (mask, sigma, seed, steps, ...)."""
-    from genlab.engine.run import load
-
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    fn, families = TASKS[task]
-    check_output(out, (".npz", ".png"))
+def check_options(options: dict) -> None:
+    """The numeric options' ranges and --seeds, checked before the run is loaded."""
     for k, v in options.items():
         if k in BOUNDS:
             check_number("--" + k.replace("_", "-"), v, **BOUNDS[k])
     if options.get("seeds") is not None:
         for v in options["seeds"]:
             check_number("--seeds", v, integer=True)
-    run = load(run_dir, checkpoint, device)
-    name = run.cfg.model_name
-    if name not in families:
-        raise ConfigError(f"{task} works with {', '.join(families)} runs; {run_dir} is a {name} run")
-    given = sorted(k for k in DIFFUSION_OPTIONS if options.get(k) is not None)
-    if given and name != "diffusion":
-        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: diffusion options, "
-                          f"but {run_dir} is a {name} run")
+
+
+def task_problem(run, task: str, name: str | None = None) -> str | None:
+    """Why `run` cannot do `task` (a one-line reason naming the run as `name`), or None if it can."""
+    if task not in TASKS:
+        return f"unknown task {task!r}; choose one of {', '.join(TASKS)}"
+    name = name or str(run.run_dir)
+    families = TASKS[task][1]
+    model = run.cfg.model_name
+    if model not in families:
+        return f"{task} works with {', '.join(families)} runs; {name} is a {model} run"
     if run.family != "image":
-        raise ConfigError(f"{task} works on images; {run_dir} is a {run.family} run")
+        return f"{task} works on images; {name} is a {run.family} run"
     native = tuple(run.meta["native_size"])
     if getattr(run.model.cfg, "image_size", None) != native[0] or native[0] != native[1]:
-        raise ConfigError(f"{task} needs a run trained at its data's native (square) size, {native[0]}x{native[1]}")
+        return f"{task} needs a run trained at its data's native (square) size, {native[0]}x{native[1]}"
+    return None
+
+
+def supported_tasks(run) -> list[str]:
+    """The tasks of TASKS that `run` can do."""
+    return [t for t in TASKS if task_problem(run, t) is None]
+
+
+def check_run(run, task: str, options: dict, name: str | None = None) -> None:
+    """Refuse a task the run cannot do, or diffusion options given for another family."""
+    problem = task_problem(run, task, name)
+    if problem:
+        raise ConfigError(problem)
+    given = sorted(k for k in DIFFUSION_OPTIONS if options.get(k) is not None)
+    if given and run.cfg.model_name != "diffusion":
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: diffusion options, "
+                          f"but {name or run.run_dir} is a {run.cfg.model_name} run")
+
+
+def run_task(run, task: str, batch: ImageBatch | None, *, name: str | None = None,
+             input_name: str = "--input", **options) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+    """The in-memory half of `apply`: check that the loaded `run` can do `task` with these
+    options on `batch` (None: no input, for interpolate --seeds), and do it.
+
+    Args:
+        name: how messages call the run (default its folder); input_name: how they call the input.
+    Returns:
+        (uint8 (N, C, H, W) images, the input's labels to keep beside them or None, the number of
+        images per row of a PNG grid or None).
+    """
+    check_options(options)
+    check_run(run, task, options, name)
+    fn = TASKS[task][0]
+    native = tuple(run.meta["native_size"])
     images = labels = None
-    if input is not None:
-        batch = read_images(input, run.meta["channels"])
+    if batch is not None:
         images, labels = batch.images, batch.labels
         k = run.model.num_classes if getattr(run.model, "conditional", False) else None
         if labels is not None and k and not bool(((labels >= 0) & (labels < k)).all()):
-            raise ShapeError(f"{input}: 'labels' must be classes in 0..{k - 1} for this run, got values "
+            raise ShapeError(f"{input_name}: 'labels' must be classes in 0..{k - 1} for this run, got values "
                              f"{int(labels.min())}..{int(labels.max())}")
         want = (native[0] // FACTOR, native[1] // FACTOR) if task == "upscale" else native
         check_size(images, want, f"{task} input")
@@ -85,4 +115,21 @@ def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | N
     result = fn(run, images, labels, **given)
     nrow = (options.get("steps") or 8) if task == "interpolate" else None
     keep = labels if task != "interpolate" else None
+    return result, keep, nrow
+
+
+def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | None, out: str | os.PathLike,
+          checkpoint: str = "last", device: str = "cpu", **options) -> Path:
+    """Run `task` of run_dir's model on the images in `input`, write them to `out`; returns `out`.
+    `options` are the task's keyword arguments (mask, sigma, seed, steps, ...)."""
+    from genlab.engine.run import load
+
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    check_output(out, (".npz", ".png"))
+    check_options(options)  # before the (slow) load
+    run = load(run_dir, checkpoint, device)
+    check_run(run, task, options, str(run_dir))
+    batch = read_images(input, run.meta["channels"]) if input is not None else None
+    result, keep, nrow = run_task(run, task, batch, name=str(run_dir), input_name=str(input), **options)
     return write_output(out, result, keep, nrow=nrow)

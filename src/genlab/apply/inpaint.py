@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -33,10 +34,15 @@ from genlab.seed import make_generator
 MASKS = ("center", "left-half", "bottom-half", "boxes")
 
 
-def make_mask(spec: str, n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
-    """bool (n or 1, 1, h, w), True where pixels are to be filled."""
+def make_mask(spec: str | torch.Tensor, n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """bool (n or 1, 1, h, w), True where pixels are to be filled. `spec` names a mask, or is
+    one already made (e.g. by `decode_mask` from an upload)."""
     m = torch.zeros(1, 1, h, w, dtype=torch.bool)
-    if spec == "center":
+    if isinstance(spec, torch.Tensor):
+        if spec.dtype != torch.bool or tuple(spec.shape) != (1, 1, h, w):
+            raise ShapeError(f"the mask must be bool (1, 1, {h}, {w}), got {spec.dtype} {tuple(spec.shape)}")
+        m = spec
+    elif spec == "center":
         m[..., h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = True
     elif spec == "left-half":
         m[..., :, :w // 2] = True
@@ -61,17 +67,25 @@ def make_mask(spec: str, n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 
 def _mask_from_png(path: Path, h: int, w: int) -> torch.Tensor:
+    if not path.is_file():
+        raise ConfigError(f"mask file {path} not found")
+    return decode_mask(path, h, w, str(path))
+
+
+def decode_mask(source: str | Path | BinaryIO, h: int, w: int, name: str) -> torch.Tensor:
+    """A mask PNG (a file or a binary stream; white = fill) -> bool (1, 1, h, w); `name` is how
+    error messages call it."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        raise ConfigError(f"mask file {path} not found")
     try:
-        a = np.asarray(Image.open(path).convert("L"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ConfigError(f"cannot read the mask {path}: {e}") from None
+        a = np.asarray(Image.open(source).convert("L"))
+    except UnidentifiedImageError:
+        raise ConfigError(f"cannot read the mask {name}: not an image format Pillow knows") from None
+    except (Image.DecompressionBombError, OSError, ValueError) as e:  # truncated, damaged, huge
+        raise ConfigError(f"cannot read the mask {name}: {e}") from None
     if a.shape != (h, w):
-        raise ShapeError(f"the mask {path} is {a.shape[0]}x{a.shape[1]}, the images are {h}x{w}")
+        raise ShapeError(f"the mask {name} is {a.shape[0]}x{a.shape[1]}, the images are {h}x{w}")
     return torch.from_numpy(a > 127)[None, None]
 
 
@@ -176,8 +190,8 @@ def _vae_objective(model, z, x, keep, y) -> torch.Tensor:
 # --------------------------------------------------------------------------- dispatcher
 
 
-def run_inpaint(run, images: torch.Tensor, labels: torch.Tensor | None, *, mask: str = "center", seed: int = 0,
-                sampling_steps: int | None = None, resample: int = 1, zeta: float = 3.0, average: int = 1,
+def run_inpaint(run, images: torch.Tensor, labels: torch.Tensor | None, *, mask: str | torch.Tensor = "center",
+                seed: int = 0, sampling_steps: int | None = None, resample: int = 1, zeta: float = 3.0, average: int = 1,
                 guidance: float | None = None, iters: int = 200) -> torch.Tensor:
     """uint8 (N, C, H, W) -> uint8 (N, C, H, W) with the masked pixels filled and all others
     equal to the input's."""

@@ -10,15 +10,17 @@ image, else a grid.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from genlab.data.transforms import normalize
 from genlab.errors import DataError, ShapeError
-from genlab.images import make_grid, png_bytes, save_npz
+from genlab.images import make_grid, npz_bytes, png_bytes
 from genlab.engine.checkpoint import atomic_write_bytes
 
 
@@ -34,30 +36,43 @@ def read_images(path: str | Path, channels: int) -> ImageBatch:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"input {p} not found")
-    if p.suffix == ".png":
+    if p.suffix not in (".png", ".npz"):
+        raise DataError(f"--input must be an .npz (images uint8 N x C x H x W) or a .png, got {p.name}")
+    return decode_images(p, p.suffix[1:], channels, str(p))
+
+
+def decode_images(source: str | Path | BinaryIO, kind: str, channels: int, name: str) -> ImageBatch:
+    """`read_images` for a file or a binary stream (an upload) of `kind` "png" or "npz";
+    `name` is how error messages call it."""
+    if kind == "png":
         from PIL import Image, UnidentifiedImageError
 
         try:
-            img = Image.open(p).convert("L" if channels == 1 else "RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"cannot read {p} as a PNG: {e}") from None
+            img = Image.open(source).convert("L" if channels == 1 else "RGB")
+        except UnidentifiedImageError:
+            raise DataError(f"cannot read {name} as a PNG: not an image format Pillow knows") from None
+        except (Image.DecompressionBombError, OSError, ValueError) as e:  # truncated, damaged, huge
+            raise DataError(f"cannot read {name} as a PNG: {e}") from None
         a = np.asarray(img, dtype=np.uint8)
         a = a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None]  # (1, C, H, W)
         return ImageBatch(torch.from_numpy(a.copy()), None, "png")
-    if p.suffix != ".npz":
-        raise DataError(f"--input must be an .npz (images uint8 N x C x H x W) or a .png, got {p.name}")
     try:
-        with np.load(p) as z:
+        z = np.load(source)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise DataError(f"cannot read {name} as .npz: it holds one bare array; save it with "
+                            "np.savez(FILE, images=...)")
+        with z:
             if "images" not in z:
-                raise ShapeError(f"{p} has no 'images' array (found: {', '.join(z.files) or 'nothing'})")
+                raise ShapeError(f"{name} has no 'images' array (found: {', '.join(z.files) or 'nothing'})")
             a, labels = z["images"], (z["labels"] if "labels" in z else None)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"cannot read {p} as .npz: {e}") from None
+    except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error) as e:
+        # damaged, encrypted or oddly compressed archives, pickled objects (refused)
+        raise DataError(f"cannot read {name} as .npz: {e}") from None
     if a.dtype != np.uint8 or a.ndim != 4 or a.shape[1] != channels or a.shape[0] == 0:
-        raise ShapeError(f"{p}: 'images' must be uint8 N x {channels} x H x W with N >= 1, "
+        raise ShapeError(f"{name}: 'images' must be uint8 N x {channels} x H x W with N >= 1, "
                          f"got {a.dtype} {tuple(a.shape)}")
     if labels is not None and (labels.shape != (len(a),) or labels.dtype.kind not in "iu"):
-        raise ShapeError(f"{p}: 'labels' must be integers of shape ({len(a)},), one per image, "
+        raise ShapeError(f"{name}: 'labels' must be integers of shape ({len(a)},), one per image, "
                          f"got {labels.dtype} {tuple(labels.shape)}")
     return ImageBatch(torch.from_numpy(a.copy()), None if labels is None else torch.from_numpy(labels).long(), "npz")
 
@@ -67,17 +82,25 @@ def check_size(images: torch.Tensor, size: tuple[int, int], what: str) -> None:
         raise ShapeError(f"{what} must be {size[0]}x{size[1]} images, got {images.shape[-2]}x{images.shape[-1]}")
 
 
+def output_bytes(fmt: str, images: torch.Tensor, labels: torch.Tensor | None = None,
+                 nrow: int | None = None) -> bytes:
+    """uint8 (N, C, H, W) -> the bytes of an .npz (same layout) or a .png (the image, or a grid of
+    several); fmt "npz" | "png"."""
+    if fmt == "npz":
+        return npz_bytes(images, labels)
+    if fmt == "png":
+        arr = images[0].permute(1, 2, 0).numpy() if len(images) == 1 and nrow is None else make_grid(images, nrow)
+        return png_bytes(np.ascontiguousarray(arr))
+    raise DataError(f"--out must end in .npz or .png, got {fmt!r}")
+
+
 def write_output(out: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None,
                  nrow: int | None = None) -> Path:
     """uint8 (N, C, H, W) -> .npz (same layout) or .png (the image, or a grid of several)."""
     p = Path(out)
-    if p.suffix == ".npz":
-        save_npz(p, images, labels)
-    elif p.suffix == ".png":
-        arr = images[0].permute(1, 2, 0).numpy() if len(images) == 1 and nrow is None else make_grid(images, nrow)
-        atomic_write_bytes(p, png_bytes(np.ascontiguousarray(arr)))
-    else:
+    if p.suffix not in (".npz", ".png"):
         raise DataError(f"--out must end in .npz or .png, got {p.name}")
+    atomic_write_bytes(p, output_bytes(p.suffix[1:], images, labels, nrow))
     return p
 
 

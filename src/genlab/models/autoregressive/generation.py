@@ -69,6 +69,7 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
     probs = sorted_logits.softmax(-1)
     before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
     drop_sorted = before >= p
+    drop_sorted[..., 0] = False  # the top one, also when p underflows float32 to 0
     drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
     return logits.masked_fill(drop, float("-inf"))
 
@@ -77,9 +78,14 @@ def next_token(logits: torch.Tensor, context: torch.Tensor, s: SamplingConfig,
                generator: torch.Generator | None) -> torch.Tensor:
     """Pick the next token (B, 1) from the last-position logits (B, V)."""
     logits = apply_repetition_penalty(logits.float(), context, s.repetition_penalty)
+    logits = logits.clamp(max=torch.finfo(logits.dtype).max)  # a tiny penalty overflows float32 to inf
     if s.temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = top_p_filter(top_k_filter(logits / s.temperature, s.top_k), s.top_p)
+    scaled = logits / s.temperature
+    if not bool(torch.isfinite(scaled.max(-1).values).all()) or bool(scaled.isnan().any()):
+        # so tiny a temperature overflows float32 (the limit T -> 0 of the softmax is greedy)
+        return logits.argmax(-1, keepdim=True)
+    logits = top_p_filter(top_k_filter(scaled, s.top_k), s.top_p)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
 

@@ -184,7 +184,7 @@ def main() -> None:
                 print(f"image batching={batching} c={level}: {r['req_per_s']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, "
                       f"p99 {r['p99_ms']:.0f} ms, {r['status']}", file=sys.stderr)
                 txt = [{"model": text.name, "prompt": PROMPT, "max_tokens": a.tokens, "seed": i}
-                       for i in range(max(8, level))]
+                       for i in range(max(32, level))]
                 r = load(srv.url, "/v1/text/generate", txt, level)
                 rows.append({"kind": "text", "batching": batching, **r})
                 print(f"text  batching={batching} c={level}: {r['req_per_s']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, "

@@ -361,6 +361,90 @@ def test_concurrent_requests_share_one_forward_pass(runs, monkeypatch, model, me
     assert passes == [f'genlab_batch_size_count{{model="{model}"}} {len(calls)}']
 
 
+def _post_text(c, body: dict) -> str:
+    """The answer's text; for a stream, checks the events and that the pieces join to the text."""
+    r = c.post("/v1/text/generate", json=body)
+    assert r.status_code == 200, r.text
+    if not body.get("stream"):
+        return r.json()["text"]
+    events = [e for e in r.text.split("\n\n") if e]
+    pieces = [json.loads(e.removeprefix("data: "))["text"] for e in events[:-1]]
+    assert all(e.startswith("data: ") for e in events[:-1]) and events[-1].startswith("event: done\n")
+    text = json.loads(events[-1].split("data: ", 1)[1])["text"]
+    assert body["prompt"] + "".join(pieces) == text
+    return text
+
+
+def _concurrent_text(runs, monkeypatch, requests):
+    """Each request's text when posted concurrently, what Run.generate gives it alone, and the
+    batch size of every forward_step call meanwhile."""
+    app = create_app([runs["gpt"]], max_batch=64, batch_wait_ms=300)
+    c = TestClient(app)
+    run = app.state.served["gpt"].run
+    opts = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop", "seed")
+    want = [b["prompt"] + "".join(run.generate(b["prompt"], **{k: b[k] for k in opts if k in b})) for b in requests]
+    calls, _ = _count_calls(monkeypatch, run.model, "forward_step")
+    got = [None] * len(requests)
+
+    def post(i):
+        got[i] = _post_text(c, {"model": "gpt", **requests[i]})
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got, want, calls, c
+
+
+def test_concurrent_text_requests_share_forward_passes(runs, monkeypatch):
+    # one prompt, a seed and options per request; 40 tokens cross the tiny GPT's window (16) often
+    requests = [{"prompt": "ROMEO:", "max_tokens": 40, "seed": 1},
+                {"prompt": "ROMEO:", "max_tokens": 40, "seed": 2, "top_k": 5, "temperature": 0.8, "stream": True},
+                {"prompt": "ROMEO:", "max_tokens": 25, "seed": 3, "top_p": 0.9, "repetition_penalty": 1.3},
+                {"prompt": "ROMEO:", "max_tokens": 40, "seed": 4, "stop": "d;", "stream": True},
+                {"prompt": "ROMEO:", "max_tokens": 40, "seed": 5, "temperature": 0}]
+    got, want, calls, c = _concurrent_text(runs, monkeypatch, requests)
+    assert got == want  # each equals its request served alone (exactly: see generation.generate_rows)
+    assert len(set(want)) == len(want)
+    alone = sum(b["max_tokens"] for b in requests)  # forward passes one at a time (at least)
+    assert max(calls) == len(requests) and len(calls) < alone / 2, calls
+    assert len(want[3]) < len("ROMEO:") + 40  # the stop row left early
+    passes = [line for line in c.get("/metrics").text.splitlines()
+              if line.startswith('genlab_batch_size_sum{model="gpt"}')]
+    assert passes == [f'genlab_batch_size_sum{{model="gpt"}} {len(requests)}']
+
+
+def test_concurrent_text_requests_of_different_lengths_answer_right(runs, monkeypatch):
+    requests = [{"prompt": p, "max_tokens": 30, "seed": i, "stream": i % 2 == 0}
+                for i, p in enumerate(["ROMEO:", "RO", "ROMEO:", "OR", "ROME", "a" * 40])]
+    got, want, calls, _ = _concurrent_text(runs, monkeypatch, requests)
+    assert got == want
+
+
+def test_generate_rows_equal_generate_ids_alone():
+    """The batched loop directly: GPT (window jumps) and LSTM, per-row options and lengths."""
+    import torch
+
+    from genlab.models.autoregressive.generation import SamplingConfig, generate_ids, generate_rows
+    from genlab.models.autoregressive.gpt import GPT, GPTConfig
+    from genlab.models.autoregressive.lstm import LSTM, LSTMConfig
+
+    torch.manual_seed(0)
+    for m in (GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)),
+              LSTM(LSTMConfig(vocab_size=11, n_embd=8, hidden=16, n_layer=2, dropout=0.0))):
+        prompt = torch.tensor([[1, 2, 3], [4, 5, 6], [1, 2, 3]])
+        lengths = [30, 12, 0]
+        opts = [SamplingConfig(1.3, 8, None, 1.2), SamplingConfig(0.7, None, 0.8), SamplingConfig()]
+        rows = list(generate_rows(m, prompt, lengths, opts, [torch.Generator().manual_seed(i) for i in range(3)],
+                                  done=[False] * 3))
+        assert len(rows) == 30
+        for i in range(3):
+            alone = [int(t) for t in generate_ids(m, prompt[i:i + 1], lengths[i], opts[i],
+                                                  generator=torch.Generator().manual_seed(i))]
+            assert [r[i] for r in rows if r[i] is not None] == alone
+
+
 def test_full_queue_is_503_and_slow_answer_504(runs, monkeypatch):
     app = create_app([runs["cvae"]], queue=1, timeout=5)
     c = TestClient(app)

@@ -44,7 +44,7 @@ from genlab.images import encode_images, png_bytes
 from genlab.sampling import noise_decoder, sample_labels
 from genlab.seed import make_generator
 from genlab.serve import schemas as S
-from genlab.serve.batching import Batcher, Draw, Job, QueueFull, draw_group
+from genlab.serve.batching import Batcher, Draw, Job, QueueFull, TextRow, draw_group, text_group
 from genlab.serve.metrics import Metrics
 
 STATIC = Path(__file__).parent / "static"
@@ -183,6 +183,23 @@ def apply_work(run: Run, rid: str, task: str, image: bytes | None, mask: bytes |
     return output_bytes(fmt, images, labels, nrow)
 
 
+def text_row(run: Run, req: S.TextRequest, on_piece: Callable[[str], None] | None,
+             stopped: Callable[[], bool]) -> TextRow | None:
+    """The request as a row that can share forward passes (batching.text_group), or None when
+    it runs alone: its prompt or options are refused (Run.generate then says why, as the CLI)."""
+    from genlab.models.autoregressive.generation import SamplingConfig
+
+    try:
+        ids = run.tokenizer.encode(req.prompt)
+        sampling = SamplingConfig(req.temperature, req.top_k, req.top_p, req.repetition_penalty)
+        sampling.check()
+    except GenlabError:
+        return None
+    if not ids or req.max_tokens < 0:
+        return None
+    return TextRow(ids, req.max_tokens, sampling, req.seed, req.stop, on_piece, stopped)
+
+
 # --------------------------------------------------------------------------- middleware
 
 
@@ -256,10 +273,10 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
 
     Args:
         api_key: when set, every /v1 route needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.
-        max_batch: images in one forward pass of grouped generate requests.
+        max_batch: images (or text rows) in one forward pass of grouped generate requests.
         queue: requests waiting per model before 503.
         timeout: seconds a request may wait and run before 504.
-        batch_wait_ms: how long a generate request waits for others to share its forward pass.
+        batch_wait_ms: how long a generate or text request waits for others to share its forward passes.
     """
     metrics = Metrics()
     served = {rid: Served(rid, run, Batcher(rid, max_batch=max_batch, queue_size=queue, wait_s=batch_wait_ms / 1000,
@@ -466,47 +483,55 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
             raise _json_error(404, f"model {req.model} is a {s.run.cfg.model_name} {s.run.family} model; text "
                                    "generation needs a text run (gpt, lstm)")
 
-        def pieces():
-            return s.run.generate(req.prompt, req.max_tokens, temperature=req.temperature, top_k=req.top_k,
-                                  top_p=req.top_p, repetition_penalty=req.repetition_penalty, stop=req.stop,
-                                  seed=req.seed)
+        def job(on_piece: Callable[[str], None] | None = None, stopped: Callable[[], bool] = lambda: False) -> Job:
+            row = text_row(s.run, req, on_piece, stopped)
+            if row is not None:  # shares forward passes with other prompts of its length
+                return Job(fn=partial(text_group, s.run), payload=row, key=("text", len(row.ids)))
+
+            def work():  # alone: a request genlab refuses gets its message from Run.generate, as the CLI
+                out = []
+                for piece in s.run.generate(req.prompt, req.max_tokens, temperature=req.temperature,
+                                            top_k=req.top_k, top_p=req.top_p, seed=req.seed, stop=req.stop,
+                                            repetition_penalty=req.repetition_penalty):
+                    if stopped():
+                        break
+                    out.append(piece)
+                    if on_piece is not None:
+                        on_piece(piece)
+                return "".join(out)
+
+            return alone(work)
 
         if not req.stream:
-            text = await call(s, alone(lambda: req.prompt + "".join(pieces())))
-            return {"text": text}
-        return await stream_text(s, req, pieces)
+            return {"text": req.prompt + await call(s, job())}
+        return await stream_text(s, req, job)
 
-    async def stream_text(s: Served, req: S.TextRequest, pieces: Callable):
-        """Server-sent events: the worker puts ("piece", str), then ("done", text) or ("error",
-        exception) on a queue the response drains. Bad input fails at the first piece, before
-        the response starts, so it is still a 400."""
+    async def stream_text(s: Served, req: S.TextRequest, job: Callable[..., Job]):
+        """Server-sent events: the worker puts ("piece", str), then the job's end puts ("done", text)
+        or ("error", exception), on a queue the response drains. Bad input fails before the first
+        piece, before the response starts, so it is still a 400."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()  # set when the client goes away or the time is up
         deadline = time.monotonic() + timeout
 
         def put(item):
-            loop.call_soon_threadsafe(events.put_nowait, item)
-
-        def work():
-            out = []
             try:
-                for piece in pieces():
-                    if stop.is_set():
-                        break
-                    out.append(piece)
-                    put(("piece", piece))
-                text = req.prompt + "".join(out)
-                put(("done", text))
-                return text
-            except Exception as e:
-                put(("error", e))
-                raise
+                loop.call_soon_threadsafe(events.put_nowait, item)
+            except RuntimeError:  # the loop closed (the server is stopping): nobody is listening
+                stop.set()
+
+        def finished(f) -> None:  # runs where the worker sets the result: after the job's last piece
+            if f.cancelled():
+                return
+            e = f.exception()
+            put(("error", e) if e is not None else ("done", req.prompt + f.result()))
 
         try:
-            fut = s.batcher.submit(alone(work))
+            fut = s.batcher.submit(job(lambda piece: put(("piece", piece)), stop.is_set))
         except QueueFull as e:
             raise _json_error(503, f"{e}; retry in a second", {"Retry-After": "1"}) from None
+        fut.add_done_callback(finished)
 
         async def next_event():
             try:

@@ -144,3 +144,54 @@ def draw_group(run, draws: list[Draw]) -> list[tuple[torch.Tensor, torch.Tensor 
         out.append((images[i:i + d.n], d.labels))
         i += d.n
     return out
+
+
+# --------------------------------------------------------------------------- text jobs
+
+
+@dataclass
+class TextRow:
+    """One text request that can share forward passes: its encoded prompt (grouped by length:
+    the job key), options and seed. `on_piece(piece)` gets each piece as it comes (streaming);
+    `stopped()` true ends the row early (its client left)."""
+    ids: list[int]
+    max_tokens: int
+    sampling: Any  # genlab.models.autoregressive.generation.SamplingConfig
+    seed: int
+    stop: str | None
+    on_piece: Callable[[str], None] | None = None
+    stopped: Callable[[], bool] = lambda: False
+
+
+def text_group(run, rows: list[TextRow]) -> list[str]:
+    """Several text requests with equal-length prompts, one forward pass per token step for all
+    (generation.generate_rows) -> each one's continuation, equal to "".join(run.generate(...)) for
+    it alone: each row samples with its own options and torch.Generator(seed), and ends at its own
+    stop string or max_tokens (then it stays in the batch, masked, until every row is done)."""
+    from genlab.models.autoregressive.generation import TextPieces, generate_rows
+
+    out = [TextPieces(run.tokenizer, r.stop) for r in rows]
+    texts: list[list[str]] = [[] for _ in rows]
+    done = [False] * len(rows)
+
+    def emit(i: int, pieces: list[str]) -> None:
+        for piece in pieces:
+            if rows[i].stopped():
+                done[i] = True
+                return
+            texts[i].append(piece)
+            if rows[i].on_piece is not None:
+                rows[i].on_piece(piece)
+
+    steps = generate_rows(run.model, torch.tensor([r.ids for r in rows]), [r.max_tokens for r in rows],
+                          [r.sampling for r in rows], [make_generator(r.seed) for r in rows], done=done)
+    for toks in steps:
+        for i, tok in enumerate(toks):
+            if tok is None:
+                continue
+            pieces = out[i].add(tok)
+            if not out[i].done and len(out[i].new) == rows[i].max_tokens:
+                pieces += out[i].finish()
+            emit(i, pieces)
+            done[i] = done[i] or out[i].done or rows[i].stopped()
+    return ["".join(t) for t in texts]

@@ -99,33 +99,42 @@ def generate_ids(model, prompt: torch.Tensor, max_new_tokens: int, sampling: Sam
     """Yield the next token (B, 1) for each of `max_new_tokens` steps after prompt (B, T0).
     Sampling draws from `generator` only, so a seed fixes the text."""
     sampling.check()
-    B, T0 = prompt.shape
-    if T0 < 1:
-        raise ConfigError("the prompt must encode to at least one token")
     was_training = model.training
     model.eval()
-    limit = model.context_limit
-    dev = next(model.parameters()).device
-    ids = prompt.to(dev)
-    start = max(0, T0 - limit) if limit else 0
     try:
-        state = model.init_state(B) if use_cache else None
-        logits, state = model.forward_step(ids[:, start:], state)
+        ids, logits, state, start = _first_pass(model, prompt, use_cache)
         for _ in range(max_new_tokens):
             tok = next_token(logits[:, -1], ids[:, start:], sampling, generator)  # (B, 1)
             ids = torch.cat([ids, tok], dim=1)
             yield tok
-            if limit and ids.shape[1] - start > limit:
-                start = ids.shape[1] - limit // 2  # the window jumps; refill from the newest half
-                refill = True
-            else:
-                refill = not use_cache
-            if refill:
-                logits, state = model.forward_step(ids[:, start:], model.init_state(B) if use_cache else None)
-            else:
-                logits, state = model.forward_step(tok, state)
+            logits, state, start = _advance(model, ids, tok, state, start, use_cache)
     finally:
         model.train(was_training)
+
+
+def _first_pass(model, prompt: torch.Tensor, use_cache: bool):
+    """The prompt (B, T0)'s forward pass, over its newest context_limit tokens.
+    Returns (ids on the model's device, logits (B, T, V), state, start of the window)."""
+    B, T0 = prompt.shape
+    if T0 < 1:
+        raise ConfigError("the prompt must encode to at least one token")
+    limit = model.context_limit
+    ids = prompt.to(next(model.parameters()).device)
+    start = max(0, T0 - limit) if limit else 0
+    return (ids, *model.forward_step(ids[:, start:], model.init_state(B) if use_cache else None), start)
+
+
+def _advance(model, ids: torch.Tensor, tok: torch.Tensor, state, start: int, use_cache: bool):
+    """The forward pass after token(s) tok (B, 1) joined ids (B, T): just the new token with the
+    cache, or the whole window when there is no cache or the window is full (it then jumps so
+    that the newest half stays, and the cache is refilled from it once).
+    Returns (logits (B, T', V), state, start of the window)."""
+    limit = model.context_limit
+    if limit and ids.shape[1] - start > limit:
+        start = ids.shape[1] - limit // 2
+    elif use_cache:
+        return (*model.forward_step(tok, state), start)
+    return (*model.forward_step(ids[:, start:], model.init_state(len(ids)) if use_cache else None), start)
 
 
 def generate(model, prompt: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig = SamplingConfig(),
@@ -133,6 +142,78 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, sampling: Samplin
     """prompt (B, T0) -> prompt followed by max_new_tokens generated tokens (B, T0 + n)."""
     new = list(generate_ids(model, prompt, max_new_tokens, sampling, generator=generator, use_cache=use_cache))
     return torch.cat([prompt.to(new[0].device) if new else prompt, *new], dim=1)
+
+
+@torch.no_grad()
+def generate_rows(model, prompt: torch.Tensor, max_new_tokens: list[int], sampling: list[SamplingConfig],
+                  generators: list[torch.Generator | None], *, done: list[bool],
+                  use_cache: bool = True) -> Iterator[list[int | None]]:
+    """Several requests' `generate_ids` in lockstep, one forward pass per step for all rows of
+    prompt (B, T0). The prompts have equal length, so every row's context window jumps at the
+    same step. Row i draws from its own logits with sampling[i] and generators[i], in the order
+    generate_ids would for it alone, so its tokens equal the alone ones whenever the batched
+    logits equal the single ones. Each step yields every row's token, None for a row that is
+    done: it has max_new_tokens[i] tokens or the caller set done[i] (the caller's way to end a
+    row early). A done row stays in the batch (masked: a filler token, never sampled) so the
+    cache keeps its shape; the loop ends when every row is done."""
+    B = len(prompt)
+    for s in sampling:
+        s.check()
+    was_training = model.training
+    model.eval()
+
+    def live(step: int) -> list[int]:
+        return [i for i in range(B) if not done[i] and step < max_new_tokens[i]]
+
+    try:
+        ids, logits, state, start = _first_pass(model, prompt, use_cache)  # logits (B, T, V)
+        step = 0
+        while rows := live(step):
+            tok = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1); the filler of done rows
+            for i in rows:
+                tok[i] = next_token(logits[i:i + 1, -1], ids[i:i + 1, start:], sampling[i], generators[i])[0]
+            ids = torch.cat([ids, tok], dim=1)
+            yield [int(tok[i]) if i in rows else None for i in range(B)]
+            step += 1
+            if not live(step):
+                return  # no row needs the next pass
+            logits, state, start = _advance(model, ids, tok, state, start, use_cache)
+    finally:
+        model.train(was_training)
+
+
+class TextPieces:
+    """One request's new tokens -> its text pieces: whole characters (byte-level BPE tokens may
+    split one), ending before `stop` if it appears (then `done`). `add` each token, then
+    `finish` when the tokens run out."""
+
+    def __init__(self, tokenizer, stop: str | None):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.new: list[int] = []
+        self.emitted = ""
+        self.done = False
+
+    def add(self, tok: int) -> list[str]:
+        self.new.append(tok)
+        text = self.tokenizer.decode(self.new)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+            return []
+        stop = self.stop
+        if stop and stop in text:
+            self.done = True
+            return [text[len(self.emitted):text.index(stop)] if text.index(stop) > len(self.emitted) else ""]
+        # hold back a tail that could be the start of the stop string
+        hold = max((k for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0) if stop else 0
+        ready = text[:len(text) - hold]
+        if len(ready) > len(self.emitted):
+            piece, self.emitted = ready[len(self.emitted):], ready
+            return [piece]
+        return []
+
+    def finish(self) -> list[str]:
+        self.done = True
+        text = self.tokenizer.decode(self.new)
+        return [text[len(self.emitted):]] if len(text) > len(self.emitted) else []
 
 
 def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, sampling: SamplingConfig = SamplingConfig(),
@@ -143,22 +224,9 @@ def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, sampling: Sa
 
     ids = tokenizer.encode(prompt)
     g = make_generator(seed)
-    new: list[int] = []
-    emitted = ""
+    out = TextPieces(tokenizer, stop)
     for tok in generate_ids(model, torch.tensor([ids]), max_new_tokens, sampling, generator=g, use_cache=use_cache):
-        new.append(int(tok))
-        text = tokenizer.decode(new)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
-            continue
-        if stop and stop in text:
-            yield text[len(emitted):text.index(stop)] if text.index(stop) > len(emitted) else ""
+        yield from out.add(int(tok))
+        if out.done:
             return
-        # hold back a tail that could be the start of the stop string
-        hold = max((k for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0) if stop else 0
-        ready = text[:len(text) - hold]
-        if len(ready) > len(emitted):
-            yield ready[len(emitted):]
-            emitted = ready
-    text = tokenizer.decode(new)
-    if len(text) > len(emitted):
-        yield text[len(emitted):]
+    yield from out.finish()

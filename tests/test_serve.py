@@ -313,6 +313,31 @@ def test_api_key(runs):
     assert c.post("/v1/generate", json={"n": "x"}).status_code == 401
     for open_route in ("/healthz", "/openapi.json", "/docs", "/", "/metrics"):
         assert c.get(open_route).status_code == 200, open_route
+    # and before the body is read or limited: without the key a huge body costs nothing (401, not 413)
+    r = c.post("/v1/apply/inpaint", content=b"x" * (9 * 2**20), headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 401
+
+
+def test_upload_guards_refuse_before_decoding(client, runs):
+    """A PNG whose first chunk is not IHDR could hide its size from the pixel check: refused.
+    Interpolation frames are capped like /v1/generate's n."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 0, 0, 0, 0)
+    raw = b"".join(b"\x00" + bytes(16) for _ in range(16))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"tEXt", b"k\x00v") + chunk(b"IHDR", ihdr) + \
+        chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    r = client.post("/v1/apply/denoise", data={"model": "ddpm", "sigma": "0.1"}, files={"image": ("x.png", png)})
+    assert r.status_code == 400 and "first chunk is not IHDR" in r.json()["detail"]
+    buf = io.BytesIO()
+    np.savez(buf, images=np.zeros((16, 1, 16, 16), np.uint8))
+    r = client.post("/v1/apply/interpolate", data={"model": "ddpm", "steps": "64"},
+                    files={"image": ("x.npz", buf.getvalue())})
+    assert r.status_code == 400 and "8 rows x 64 frames" in r.json()["detail"]
 
 
 # --------------------------------------------------------------------------- batching, queue, timeout

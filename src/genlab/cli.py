@@ -346,8 +346,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from genlab.options import check_number
 
     check_number("--port", a.port, lo=0, hi=65535, integer=True)
-    check_number("--max-batch", a.max_batch, lo=1, integer=True)
-    check_number("--queue", a.queue, lo=1, integer=True)
+    check_number("--max-batch", a.max_batch, lo=1, hi=1024, integer=True)
+    check_number("--queue", a.queue, lo=1, hi=100_000, integer=True)
     check_number("--threads", a.threads, lo=1, integer=True)
     check_number("--timeout", a.timeout, lo=0, lo_open=True)
     try:
@@ -362,6 +362,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     key = a.api_key or os.environ.get("GENLAB_API_KEY") or None
+    if key is not None and not key.isascii():
+        raise ConfigError("--api-key must be ASCII (HTTP headers carry bytes; clients could never send it)")
     # bind first, so that a taken port is a one-line error before the runs are loaded
     sock = socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -127,8 +127,10 @@ def upload_kind(data: bytes, field: str, kinds: tuple[str, ...] = ("png", "npz")
     """'png' or 'npz' (one of `kinds`) from the upload's first bytes (its name is the client's to
     choose), after checking from the headers that decoding it stays small (no decompression bombs)."""
     expected = "a PNG or an .npz (images uint8 N x C x H x W)" if "npz" in kinds else "a PNG"
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
-        w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the IHDR chunk
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(data) < 24 or data[12:16] != b"IHDR":  # the PNG standard puts IHDR first; so must uploads
+            raise DataError(f"{field}: not a valid PNG (its first chunk is not IHDR)")
+        w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         if w * h > MAX_PIXELS:
             raise DataError(f"{field}: a {w}x{h} PNG is larger than this server decodes ({MAX_PIXELS:,} pixels)")
         return "png"
@@ -179,6 +181,11 @@ def apply_work(run: Run, rid: str, task: str, image: bytes | None, mask: bytes |
         h, w = batch.images.shape[-2:]
         upload_kind(mask, "mask", ("png",))  # its size is checked before decoding
         options["mask"] = decode_mask(io.BytesIO(mask), h, w, "file")
+    if task == "interpolate":  # frames decoded in one batch: cap them as /v1/generate caps n
+        rows = max(1, len(batch.images) // 2) if batch is not None else 1
+        if rows * (options.get("steps") or 8) > S.MAX_N:
+            raise DataError(f"steps: {rows} rows x {options.get('steps') or 8} frames is over {S.MAX_N} images; "
+                            "send fewer pairs or fewer steps")
     images, labels, nrow = run_task(run, task, batch, name=f"model {rid}", input_name="image", **options)
     return output_bytes(fmt, images, labels, nrow)
 
@@ -209,8 +216,8 @@ class Guard:
     /v1/apply/{task}, as the router recorded it in the scope; "other" when nothing matched or
     the body was refused) and status."""
 
-    def __init__(self, app, *, metrics: Metrics, max_body: int):
-        self.app, self.metrics, self.max_body = app, metrics, max_body
+    def __init__(self, app, *, metrics: Metrics, max_body: int, api_key: str | None = None):
+        self.app, self.metrics, self.max_body, self.api_key = app, metrics, max_body, api_key
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -224,6 +231,16 @@ class Guard:
             await send(message)
 
         try:
+            if self.api_key is not None and scope["path"].startswith("/v1"):
+                headers = dict(scope.get("headers", []))
+                auth = headers.get(b"authorization", b"")
+                given = auth[7:] if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key")
+                if given is None or not hmac.compare_digest(given, self.api_key.encode()):
+                    # before the body is read: a client without the key costs no memory
+                    why = "wrong API key" if given is not None else \
+                        "missing API key: send the header Authorization: Bearer KEY (or X-API-Key: KEY)"
+                    resp = JSONResponse({"detail": why}, 401, headers={"WWW-Authenticate": "Bearer"})
+                    return await resp(scope, receive, send_status)
             body = await self._read_body(scope, receive)
             if body is None:
                 mb = self.max_body // 2**20
@@ -292,7 +309,7 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
                               "504 timeout.")
     app.state.served = served
     app.state.metrics = metrics
-    app.add_middleware(Guard, metrics=metrics, max_body=MAX_BODY)
+    app.add_middleware(Guard, metrics=metrics, max_body=MAX_BODY, api_key=api_key)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(GenlabError)

@@ -254,7 +254,7 @@ APPLY_CASES = [
     ("inpaint", {"model": "nope"}, {"image": "x28.png"}, 404, ["unknown model"]),
     ("inpaint", {"model": "ddpm"}, {}, 400, ["image: inpaint needs an uploaded image"]),
     ("inpaint", {"model": "ddpm"}, {"image": b"GIF89a not an image"}, 400, ["image: expected a PNG or an .npz"]),
-    ("inpaint", {"model": "ddpm"}, {"image": b"\x89PNG\r\n\x1a\n" + bytes(40)}, 400, ["cannot read image as a PNG"]),
+    ("inpaint", {"model": "ddpm"}, {"image": b"\x89PNG\r\n\x1a\n" + bytes(40)}, 400, ["not a valid PNG"]),
     ("inpaint", {"model": "ddpm"}, {"image": "x16.npz", "mask": "x16.npz"}, 400, ["mask: expected a PNG, got"]),
     ("interpolate", {"model": "ddpm"}, {}, 400, ["either image", "or seeds"]),
     ("inpaint", {"model": "ddpm"}, {"image": b"PK\x03\x04 broken zip"}, 400, ["cannot read image as .npz"]),

@@ -94,12 +94,9 @@ def _write_leftovers(ck: Path) -> set[tuple[str, int]]:
     inside save_checkpoint leaves behind."""
     if not ck.is_dir():
         return set()
-    named = set()
-    for js in ck.glob("*.json"):  # the tensor file each committed JSON marker names
-        try:
-            named.add(json.loads(js.read_text()).get("file", f"{js.stem}.safetensors"))
-        except (OSError, ValueError, AttributeError):
-            pass
+    from genlab.engine.checkpoint import named_tensor_files
+
+    named = named_tensor_files(ck)
     out = set()
     for p in ck.iterdir():
         if p.name.endswith(".tmp") or (p.suffix == ".safetensors" and p.name not in named):

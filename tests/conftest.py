@@ -65,3 +65,33 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
     for k in a:
         diff = (a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0
         assert diff <= atol, f"{k} differs by {diff}"
+
+
+def kill_while_saving(folder: Path, name: str, tensors: str, step: int, *, stall_at: int, tmp_glob: str,
+                      settle: float = 0.0) -> None:
+    """A child process saves checkpoint `name` of `folder` (tensors: a Python expression such as
+    '{"w": torch.zeros(3)}') with its fsync call number `stall_at` hanging, and is SIGKILLed once
+    a temp file matching `tmp_glob` appears (after `settle` more seconds): a kill inside the write."""
+    import signal
+    import time
+
+    code = f"""
+import os, time, torch
+from pathlib import Path
+from genlab.engine import checkpoint as ckpt
+fsync, calls = os.fsync, []
+def stalling_fsync(fd):
+    calls.append(fd)
+    if len(calls) == {stall_at}:
+        time.sleep(60)
+    fsync(fd)
+os.fsync = stalling_fsync
+ckpt.save_checkpoint(Path({str(folder)!r}), {name!r}, {tensors}, {{"state": {{"step": {step}}}}})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while not list(folder.glob(tmp_glob)) and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(settle)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

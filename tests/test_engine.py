@@ -11,7 +11,7 @@ import genlab
 from genlab.engine import checkpoint as ckpt
 from genlab.engine.optim import lr_at
 from genlab.errors import CheckpointError, TrainingDiverged
-from tests.conftest import ROOT, TINY_VAE, assert_same_tensors, run_cli, weights_of
+from tests.conftest import ROOT, TINY_VAE, assert_same_tensors, kill_while_saving, run_cli, weights_of
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -75,22 +75,8 @@ def test_kill_during_checkpoint_save_keeps_previous(tmp_path):
     folder = tmp_path / "ck"
     ckpt.save_checkpoint(folder, "step-00000001", {"w": torch.ones(3)}, {"state": {"step": 1}})
     # A child process starts saving step 2 and is SIGKILLed while the data file is half written.
-    code = f"""
-import os, time, torch
-from pathlib import Path
-from genlab.engine import checkpoint as ckpt
-def slow_fsync(fd):
-    time.sleep(60)
-os.fsync = slow_fsync
-ckpt.save_checkpoint(Path({str(folder)!r}), "step-00000002", {{"w": torch.zeros(1000000)}}, {{"state": {{"step": 2}}}})
-"""
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 60
-    while not list(folder.glob(".*.tmp")) and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_while_saving(folder, "step-00000002", '{"w": torch.zeros(1000000)}', 2, stall_at=1, tmp_glob=".*.tmp",
+                      settle=0.2)
     assert list(folder.glob(".*.tmp")), "the kill should have interrupted a save"
     c = ckpt.latest_valid(folder)
     assert c.name == "step-00000001" and torch.equal(c.tensors["w"], torch.ones(3))

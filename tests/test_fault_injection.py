@@ -9,17 +9,14 @@ an uninterrupted one.
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from genlab.engine import checkpoint as ckpt
 from genlab.errors import CheckpointError
-from tests.conftest import ROOT, assert_same_tensors, weights_of
+from tests.conftest import ROOT, assert_same_tensors, kill_while_saving, weights_of
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import fault_injection as fi  # noqa: E402
@@ -47,25 +44,7 @@ def test_kill_while_best_is_rewritten_leaves_a_readable_best(tmp_path):
     folder = tmp_path / "ck"
     ckpt.save_checkpoint(folder, "best", {"w": torch.ones(3)}, {"state": {"step": 1}})
     # A child rewrites `best` and is SIGKILLed while writing its JSON marker (the 2nd fsync).
-    code = f"""
-import os, time, torch
-from pathlib import Path
-from genlab.engine import checkpoint as ckpt
-fsync, calls = os.fsync, []
-def slow_marker_fsync(fd):
-    calls.append(fd)
-    if len(calls) == 2:
-        time.sleep(60)
-    fsync(fd)
-os.fsync = slow_marker_fsync
-ckpt.save_checkpoint(Path({str(folder)!r}), "best", {{"w": torch.zeros(3)}}, {{"state": {{"step": 2}}}})
-"""
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 60
-    while not list(folder.glob(".best.json.*.tmp")) and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_while_saving(folder, "best", '{"w": torch.zeros(3)}', 2, stall_at=2, tmp_glob=".best.json.*.tmp")
     try:
         c = ckpt.read_checkpoint(folder, "best")
     except CheckpointError as e:

@@ -57,7 +57,7 @@ def noise_decoder(model: nn.Module, options: dict | None = None) -> NoiseDecoder
     dev = next(model.parameters()).device
     if isinstance(model, LatentVariableModel) and not options:  # LatentVariableModel.sample
         return NoiseDecoder(
-            noise=lambda n, g: torch.randn(n, *model.latent_shape(), generator=g, device=g.device),
+            noise=model.initial_noise,
             decode=lambda z, y: model.decode_latent(z.to(dev), None if y is None else y.to(dev)),
             key=("latent",))
     if isinstance(model, Diffusion):  # Diffusion.sample
@@ -65,9 +65,8 @@ def noise_decoder(model: nn.Module, options: dict | None = None) -> NoiseDecoder
                                                                options.get("guidance"), options.get("eta"))
         if not (sampler == "dpmpp" or (sampler == "ddim" and eta == 0)):  # ancestral steps draw noise
             return None
-        c = model.cfg
         return NoiseDecoder(
-            noise=lambda n, g: torch.randn(n, c.channels, c.image_size, c.image_size, generator=g, device=g.device),
+            noise=model.initial_noise,
             decode=lambda x, y: model.sample_from(x.to(dev), model.T - 1, steps=steps, sampler=sampler, eta=eta,
                                                   guidance=guidance, labels=None if y is None else y.to(dev)),
             key=(sampler, steps, guidance, eta))

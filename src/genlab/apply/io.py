@@ -20,7 +20,7 @@ import torch
 
 from genlab.data.transforms import normalize
 from genlab.errors import DataError, ShapeError
-from genlab.images import make_grid, npz_bytes, png_bytes
+from genlab.images import encode_images, png_bytes
 from genlab.engine.checkpoint import atomic_write_bytes
 
 
@@ -86,12 +86,11 @@ def output_bytes(fmt: str, images: torch.Tensor, labels: torch.Tensor | None = N
                  nrow: int | None = None) -> bytes:
     """uint8 (N, C, H, W) -> the bytes of an .npz (same layout) or a .png (the image, or a grid of
     several); fmt "npz" | "png"."""
-    if fmt == "npz":
-        return npz_bytes(images, labels)
-    if fmt == "png":
-        arr = images[0].permute(1, 2, 0).numpy() if len(images) == 1 and nrow is None else make_grid(images, nrow)
-        return png_bytes(np.ascontiguousarray(arr))
-    raise DataError(f"--out must end in .npz or .png, got {fmt!r}")
+    if fmt not in ("npz", "png"):
+        raise DataError(f"--out must end in .npz or .png, got {fmt!r}")
+    if fmt == "png" and len(images) == 1 and nrow is None:  # one image: the image itself, not a grid
+        return png_bytes(np.ascontiguousarray(images[0].permute(1, 2, 0).numpy()))
+    return encode_images(fmt, images, labels, nrow)
 
 
 def write_output(out: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None,

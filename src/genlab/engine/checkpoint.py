@@ -95,7 +95,7 @@ def read_checkpoint(folder: Path, name: str) -> Checkpoint:
         raise CheckpointError(f"checkpoint {js} is corrupt (not valid JSON)") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {js} is corrupt (not a JSON object)")
-    file = state.get("file", f"{name}.safetensors")
+    file = _named_file(state, name)
     if not isinstance(file, str) or Path(file).name != file or not file.endswith(".safetensors"):
         raise CheckpointError(f"checkpoint {js} is corrupt (bad tensor file name {file!r})")
     st = folder / file
@@ -112,10 +112,26 @@ def read_checkpoint(folder: Path, name: str) -> Checkpoint:
     return Checkpoint(tensors, state, name)
 
 
+def _named_file(state: dict, name: str) -> str:
+    """The tensor file checkpoint `name`'s JSON state names (older runs: NAME.safetensors)."""
+    return state.get("file", f"{name}.safetensors")
+
+
 def tensor_file(folder: Path, name: str) -> Path:
     """The tensor file a committed checkpoint's JSON names (for tools and tests)."""
-    state = json.loads((folder / f"{name}.json").read_text())
-    return folder / state.get("file", f"{name}.safetensors")
+    return folder / _named_file(json.loads((folder / f"{name}.json").read_text()), name)
+
+
+def named_tensor_files(folder: Path) -> set[str]:
+    """Names of the tensor files that the JSON markers in `folder` name; for a damaged JSON,
+    every tensor file of its checkpoint name (it may have named any of them)."""
+    named = set()
+    for js in folder.glob("*.json"):
+        try:
+            named.add(_named_file(json.loads(js.read_text()), js.stem))
+        except (OSError, ValueError, AttributeError):
+            named.update(p.name for p in _tensor_files(folder, js.stem))
+    return named
 
 
 def list_steps(folder: Path) -> list[str]:
@@ -143,12 +159,7 @@ def prune(folder: Path, keep: int) -> None:
         (folder / f"{name}.json").unlink(missing_ok=True)
     for tmp in folder.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
-    named = set()
-    for js in folder.glob("*.json"):
-        try:
-            named.add(json.loads(js.read_text()).get("file", f"{js.stem}.safetensors"))
-        except (OSError, ValueError, AttributeError):  # a damaged JSON: keep all it may have named
-            named.update(p.name for p in _tensor_files(folder, js.stem))
+    named = named_tensor_files(folder)
     for st in folder.glob("*.safetensors"):
         if st.name not in named:
             st.unlink(missing_ok=True)

@@ -60,10 +60,14 @@ class LatentVariableModel(GenerativeModel):
         raise NotImplementedError
 
     @torch.no_grad()
+    def initial_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The n prior draws z (n, *latent_shape) `sample` decodes, on the generator's device."""
+        return torch.randn(n, *self.latent_shape(), generator=generator, device=generator.device)
+
     def sample(self, n: int, *, generator: torch.Generator,
                labels: torch.Tensor | None = None) -> torch.Tensor:
         dev = next(self.parameters()).device
-        z = torch.randn(n, *self.latent_shape(), generator=generator, device=generator.device).to(dev)
+        z = self.initial_noise(n, generator).to(dev)
         return self.decode_latent(z, None if labels is None else labels.to(dev))
 
 

@@ -214,16 +214,19 @@ class Diffusion(GenerativeModel):
                 x = ddim_step(x0, eps, self.ab(t), self.ab(s), eta, noise)
         return x  # not reached: the last step always returns
 
+    def initial_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The x_T (n, C, H, W) `sample` starts from, on the generator's device."""
+        c = self.cfg
+        return torch.randn(n, c.channels, c.image_size, c.image_size, generator=generator, device=generator.device)
+
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator, labels: torch.Tensor | None = None,
                sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
                eta: float | None = None) -> torch.Tensor:
         """n images (n, C, H, W) in data space; options default to the config's."""
         sampler, steps, guidance, eta = self.sampling_options(sampler, steps, guidance, eta)
-        c = self.cfg
         dev = self.alpha_bar.device
-        x = torch.randn(n, c.channels, c.image_size, c.image_size, generator=generator,
-                        device=generator.device).to(dev)
+        x = self.initial_noise(n, generator).to(dev)
         return self.sample_from(x, self.T - 1, steps=steps, sampler=sampler, eta=eta, guidance=guidance,
                                 labels=None if labels is None else labels.to(dev), generator=generator)
 

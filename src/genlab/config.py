@@ -26,7 +26,7 @@ from genlab.errors import ConfigError
 
 
 DATASETS = ("mnist", "fashion-mnist", "digits", "folder", "array", "text",
-            "cora", "citeseer", "edgelist", "community", "grid", "ego")
+            "cora", "citeseer", "edgelist", "community", "grid", "ego", "fsdd", "audio")
 
 
 @dataclass
@@ -34,7 +34,7 @@ class DataConfig:
     """Where the data comes from and how a batch is prepared."""
 
     dataset: str = "mnist"  # mnist | fashion-mnist | digits | folder | array | text | cora | citeseer | edgelist
-    #                         | community | grid | ego (graphs)
+    #                         | community | grid | ego (graphs) | fsdd | audio (a folder of WAVs)
     path: str | None = None  # folder or .npz/.npy (text: a UTF-8 file or folder), relative to the data root
     image_size: int | None = None  # resize to this (square); None = native size
     channels: int | None = None  # 1 or 3 for image folders; None = from the data
@@ -49,6 +49,8 @@ class DataConfig:
     vocab_size: int = 1024  # text, bpe: vocabulary size (256 bytes + merges)
     features: str | None = None  # edgelist graphs: a CSV of node features (one row per node)
     num_graphs: int = 200  # synthetic small-graph families (community, grid, ego): how many to generate
+    sample_rate: int | None = None  # audio: resample every file to this rate (Hz); None = the data's own
+    audio_length: int = 5120  # audio: samples per clip; longer recordings are centre-cropped, shorter padded
 
 
 @dataclass
@@ -317,6 +319,8 @@ def validate_run(cfg: RunConfig) -> None:
         (d.channels in (None, 1, 3), "data.channels must be 1, 3 or null (from the data)"),
         (d.val_size >= 0 and d.test_size >= 0, "data.val_size and data.test_size must be >= 0"),
         (d.num_graphs >= 1, "data.num_graphs must be >= 1"),
+        (d.sample_rate is None or 1000 <= d.sample_rate <= 192_000, "data.sample_rate must be in 1000..192000 Hz, or null"),
+        (16 <= d.audio_length <= 10_000_000, "data.audio_length must be in 16..10000000 samples"),
         (d.vocab_size >= 257 or d.tokenizer != "bpe", "data.vocab_size must be >= 257 (256 bytes + merges)"),
         (not d.binarize or d.normalize == "zero_one", "data.binarize needs data.normalize=zero_one"),
     ]

@@ -98,6 +98,26 @@ def draw_samples(model: nn.Module, pipeline: BatchPipeline, n: int, *, seed: int
     return out, labels
 
 
+@torch.no_grad()
+def draw_audio(model: nn.Module, n: int, *, seed: int, label: int | None = None, batch_size: int = BATCH,
+               options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n waveforms from an audio model -> (float32 (n, T) in [-1, 1], int64 labels or None);
+    labels as `draw_samples` gives them."""
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    labels = sample_labels(model, n, label)
+    was_training = model.training
+    model.eval()
+    g = make_generator(seed)
+    chunks = []
+    for i in range(0, n, batch_size):
+        yb = None if labels is None else labels[i:i + batch_size]
+        x = model.sample(min(batch_size, n - i), generator=g, labels=yb, **(options or {}))  # (b, 1, T)
+        chunks.append(x.reshape(len(x), -1).float().clamp(-1, 1).cpu())
+    model.train(was_training)
+    return torch.cat(chunks), labels
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation between rows of a and b (B, D) at fractions t (S,) -> (B, S, D).
     Gaussian latents keep their typical norm along the path, unlike linear interpolation."""

@@ -41,12 +41,13 @@ from genlab.errors import CheckpointError, ConfigError, RunInUseError
 from genlab.models.base import GenerativeModel
 from genlab.options import check_number, check_run_dir_path
 from genlab.registry import get_model
-from genlab.sampling import draw_samples
+from genlab.sampling import draw_audio, draw_samples
 from genlab.seed import seed_everything
 
 log = logging.getLogger("genlab")
 
-DATA_FIELDS = ("channels", "image_size", "num_classes", "vocab_size", "num_features", "max_nodes", "max_prev")
+DATA_FIELDS = ("channels", "image_size", "num_classes", "vocab_size", "num_features", "max_nodes", "max_prev",
+               "audio_length")
 
 
 def resolve_data_fields(cfg: RunConfig, data: ImageData) -> RunConfig:
@@ -67,17 +68,22 @@ def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None, *,
     """The dataset the config names, checked against the model family. Text runs reuse the
     tokenizer saved in `run_dir` when there is one (a resumed run). Only a new run may fall
     back to another dataset (MNIST missing: the 8x8 digits); a run that exists keeps its data."""
+    from genlab.data.audio import AUDIO_DATASETS, load_audio_data
     from genlab.data.graphs import GRAPH_DATASETS, load_graph_data
 
     family = getattr(get_model(cfg.model_name)[1], "family", "image")
-    kind = "text" if cfg.data.dataset == "text" else "graph" if cfg.data.dataset in GRAPH_DATASETS else "image"
+    d = cfg.data.dataset
+    kind = ("text" if d == "text" else "graph" if d in GRAPH_DATASETS else "audio" if d in AUDIO_DATASETS
+            else "image")
     if kind != family:
         fix = {"text": "text", "graph": "cora, citeseer, edgelist, community, grid or ego",
-               "image": "mnist (or folder/array)"}[family]
-        raise ConfigError(f"model {cfg.model_name} is a{'n' if family == 'image' else ''} {family} model but "
+               "image": "mnist (or folder/array)", "audio": "fsdd (or audio with data.path)"}[family]
+        raise ConfigError(f"model {cfg.model_name} is a{'n' if family in ('image', 'audio') else ''} {family} model but "
                           f"data.dataset={cfg.data.dataset}; set data.dataset={fix}")
     if family == "graph":
         return load_graph_data(cfg.data, root, seed=cfg.train.seed)
+    if family == "audio":
+        return load_audio_data(cfg.data, root, seed=cfg.train.seed)
     if family == "text":
         tok = run_dir / "tokenizer.json" if run_dir is not None else None
         return load_text_data(cfg.data, root, block_size=cfg.model.block_size, tokenizer_path=tok)
@@ -85,8 +91,8 @@ def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None, *,
 
 
 def build_pipeline(cfg: RunConfig, meta: dict) -> BatchPipeline | None:
-    if meta.get("family") in ("text", "graph"):
-        return None  # text batches are windows of token ids, graphs come whole: nothing to prepare
+    if meta.get("family") in ("text", "graph", "audio"):
+        return None  # token windows, whole graphs, waveforms already in [-1, 1]: nothing to prepare
     d = cfg.data
     return BatchPipeline(d.normalize, meta["mean"], meta["std"], hflip=d.hflip,
                          crop_padding=d.crop_padding, binarize=d.binarize)
@@ -340,11 +346,14 @@ class Run:
 
     def sample(self, n: int, *, seed: int = 0, label: int | None = None,
                **options) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """n samples as (uint8 (n, C, H, W) at the data's native size, labels or None).
+        """n samples as (uint8 (n, C, H, W) at the data's native size, labels or None); audio runs:
+        (float32 (n, T) waveforms in [-1, 1] at `meta["sample_rate"]`, labels or None).
         `options` go to the model's `sample` (diffusion: sampler, steps, guidance, eta)."""
         if self.family == "text":
             raise ConfigError(f"{self.run_dir} is a text run: sample it with a prompt (Run.generate, "
                               "genlab sample RUN --prompt TEXT)")
+        if self.family == "audio":
+            return draw_audio(self.model, n, seed=seed, label=label, options=options)
         return draw_samples(self.model, self.pipeline, n, seed=seed, label=label,
                             native_size=tuple(self.meta["native_size"]), options=options)
 

@@ -1,0 +1,156 @@
+"""Audio signals: WAV reading and writing, resampling, mu-law companding, log-mel features and
+spectrogram pictures. Waveforms are float32 in [-1, 1]; a batch is (N, T) or (N, 1, T).
+
+Reading goes through soundfile (libsndfile), resampling through scipy's polyphase filter
+(`scipy.signal.resample_poly`); the mel filterbank is the HTK-scale triangle bank that
+librosa/torchaudio build with `htk=True, norm=None`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab.engine.checkpoint import atomic_write_bytes
+from genlab.errors import DataError, ShapeError
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_wav(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """A mono audio file -> (float32 (T,) in [-1, 1], sample rate). With `sample_rate` set, a
+    file at another rate is resampled to it. DataError (one line, naming the file and the fix)
+    for a missing, non-audio, multi-channel or empty file."""
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"audio file {p} not found")
+    try:
+        x, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as e:  # LibsndfileError subclasses RuntimeError
+        raise DataError(f"{p} is not a readable audio file ({str(e).splitlines()[0]}); give a WAV file") from None
+    if x.shape[1] != 1:
+        raise DataError(f"{p} has {x.shape[1]} channels; genlab's audio models are mono: "
+                        "mix it down first (e.g. sox in.wav -c 1 out.wav)")
+    if x.shape[0] == 0:
+        raise DataError(f"{p} holds no samples (an empty recording); remove it")
+    x = x[:, 0]
+    if not np.isfinite(x).all():
+        raise DataError(f"{p} holds NaN or infinite samples; re-export it")
+    if sample_rate is not None and sr != sample_rate:
+        x = resample(x, sr, sample_rate)
+        sr = sample_rate
+    return x, int(sr)
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Polyphase resampling of float (..., T) audio from `rate_in` to `rate_out` Hz (scipy)."""
+    from scipy.signal import resample_poly
+
+    if rate_in == rate_out:
+        return x
+    f = Fraction(rate_out, rate_in)
+    return resample_poly(x, f.numerator, f.denominator, axis=-1).astype(np.float32)
+
+
+def wav_bytes(x: np.ndarray | torch.Tensor, sample_rate: int) -> bytes:
+    """A float (T,) waveform in [-1, 1] as the bytes of a 16-bit PCM mono WAV file."""
+    import soundfile as sf
+
+    a = _mono(x)
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(a, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def write_wav(path: str | Path, x: np.ndarray | torch.Tensor, sample_rate: int) -> Path:
+    """Write one waveform as a 16-bit WAV, atomically."""
+    p = Path(path)
+    atomic_write_bytes(p, wav_bytes(x, sample_rate))
+    return p
+
+
+def _mono(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    a = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+    a = a.reshape(-1) if a.ndim == 2 and 1 in a.shape else a
+    if a.ndim != 1:
+        raise ShapeError(f"expected one waveform (T,), got shape {a.shape}")
+    return a
+
+
+# --------------------------------------------------------------------------- encodings
+
+
+def mu_law_encode(x: torch.Tensor, mu: int = 255) -> torch.Tensor:
+    """float in [-1, 1] -> int64 classes 0..mu: sign(x) ln(1 + mu |x|) / ln(1 + mu), quantised
+    uniformly (WaveNet's 8-bit companding for mu = 255)."""
+    x = x.clamp(-1.0, 1.0)
+    y = torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)  # in [-1, 1]
+    return ((y + 1) / 2 * mu + 0.5).floor().clamp(0, mu).long()
+
+
+def mu_law_decode(q: torch.Tensor, mu: int = 255) -> torch.Tensor:
+    """int classes 0..mu -> float in [-1, 1], the inverse of `mu_law_encode` at bin centres."""
+    y = 2 * q.float() / mu - 1
+    return torch.sign(y) * torch.expm1(y.abs() * math.log1p(mu)) / mu
+
+
+# --------------------------------------------------------------------------- features
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
+                   f_max: float | None = None) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) triangular filters, equally spaced on the HTK mel scale."""
+    f_max = f_max or sample_rate / 2
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    hz = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)  # noqa: E731
+    edges = hz(np.linspace(mel(f_min), mel(f_max), n_mels + 2))  # (n_mels + 2,)
+    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)  # (F,)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    up = (freqs[None] - lo) / (mid - lo)
+    down = (hi - freqs[None]) / (hi - mid)
+    return torch.from_numpy(np.maximum(0.0, np.minimum(up, down))).float()
+
+
+def log_mel(x: torch.Tensor, sample_rate: int, *, n_fft: int = 256, hop: int = 64, n_mels: int = 64,
+            eps: float = 1e-5) -> torch.Tensor:
+    """float (N, T) or (N, 1, T) waveforms -> (N, n_mels, frames) natural-log mel power
+    (Hann window, centred frames), the features of the audio metrics and spectrogram plots."""
+    if x.dim() == 3:
+        x = x[:, 0]
+    if x.dim() != 2:
+        raise ShapeError(f"expected waveforms (N, T) or (N, 1, T), got {tuple(x.shape)}")
+    spec = torch.stft(x.float(), n_fft, hop_length=hop, window=torch.hann_window(n_fft, device=x.device),
+                      center=True, return_complex=True).abs().pow(2)  # (N, F, frames)
+    fb = mel_filterbank(sample_rate, n_fft, n_mels).to(x.device)
+    return torch.log(torch.einsum("mf,nft->nmt", fb, spec) + eps)
+
+
+def spectrogram_images(x: torch.Tensor, sample_rate: int, *, floor_db: float = 80.0) -> torch.Tensor:
+    """Waveforms (N, T) -> uint8 (N, 3, n_mels, frames) log-mel pictures (low frequencies at the
+    bottom, viridis colours), each scaled from its peak down to `floor_db` below it."""
+    from matplotlib import colormaps
+
+    m = log_mel(x, sample_rate) * (10 / math.log(10))  # dB
+    m = m - m.amax(dim=(1, 2), keepdim=True)
+    v = ((m + floor_db) / floor_db).clamp(0, 1).flip(1)  # (N, M, F), high frequencies on top
+    rgb = colormaps["viridis"](v.numpy())[..., :3]  # (N, M, F, 3)
+    return torch.from_numpy((rgb * 255).round().astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
+
+
+def check_waveforms(x: torch.Tensor, what: str = "audio") -> torch.Tensor:
+    """(N, T) or (N, 1, T) finite float waveforms -> (N, T); ShapeError otherwise."""
+    if x.dim() == 3 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.dim() != 2 or not x.is_floating_point():
+        raise ShapeError(f"{what}: expected float waveforms (N, T), got {x.dtype} {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ShapeError(f"{what}: holds NaN or infinite samples")
+    return x

@@ -154,3 +154,108 @@ def check_waveforms(x: torch.Tensor, what: str = "audio") -> torch.Tensor:
     if not torch.isfinite(x).all():
         raise ShapeError(f"{what}: holds NaN or infinite samples")
     return x
+
+
+# --------------------------------------------------------------------------- clips
+
+
+def fit_length(x: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """One waveform (T,) -> (float32 (length,), bool (length,) mask, True on real samples):
+    a longer one centre-cropped, a shorter one zero-padded equally on both sides (the odd
+    sample on the right), so the recording sits in the middle either way."""
+    if length < 1:
+        raise ShapeError(f"clip length must be >= 1 sample, got {length}")
+    a = np.asarray(x, dtype=np.float32).reshape(-1)
+    out, mask = np.zeros(length, np.float32), np.zeros(length, bool)
+    if len(a) >= length:
+        start = (len(a) - length) // 2
+        out[:] = a[start:start + length]
+        mask[:] = True
+    else:
+        start = (length - len(a)) // 2
+        out[start:start + len(a)] = a
+        mask[start:start + len(a)] = True
+    return out, mask
+
+
+def concat_with_gaps(clips: torch.Tensor | list, sample_rate: int, gap_s: float = 0.25) -> np.ndarray:
+    """Clips ((N, T) or (N, 1, T), or a list of (T_i,) waveforms) -> one float32 waveform: the
+    clips one after another with `gap_s` seconds of silence between them (none at the ends)."""
+    parts = [_mono(c) for c in clips]
+    if not parts:
+        raise ShapeError("concat_with_gaps needs at least one clip")
+    gap = np.zeros(int(round(gap_s * sample_rate)), np.float32)
+    out = [parts[0]]
+    for p in parts[1:]:
+        out += [gap, p]
+    return np.concatenate(out).astype(np.float32)
+
+
+def spectrogram_grid_png(clips: torch.Tensor, sample_rate: int, nrow: int | None = None) -> bytes:
+    """Waveforms (N, T) or (N, 1, T) -> the bytes of a PNG grid of their log-mel spectrograms
+    (`nrow` per row; default one row), as `spectrogram_images` draws them."""
+    from genlab.images import encode_images
+
+    x = check_waveforms(torch.as_tensor(clips).detach().cpu().float(), "spectrogram_grid_png")
+    return encode_images("png", spectrogram_images(x, sample_rate), nrow=nrow or len(x))
+
+
+# --------------------------------------------------------------------------- batches of clips
+
+
+def concat_with_gaps(clips: torch.Tensor, sample_rate: int, gap_s: float = 0.25) -> torch.Tensor:
+    """(N, T) clips -> one (N T + (N - 1) gap,) waveform, the clips in a row with `gap_s` of
+    silence between them (one file to listen through)."""
+    clips = check_waveforms(clips)
+    gap = torch.zeros(int(round(gap_s * sample_rate)), dtype=clips.dtype)
+    parts = []
+    for i, c in enumerate(clips):
+        parts += [gap, c] if i else [c]
+    return torch.cat(parts)
+
+
+def spectrogram_grid_png(clips: torch.Tensor, sample_rate: int, nrow: int | None = None) -> bytes:
+    """PNG bytes of a grid of the clips' log-mel spectrograms (see `spectrogram_images`)."""
+    from genlab.images import make_grid, png_bytes
+
+    return png_bytes(make_grid(spectrogram_images(check_waveforms(clips), sample_rate), nrow=nrow))
+
+
+def npz_audio_bytes(clips: torch.Tensor, sample_rate: int, labels: torch.Tensor | None = None) -> bytes:
+    """The .npz genlab writes for audio: `audio` float32 (N, T) in [-1, 1], `sample_rate`, `labels`."""
+    arrays = {"audio": check_waveforms(clips).float().clamp(-1, 1).numpy(), "sample_rate": np.int64(sample_rate)}
+    if labels is not None:
+        arrays["labels"] = labels.to(torch.int64).numpy()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def encode_audio(fmt: str, clips: torch.Tensor, sample_rate: int, labels: torch.Tensor | None = None) -> bytes:
+    """The bytes of FILE.wav (the clips in a row) or FILE.npz for (N, T) clips: fmt "wav" | "npz"."""
+    if fmt == "wav":
+        return wav_bytes(concat_with_gaps(clips, sample_rate), sample_rate)
+    if fmt == "npz":
+        return npz_audio_bytes(clips, sample_rate, labels)
+    raise ShapeError(f"audio batches are encoded as wav or npz, got {fmt!r}")
+
+
+def write_audio(out: str | Path, clips: torch.Tensor, labels: torch.Tensor | None, sample_rate: int,
+                nrow: int | None = None) -> tuple[Path, Path]:
+    """Write (N, T) clips to `out` (FILE.wav, FILE.npz or DIR/ of one WAV each) and a grid of their
+    spectrograms beside it (FILE.png, DIR/spectrograms.png); all writes atomic. Returns both paths."""
+    s = str(out)
+    if s.endswith(("/", "\\")) or Path(s).is_dir():
+        folder = Path(s)
+        digits = len(str(len(clips) - 1))
+        for i, c in enumerate(clips):
+            tag = f"_label{int(labels[i])}" if labels is not None else ""
+            write_wav(folder / f"{i:0{digits}d}{tag}.wav", c, sample_rate)
+        path, png = folder, folder / "spectrograms.png"
+    else:
+        path = Path(s)
+        fmt = path.suffix.lower().lstrip(".")
+        atomic_write_bytes(path, encode_audio(fmt, clips, sample_rate, labels))
+        png = path.with_suffix(".png")
+    atomic_write_bytes(png, spectrogram_grid_png(clips, sample_rate, nrow))
+    return path, png

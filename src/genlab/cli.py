@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--out", help="FILE.png (grid), FILE.npz (images, labels) or DIR/ (one PNG each); "
-                                 "default RUN_DIR/samples/sample-seedS.png")
+                                 "default RUN_DIR/samples/sample-seedS.png. Audio runs: FILE.wav (the clips "
+                                 "in a row), FILE.npz (audio, sample_rate, labels) or DIR/ (one WAV each), "
+                                 "with a spectrogram grid PNG beside; default RUN_DIR/samples/sample-seedS.wav")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label", type=int, help="class to sample (conditional models)")
     s.add_argument("--interpolate", action="store_true",
@@ -157,11 +159,11 @@ def _diffusion_flags(p: argparse.ArgumentParser) -> None:
 def diffusion_options(run, a: argparse.Namespace) -> dict:
     """The diffusion sampling flags that were given, as keyword arguments of Diffusion.sample;
     a ConfigError when they are given for another family."""
+    from genlab.sampling import check_diffusion_options
+
     opts = {k: v for k, v in (("sampler", a.sampler), ("steps", a.sampling_steps), ("guidance", a.guidance),
                               ("eta", a.eta)) if v is not None}
-    if opts and run.cfg.model_name != "diffusion":
-        flags = " ".join("--" + {"steps": "sampling-steps"}.get(k, k) for k in opts)
-        raise ConfigError(f"{flags}: diffusion options, but {a.run_dir} is a {run.cfg.model_name} run")
+    check_diffusion_options(run, ["--" + {"steps": "sampling-steps"}.get(k, k) for k in opts], a.run_dir)
     return opts
 
 
@@ -209,6 +211,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
         return _sample_text(run, a)
     if run.family == "graph":
         return _sample_graphs(run, a)
+    if run.family == "audio":
+        return _sample_audio(run, a, options)
     out = a.out or str(Path(a.run_dir) / "samples" / f"{'interp' if a.interpolate else 'sample'}-seed{a.seed}.png")
     check_output(out, (".png", ".npz"), folder=True)
     n = max(1, a.n // a.steps) * a.steps if a.interpolate else a.n
@@ -254,6 +258,31 @@ def _sample_graphs(run, a: argparse.Namespace) -> int:
     path = write_graphs(out, graphs)
     png = draw_graphs(graphs[:16], path / "drawing.png" if path.is_dir() else path.with_suffix(".png"))
     log.info("wrote %d graphs to %s and a drawing of %d to %s", len(graphs), path, min(16, len(graphs)), png)
+    return 0
+
+
+def _sample_audio(run, a: argparse.Namespace, options: dict) -> int:
+    """Audio runs: --out FILE.wav (the clips one after another), FILE.npz (audio float32 N x T,
+    sample_rate, labels) or DIR/ (one WAV each), with a PNG grid of their spectrograms beside."""
+    import time
+
+    from genlab.audio import write_audio
+    from genlab.options import check_memory, check_output
+
+    if a.interpolate or a.compile:
+        raise ConfigError("--interpolate and --compile are image options; audio runs take --n, --label, --seed "
+                          "and the diffusion sampling flags")
+    out = a.out or str(Path(a.run_dir) / "samples" / f"sample-seed{a.seed}.wav")
+    check_output(out, (".wav", ".npz"), folder=True)
+    check_memory(3 * a.n * run.meta["audio_length"] * 4, f"--n {a.n}",
+                 "draw fewer, or several batches with different --seed")
+    t0 = time.perf_counter()
+    clips, labels = run.sample(a.n, seed=a.seed, label=a.label, **options)
+    seconds = time.perf_counter() - t0
+    sr = run.meta["sample_rate"]
+    path, png = write_audio(out, clips, labels, sr)
+    log.info("wrote %d clips (%.1f s of audio, generated %.1fx real time) to %s and their spectrograms to %s",
+             len(clips), clips.numel() / sr, clips.numel() / sr / max(seconds, 1e-9), path, png)
     return 0
 
 

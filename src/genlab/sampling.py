@@ -14,6 +14,14 @@ from genlab.images import resize_uint8
 from genlab.seed import make_generator
 
 BATCH = 500  # images per model.sample call in draw_samples
+DIFFUSION_MODELS = ("diffusion", "diffwave")  # the runs that take sampler/steps/guidance/eta
+
+
+def check_diffusion_options(run, given: list[str], who: str) -> None:
+    """A ConfigError when diffusion sampling options (`given`, spelled as the caller's user
+    wrote them: --sampler, sampling_steps) are given for a run of another family."""
+    if given and run.cfg.model_name not in DIFFUSION_MODELS:
+        raise ConfigError(f"{', '.join(given)}: diffusion options, but {who} is a {run.cfg.model_name} run")
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:

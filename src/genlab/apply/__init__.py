@@ -19,6 +19,7 @@ from genlab.apply.io import ImageBatch, check_size, read_images, write_output
 from genlab.apply.upscale import FACTOR, run_upscale
 from genlab.errors import ConfigError, ShapeError
 from genlab.options import check_number, check_output
+from genlab.sampling import check_diffusion_options
 
 # task -> (function(run, images, labels, **options) -> uint8 images, families that can do it)
 TASKS = {
@@ -76,9 +77,7 @@ def check_run(run, task: str, options: dict, name: str | None = None) -> None:
     if problem:
         raise ConfigError(problem)
     given = sorted(k for k in DIFFUSION_OPTIONS if options.get(k) is not None)
-    if given and run.cfg.model_name != "diffusion":
-        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: diffusion options, "
-                          f"but {name or run.run_dir} is a {run.cfg.model_name} run")
+    check_diffusion_options(run, ['--' + k.replace('_', '-') for k in given], name or run.run_dir)
 
 
 def run_task(run, task: str, batch: ImageBatch | None, *, name: str | None = None,

@@ -317,14 +317,14 @@ class Run:
             if c.name != names[-1]:
                 log.warning("using %s (step %d), the newest checkpoint that verifies", c.name,
                             c.state["state"]["step"])
-        elif checkpoint == "best" or re.fullmatch(r"step-\d{8}", checkpoint):
+        elif checkpoint == "best" or re.fullmatch(r"step-\d{8}|min-\d+(\.\d+)?", checkpoint):  # min-M: benchmarks' marks
             if not (folder / f"{checkpoint}.json").is_file():
                 have = ", ".join(ckpt.list_steps(folder)) or "none"
                 raise CheckpointError(f"{self.run_dir} has no checkpoint {checkpoint!r} (it has: {have}); "
                                       "use --checkpoint last")
             c = ckpt.read_checkpoint(folder, checkpoint)
         else:
-            raise ConfigError(f"--checkpoint must be last, best or step-NNNNNNNN, got {checkpoint!r}")
+            raise ConfigError(f"--checkpoint must be last, best, step-NNNNNNNN or min-M, got {checkpoint!r}")
         self.checkpoint = c
         self.device = select_device(device)
         self.model = build_model(self.cfg)

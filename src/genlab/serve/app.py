@@ -41,7 +41,7 @@ from genlab.apply.io import decode_images, output_bytes
 from genlab.engine.run import Run, load
 from genlab.errors import ConfigError, DataError, GenlabError
 from genlab.images import encode_images, png_bytes
-from genlab.sampling import noise_decoder, sample_labels
+from genlab.sampling import check_diffusion_options, noise_decoder, sample_labels
 from genlab.seed import make_generator
 from genlab.serve import schemas as S
 from genlab.serve.batching import Batcher, Draw, Job, QueueFull, TextRow, draw_group, text_group
@@ -427,9 +427,7 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
                                    "draws no graphs")
         opts = {k: v for k, v in (("sampler", req.sampler), ("steps", req.sampling_steps),
                                   ("guidance", req.guidance), ("eta", req.eta)) if v is not None}
-        if opts and run.cfg.model_name != "diffusion":
-            fields = ", ".join("sampling_steps" if k == "steps" else k for k in opts)
-            raise ConfigError(f"{fields}: diffusion options, but {req.model} is a {run.cfg.model_name} model")
+        check_diffusion_options(run, ["sampling_steps" if k == "steps" else k for k in opts], req.model)
         if run.family == "graph":
             return await generate_graphs(s, req)
         labels = sample_labels(run.model, req.n, req.label)  # bad labels: 400 now, not in a shared batch

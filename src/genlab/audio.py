@@ -178,28 +178,6 @@ def fit_length(x: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
-def concat_with_gaps(clips: torch.Tensor | list, sample_rate: int, gap_s: float = 0.25) -> np.ndarray:
-    """Clips ((N, T) or (N, 1, T), or a list of (T_i,) waveforms) -> one float32 waveform: the
-    clips one after another with `gap_s` seconds of silence between them (none at the ends)."""
-    parts = [_mono(c) for c in clips]
-    if not parts:
-        raise ShapeError("concat_with_gaps needs at least one clip")
-    gap = np.zeros(int(round(gap_s * sample_rate)), np.float32)
-    out = [parts[0]]
-    for p in parts[1:]:
-        out += [gap, p]
-    return np.concatenate(out).astype(np.float32)
-
-
-def spectrogram_grid_png(clips: torch.Tensor, sample_rate: int, nrow: int | None = None) -> bytes:
-    """Waveforms (N, T) or (N, 1, T) -> the bytes of a PNG grid of their log-mel spectrograms
-    (`nrow` per row; default one row), as `spectrogram_images` draws them."""
-    from genlab.images import encode_images
-
-    x = check_waveforms(torch.as_tensor(clips).detach().cpu().float(), "spectrogram_grid_png")
-    return encode_images("png", spectrogram_images(x, sample_rate), nrow=nrow or len(x))
-
-
 # --------------------------------------------------------------------------- batches of clips
 
 

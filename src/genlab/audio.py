@@ -122,13 +122,14 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
 def log_mel(x: torch.Tensor, sample_rate: int, *, n_fft: int = 256, hop: int = 64, n_mels: int = 64,
             eps: float = 1e-5) -> torch.Tensor:
     """float (N, T) or (N, 1, T) waveforms -> (N, n_mels, frames) natural-log mel power
-    (Hann window, centred frames), the features of the audio metrics and spectrogram plots."""
+    (Hann window, centred frames zero-padded at the ends, so clips shorter than n_fft work too),
+    the features of the audio metrics and spectrogram plots."""
     if x.dim() == 3:
         x = x[:, 0]
     if x.dim() != 2:
         raise ShapeError(f"expected waveforms (N, T) or (N, 1, T), got {tuple(x.shape)}")
     spec = torch.stft(x.float(), n_fft, hop_length=hop, window=torch.hann_window(n_fft, device=x.device),
-                      center=True, return_complex=True).abs().pow(2)  # (N, F, frames)
+                      center=True, pad_mode="constant", return_complex=True).abs().pow(2)  # (N, F, frames)
     fb = mel_filterbank(sample_rate, n_fft, n_mels).to(x.device)
     return torch.log(torch.einsum("mf,nft->nmt", fb, spec) + eps)
 

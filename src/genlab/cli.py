@@ -108,18 +108,29 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     pl.add_argument("--data-root", help="folder holding the datasets (default: $GENLAB_DATA, ../shared/data)")
 
-    ap = sub.add_parser("apply", help="use a trained model on images: inpaint, denoise, upscale, interpolate")
+    ap = sub.add_parser("apply", help="use a trained model: inpaint, denoise, upscale, interpolate (images); "
+                                      "denoise, inpaint (audio)")
     ap.add_argument("run_dir")
     ap.add_argument("task", choices=["inpaint", "denoise", "upscale", "interpolate"])
-    ap.add_argument("--input", help="FILE.npz (images uint8 N x C x H x W) or FILE.png")
-    ap.add_argument("--out", required=True, help="FILE.npz (same layout as the input) or FILE.png")
+    ap.add_argument("--input", help="FILE.npz (images uint8 N x C x H x W) or FILE.png; audio runs: FILE.wav "
+                                    "(mono) or FILE.npz (audio float32 N x T, sample_rate)")
+    ap.add_argument("--out", required=True, help="FILE.npz (same layout as the input) or FILE.png; audio runs: "
+                                                 "FILE.wav or FILE.npz")
     ap.add_argument("--mask", help="inpaint: center | left-half | bottom-half | boxes | MASK.png "
                                    "(white = fill; default center)")
-    ap.add_argument("--sigma", type=float, help="denoise: noise std on the [0, 1] pixel scale (pixel / 255)")
+    ap.add_argument("--sigma", type=float, help="denoise: noise std on the [0, 1] pixel scale (pixel / 255); "
+                                                "audio runs: in waveform units (full scale 1)")
+    ap.add_argument("--snr", type=float, help="denoise, audio runs: the input's SNR in dB, which sets the noise level "
+                                              "(default: estimated from the quietest frames)")
+    ap.add_argument("--gap", help="inpaint, audio runs: the samples to fill, START:END in seconds (0.20:0.35), "
+                                  "milliseconds (200ms:350ms) or sample indices (1600n:2800n)")
+    ap.add_argument("--method", choices=["diffusion", "spectral", "wiener", "linear", "zeros"],
+                    help="audio runs: diffusion (default; needs a diffwave run) or a classical baseline: "
+                         "denoise spectral|wiener, inpaint linear|zeros")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), help="interpolate: two seeds instead of --input")
     ap.add_argument("--steps", type=int, help="interpolate: frames per row, endpoints included (default 8)")
-    ap.add_argument("--label", type=int, help="interpolate, conditional models: the class")
+    ap.add_argument("--label", type=int, help="interpolate, and audio denoise/inpaint, conditional models: the class")
     ap.add_argument("--resample", type=int, help="inpaint, diffusion: RePaint passes per step (default 1)")
     ap.add_argument("--zeta", type=float, help="inpaint, diffusion: reconstruction guidance strength (default 3; "
                                                "0 = plain RePaint)")
@@ -360,7 +371,8 @@ def cmd_apply(a: argparse.Namespace) -> int:
 
     options = {"mask": a.mask, "sigma": a.sigma, "seeds": a.seeds, "steps": a.steps, "label": a.label,
                "resample": a.resample, "zeta": a.zeta, "average": a.average, "iters": a.iters, "sampler": a.sampler,
-               "sampling_steps": a.sampling_steps, "eta": a.eta, "guidance": a.guidance}
+               "sampling_steps": a.sampling_steps, "eta": a.eta, "guidance": a.guidance, "snr": a.snr,
+               "gap": a.gap, "method": a.method}
     if a.task != "interpolate":  # interpolation is deterministic given its endpoints
         options["seed"] = a.seed
     t0 = time.perf_counter()

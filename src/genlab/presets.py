@@ -240,3 +240,30 @@ PRESETS.update({
          "data": {"dataset": "mnist", "normalize": "minus_one_one"}, "train": dict(_DIFFUSION_TRAIN)},
     ),
 })
+
+
+# Spoken digits (FSDD, 8 kHz, clips of 5120 samples = 0.64 s, centre-padded), sized for one CPU
+# core and an hour. The WaveNet (187k parameters, receptive field 2047 samples) trains on
+# batches of 4 clips: on one Xeon thread B=4 reached a lower test NLL than B=8 in the same
+# minutes. The DiffWave (32 channels, 20 layers, dilations up to 512 on 4-sample patches: every
+# output sample sees the whole clip) trains on batches of 16; both on the padding too (samples
+# must contain the silence around a word). bf16 autocast off: slower than fp32 on these CPUs.
+_FSDD = {"dataset": "fsdd", "val_size": 0.1, "audio_length": 5120}
+_AUDIO_TRAIN = {"lr": 2e-3, "warmup_steps": 200, "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.999,
+                "amp": "off", "log_every": 50, "eval_every": 500, "eval_batches": 10, "sample_every": 2000,
+                "ckpt_every": 500}
+
+PRESETS.update({
+    "wavenet-fsdd": Preset(
+        "class-conditional WaveNet (2 x 10 dilated causal layers, 256-way mu-law), FSDD spoken digits",
+        {"model": {"name": "wavenet", "residual_channels": 32, "skip_channels": 64, "layers": 10, "stacks": 2,
+                   "quantization": 256, "conditional": True},
+         "data": dict(_FSDD), "train": {**_AUDIO_TRAIN, "steps": 5000, "batch_size": 4}},
+    ),
+    "diffwave-fsdd": Preset(
+        "class-conditional DiffWave (20 dilated layers on 4-sample patches, CFG w=2), FSDD spoken digits",
+        {"model": {"name": "diffwave", "residual_channels": 32, "layers": 20, "dilation_cycle": 10, "patch": 4,
+                   "conditional": True, "label_dropout": 0.1, "guidance": 2.0},
+         "data": dict(_FSDD), "train": {**_AUDIO_TRAIN, "steps": 4000, "batch_size": 16}},
+    ),
+})

@@ -1,7 +1,9 @@
 """`genlab apply`: use a trained model on given images. One module per task; this dispatcher
-checks the family, reads the input, runs the task and writes the output atomically.
+checks the family, reads the input, runs the task and writes the output atomically. Audio runs
+(denoise, inpaint of waveforms) go to `genlab.apply.audio`.
 
     apply(run_dir, "inpaint", input="x.npz", out="y.npz", mask="center")
+    apply(audio_run_dir, "inpaint", input="rec.wav", out="filled.wav", gap="0.20:0.30")
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ DIFFUSION_OPTIONS = ("sampler", "sampling_steps", "eta", "guidance", "resample",
 BOUNDS = {"steps": dict(lo=2, integer=True), "sampling_steps": dict(lo=1, integer=True),
           "resample": dict(lo=1, integer=True), "average": dict(lo=1, integer=True),
           "iters": dict(lo=1, integer=True), "zeta": dict(lo=0), "eta": dict(lo=0),
-          "sigma": dict(lo=0, lo_open=True), "guidance": {}, "label": dict(lo=0, integer=True)}
+          "sigma": dict(lo=0, lo_open=True), "guidance": {}, "label": dict(lo=0, integer=True),
+          "snr": {}}
 
 
 def check_options(options: dict) -> None:
@@ -125,9 +128,15 @@ def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | N
 
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    check_output(out, (".npz", ".png"))
+    check_output(out, (".npz", ".png", ".wav"))
     check_options(options)  # before the (slow) load
     run = load(run_dir, checkpoint, device)
+    if run.family == "audio":
+        from genlab.apply.audio import apply_audio
+
+        return apply_audio(run, task, input=input, out=out, name=str(run_dir), **options)
+    if Path(out).suffix.lower() == ".wav":
+        raise ConfigError(f"--out FILE.wav is for audio runs; {run_dir} is an image run: give FILE.npz or FILE.png")
     check_run(run, task, options, str(run_dir))
     batch = read_images(input, run.meta["channels"]) if input is not None else None
     result, keep, nrow = run_task(run, task, batch, name=str(run_dir), input_name=str(input), **options)

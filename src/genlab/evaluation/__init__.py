@@ -50,8 +50,17 @@ def _graph_family(run, *, n, seed, metrics, **opts):
     return evaluate_graphs(run, n=n, seed=seed, metrics=metrics, **opts)
 
 
+def _audio_family(run, *, n, seed, metrics, **opts):
+    from genlab.evaluation.audio import evaluate_audio
+
+    allowed = {"data_root", "floor", "sample_options"}
+    if set(opts) - allowed:
+        raise ConfigError(f"option(s) {', '.join(sorted(set(opts) - allowed))} do not apply to audio runs")
+    return evaluate_audio(run, n=n or 1000, seed=seed, metrics=metrics, **opts)
+
+
 # model family -> evaluator(run, n, seed, metrics, **options) -> (metrics, artefacts)
-EVALUATORS = {"image": _image_family, "text": _text_family, "graph": _graph_family}
+EVALUATORS = {"image": _image_family, "text": _text_family, "graph": _graph_family, "audio": _audio_family}
 
 
 def evaluate(run_dir: str | Path, *, n: int | None = None, metrics: list[str] | None = None,
@@ -108,7 +117,12 @@ def _write_html(run, report: dict, out: Path, artefacts: dict) -> Path:
     from genlab.images import make_grid, png_bytes
 
     pics: dict[str, bytes] = {}
-    if artefacts.get("samples") is not None:
+    clips = None
+    if artefacts.get("sample_rate") is not None:  # audio: players and spectrograms, not a grid
+        from genlab.evaluation.audio import html_clips
+
+        clips = html_clips(artefacts)
+    elif artefacts.get("samples") is not None:
         s = artefacts["samples"][:100]
         k = run.model.num_classes if run.model.conditional else None
         pics[f"samples (seed {report['metrics'].get('fid', {}).get('seed', 0)})"] = png_bytes(
@@ -119,4 +133,5 @@ def _write_html(run, report: dict, out: Path, artefacts: dict) -> Path:
     curve = loss_curve_png(run.run_dir)
     if curve:
         pics["training losses"] = curve
-    return write_report_html(report, out.with_suffix(".html"), pics, artefacts.get("text"))
+    return write_report_html(report, out.with_suffix(".html"), pics, artefacts.get("text"), audio=clips,
+                             notes=artefacts.get("notes"))

@@ -1,8 +1,10 @@
 """HTML pages for evaluation reports and run comparisons: a metric table, sample grids and
-loss curves (PNG plots), all files written beside the page, atomically."""
+loss curves (PNG plots), all files written beside the page, atomically. Audio samples are
+embedded in the page itself (WAV and spectrogram PNG as base64 data URIs)."""
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 from pathlib import Path
@@ -14,7 +16,8 @@ _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;co
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
 figure{display:inline-block;margin:0 1.5em 1em 0;vertical-align:top}img{image-rendering:pixelated;border:1px solid #ddd}
-pre{background:#f7f7f7;padding:1em;white-space:pre-wrap}.small{color:#666;font-size:90%}"""
+pre{background:#f7f7f7;padding:1em;white-space:pre-wrap}.small{color:#666;font-size:90%}
+.clip{display:flex;align-items:center;gap:1.5em;margin:0.4em 0}.clip span{min-width:6em}"""
 
 
 def fmt(v) -> str:
@@ -68,8 +71,30 @@ def _png_width(png: bytes) -> int:
     return int.from_bytes(png[16:20], "big")  # the IHDR chunk's width field
 
 
-def write_report_html(report: dict, out: Path, images: dict[str, bytes], text: str | None = None) -> Path:
-    """report.json's content as a page beside it; `images` maps caption -> PNG bytes."""
+def data_uri(mime: str, blob: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(blob).decode('ascii')}"
+
+
+def audio_section(clips: list[tuple[str, bytes, bytes]], notes: list[str] | None = None) -> str:
+    """One row per clip: its caption, an <audio> player and its spectrogram, both embedded in
+    the page (no files, no external assets); `clips` holds (caption, WAV bytes, PNG bytes)."""
+    rows = []
+    for caption, wav, png in clips:
+        width, height = _png_width(png), int.from_bytes(png[20:24], "big")  # IHDR width, height
+        rows.append(f"<div class='clip'><span>{html.escape(caption)}</span>"
+                    f"<audio controls preload='none' src='{data_uri('audio/wav', wav)}'></audio>"
+                    f"<img src='{data_uri('image/png', png)}' width='{width * 3}' height='{height * 2}' "
+                    f"alt='log-mel spectrogram of {html.escape(caption)}'></div>")
+    note = "".join(f"<p class='small'>{html.escape(n)}</p>" for n in notes or [])
+    return ("<h2>Audio samples</h2>" + note
+            + "<p class='small'>The first generated clips; spectrograms are log-mel power, low frequencies "
+              "at the bottom, 80 dB below each clip's peak in dark blue.</p>" + "".join(rows))
+
+
+def write_report_html(report: dict, out: Path, images: dict[str, bytes], text: str | None = None,
+                      audio: list[tuple[str, bytes, bytes]] | None = None, notes: list[str] | None = None) -> Path:
+    """report.json's content as a page beside it; `images` maps caption -> PNG bytes; `audio`
+    holds (caption, WAV bytes, spectrogram PNG bytes) per clip, with `notes` above them."""
     out = Path(out)
     assets = out.parent / (out.stem + "_files")
     rows = [[name, m["value"], m.get("extractor") or "", m.get("n"), m.get("seed"), m.get("seconds")]
@@ -92,5 +117,7 @@ def write_report_html(report: dict, out: Path, images: dict[str, bytes], text: s
         parts += ["<h2>Figures</h2>", "".join(figs)]
     if text:
         parts += ["<h2>Sample text</h2>", f"<pre>{html.escape(text)}</pre>"]
+    if audio:
+        parts.append(audio_section(audio, notes))
     atomic_write_text(out, page(f"genlab report: {Path(report['run']).name}", "".join(parts)))
     return out

@@ -1,6 +1,6 @@
 """Model families. Importing this package registers every built-in model."""
 
 from genlab.models import gan, vae  # noqa: F401
-from genlab.models.autoregressive import gpt, lstm, pixelcnn  # noqa: F401
-from genlab.models.diffusion import ddpm  # noqa: F401
+from genlab.models.autoregressive import gpt, lstm, pixelcnn, wavenet  # noqa: F401
+from genlab.models.diffusion import ddpm, diffwave  # noqa: F401
 from genlab.models.graph import gae, graphrnn  # noqa: F401

@@ -82,18 +82,22 @@ def load_runs(run_dirs: list) -> dict[str, Run]:
 
 
 def model_info(rid: str, run: Run) -> dict:
-    image = run.family == "image"
+    image, audio = run.family == "image", run.family == "audio"
     conditional = bool(getattr(run.model, "conditional", False))
     if image:
         tasks = ["generate", *supported_tasks(run)]
     elif run.family == "text":
         tasks = ["text"]
+    elif audio:
+        tasks = ["generate"]
     else:
         tasks = ["generate"] if getattr(run.model, "task", None) == "generate" else []
     return {"id": rid, "family": run.family, "model": run.cfg.model_name, "preset": run.cfg.preset,
             "conditional": conditional, "num_classes": run.model.num_classes if conditional else None,
             "tasks": tasks, "image_size": run.meta["native_size"][0] if image else None,
-            "channels": run.meta["channels"] if image else None, "step": run.step}
+            "channels": run.meta["channels"] if image else None,
+            "sample_rate": run.meta["sample_rate"] if audio else None,
+            "audio_length": run.meta["audio_length"] if audio else None, "step": run.step}
 
 
 def field_message(message: str) -> str:
@@ -416,7 +420,9 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
     @v1.post("/generate", responses={200: {"content": {
         "image/png": {}, "application/octet-stream": {},
         "application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/ImagesJSON"},
-                                                  {"$ref": "#/components/schemas/GraphsJSON"}]}}}}})
+                                                  {"$ref": "#/components/schemas/GraphsJSON"},
+                                                  {"$ref": "#/components/schemas/AudioJSON"}]}},
+        "audio/wav": {}}}})
     async def generate(req: S.GenerateRequest):
         s = get(req.model)
         run = s.run
@@ -430,6 +436,10 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
         check_diffusion_options(run, ["sampling_steps" if k == "steps" else k for k in opts], req.model)
         if run.family == "graph":
             return await generate_graphs(s, req)
+        if run.family == "audio":
+            return await generate_audio(s, req, opts)
+        if req.format == "wav":
+            raise ConfigError(f"format: wav is for audio models; {req.model} is an image model (png, npz or json)")
         labels = sample_labels(run.model, req.n, req.label)  # bad labels: 400 now, not in a shared batch
         decoder = noise_decoder(run.model, opts)  # checks the options
         if decoder is not None:
@@ -446,6 +456,29 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
         body = await run_in_threadpool(encode_images, req.format, images, labels)
         if req.format == "png":
             return Response(body, media_type="image/png")
+        return Response(body, media_type="application/octet-stream",
+                        headers={"Content-Disposition": 'attachment; filename="samples.npz"'})
+
+    async def generate_audio(s: Served, req: S.GenerateRequest, opts: dict):
+        from genlab.audio import encode_audio, spectrogram_grid_png, wav_bytes
+
+        fmt = req.format if "format" in req.model_fields_set else "wav"
+        sample_labels(s.run.model, req.n, req.label)  # bad labels: 400 now
+        job = alone(lambda: s.run.sample(req.n, seed=req.seed, label=req.label, **opts), size=req.n)
+        clips, labels = await call(s, job)
+        sr = s.run.meta["sample_rate"]
+        if fmt == "json":
+            def encode() -> dict:
+                b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+                return {"n": len(clips), "sample_rate": sr, "labels": None if labels is None else labels.tolist(),
+                        "audio_wav": [b64(wav_bytes(c, sr)) for c in clips],
+                        "spectrograms_png": [b64(spectrogram_grid_png(c[None], sr)) for c in clips]}
+            return await run_in_threadpool(encode)
+        if fmt == "png":
+            return Response(await run_in_threadpool(spectrogram_grid_png, clips, sr), media_type="image/png")
+        body = await run_in_threadpool(encode_audio, fmt, clips, sr, labels)
+        if fmt == "wav":
+            return Response(body, media_type="audio/wav")
         return Response(body, media_type="application/octet-stream",
                         headers={"Content-Disposition": 'attachment; filename="samples.npz"'})
 

@@ -46,9 +46,11 @@ class GenerateRequest(_Strict):
     sampling_steps: Int | None = Field(None, ge=1, le=1000, description="diffusion: model evaluations (<= the run's T)")
     guidance: float | None = Field(None, ge=-20, le=20, description="conditional diffusion: classifier-free guidance w")
     eta: float | None = Field(None, ge=0, le=1, description="diffusion, ddim: noise scale")
-    format: Literal["png", "npz", "json"] = Field(
+    format: Literal["png", "npz", "json", "wav"] = Field(
         "png", description="png: one grid; npz: images uint8 N x C x H x W and labels; json: one PNG per image "
-                           "(graph models answer json, their default)")
+                           "(graph models answer json, their default). Audio models: wav (their default: the "
+                           "clips in a row), npz (audio float32 N x T, sample_rate, labels), json (one WAV and "
+                           "one spectrogram PNG per clip) or png (a grid of spectrograms)")
 
 
 class TextRequest(_Strict):
@@ -108,7 +110,7 @@ class Health(BaseModel):
 
 class ModelInfo(BaseModel):
     id: str
-    family: Literal["image", "text", "graph"]
+    family: Literal["image", "text", "graph", "audio"]
     model: str = Field(description="the model's name, e.g. vae, diffusion, gpt")
     preset: str | None
     conditional: bool
@@ -116,6 +118,8 @@ class ModelInfo(BaseModel):
     tasks: list[str] = Field(description="generate, inpaint, denoise, upscale, interpolate (image), text, or none")
     image_size: int | None
     channels: int | None
+    sample_rate: int | None = Field(None, description="audio models: samples per second")
+    audio_length: int | None = Field(None, description="audio models: samples per clip")
     step: int
 
 
@@ -128,6 +132,14 @@ class ImagesJSON(BaseModel):
     shape: list[int] = Field(description="[N, C, H, W]")
     labels: list[int] | None
     images_png: list[str] = Field(description="one base64 PNG per image")
+
+
+class AudioJSON(BaseModel):
+    n: int
+    sample_rate: int
+    labels: list[int] | None
+    audio_wav: list[str] = Field(description="one base64 16-bit WAV per clip")
+    spectrograms_png: list[str] = Field(description="one base64 PNG of each clip's log-mel spectrogram")
 
 
 class Graph(BaseModel):

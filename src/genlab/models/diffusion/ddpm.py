@@ -1,5 +1,10 @@
-"""Gaussian diffusion (Ho et al. 2020) on the UNet of `unet.py`: training by denoising at random
-steps, and three samplers on one shared set of update rules.
+"""Gaussian diffusion (Ho et al. 2020): training by denoising at random steps, and three samplers
+on one shared set of update rules, for data of any shape (B, ...).
+
+`GaussianDiffusion` is the process (schedule, prediction targets, guidance, loss, samplers,
+inversion); a subclass supplies the network (`build_net`) and the shape of one example
+(`data_shape`): `Diffusion` here (images on the UNet of `unet.py`, registered "diffusion") and
+`diffwave.WaveDiffusion` (waveforms, "diffwave"). Their configs share `ProcessConfig`.
 
   - `ddpm`: ancestral sampling (the posterior q(x_s | x_t, x0) at every step; with fewer than T
     steps, the same posterior between the strided steps), i.e. DDIM with eta = 1;
@@ -39,21 +44,14 @@ PREDICTIONS = ("eps", "x0", "v")
 
 
 @dataclass
-class DiffusionConfig:
+class ProcessConfig:
+    """The diffusion process and its sampling defaults: the fields every diffusion model's config
+    shares (subclasses add their network's fields and the data-dependent ones)."""
     schedule: str = "cosine"  # cosine | linear
     timesteps: int = 1000  # T
     prediction: str = "v"  # eps | x0 | v: what the network outputs
     loss_weight: str = "min_snr"  # none (plain MSE on the target) | min_snr (Hang et al. 2023)
     snr_gamma: float = 5.0
-    # the UNet (see unet.UNetConfig)
-    base_channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (7,)  # at the network's resolution (image_size / patch)
-    heads: int = 4
-    dropout: float = 0.0
-    groups: int = 8
-    patch: int = 2  # pixel-unshuffle stem: 28x28x1 -> 14x14x4 (4x fewer convolution FLOPs)
     conditional: bool = False
     label_dropout: float = 0.1  # classifier-free guidance: share of training labels replaced by "no label"
     # sampling defaults (genlab sample --sampler/--sampling-steps/--guidance/--eta override them)
@@ -62,10 +60,7 @@ class DiffusionConfig:
     guidance: float = 1.0
     eta: float = 0.0  # ddim only
     clip_denoised: float | None = 1.0  # clamp predicted x0 to [-c, c]; null for none
-    # Filled in from the data when left None.
-    channels: int | None = None
-    image_size: int | None = None
-    num_classes: int | None = None
+    num_classes: int | None = None  # filled in from the data when left None
 
     def validate(self) -> None:
         if self.schedule not in sch.SCHEDULES:
@@ -80,27 +75,56 @@ class DiffusionConfig:
             raise ConfigError("model.timesteps must be >= 2 and model.sampling_steps in 1..timesteps")
         if not 0 <= self.label_dropout < 1:
             raise ConfigError("model.label_dropout must be in [0, 1)")
+
+
+@dataclass
+class DiffusionConfig(ProcessConfig):
+    """Image diffusion: the process fields (ProcessConfig) plus the UNet's and the image's."""
+    # the UNet (see unet.UNetConfig)
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (7,)  # at the network's resolution (image_size / patch)
+    heads: int = 4
+    dropout: float = 0.0
+    groups: int = 8
+    patch: int = 2  # pixel-unshuffle stem: 28x28x1 -> 14x14x4 (4x fewer convolution FLOPs)
+    # Filled in from the data when left None (and ProcessConfig.num_classes).
+    channels: int | None = None
+    image_size: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
         if self.base_channels % self.heads or self.patch < 1:
             raise ConfigError("model.base_channels must be divisible by model.heads, and model.patch >= 1")
 
 
-class Diffusion(GenerativeModel):
-    """x0 (B, C, H, W) in data space; T discrete steps; a UNet predicting `cfg.prediction`."""
+class GaussianDiffusion(GenerativeModel):
+    """The diffusion process on examples x0 (B, *data_shape()) in data space: T discrete steps and
+    a network `net(x_t, t, y) -> (B, *data_shape())` predicting `cfg.prediction`, which the
+    subclass builds in `build_net` (labels y (B,) long; None or index num_classes: "no label")."""
 
-    def __init__(self, cfg: DiffusionConfig):
+    # the preset named when --guidance is given to an unconditional run
+    conditional_example: str = "ddpm-cond-mnist"
+
+    def __init__(self, cfg: ProcessConfig):
         super().__init__()
-        check_image_fields(cfg, "diffusion model", cfg.patch if cfg.patch > 1 else None)
         self.cfg = cfg
         self.conditional = cfg.conditional
         self.num_classes = cfg.num_classes if cfg.conditional else None
-        self.net = UNet(UNetConfig(
-            in_channels=cfg.channels, out_channels=cfg.channels, image_size=cfg.image_size,
-            base_channels=cfg.base_channels, channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,
-            attention_resolutions=cfg.attention_resolutions, heads=cfg.heads, dropout=cfg.dropout,
-            groups=cfg.groups, num_classes=self.num_classes, patch=cfg.patch))
+        self.net = self.build_net(cfg)
         betas = sch.SCHEDULES[cfg.schedule](cfg.timesteps)
         # float64 and not saved: a pure function of the config
         self.register_buffer("alpha_bar", sch.alphas_cumprod(betas), persistent=False)
+
+    def build_net(self, cfg: ProcessConfig) -> torch.nn.Module:
+        """The denoising network for `cfg` (class-conditional with num_classes + 1 labels when
+        cfg.conditional); called once, by __init__."""
+        raise NotImplementedError
+
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape of one example, e.g. (C, H, W) or (1, T)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -108,14 +132,19 @@ class Diffusion(GenerativeModel):
         return self.cfg.timesteps
 
     def ab(self, t: int) -> float:
-        """alpha_bar at step t; t = -1 is the clean image (1.0)."""
+        """alpha_bar at step t; t = -1 is clean data (1.0)."""
         return 1.0 if t < 0 else float(self.alpha_bar[t])
+
+    def sampling_timesteps(self, steps: int, start: int | None = None) -> list[int]:
+        """The `steps` descending steps the samplers and `invert` visit from `start` (default
+        T-1): schedules.timesteps' even "trailing" spacing; subclasses may space them otherwise."""
+        return sch.timesteps(self.T, steps, start)
 
     def _null(self, n: int, device) -> torch.Tensor:
         return torch.full((n,), self.cfg.num_classes, dtype=torch.long, device=device)
 
     def raw(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, guidance: float = 1.0) -> torch.Tensor:
-        """The network's guided output (B, C, H, W) for x_t (B, C, H, W) at steps t (B,).
+        """The network's guided output (B, ...) for x_t (B, ...) at steps t (B,).
         Unconditional models, or labels None: one unconditional pass; w = 1: one conditional pass;
         w = 0: one unconditional pass; otherwise both in one batch, u + w (c - u)."""
         if not self.conditional or labels is None or guidance == 0:
@@ -124,12 +153,12 @@ class Diffusion(GenerativeModel):
             return self.net(x, t, labels)
         B = x.shape[0]
         out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, self._null(B, x.device)]))
-        c, u = out.float().chunk(2)  # (B, C, H, W) each
+        c, u = out.float().chunk(2)  # (B, ...) each
         return u + guidance * (c - u)
 
     def predict(self, x: torch.Tensor, t: int, labels: torch.Tensor | None = None,
                 guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0, eps) estimated from x_t (B, C, H, W) at the single step t; x0 clipped to
+        """(x0, eps) estimated from x_t (B, ...) at the single step t; x0 clipped to
         [-clip, clip] when `clip_denoised` is set, and eps recomputed from the clipped x0 so the
         pair stays consistent with x_t."""
         B = x.shape[0]
@@ -177,7 +206,7 @@ class Diffusion(GenerativeModel):
         check_number("--guidance", guidance)
         check_number("--eta", eta, lo=0)
         if guidance is not None and not self.conditional:
-            raise ConfigError("--guidance needs a class-conditional diffusion run (e.g. ddpm-cond-mnist); "
+            raise ConfigError(f"--guidance needs a class-conditional diffusion run (e.g. {self.conditional_example}); "
                               "this one is unconditional: drop --guidance")
         guidance = c.guidance if guidance is None else guidance
         eta = (1.0 if sampler == "ddpm" else c.eta) if eta is None else eta
@@ -188,11 +217,11 @@ class Diffusion(GenerativeModel):
                     guidance: float = 1.0, labels: torch.Tensor | None = None,
                     generator: torch.Generator | None = None,
                     x0_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
-        """Run the reverse process from x_start (B, C, H, W) at step `start` down to a clean
-        image in `steps` model evaluations; returns x0 (B, C, H, W) in data space.
+        """Run the reverse process from x_start (B, ...) at step `start` down to clean data in
+        `steps` model evaluations; returns x0 (B, ...) in data space.
         `x0_hook(x0, t)` may change each x0 estimate (e.g. a measurement-consistency
         projection); eps is then recomputed to match."""
-        ts = sch.timesteps(self.T, steps, start)
+        ts = self.sampling_timesteps(steps, start)
         x = x.float()
         x0_prev, h_prev = None, None
         for i, t in enumerate(ts):
@@ -215,15 +244,14 @@ class Diffusion(GenerativeModel):
         return x  # not reached: the last step always returns
 
     def initial_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """The x_T (n, C, H, W) `sample` starts from, on the generator's device."""
-        c = self.cfg
-        return torch.randn(n, c.channels, c.image_size, c.image_size, generator=generator, device=generator.device)
+        """The x_T (n, *data_shape()) `sample` starts from, on the generator's device."""
+        return torch.randn(n, *self.data_shape(), generator=generator, device=generator.device)
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator, labels: torch.Tensor | None = None,
                sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
                eta: float | None = None) -> torch.Tensor:
-        """n images (n, C, H, W) in data space; options default to the config's."""
+        """n samples (n, *data_shape()) in data space; options default to the config's."""
         sampler, steps, guidance, eta = self.sampling_options(sampler, steps, guidance, eta)
         dev = self.alpha_bar.device
         x = self.initial_noise(n, generator).to(dev)
@@ -232,9 +260,9 @@ class Diffusion(GenerativeModel):
 
     @torch.no_grad()
     def invert(self, x0: torch.Tensor, steps: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Deterministic DDIM inversion: clean images (B, C, H, W) -> the noise x_{T-1} that
+        """Deterministic DDIM inversion: clean data (B, ...) -> the noise x_{T-1} that
         DDIM (eta = 0) with the same `steps` maps back to (approximately) them."""
-        up = list(reversed(sch.timesteps(self.T, steps)))
+        up = list(reversed(self.sampling_timesteps(steps)))
         x, cur = x0.float(), -1
         for t in up:
             _, eps = self.predict(x, max(cur, 0), labels)
@@ -242,6 +270,24 @@ class Diffusion(GenerativeModel):
             x = math.sqrt(self.ab(t)) * x0_hat + math.sqrt(1 - self.ab(t)) * eps
             cur = t
         return x
+
+
+class Diffusion(GaussianDiffusion):
+    """Images x0 (B, C, H, W) in data space on a UNet (`unet.py`)."""
+
+    def __init__(self, cfg: DiffusionConfig):
+        check_image_fields(cfg, "diffusion model", cfg.patch if cfg.patch > 1 else None)
+        super().__init__(cfg)
+
+    def build_net(self, cfg: DiffusionConfig) -> UNet:
+        return UNet(UNetConfig(
+            in_channels=cfg.channels, out_channels=cfg.channels, image_size=cfg.image_size,
+            base_channels=cfg.base_channels, channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,
+            attention_resolutions=cfg.attention_resolutions, heads=cfg.heads, dropout=cfg.dropout,
+            groups=cfg.groups, num_classes=cfg.num_classes if cfg.conditional else None, patch=cfg.patch))
+
+    def data_shape(self) -> tuple[int, int, int]:
+        return (self.cfg.channels, self.cfg.image_size, self.cfg.image_size)
 
 
 def log_snr_half(ab: float) -> float:
@@ -276,7 +322,7 @@ def dpmpp_2m_step(x: torch.Tensor, x0: torch.Tensor, x0_prev: torch.Tensor | Non
     return (sg_s / sg_t) * x - a_s * math.expm1(-h) * D
 
 
-def guided(model: Diffusion, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, w: float) -> torch.Tensor:
+def guided(model: GaussianDiffusion, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, w: float) -> torch.Tensor:
     """eps_u + w (eps_c - eps_u) from two separate passes (for tests and reference)."""
     eps_c = sch.to_x0_eps(model.net(x, t, labels).float(), x, model.alpha_bar[t], model.cfg.prediction)[1]
     eps_u = sch.to_x0_eps(model.net(x, t, None).float(), x, model.alpha_bar[t], model.cfg.prediction)[1]

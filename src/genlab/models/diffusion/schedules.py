@@ -113,3 +113,31 @@ def timesteps(T: int, k: int, start: int | None = None) -> list[int]:
     if not 1 <= k <= start + 1:
         raise ValueError(f"sampling steps must be in 1..{start + 1}, got {k}")
     return [round((start + 1) * i / k) - 1 for i in range(k, 0, -1)]
+
+
+def logsnr_timesteps(alpha_bar: torch.Tensor, k: int, start: int | None = None,
+                     floor: float | None = None) -> list[int]:
+    """k descending steps from `start` (default T-1) to 0, spaced uniformly in the log-SNR
+    lambda = 0.5 log(ab / (1 - ab)) (DPM-Solver's time variable; Lu et al. 2022): denser at the
+    clean end than `timesteps`, which matters for data of small amplitude (audio), whose detail
+    lives at noise levels `timesteps` crosses in one final step.
+
+    The first step is `start`; the others are uniform in lambda from max(lambda[start], floor)
+    to lambda[0]. `floor` skips the stretch of very low SNR (the cosine schedule's clipped last
+    betas put lambda[T-1] ~ -10 against -4.3 at T-10) where the x0 estimate is just the data mean,
+    which one step crosses exactly. Each step is the one with the lambda nearest its target, kept
+    strictly descending with room for the rest: the last is 0 (k >= 2); k = start + 1 gives every step."""
+    T = len(alpha_bar)
+    start = T - 1 if start is None else start
+    if not 0 <= start < T:
+        raise ValueError(f"start step must be in 0..{T - 1}, got {start}")
+    if not 1 <= k <= start + 1:
+        raise ValueError(f"sampling steps must be in 1..{start + 1}, got {k}")
+    ab = alpha_bar[:start + 1].double()
+    lam = 0.5 * torch.log(ab / (1 - ab))  # (start + 1,), decreasing in t
+    hi = float(lam[start]) if floor is None else max(float(lam[start]), floor)
+    out = [start]
+    for i, target in enumerate(torch.linspace(hi, float(lam[0]), k, dtype=torch.float64).tolist()[1:], start=1):
+        t = min(int((lam - target).abs().argmin()), out[-1] - 1)
+        out.append(max(t, k - 1 - i))
+    return out

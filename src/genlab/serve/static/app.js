@@ -141,7 +141,7 @@
   function showPanels(m) {
     const family = m ? m.family : null;
     const tasks = m ? m.tasks || [] : [];
-    $("image-panel").hidden = !((family === "image" || family === "graph") && tasks.includes("generate"));
+    $("image-panel").hidden = !(["image", "graph", "audio"].includes(family) && tasks.includes("generate"));
     $("inpaint-panel").hidden = !(family === "image" && tasks.includes("inpaint"));
     $("text-panel").hidden = family !== "text";
     $("run-panel").hidden = !m;
@@ -164,13 +164,14 @@
     for (let k = 0; k < (m.conditional ? m.num_classes || 0 : 0); k++) {
       label.add(new Option(String(k), String(k)));
     }
-    $("label-field").hidden = !m.conditional || m.family !== "image";
-    const diffusion = m.model === "diffusion";
+    $("label-field").hidden = !m.conditional || !["image", "audio"].includes(m.family);
+    const diffusion = m.model === "diffusion" || m.model === "diffwave";
     for (const el of document.querySelectorAll(".diffusion-only")) el.hidden = !diffusion;
     $("guidance").disabled = !(diffusion && m.conditional);
     $("guidance").title = $("guidance").disabled ? "guidance needs a class-conditional diffusion run" : "";
     $("grid").hidden = m.family !== "image";
     $("graphs").hidden = m.family !== "graph";
+    $("clips").hidden = m.family !== "audio";
     $("generate").textContent = m.family === "graph" ? "Generate graphs" : "Generate";
     if (!state.grid || state.grid.model !== m.id) clearGrid();
     if (m.family === "image" && m.image_size) resetInpaint(m.image_size, m.image_size);
@@ -226,16 +227,16 @@
     $("grid").removeAttribute("src");
     $("grid-caption").textContent = "";
     $("graphs").innerHTML = "";
+    $("clips").innerHTML = "";
   }
 
   async function generate() {
     const m = state.model;
     if (!m) return;
     const body = { model: m.id, n: intValue("n") ?? 16, seed: intValue("seed") ?? 0 };
-    if (m.family === "graph") body.format = "json";
-    else body.format = "png";
-    if (m.conditional && m.family === "image" && $("label").value !== "") body.label = Number($("label").value);
-    if (m.model === "diffusion") {
+    body.format = m.family === "graph" || m.family === "audio" ? "json" : "png";
+    if (m.conditional && m.family !== "graph" && $("label").value !== "") body.label = Number($("label").value);
+    if (m.model === "diffusion" || m.model === "diffwave") {
       if (intValue("sampling-steps") !== null) body.sampling_steps = intValue("sampling-steps");
       if (!$("guidance").disabled && $("guidance").value.trim() !== "") body.guidance = Number($("guidance").value);
     }
@@ -248,6 +249,11 @@
         drawGraphs(graphs);
         return `Generated ${graphs.length} graphs`;
       }
+      if (m.family === "audio") {
+        const clips = await res.json();
+        showClips(clips);
+        return `Generated ${clips.n} clip${clips.n > 1 ? "s" : ""}`;
+      }
       const img = $("grid");
       await showBlob(img, await res.blob(), "grid");
       // the grid's layout is genlab's make_grid: ceil(sqrt(n)) per row, PAD pixels around each image
@@ -258,6 +264,26 @@
         + ($("inpaint-panel").hidden ? "" : " - click an image to inpaint it");
       if (!$("inpaint-panel").hidden) pickCell(0);
       return `Generated ${body.n} image${body.n > 1 ? "s" : ""}`;
+    });
+  }
+
+  /** One row per generated clip: its spectrogram and a player. */
+  function showClips(clips) {
+    const box = $("clips");
+    box.innerHTML = "";
+    clips.audio_wav.forEach((wav, i) => {
+      const fig = document.createElement("figure");
+      fig.className = "clip";
+      const img = document.createElement("img");
+      img.src = `data:image/png;base64,${clips.spectrograms_png[i]}`;
+      img.alt = `spectrogram of clip ${i}`;
+      const audio = document.createElement("audio");
+      audio.controls = true;
+      audio.src = `data:audio/wav;base64,${wav}`;
+      const cap = document.createElement("figcaption");
+      cap.textContent = `clip ${i}` + (clips.labels ? `, label ${clips.labels[i]}` : "");
+      fig.append(img, audio, cap);
+      box.append(fig);
     });
   }
 

@@ -1,0 +1,226 @@
+"""wavenet-fsdd and diffwave-fsdd: spoken digits after 30 and 60 CPU minutes, judged by the shipped
+`digits-fsdd` classifier, and the diffusion model's denoising and gap filling beside classical
+baselines.
+
+    # one preset per core, one thread each (so a CPU minute is a minute of one core), back to back
+    # with nothing else running on the machine:
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/audio_fsdd.py --preset wavenet-fsdd
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/audio_fsdd.py --preset diffwave-fsdd
+    .venv/bin/python benchmarks/audio_fsdd.py --smoke          # end to end in a few minutes
+
+Per preset (parts can be skipped with --skip):
+  - train: the preset for max(--minutes) minutes of training time on one thread, a checkpoint kept
+    when training time passes each smaller mark (`min-30`);
+  - eval: at every mark, `genlab evaluate` of --n conditional samples (balanced digits, seed 0):
+    label accuracy under the judge (the judge's own test accuracy beside it), the Frechet distance
+    in the judge's feature space against the test split (the train-vs-test floor beside it), the
+    IS-style score (real test clips' beside it), WaveNet's exact test NLL, and the real-time factor
+    of generating them; one clip per digit is written to results/ as WAV and spectrogram PNG;
+  - apply (diffwave only): on --apply-n test clips, SI-SDR/PESQ/STOI of denoising at 5 dB SNR
+    (white, pink, babble noise) against spectral subtraction and a Wiener filter, and SI-SDR
+    inside a 50 ms gap filled by the model against linear interpolation.
+Each process merges its rows into benchmarks/results/audio-fsdd.json (under a file lock) and
+re-renders the .md from it, naming the command and machine behind every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
+
+import torch
+
+import genlab
+from genlab.audio import write_audio
+from genlab.bench import machine_info
+
+PRESETS = ("wavenet-fsdd", "diffwave-fsdd")
+PARTS = ("train", "eval", "apply")
+NAME = "audio-fsdd"
+
+
+def part_train(preset: str, run_dir: Path, marks: list[float], seed: int) -> dict:
+    t0 = time.time()
+    res, ckpts, steps = train_with_marks(preset, run_dir, marks, seed, threads=torch.get_num_threads())
+    run = genlab.load(run_dir)
+    return {"preset": preset, "marks": marks, "checkpoints": ckpts, "steps": steps,
+            "train_seconds": round(res.state.elapsed, 1), "wall_seconds": round(time.time() - t0, 1),
+            "samples_per_s": round(mean_train_throughput(run_dir)),
+            "batch_size": run.cfg.train.batch_size, "audio_length": run.meta["audio_length"],
+            "params": sum(p.numel() for p in run.model.parameters()),
+            "run_dir": os.path.relpath(run_dir.resolve(), RUNS.parent.parent)}
+
+
+def part_eval(preset: str, run_dir: Path, train: dict, n: int, seed: int, out: Path) -> list[dict]:
+    from genlab.evaluation import evaluate
+
+    rows = []
+    for mark, ck, step in zip(train["marks"], train["checkpoints"], train["steps"]):
+        report = evaluate(run_dir, n=n, seed=seed, checkpoint=ck, out=run_dir / f"report-{ck}.json")
+        m = report["metrics"]
+        row = {"preset": preset, "minutes": mark, "checkpoint": ck, "step": step, "n": n,
+               "eval_seconds": report["seconds"]}
+        for k, v in m.items():
+            if k.startswith(("test_", "val_")):
+                continue
+            row[k] = v["value"]
+            for extra in ("judge_test_accuracy", "floor", "real_test", "std"):
+                if extra in v:
+                    row[f"{k}_{extra}"] = v[extra]
+        run = genlab.load(run_dir, ck)
+        clips, labels = run.sample(10, seed=seed)  # one clip per digit
+        stem = f"{preset}-{mark:g}min"
+        write_audio(out / f"{NAME}-{stem}.wav", clips, labels, run.meta["sample_rate"], nrow=10)
+        row["samples"] = f"{NAME}-{stem}.wav"
+        rows.append(row)
+    return rows
+
+
+def part_apply(run_dir: Path, n: int, seed: int) -> dict:
+    from genlab.apply.audio import denoise_benchmark, inpaint_benchmark
+
+    run = genlab.load(run_dir)
+    data = run.data()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.test_x), generator=g)[:n]
+    clips, labels = data.test_x[idx, 0], data.test_y[idx]
+    sr = run.meta["sample_rate"]
+    t0 = time.time()
+    den = denoise_benchmark(run, clips, sr, snr_db=5.0, seed=seed, labels=labels)
+    t1 = time.time()
+    inp = inpaint_benchmark(run, clips, sr, gap_s=0.05, seed=seed, labels=labels)
+    return {"n": n, "denoise": den, "denoise_seconds": round(t1 - t0, 1), "inpaint": inp,
+            "inpaint_seconds": round(time.time() - t1, 1), "step": run.step}
+
+
+# --------------------------------------------------------------------------- results
+
+
+def merge(old: dict, new: dict, preset: str, command: str, machine: dict) -> dict:
+    out = dict(old)
+    runs = out.setdefault("runs", {})
+    rid = str(max([0, *map(int, runs)]) + 1)
+    runs[rid] = {"command": command, "machine": machine}
+    entry = out.setdefault("presets", {}).setdefault(preset, {})
+    for part, value in new.items():
+        entry[part] = {"run": rid, "value": value}
+    cited = {p["run"] for e in out["presets"].values() for p in e.values()}
+    out["runs"] = {k: v for k, v in runs.items() if k in cited}
+    return out
+
+
+def _f(v, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def markdown(d: dict) -> str:
+    md = ["# Spoken digits (FSDD): WaveNet and DiffWave on a CPU\n",
+          "Produced by `benchmarks/audio_fsdd.py` (commands and machines below). Each preset trains on "
+          "one thread for the stated minutes of training time; 'CPU minutes' are minutes of one core. "
+          "Judge: the shipped `digits-fsdd` classifier (see src/genlab/weights/README.md).\n"]
+    rows = []
+    for preset, e in d.get("presets", {}).items():
+        tr = e.get("train", {}).get("value")
+        for r in e.get("eval", {}).get("value", []):
+            rows.append((preset, tr, r, e["eval"]["run"]))
+    if rows:
+        md += ["| preset | CPU min | steps | train samples/s | label acc. (judge on real) | FD (train-test floor) "
+               "| IS-style (real) | test NLL bits/sample | generation RTF | n | run |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for preset, tr, r, rid in rows:
+            md.append(
+                f"| {preset} | {r['minutes']:g} | {r['step']:,} | {_f(tr and tr['samples_per_s'], ',')} "
+                f"| {_f(r.get('label_accuracy'))} ({_f(r.get('label_accuracy_judge_test_accuracy'))}) "
+                f"| {_f(r.get('fad'), '.2f')} ({_f(r.get('fad_floor'), '.2f')}) "
+                f"| {_f(r.get('audio_is'), '.2f')} ({_f(r.get('audio_is_real_test'), '.2f')}) "
+                f"| {_f(r.get('nll_bits_per_sample'))} | {_f(r.get('generation_rtf'), '.2f')} | {r['n']} | {rid} |")
+        md.append("\nRTF: seconds of audio generated per second of wall time (batched, one thread). "
+                  "Samples, one per digit 0-9 in order (WAV; the spectrograms are the PNG beside it):\n")
+        for preset, tr, r, _ in rows:
+            png = r["samples"].replace(".wav", ".png")
+            md.append(f"- {preset}, {r['minutes']:g} min: [{r['samples']}]({r['samples']}) "
+                      f"![spectrograms of {preset} at {r['minutes']:g} min]({png})")
+        md.append("")
+    for preset, e in d.get("presets", {}).items():
+        ap = e.get("apply")
+        if not ap:
+            continue
+        v, rid = ap["value"], ap["run"]
+        den = v["denoise"]
+        md += [f"## {preset}: denoising at {den['snr_db']:g} dB SNR and gap filling "
+               f"({v['n']} test clips, model at step {v['step']:,}; run {rid})\n",
+               "| noise | method | SI-SDR dB | PESQ (nb) | STOI |", "|---|---|---|---|---|"]
+        for kind, methods in den["kinds"].items():
+            for meth, s in methods.items():
+                md.append(f"| {kind} | {meth} | {_f(s.get('si_sdr'), '.2f')} | {_f(s.get('pesq'), '.2f')} "
+                          f"| {_f(s.get('stoi'), '.3f')} |")
+        inp = v["inpaint"]
+        gap = inp["gap"]
+        md += ["", f"Gap of samples {gap[0]}-{gap[1]} in the middle of each clip (inside the gap):\n",
+               "| method | SI-SDR dB | SNR dB |", "|---|---|---|"]
+        for meth, s in inp["methods"].items():
+            md.append(f"| {meth} | {_f(s.get('si_sdr'), '.2f')} | {_f(s.get('snr'), '.2f')} |")
+        md.append(f"\nDenoising took {v['denoise_seconds']} s and gap filling {v['inpaint_seconds']} s.\n")
+    md.append("## Runs\n")
+    for rid, r in sorted(d.get("runs", {}).items(), key=lambda kv: int(kv[0])):
+        md += [f"Run {rid}: `{r['command']}`\n", machine_lines(r["machine"])]
+    return "\n".join(md) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", choices=PRESETS, action="append", help="default: both, one after the other")
+    ap.add_argument("--minutes", nargs="+", type=float, default=[30.0, 60.0])
+    ap.add_argument("--n", type=int, default=1000, help="conditional samples per evaluation")
+    ap.add_argument("--apply-n", type=int, default=100, help="test clips for denoising and gap filling")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
+    ap.add_argument("--smoke", action="store_true", help="tiny budgets and counts: checks the script end to end")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
+    a = ap.parse_args()
+    path = RESULTS / f"{NAME}.json"
+    if a.render_only:
+        d = json.loads(path.read_text())
+        write_results(NAME, d, markdown(d))
+        return
+    if a.smoke:
+        a.minutes, a.n, a.apply_n = [0.5, 1.0], 20, 4
+    command = " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "unset"),
+                        *map(shlex.quote, [Path(sys.executable).name, *sys.argv])])
+    for preset in a.preset or PRESETS:
+        run_dir = RUNS / (preset + ("-smoke" if a.smoke else ""))
+        new: dict = {}
+        if "train" not in a.skip:
+            new["train"] = part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed)
+        train = new.get("train") or _previous(path, preset, "train")
+        if "eval" not in a.skip:
+            new["eval"] = part_eval(preset, run_dir, train, a.n, a.seed, run_dir if a.smoke else RESULTS)
+        if "apply" not in a.skip and preset.startswith("diffwave"):
+            new["apply"] = part_apply(run_dir, a.apply_n, a.seed)
+        machine = machine_info()
+        if a.smoke:
+            print(json.dumps(new, indent=1, default=str))
+            continue
+        with open(RUNS / f".{NAME}.lock", "w") as lock:  # the other core's process merges too
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            old = json.loads(path.read_text()) if path.exists() else {"benchmark": NAME}
+            out = merge(old, new, preset, command, machine)
+            write_results(NAME, out, markdown(out))
+
+
+def _previous(path: Path, preset: str, part: str) -> dict:
+    if not path.exists() or preset not in json.loads(path.read_text()).get("presets", {}):
+        raise SystemExit(f"no {part} results for {preset} in {path}; run the train part first")
+    return json.loads(path.read_text())["presets"][preset][part]["value"]
+
+
+if __name__ == "__main__":
+    main()

@@ -77,7 +77,8 @@ def test_health_models_static_and_docs(client):
     models = {m["id"]: m for m in client.get("/v1/models").json()["models"]}
     assert models["cvae"] | {"step": 0} == {
         "id": "cvae", "family": "image", "model": "vae", "preset": "cvae-mnist", "conditional": True,
-        "num_classes": 10, "tasks": ["generate", "inpaint", "interpolate"], "image_size": 28, "channels": 1, "step": 0}
+        "num_classes": 10, "tasks": ["generate", "inpaint", "interpolate"], "image_size": 28, "channels": 1,
+        "sample_rate": None, "audio_length": None, "step": 0}
     assert models["ddpm"]["tasks"] == ["generate", "inpaint", "denoise", "upscale", "interpolate"]
     assert models["gpt"]["tasks"] == ["text"] and models["gpt"]["family"] == "text"
     assert models["graph"]["tasks"] == ["generate"] and models["graph"]["image_size"] is None
@@ -123,6 +124,41 @@ def test_graphs_equal_genlab_sample(client, runs, tmp_path):
         for i, j in g["edges"]:
             a[i, j] = a[j, i] = 1
         assert np.array_equal(a, adj[:k, :k])
+
+
+def test_audio_equals_genlab_sample(runs, tmp_path):
+    """An audio model answers WAV (its default: the clips in a row, as `genlab sample --out x.wav`),
+    .npz, a spectrogram grid, or JSON with one WAV and one spectrogram per clip."""
+    import soundfile as sf
+
+    c = TestClient(create_app([runs["audio"]]))
+    info = c.get("/v1/models").json()["models"][0]
+    assert (info["family"], info["model"], info["sample_rate"], info["audio_length"], info["num_classes"]) == \
+        ("audio", "diffwave", 8000, 256, 2)
+    body = {"model": "audio", "n": 3, "seed": 2, "label": 1}
+    args = ["sample", runs["audio"], "--n", 3, "--seed", 2, "--label", 1]
+    wav = c.post("/v1/generate", json=body)
+    assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
+    assert wav.content == _cli_bytes(tmp_path, *args, ".wav")
+    audio, sr = sf.read(io.BytesIO(wav.content), dtype="float32")
+    assert sr == 8000 and len(audio) == 3 * 256 + 2 * 2000  # three clips, 0.25 s between them
+    got, want = _npz(c.post("/v1/generate", json=body | {"format": "npz"}).content), \
+        _npz(_cli_bytes(tmp_path, *args, ".npz"))
+    assert got.keys() == want.keys() == {"audio", "sample_rate", "labels"}
+    assert all(np.array_equal(got[k], want[k]) for k in want) and want["labels"].tolist() == [1, 1, 1]
+    png = c.post("/v1/generate", json=body | {"format": "png"})
+    assert png.headers["content-type"] == "image/png" and png.content == (tmp_path / "cli-0.png").read_bytes()
+    js = c.post("/v1/generate", json=body | {"format": "json"}).json()
+    clips = [sf.read(io.BytesIO(base64.b64decode(w)), dtype="float32")[0] for w in js["audio_wav"]]
+    assert js["labels"] == [1, 1, 1] and len(js["spectrograms_png"]) == 3
+    assert np.abs(np.stack(clips) - want["audio"]).max() <= 1 / 32767  # 16-bit WAVs of the same clips
+    r = c.post("/v1/generate", json=body | {"label": 2})
+    assert r.status_code == 400 and "label" in r.json()["detail"]
+
+
+def test_wav_is_for_audio_models(client):
+    r = client.post("/v1/generate", json={"model": "cvae", "n": 2, "format": "wav"})
+    assert r.status_code == 400 and "wav is for audio models" in r.json()["detail"]
 
 
 def test_text_and_stream_equal_genlab_sample(client, runs, tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import genlab
 from tests.conftest import DATA, TINY_VAE
 from tests.test_diffusion import TINY_DIFFUSION, small_mnist
@@ -22,4 +24,32 @@ def train_tiny_runs(base: Path, data_root: Path) -> dict[str, Path]:
     r["gpt"] = genlab.train("gpt-shakespeare-cpu", base / "gpt", overrides=TINY_TEXT + [f"data.path={corpus}"],
                             steps=2)
     r["graph"] = genlab.train("graphgen-grid", base / "graph", overrides=TINY_RNN, steps=2)
-    return {k: v.run_dir for k, v in r.items()}
+    out = {k: v.run_dir for k, v in r.items()}
+    out["audio"] = train_tiny_audio(base)
+    return out
+
+
+AUDIO_RATE, AUDIO_T = 8000, 256
+TINY_DIFFWAVE = ["model.residual_channels=8", "model.layers=2", "model.dilation_cycle=2", "model.timesteps=50",
+                 "model.sampling_steps=4", f"data.audio_length={AUDIO_T}", "data.val_size=2", "data.test_size=2",
+                 "train.batch_size=4", "train.eval_batches=1", "train.sample_every=1000"]
+
+
+def tone_folder(folder: Path, per_class: int = 6) -> Path:
+    """Two classes of 256-sample tones at 8 kHz (low/ and high/, 16-bit WAVs), a labelled audio folder."""
+    import soundfile as sf
+
+    t = np.arange(AUDIO_T) / AUDIO_RATE
+    for c, base_hz in (("low", 300), ("high", 1200)):
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            sf.write(folder / c / f"{i}.wav", 0.5 * np.sin(2 * np.pi * (base_hz + 40 * i) * t), AUDIO_RATE,
+                     subtype="PCM_16")
+    return folder
+
+
+def train_tiny_audio(base: Path) -> Path:
+    """A class-conditional diffwave run (2 steps) on `tone_folder`."""
+    wavs = tone_folder(base / "tones")
+    return genlab.train("diffwave-fsdd", base / "audio", steps=2,
+                        overrides=TINY_DIFFWAVE + ["data.dataset=audio", f"data.path={wavs}"]).run_dir

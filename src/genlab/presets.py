@@ -258,12 +258,12 @@ PRESETS.update({
         "class-conditional WaveNet (2 x 10 dilated causal layers, 256-way mu-law), FSDD spoken digits",
         {"model": {"name": "wavenet", "residual_channels": 32, "skip_channels": 64, "layers": 10, "stacks": 2,
                    "quantization": 256, "conditional": True},
-         "data": dict(_FSDD), "train": {**_AUDIO_TRAIN, "steps": 5000, "batch_size": 4}},
+         "data": dict(_FSDD), "train": {**_AUDIO_TRAIN, "steps": 6500, "batch_size": 4}},
     ),
     "diffwave-fsdd": Preset(
         "class-conditional DiffWave (20 dilated layers on 4-sample patches, CFG w=2), FSDD spoken digits",
         {"model": {"name": "diffwave", "residual_channels": 32, "layers": 20, "dilation_cycle": 10, "patch": 4,
                    "conditional": True, "label_dropout": 0.1, "guidance": 2.0},
-         "data": dict(_FSDD), "train": {**_AUDIO_TRAIN, "steps": 4000, "batch_size": 16}},
+         "data": dict(_FSDD), "train": {**_AUDIO_TRAIN, "steps": 5500, "batch_size": 16}},
     ),
 })

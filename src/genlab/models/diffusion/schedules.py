@@ -122,8 +122,8 @@ def logsnr_timesteps(alpha_bar: torch.Tensor, k: int, start: int | None = None,
     clean end than `timesteps`, which matters for data of small amplitude (audio), whose detail
     lives at noise levels `timesteps` crosses in one final step.
 
-    The first step is `start`; the others are uniform in lambda from max(lambda[start], floor)
-    to lambda[0]. `floor` skips the stretch of very low SNR (the cosine schedule's clipped last
+    The steps are the k lambdas evenly spaced from max(lambda[start], floor) to lambda[0], the
+    first moved to `start` itself. `floor` skips the stretch of very low SNR (the cosine schedule's clipped last
     betas put lambda[T-1] ~ -10 against -4.3 at T-10) where the x0 estimate is just the data mean,
     which one step crosses exactly. Each step is the one with the lambda nearest its target, kept
     strictly descending with room for the rest: the last is 0 (k >= 2); k = start + 1 gives every step."""

@@ -193,7 +193,8 @@ def main() -> None:
         return
     if a.smoke:
         a.minutes, a.n, a.apply_n = [0.5, 1.0], 20, 4
-    command = " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "unset"),
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    command = " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "unset"), f"taskset -c {cpus}",
                         *map(shlex.quote, [Path(sys.executable).name, *sys.argv])])
     for preset in a.preset or PRESETS:
         run_dir = RUNS / (preset + ("-smoke" if a.smoke else ""))

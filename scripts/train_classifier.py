@@ -96,16 +96,22 @@ def train(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, lr: fl
 
 
 def update_readme(path: Path, row: dict[str, str]) -> None:
-    """Replace (or add) the table row for row["name"], keeping the other models' rows."""
+    """Replace (or add) the table row for row["name"], keeping the other models' rows and what
+    follows the table (other judges' sections, e.g. the audio judge's)."""
     rows: dict[str, str] = {}
+    tail: list[str] = []
     if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.startswith("| `lenet-"):
-                rows[line.split("|")[1].strip()] = line
+        lines = path.read_text().splitlines()
+        ours = [i for i, line in enumerate(lines) if line.startswith("| `lenet-")]
+        rows = {lines[i].split("|")[1].strip(): lines[i] for i in ours}
+        if ours:
+            tail = lines[ours[-1] + 1:]
+        else:  # no LeNet table yet: keep everything after our header (or the whole file)
+            tail = lines[len(README_HEADER):] if lines[:len(README_HEADER)] == README_HEADER else lines
     cells = [f"`{row['name']}`", row["accuracy"], row["epochs"], row["seconds"], row["cpu"],
              f"`{row['command']}`", row["date"]]
     rows[f"`{row['name']}`"] = "| " + " | ".join(cells) + " |"
-    atomic_write_text(path, "\n".join(README_HEADER + [rows[k] for k in sorted(rows)]) + "\n")
+    atomic_write_text(path, "\n".join(README_HEADER + [rows[k] for k in sorted(rows)] + tail) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

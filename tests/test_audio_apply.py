@@ -12,18 +12,21 @@ import pytest
 import soundfile as sf
 import torch
 
-import genlab
 from genlab.apply import apply
 from genlab.apply import audio as A
-from genlab.errors import ConfigError, DataError
+from genlab.audio import read_wav
+from genlab.errors import ConfigError, DataError, ShapeError
 from genlab.metrics.enhancement import pesq_score, si_sdr, snr_db, stoi_score
-from genlab.models.diffusion.diffwave import DiffWaveConfig, WaveDiffusion
+from genlab.models.diffusion.diffwave import WaveDiffusion
 from genlab.seed import make_generator
 from tests.conftest import DATA
+from tests.test_diffwave import _model
+from tests.tiny_runs import train_tiny_audio, train_tiny_wavenet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest)
 
 SR = 8000
+TINY = dict(patch=4, layers=2, cycle=2)  # _model: an untrained 2-layer WaveDiffusion on 64 samples, 50 steps
 
 
 def tone_burst(T: int = 4000, freq: float = 440.0, amp: float = 0.5) -> torch.Tensor:
@@ -32,17 +35,6 @@ def tone_burst(T: int = 4000, freq: float = 440.0, amp: float = 0.5) -> torch.Te
     x[: T // 4] = 0
     x[-(T // 4):] = 0
     return x
-
-
-def tiny_model(T: int = 64, randomize: bool = True) -> WaveDiffusion:
-    """An untrained 2-layer WaveDiffusion on T samples, 50 steps."""
-    torch.manual_seed(0)
-    m = WaveDiffusion(DiffWaveConfig(residual_channels=8, layers=2, dilation_cycle=2, patch=4, timesteps=50,
-                                     sampling_steps=4, audio_length=T)).eval()
-    if randomize:  # the zero-initialised output layer would make the fill trivially smooth
-        for p in m.net.parameters():
-            torch.nn.init.normal_(p, std=0.3)
-    return m
 
 
 # --------------------------------------------------------------------------- scores
@@ -83,8 +75,8 @@ def test_si_sdr_identity_scale_invariance_and_a_known_value():
 
 @pytest.mark.skipif(DATA is None or not (DATA / "fsdd" / "recordings").is_dir(), reason="FSDD recordings needed")
 def test_pesq_and_stoi_rank_clean_above_noisy_and_need_their_packages(monkeypatch):
-    from genlab.audio import read_wav
-
+    pytest.importorskip("pesq")
+    pytest.importorskip("pystoi")
     x, sr = read_wav(DATA / "fsdd" / "recordings" / "7_jackson_0.wav")
     clean = torch.from_numpy(x)
     noisy = A.add_noise(clean, "white", 0.0, seed=0)
@@ -110,7 +102,7 @@ def test_noise_makers_hit_the_snr_and_are_seeded(kind):
     pool = [tone_burst(1500, f) for f in (200, 310, 450, 520)] if kind == "babble" else None
     for target in (-5.0, 0.0, 10.0):
         noisy = A.add_noise(clean, kind, target, seed=3, babble_pool=pool)
-        got = 10 * torch.log10(clean.double().pow(2).sum(1) / (noisy - clean).double().pow(2).sum(1))
+        got = snr_db(noisy, clean)
         assert torch.allclose(got, torch.full((2,), target, dtype=torch.float64), atol=0.1)
     a, b = (A.add_noise(clean, kind, 0.0, seed=s, babble_pool=pool) for s in (3, 3))
     assert torch.equal(a, b) and not torch.equal(a, A.add_noise(clean, kind, 0.0, seed=4, babble_pool=pool))
@@ -173,7 +165,7 @@ def test_linear_fill_is_exact_on_a_ramp_and_keeps_the_known_samples():
 
 
 def test_start_step_matches_sigma_within_one_step():
-    m = tiny_model(randomize=False)
+    m = _model(**TINY, randomize=False)
     ratio = ((1 - m.alpha_bar) / m.alpha_bar).sqrt()  # increasing in t
     for sigma in (0.01, 0.1, 0.3, 1.0, 3.0):
         t = A.start_step(m, sigma)
@@ -186,7 +178,7 @@ def test_start_step_matches_sigma_within_one_step():
 @pytest.mark.parametrize("T, sampler", [(64, "dpmpp"), (40, "ddpm"), (150, "dpmpp")])
 def test_diffusion_inpainting_keeps_the_known_samples_exactly(T, sampler):
     """One window, a padded short clip, and a clip of three overlapping windows."""
-    m = tiny_model()
+    m = _model(**TINY)
     x = 0.5 * torch.sin(torch.arange(T) / 3.0).repeat(2, 1)
     x[1] *= -0.7
     before = x.clone()
@@ -201,17 +193,35 @@ def test_diffusion_inpainting_keeps_the_known_samples_exactly(T, sampler):
 
 
 @pytest.mark.parametrize("T", [40, 64, 150])
-def test_diffusion_denoising_at_a_tiny_noise_level_returns_the_input(T):
+def test_diffusion_denoising_at_a_tiny_noise_level_returns_the_input(T, monkeypatch):
     """At sigma ~ 0 the start step is 0, where x_0 ~ x: so padding, windows and the cross-fade
-    must give the input back (up to the network's last small correction)."""
-    m = tiny_model()
+    must give the input back (up to the network's last small correction). At 5 dB SNR every
+    window starts at the step matching its clip's noise level, from sqrt(ab) y, with the run's
+    steps scaled to the share of the process left."""
+    m = _model(**TINY)
     y = 0.4 * torch.sin(torch.arange(T) / 4.0).repeat(2, 1)
     out = A.denoise_audio(m, y, sigma=1e-4, generator=make_generator(0))
     assert out.shape == y.shape and (out - y).abs().max() < 0.05
     noisy = A.add_noise(y, "white", 5.0, seed=0)
+    calls, sample_from = [], m.sample_from
+
+    def spy(x, start, **kw):
+        calls.append((start, kw["steps"], x.detach().clone()))
+        return sample_from(x, start, **kw)
+
+    monkeypatch.setattr(m, "sample_from", spy)
     a = A.denoise_audio(m, noisy, snr_db=5.0, generator=make_generator(1))
-    b = A.denoise_audio(m, noisy, snr_db=5.0, generator=make_generator(1))
-    assert torch.equal(a, b) and bool(a.isfinite().all())
+    sigma = A.noise_std_from_snr(noisy, 5.0)
+    starts = {A.start_step(m, float(s)) for s in sigma}
+    assert {t for t, *_ in calls} == starts and 0 < min(starts) and max(starts) < m.T // 2
+    for t, steps, x in calls:
+        assert steps == min(t + 1, max(1, round(m.cfg.sampling_steps * (t + 1) / m.T)))
+        if T == 64:  # one window per clip, no padding: x_t* = sqrt(ab_t*) y for one of the clips
+            for row in x[:, 0]:
+                assert any(torch.allclose(row, math.sqrt(m.ab(t)) * clip, atol=1e-6) for clip in noisy)
+    assert sum(len(x) for *_, x in calls) == 2 * len(A.window_starts(max(T, 64), 64))
+    b = A.denoise_audio(m, noisy, sigma=sigma, generator=make_generator(1))  # the level given as a std
+    assert torch.equal(a, b) and bool(a.isfinite().all()) and not torch.allclose(a, noisy, atol=1e-3)
 
 
 class Oracle(torch.nn.Module):
@@ -238,7 +248,7 @@ def test_with_a_perfect_network_denoising_and_filling_give_the_clean_signal(T):
     cross-fade, the known-sample projection) is exact: a network that knows the clean signal
     gets it back. The signal repeats every 16 samples, so every window (starts 0, 32, 64, 96
     for T = 160) and the centre-padded short clip see the same clean window."""
-    m = tiny_model(randomize=False)
+    m = _model(**TINY, randomize=False)
     clean = 0.5 * torch.sin(2 * math.pi * torch.arange(T) / 16)
     window = clean[:64]
     if T < 64:  # a short clip sits in the middle of a window of silence (and, when noisy, noise)
@@ -256,16 +266,25 @@ def test_with_a_perfect_network_denoising_and_filling_give_the_clean_signal(T):
 
 
 def test_benchmarks_report_every_method():
-    m = tiny_model(T=256, randomize=False)
+    """Every method scored (PESQ and STOI too when installed); on tones in white noise at 5 dB
+    the classical denoisers raise SI-SDR above the noisy input's. The 256-sample clips take
+    several of the model's 64-sample windows."""
+    m = _model(**TINY, randomize=False)
+    perceptual = A._perceptual_available()
     clips = torch.stack([tone_burst(256, f) for f in (300, 500, 700)])
     r = A.denoise_benchmark(m, clips, SR, kinds=("white", "babble"), snr_db=5, seed=0, steps=2)
     assert set(r["kinds"]) == {"white", "babble"}
     for scores in r["kinds"].values():
         assert set(scores) == {"noisy", "spectral", "wiener", "diffusion"}
-        assert abs(scores["noisy"]["si_sdr"] - 5) < 0.5 and "pesq" in scores["noisy"]
+        assert abs(scores["noisy"]["si_sdr"] - 5) < 0.5 and ("pesq" in scores["noisy"]) == perceptual
+    white = r["kinds"]["white"]
+    for method in ("spectral", "wiener"):
+        assert white[method]["si_sdr"] > white["noisy"]["si_sdr"] + 1.5  # about +3 dB here
     g = A.inpaint_benchmark(m, clips, SR, gap_s=0.004, steps=2)
     assert set(g["methods"]) == {"linear", "zeros", "diffusion"} and g["gap"] == [112, 144]
     assert g["methods"]["zeros"]["snr"] == pytest.approx(0.0, abs=1e-9)
+    for scores in g["methods"].values():
+        assert ({"pesq", "stoi"} <= set(scores)) == perceptual
 
 
 # --------------------------------------------------------------------------- gaps
@@ -288,31 +307,21 @@ def test_gap_parsing_and_errors():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Tiny diffwave and WaveNet runs (2 steps) on a folder of 256-sample tones, and a test WAV."""
+    """Tiny class-conditional diffwave and WaveNet runs (tests/tiny_runs.py: 2 steps on 256-sample
+    tones at 8 kHz in low/ and high/), and a test WAV of 400 samples."""
     root = tmp_path_factory.mktemp("audio_apply")
-    (root / "wavs").mkdir()
-    for i in range(8):
-        sf.write(root / "wavs" / f"{i}.wav", 0.5 * np.sin(2 * np.pi * (300 + 100 * i) * np.arange(256) / SR),
-                 SR, subtype="PCM_16")
-    data = {"dataset": "audio", "path": str(root / "wavs"), "audio_length": 256, "test_size": 2, "val_size": 1}
-    train = {"batch_size": 4, "eval_every": 1000, "eval_batches": 1, "sample_every": 1000}
-    out = {
-        "diffwave": genlab.train({"model": {"name": "diffwave", "residual_channels": 8, "layers": 2,
-                                            "dilation_cycle": 2, "patch": 4, "timesteps": 50, "sampling_steps": 4},
-                                  "data": data, "train": train}, root / "dw", steps=2).run_dir,
-        "wavenet": genlab.train({"model": {"name": "wavenet", "residual_channels": 4, "skip_channels": 4, "layers": 2,
-                                           "stacks": 1, "quantization": 16},
-                                 "data": data, "train": train}, root / "wn", steps=2).run_dir,
-    }
+    out = {"diffwave": train_tiny_audio(root), "wavenet": train_tiny_wavenet(root)}
     rec = (0.3 * np.sin(np.arange(400) / 5.0) * np.hanning(400)).astype(np.float32)
     sf.write(root / "rec.wav", rec, SR, subtype="PCM_16")
     out["rec"] = root / "rec.wav"
     return out
 
 
-def test_apply_inpaint_writes_a_wav_keeping_the_known_samples(runs, tmp_path):
-    out = apply(runs["diffwave"], "inpaint", input=runs["rec"], out=tmp_path / "f.wav", gap="100n:200n", seed=1,
-                mask=None, steps=None)  # the CLI passes every flag, given or not
+def test_apply_inpaint_writes_a_wav_keeping_the_known_samples(runs, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="genlab"):
+        out = apply(runs["diffwave"], "inpaint", input=runs["rec"], out=tmp_path / "f.wav", gap="100n:200n",
+                    seed=1, mask=None, steps=None)  # the CLI passes every flag, given or not
+    assert "kept exactly" not in caplog.text  # 16-bit PCM at the run's rate: the file's samples themselves
     got, sr = sf.read(out, dtype="int16")
     src, _ = sf.read(runs["rec"], dtype="int16")
     assert sr == SR and got.shape == src.shape
@@ -321,11 +330,26 @@ def test_apply_inpaint_writes_a_wav_keeping_the_known_samples(runs, tmp_path):
                 method="linear")
     with np.load(lin) as z:
         assert z["audio"].shape == (1, 400) and z["audio"].dtype == np.float32 and int(z["sample_rate"]) == SR
+        a = z["audio"][0]
+    x, _ = read_wav(runs["rec"])
+    assert (a[:100] == x[:100]).all() and (a[200:] == x[200:]).all()  # the known samples, exactly
+    assert np.allclose(a[99:201], np.linspace(x[99], x[200], 102), atol=1e-6)  # a straight line across the gap
+
+
+def test_apply_inpaint_says_when_the_file_s_samples_are_not_kept_as_they_are(runs, tmp_path, caplog):
+    x, _ = read_wav(runs["rec"])
+    sf.write(tmp_path / "float.wav", x + 1e-5, SR, subtype="FLOAT")  # not on the 16-bit grid
+    sf.write(tmp_path / "hi.wav", np.repeat(x, 2), 2 * SR, subtype="PCM_16")
+    for name, why in (("float.wav", "holds FLOAT samples"), ("hi.wav", "was resampled from 16000 Hz")):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="genlab"):
+            apply(runs["wavenet"], "inpaint", input=tmp_path / name, out=tmp_path / "o.wav", gap="0.01:0.02",
+                  method="linear")
+        lines = [r.getMessage() for r in caplog.records if "kept exactly" in r.getMessage()]
+        assert len(lines) == 1 and why in lines[0] and "8000 Hz in 16-bit PCM" in lines[0]
 
 
 def test_apply_denoise_resamples_other_rates(runs, tmp_path, caplog):
-    from genlab.audio import read_wav
-
     rec, _ = read_wav(runs["rec"])
     sf.write(tmp_path / "hi.wav", np.repeat(rec, 2), 2 * SR, subtype="PCM_16")  # the same, at 16 kHz
     with caplog.at_level(logging.INFO, logger="genlab"):
@@ -333,8 +357,45 @@ def test_apply_denoise_resamples_other_rates(runs, tmp_path, caplog):
     assert "resampling" in caplog.text and "8000 Hz" in caplog.text
     x, sr = sf.read(out)
     assert sr == SR and len(x) == 400
+
+
+def test_apply_baseline_denoisers_raise_si_sdr_on_any_audio_run(runs, tmp_path):
+    clean = tone_burst(2000, 440, amp=0.3)
+    sf.write(tmp_path / "noisy.wav", A.add_noise(clean, "white", 5.0, seed=0).numpy(), SR, subtype="PCM_16")
+    noisy, _ = read_wav(tmp_path / "noisy.wav")
+    before = float(si_sdr(torch.from_numpy(noisy), clean))
     for method in ("spectral", "wiener"):  # baselines run on any audio run
-        apply(runs["wavenet"], "denoise", input=runs["rec"], out=tmp_path / f"{method}.wav", method=method)
+        out = apply(runs["wavenet"], "denoise", input=tmp_path / "noisy.wav", out=tmp_path / f"{method}.wav",
+                    method=method, snr=5)
+        got, _ = read_wav(out)
+        assert got.shape == noisy.shape and float(si_sdr(torch.from_numpy(got), clean)) > before + 3
+
+
+def test_apply_npz_input_checks_labels_and_sample_rate(runs, tmp_path):
+    x, _ = read_wav(runs["rec"])
+    audio = np.stack([x, x[::-1].copy()])
+
+    def npz(name, **arrays):
+        np.savez(tmp_path / name, **arrays)
+        return tmp_path / name
+
+    ok = apply(runs["diffwave"], "inpaint", input=npz("ok.npz", audio=audio, sample_rate=SR, labels=[1, 0]),
+               out=tmp_path / "ok.npz", gap="100n:200n", method="linear")
+    with np.load(ok) as z:
+        assert z["labels"].tolist() == [1, 0] and (z["audio"][:, :100] == audio[:, :100]).all()
+    for labels in ([0, 2], [-1, 0]):  # 2 would be the run's "no label" embedding: no silent unconditional
+        bad = npz("labels.npz", audio=audio, sample_rate=SR, labels=labels)
+        for method in ("diffusion", "spectral"):
+            with pytest.raises(ConfigError, match=r"labels\.npz: labels must be classes in 0\.\.1 for this run"):
+                apply(runs["diffwave"], "denoise", input=bad, out=tmp_path / "o.npz", method=method, snr=5)
+    for rate, err, msg in [(np.array([SR, SR]), ShapeError, "'sample_rate' must be one number"),
+                           (np.array("8000"), ShapeError, "'sample_rate' must be one number"),
+                           (0, DataError, "'sample_rate' must be a positive whole number of Hz, got 0"),
+                           (-8000, DataError, "positive whole number"), (8000.5, DataError, "positive whole number")]:
+        with pytest.raises(err, match=msg):
+            apply(runs["diffwave"], "denoise", input=npz("rate.npz", audio=audio, sample_rate=rate),
+                  out=tmp_path / "o.npz", method="spectral")
+    assert not (tmp_path / "o.npz").exists()
 
 
 def test_apply_audio_errors(runs, tmp_path):
@@ -345,6 +406,12 @@ def test_apply_audio_errors(runs, tmp_path):
     cases = [
         (dict(run_dir=runs["wavenet"], task="denoise", input=rec), ConfigError, "needs a diffwave run.*--method"),
         (dict(run_dir=runs["wavenet"], task="inpaint", input=rec, gap="0.01:0.02"), ConfigError, "diffwave"),
+        (dict(run_dir=runs["wavenet"], task="denoise", input=rec, method="spectral", sampler="ddim", guidance=2),
+         ConfigError, r"^--guidance, --sampler: diffusion options, but .* is a wavenet run$"),
+        (dict(run_dir=runs["wavenet"], task="inpaint", input=rec, gap="0.01:0.02", method="linear", zeta=1),
+         ConfigError, r"^--zeta: diffusion options, but .* is a wavenet run$"),
+        (dict(run_dir=runs["diffwave"], task="inpaint", input=rec, gap="0.01:0.02", zeta=1), ConfigError,
+         "--zeta: not an option of inpaint for audio runs"),
         (dict(run_dir=runs["diffwave"], task="inpaint", input=rec, gap="0.01:0.9"), ConfigError, "after the end"),
         (dict(run_dir=runs["diffwave"], task="inpaint", input=rec, gap="0.02:0.01"), ConfigError, "is empty"),
         (dict(run_dir=runs["diffwave"], task="inpaint", input=rec), ConfigError, "needs --gap"),
@@ -353,13 +420,16 @@ def test_apply_audio_errors(runs, tmp_path):
         (dict(run_dir=runs["diffwave"], task="denoise", input=tmp_path / "text.wav"), DataError, "not a readable"),
         (dict(run_dir=runs["diffwave"], task="denoise", input=tmp_path / "song.mp3"), DataError, "mono .wav"),
         (dict(run_dir=runs["diffwave"], task="denoise", input=rec, method="spectral", sampler="ddim"),
-         ConfigError, "diffusion options"),
+         ConfigError, "--sampler: diffusion options, but --method spectral does not sample a model"),
         (dict(run_dir=runs["diffwave"], task="denoise", input=rec, method="median"), ConfigError,
          "diffusion, spectral, wiener"),
         (dict(run_dir=runs["diffwave"], task="inpaint", input=rec, gap="0:0.01", mask="center"), ConfigError,
          "--mask: not an option"),
         (dict(run_dir=runs["diffwave"], task="denoise", input=rec, snr=5, sigma=0.1), ConfigError, "not both"),
-        (dict(run_dir=runs["diffwave"], task="denoise", input=rec, label=1), ConfigError, "class-conditional"),
+        (dict(run_dir=runs["diffwave"], task="denoise", input=rec, label=2), ConfigError,
+         r"--label must be in 0\.\.1"),
+        (dict(run_dir=runs["diffwave"], task="denoise", input=rec, method="wiener", label=1), ConfigError,
+         "--method wiener does not use it"),
     ]
     for kw, err, msg in cases:
         with pytest.raises(err, match=msg):

@@ -30,9 +30,13 @@ def train_tiny_runs(base: Path, data_root: Path) -> dict[str, Path]:
 
 
 AUDIO_RATE, AUDIO_T = 8000, 256
+# data/train overrides shared by the tiny audio runs (diffwave, WaveNet)
+TINY_AUDIO = [f"data.audio_length={AUDIO_T}", "data.val_size=2", "data.test_size=2", "train.batch_size=4",
+              "train.eval_batches=1", "train.sample_every=1000"]
 TINY_DIFFWAVE = ["model.residual_channels=8", "model.layers=2", "model.dilation_cycle=2", "model.timesteps=50",
-                 "model.sampling_steps=4", f"data.audio_length={AUDIO_T}", "data.val_size=2", "data.test_size=2",
-                 "train.batch_size=4", "train.eval_batches=1", "train.sample_every=1000"]
+                 "model.sampling_steps=4"] + TINY_AUDIO
+TINY_WAVENET = ["model.residual_channels=4", "model.skip_channels=4", "model.layers=2", "model.stacks=1",
+                "model.quantization=16"] + TINY_AUDIO
 
 
 def tone_folder(folder: Path, per_class: int = 6) -> Path:
@@ -48,8 +52,22 @@ def tone_folder(folder: Path, per_class: int = 6) -> Path:
     return folder
 
 
+def _tones(base: Path) -> Path:
+    """`tone_folder(base / "tones")`, written once and reused by every tiny audio run under base."""
+    folder = base / "tones"
+    return folder if folder.is_dir() and any(folder.rglob("*.wav")) else tone_folder(folder)
+
+
 def train_tiny_audio(base: Path) -> Path:
     """A class-conditional diffwave run (2 steps) on `tone_folder`."""
-    wavs = tone_folder(base / "tones")
+    wavs = _tones(base)
     return genlab.train("diffwave-fsdd", base / "audio", steps=2,
                         overrides=TINY_DIFFWAVE + ["data.dataset=audio", f"data.path={wavs}"]).run_dir
+
+
+def train_tiny_wavenet(base: Path) -> Path:
+    """A class-conditional WaveNet run (2 steps, 16-way mu-law) on `tone_folder` (base/tones,
+    shared with `train_tiny_audio`)."""
+    wavs = _tones(base)
+    return genlab.train("wavenet-fsdd", base / "wavenet", steps=2,
+                        overrides=TINY_WAVENET + ["data.dataset=audio", f"data.path={wavs}"]).run_dir

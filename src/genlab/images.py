@@ -75,12 +75,17 @@ def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None = Non
     atomic_write_bytes(Path(path), encode_images("npz", images, labels))
 
 
+def numbered_names(n: int, labels: torch.Tensor | None, suffix: str) -> list[str]:
+    """The file names of a folder of n samples: 00.png, 01_label3.png, ... (zero-padded indices,
+    the label when there is one)."""
+    digits = len(str(n - 1))
+    return [f"{i:0{digits}d}{'' if labels is None else f'_label{int(labels[i])}'}{suffix}" for i in range(n)]
+
+
 def save_folder(folder: Path, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
     folder = Path(folder)
-    digits = len(str(len(images) - 1))
-    for i, img in enumerate(images):
-        tag = f"_label{int(labels[i])}" if labels is not None else ""
-        atomic_write_bytes(folder / f"{i:0{digits}d}{tag}.png", png_bytes(img.permute(1, 2, 0).numpy()))
+    for img, name in zip(images, numbered_names(len(images), labels, ".png")):
+        atomic_write_bytes(folder / name, png_bytes(img.permute(1, 2, 0).numpy()))
 
 
 def write_images(out: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None,

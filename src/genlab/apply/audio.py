@@ -6,14 +6,16 @@ Denoising (`method`):
     noise of std sigma is, up to scale, a point of the forward process:
     x_t / sqrt(ab_t) = x0 + sqrt((1 - ab_t) / ab_t) eps. So the reverse process starts at the
     step t* whose noise-to-signal ratio sqrt((1 - ab) / ab) is closest to sigma, from
-    x_t* = sqrt(ab_t*) y, and runs down to t = 0 with the run's sampler in a few steps;
+    x_t* = sqrt(ab_t*) y, and runs down to t = 0 with the run's sampler in a few steps
+    (`genlab.apply.denoise.denoise`, shared with images);
   - spectral: spectral subtraction (Boll 1979, with Berouti et al.'s over-subtraction and
     floor): |S|^2 = max(|Y|^2 - a N, b |Y|^2) on the STFT, with the noisy phase;
   - wiener: a spectral Wiener gain G = xi / (1 + xi) with the decision-directed a-priori SNR
     xi (Ephraim & Malah 1984; Scalart & Filho 1996), noisy phase.
 
 The noise level sigma (std, in waveform units: full scale is 1) comes from `snr` when given
-(the noisy power is P_y = P_x + P_n for independent noise, so sigma^2 = P_y / (1 + 10^(snr/10))),
+(the noisy power is P_y = P_x + P_n for independent noise, so sigma^2 = P_y / (1 + 10^(snr/10)):
+metrics.enhancement.noise_scale_for_snr),
 or `sigma` itself, or else is estimated from the quietest frames: the mean power spectrum of the
 10% of STFT frames with least energy is the noise spectrum N (speech has pauses; a steady tone
 does not, and would be taken for noise), and sigma^2 its total power (about 10% low in std for
@@ -30,6 +32,12 @@ Gap filling (`method`):
     keeps the known samples exactly: they are copied in at the end;
   - linear: straight lines across each gap between the samples either side (held flat at the
     recording's ends); zeros: silence.
+Every method keeps the known samples of the waveform it is given bit for bit. Through `apply`
+that is the input as the run sees it: at the run's sample rate, and written as 16-bit PCM
+(FILE.wav) or float32 (FILE.npz). So the output file repeats the input file's known samples
+exactly only when the input is at the run's rate and in a format the output holds exactly
+(16-bit PCM for FILE.wav); otherwise `apply` logs one line saying that the known samples are
+kept exactly as the run's resampled/re-quantised version of the input.
 
 Lengths: the diffusion model sees windows of its own length L (data.audio_length). Shorter
 recordings are padded in the middle of a window, as the data layer pads training clips (denoising:
@@ -54,17 +62,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genlab.apply import DIFFUSION_OPTIONS
+from genlab.apply.denoise import denoise, start_step
 from genlab.errors import ConfigError, DataError, ShapeError
-from genlab.models.diffusion.schedules import step_for_noise
+from genlab.metrics.enhancement import noise_scale_for_snr
+from genlab.sampling import DIFFUSION_MODELS, check_diffusion_options
 from genlab.seed import make_generator
 
 log = logging.getLogger("genlab")
 
 NOISES = ("white", "pink", "babble")
 METHODS = {"denoise": ("diffusion", "spectral", "wiener"), "inpaint": ("diffusion", "linear", "zeros")}
-DIFFUSION_OPTIONS = ("sampler", "sampling_steps", "eta", "guidance")
+# the diffusion options (of apply's DIFFUSION_OPTIONS) that audio tasks take
+SAMPLING_OPTIONS = tuple(k for k in DIFFUSION_OPTIONS if k in ("sampler", "sampling_steps", "eta", "guidance"))
 TASK_OPTIONS = {"denoise": ("snr", "sigma"), "inpaint": ("gap",)}
-COMMON_OPTIONS = ("method", "seed", "label") + DIFFUSION_OPTIONS
+COMMON_OPTIONS = ("method", "seed", "label") + SAMPLING_OPTIONS
 N_FFT = 256  # 32 ms at 8 kHz
 QUIET_SHARE = 0.1  # share of STFT frames (the least energetic) taken as noise only
 
@@ -150,7 +162,8 @@ def add_noise(clean: torch.Tensor | np.ndarray, kind: str, snr_db: float, seed: 
     if bool((p_clean == 0).any()):
         raise ConfigError("cannot set an SNR for a silent (all-zero) clip")
     noise = make_noise(kind, *x.shape, make_generator(seed), babble_pool)
-    noise = noise * (p_clean / (noise.pow(2).mean(-1, keepdim=True) * 10 ** (snr_db / 10))).sqrt()
+    rms = noise.pow(2).mean(-1, keepdim=True).sqrt()
+    noise = noise * (noise_scale_for_snr(p_clean, snr_db) / rms)  # the drawn noise at exactly the std wanted
     y = (x + noise).float()
     return y[0] if one else y
 
@@ -201,8 +214,7 @@ def estimate_noise_std(y: torch.Tensor) -> torch.Tensor:
 def noise_std_from_snr(y: torch.Tensor, snr_db: float) -> torch.Tensor:
     """Noisy waveforms (N, T) and their SNR in dB -> the noise std (N,): for independent noise
     P_y = P_x + P_n = P_n (1 + 10^(snr/10))."""
-    p_y = torch.as_tensor(y).double().pow(2).mean(-1)
-    return (p_y / (1 + 10 ** (snr_db / 10))).sqrt()
+    return noise_scale_for_snr(torch.as_tensor(y).double().pow(2).mean(-1), snr_db, noisy=True)
 
 
 def _noise_std(y: torch.Tensor, snr_db: float | None, sigma: float | torch.Tensor | None) -> torch.Tensor:
@@ -295,19 +307,9 @@ def linear_fill(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- diffusion
 
 
-def is_diffusion(model) -> bool:
-    """A model with the Gaussian diffusion process's reverse sampler (diffwave)."""
-    return callable(getattr(model, "sample_from", None)) and hasattr(model, "alpha_bar")
-
-
 def window_length(model) -> int:
     """The waveform length L the diffusion model was built for."""
     return int(model.data_shape()[-1]) if hasattr(model, "data_shape") else int(model.cfg.audio_length)
-
-
-def start_step(model, sigma: float) -> int:
-    """t*: the step whose noise-to-signal ratio sqrt((1 - ab_t) / ab_t) is closest to sigma."""
-    return step_for_noise(model.alpha_bar.double().cpu(), float(sigma))
 
 
 def window_starts(length: int, L: int) -> list[int]:
@@ -321,20 +323,17 @@ def window_starts(length: int, L: int) -> list[int]:
 
 
 def _pad_centre(x: torch.Tensor, L: int, fill: torch.Tensor | float = 0.0) -> tuple[torch.Tensor, int]:
-    """(N, T) with T < L -> (N, L): x in the middle (as the data layer pads clips), the rest
-    taken from `fill` (N, L) or a constant; and the offset of x in it."""
+    """(N, T) with T < L -> (N, L): x where the data layer puts a short clip (genlab.audio.fit_length:
+    the middle, the odd sample of padding on the right), the rest taken from `fill` (N, L) or a
+    constant; and the offset of x in it. x itself is copied in at its own dtype."""
+    from genlab.audio import fit_length
+
     n, T = x.shape
-    left = (L - T) // 2
+    _, where = fit_length(np.zeros(T, np.float32), L)  # (L,) True on the clip's samples
+    left = int(where.argmax())
     out = fill.clone() if isinstance(fill, torch.Tensor) else torch.full((n, L), float(fill), dtype=x.dtype)
     out[:, left:left + T] = x
     return out, left
-
-
-def _default_steps(model, t: int, steps: int | None) -> int:
-    """The run's sampling steps scaled by the share of the process left, at most t + 1."""
-    if steps is None:
-        steps = max(1, round(model.cfg.sampling_steps * (t + 1) / model.T))
-    return min(steps, t + 1)
 
 
 def _labels_for(labels: torch.Tensor | None, idx: list[int], device) -> torch.Tensor | None:
@@ -360,24 +359,27 @@ def denoise_audio(model, y: torch.Tensor, *, snr_db: float | None = None, sigma:
     sig = _noise_std(y, snr_db, sigma)
     sampler = sampler or model.cfg.sampler
     eta = (1.0 if sampler == "ddpm" else model.cfg.eta) if eta is None else eta
-    # every window of every clip, grouped by its start step (one batch per t*)
+    # every window of every clip, grouped by its start step t* (one batch per t*); the group's
+    # first sigma stands for it: `denoise` maps each of the group's sigmas to the same t*
     segments: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
+    group_sigma: dict[int, float] = {}
     for i in range(N):
         yi, off = y[i:i + 1], 0
         if T < L:
             noise = sig[i] * torch.randn(1, L, generator=generator, device=generator.device).double().cpu()
             yi, off = _pad_centre(yi, L, noise)
         t = start_step(model, float(sig[i]))
+        group_sigma.setdefault(t, float(sig[i]))
         for s in window_starts(yi.shape[-1], L):
             segments.setdefault(t, []).append((i, s - off, yi[0, s:s + L]))
     acc = torch.zeros(N, T, dtype=torch.float64)
     weight = torch.zeros(N, T, dtype=torch.float64)
     fade = torch.hann_window(L, periodic=False, dtype=torch.float64).clamp_min(1e-3)  # cross-fade weights
     for t, segs in segments.items():
-        x_t = math.sqrt(model.ab(t)) * torch.stack([s for *_, s in segs])[:, None].float().to(dev)  # (B, 1, L)
-        x0 = model.sample_from(x_t, t, steps=_default_steps(model, t, steps), sampler=sampler, eta=eta,
-                               guidance=guidance, labels=_labels_for(labels, [i for i, *_ in segs], dev),
-                               generator=generator)[:, 0].double().cpu()  # (B, L)
+        windows = torch.stack([s for *_, s in segs])[:, None].float().to(dev)  # (B, 1, L)
+        x0 = denoise(model, windows, group_sigma[t], steps=steps, sampler=sampler, eta=eta, guidance=guidance,
+                     labels=_labels_for(labels, [i for i, *_ in segs], dev),
+                     generator=generator)[:, 0].double().cpu()  # (B, L)
         for (i, s, _), out in zip(segs, x0):
             lo, hi = max(s, 0), min(s + L, T)  # a padded window: only the recording's part
             acc[i, lo:hi] += fade[lo - s:hi - s] * out[lo - s:hi - s]
@@ -471,6 +473,12 @@ def gap_mask(length: int, spec: str | tuple[int, int], sample_rate: int) -> torc
 # --------------------------------------------------------------------------- tasks on a loaded run
 
 
+def is_diffusion_run(run) -> bool:
+    """Whether `run` samples with the Gaussian diffusion process (diffwave among audio runs),
+    decided by its model name as every diffusion-option check in genlab decides it."""
+    return run.cfg.model_name in DIFFUSION_MODELS
+
+
 def task_problem(run, task: str, name: str | None = None, method: str | None = None) -> str | None:
     """Why the audio `run` cannot do `task` with `method` (default diffusion), or None."""
     name = name or str(run.run_dir)
@@ -479,25 +487,27 @@ def task_problem(run, task: str, name: str | None = None, method: str | None = N
     method = method or "diffusion"
     if method not in METHODS[task]:
         return f"--method for audio {task} must be one of {', '.join(METHODS[task])}, got {method!r}"
-    if method == "diffusion" and not is_diffusion(run.model):
+    if method == "diffusion" and not is_diffusion_run(run):
         others = "|".join(m for m in METHODS[task] if m != "diffusion")
         return (f"{task} with the diffusion method needs a diffwave run; {name} is a {run.cfg.model_name} run: "
                 f"train a diffwave run, or give --method {others} for a classical baseline")
     return None
 
 
+def _flags(keys) -> str:
+    return ", ".join("--" + k.replace("_", "-") for k in keys)
+
+
 def _check_options(run, task: str, method: str, options: dict, name: str) -> None:
     given = {k for k, v in options.items() if v is not None}
+    diff = sorted(k for k in given if k in DIFFUSION_OPTIONS)
+    check_diffusion_options(run, [f"--{k.replace('_', '-')}" for k in diff], name)  # a run of another family
     allowed = set(COMMON_OPTIONS) | set(TASK_OPTIONS[task])
     stray = sorted(given - allowed)
     if stray:
-        flags = ", ".join("--" + k.replace("_", "-") for k in stray)
-        takes = ", ".join("--" + k.replace("_", "-") for k in sorted(allowed))
-        raise ConfigError(f"{flags}: not an option of {task} for audio runs (it takes {takes})")
-    diff = sorted(k for k in given if k in DIFFUSION_OPTIONS)
+        raise ConfigError(f"{_flags(stray)}: not an option of {task} for audio runs (it takes {_flags(sorted(allowed))})")
     if diff and method != "diffusion":
-        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in diff)}: diffusion options, but "
-                          f"--method {method} does not sample a model")
+        raise ConfigError(f"{_flags(diff)}: diffusion options, but --method {method} does not sample a model")
     if task == "inpaint" and "gap" not in given:
         raise ConfigError(f"inpaint needs --gap {GAP_HELP}")
     if task == "denoise" and "snr" in given and "sigma" in given:
@@ -513,14 +523,32 @@ def _check_options(run, task: str, method: str, options: dict, name: str) -> Non
             raise ConfigError(f"--label must be in 0..{k - 1}, got {label}")
 
 
+def _check_labels(model, labels: torch.Tensor | None, n: int, where: str) -> torch.Tensor | None:
+    """The clips' labels as int64 (n,), or None; for a class-conditional model every label must be
+    one of its classes 0..K-1 (the index K is its "no label" embedding, never a class)."""
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    if labels.shape != (n,) or labels.is_floating_point() or labels.is_complex():
+        raise ShapeError(f"{where}: labels must be integers of shape ({n},), got {labels.dtype} {tuple(labels.shape)}")
+    labels = labels.long()
+    k = getattr(model, "num_classes", None) if getattr(model, "conditional", False) else None
+    if k and not bool(((labels >= 0) & (labels < k)).all()):
+        raise ConfigError(f"{where}: labels must be classes in 0..{k - 1} for this run, got values "
+                          f"{int(labels.min())}..{int(labels.max())}")
+    return labels
+
+
 def run_audio_task(run, task: str, clips: torch.Tensor, labels: torch.Tensor | None = None, *,
-                   name: str | None = None, method: str | None = None, seed: int = 0, label: int | None = None,
-                   snr: float | None = None, sigma: float | None = None, gap: str | tuple | torch.Tensor | None = None,
-                   sampler: str | None = None, sampling_steps: int | None = None, eta: float | None = None,
+                   name: str | None = None, input_name: str = "labels", method: str | None = None, seed: int = 0,
+                   label: int | None = None, snr: float | None = None, sigma: float | None = None,
+                   gap: str | tuple | torch.Tensor | None = None, sampler: str | None = None,
+                   sampling_steps: int | None = None, eta: float | None = None,
                    guidance: float | None = None) -> torch.Tensor:
     """The in-memory half of `apply` for audio runs: clips float (N, T) at the run's sample rate
     -> (N, T) float32. `labels` (N,): the clips' classes, used by conditional runs unless
-    `label` is given. `gap`: GAP_HELP's string, (start, end) samples, or a bool mask (T,)/(N, T)."""
+    `label` is given (a ConfigError naming `input_name` for one outside the run's classes).
+    `gap`: GAP_HELP's string, (start, end) samples, or a bool mask (T,)/(N, T)."""
     name = name or str(run.run_dir)
     options = dict(method=method, seed=seed, label=label, snr=snr, sigma=sigma, gap=gap, sampler=sampler,
                    sampling_steps=sampling_steps, eta=eta, guidance=guidance)
@@ -534,6 +562,7 @@ def run_audio_task(run, task: str, clips: torch.Tensor, labels: torch.Tensor | N
         raise ShapeError(f"audio {task} needs waveforms (N, T) with T >= 8 samples, got {tuple(x.shape)}")
     sr = int(run.meta["sample_rate"])
     model = run.model
+    labels = _check_labels(model, labels, len(x), input_name)
     steps = w = y = g = None  # the diffusion method's
     if method == "diffusion":
         sampler, steps, w, eta = model.sampling_options(sampler, sampling_steps, guidance, eta)  # checks the values
@@ -564,10 +593,14 @@ def run_audio_task(run, task: str, clips: torch.Tensor, labels: torch.Tensor | N
     return inpaint_audio(model, x, fill, steps=steps, sampler=sampler, eta=eta, guidance=w, labels=y, generator=g)
 
 
-def read_audio_input(path: str | Path, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """--input FILE.wav (mono) or FILE.npz (`audio` float (N, T) or (T,), `sample_rate`, optional
-    `labels`) -> (float32 (N, T) at `sample_rate`, labels or None); another rate is resampled
-    (and logged)."""
+# formats (soundfile subtypes; npz float dtypes) whose samples the output formats hold exactly
+_EXACT_IN = {"wav": ("PCM_16", "PCM_S8", "PCM_U8"),
+             "npz": ("PCM_16", "PCM_S8", "PCM_U8", "PCM_24", "FLOAT", "float32")}
+
+
+def _read_input(path: str | Path, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor | None, int, str]:
+    """read_audio_input, and the file's own rate and sample format (a WAV's soundfile subtype,
+    e.g. PCM_16 or FLOAT; an npz's float dtype)."""
     from genlab.audio import read_wav, resample
 
     p = Path(path)
@@ -575,29 +608,58 @@ def read_audio_input(path: str | Path, sample_rate: int) -> tuple[torch.Tensor, 
         raise DataError(f"input {p} not found")
     suffix = p.suffix.lower()
     if suffix == ".wav":
+        import soundfile as sf
+
         a, sr = read_wav(p)
-        a, labels = a[None], None
+        a, labels, fmt = a[None], None, sf.info(str(p)).subtype
     elif suffix == ".npz":
         try:
             with np.load(p) as z:
                 if "audio" not in z or "sample_rate" not in z:
                     raise ShapeError(f"{p} must hold 'audio' (float N x T) and 'sample_rate' "
                                      f"(found: {', '.join(z.files) or 'nothing'})")
-                a, sr, labels = z["audio"], int(z["sample_rate"]), (z["labels"] if "labels" in z else None)
+                a, rate, labels = z["audio"], z["sample_rate"], (z["labels"] if "labels" in z else None)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise DataError(f"cannot read {p} as .npz: {e}") from None
+        if rate.shape != () or rate.dtype.kind not in "iuf":
+            raise ShapeError(f"{p}: 'sample_rate' must be one number (Hz), got {rate.dtype} {rate.shape}")
+        if not (np.isfinite(rate) and rate > 0 and rate == np.floor(rate)):
+            raise DataError(f"{p}: 'sample_rate' must be a positive whole number of Hz, got {rate.item()}")
+        sr = int(rate)
         a = a[None] if a.ndim == 1 else a
         if a.dtype.kind != "f" or a.ndim != 2 or a.shape[0] < 1 or not np.isfinite(a).all():
             raise ShapeError(f"{p}: 'audio' must be finite floats (N, T) or (T,), got {a.dtype} {a.shape}")
         if labels is not None and (labels.shape != (len(a),) or labels.dtype.kind not in "iu"):
             raise ShapeError(f"{p}: 'labels' must be integers of shape ({len(a)},), got {labels.dtype} {labels.shape}")
+        fmt = str(a.dtype)
     else:
         raise DataError(f"--input must be a mono .wav file (or an .npz with 'audio' and 'sample_rate'), got {p.name}")
     if sr != sample_rate:
         log.info("resampling %s from %d Hz to the run's %d Hz", p, sr, sample_rate)
         a = resample(np.asarray(a, dtype=np.float32), sr, sample_rate)
     x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    return x, None if labels is None else torch.from_numpy(labels).long()
+    return x, None if labels is None else torch.from_numpy(labels).long(), sr, fmt
+
+
+def read_audio_input(path: str | Path, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """--input FILE.wav (mono) or FILE.npz (`audio` float (N, T) or (T,), `sample_rate` one
+    positive integer, optional integer `labels` (N,)) -> (float32 (N, T) at `sample_rate`, labels
+    or None); another rate is resampled (and logged). ShapeError/DataError (one line, naming the
+    file) for anything else."""
+    x, labels, _, _ = _read_input(path, sample_rate)
+    return x, labels
+
+
+def _log_inexact_known(input: str | Path, out: Path, rate: int, fmt: str, sample_rate: int) -> None:
+    """Inpainting keeps the known samples of the waveform it is given, the input at the run's
+    rate; say so (one line) when the output file cannot repeat the input file's samples exactly."""
+    kind = out.suffix.lower()[1:]
+    if rate == sample_rate and fmt in _EXACT_IN[kind]:
+        return
+    why = f"was resampled from {rate} Hz" if rate != sample_rate else f"holds {fmt} samples"
+    held = "16-bit PCM" if kind == "wav" else "float32"
+    log.info("inpaint: %s %s: the known samples are kept exactly at the run's %d Hz in %s, not as the file has them",
+             input, why, sample_rate, held)
 
 
 def apply_audio(run, task: str, *, input: str | Path | None, out: str | Path, name: str | None = None,
@@ -619,8 +681,10 @@ def apply_audio(run, task: str, *, input: str | Path | None, out: str | Path, na
     if input is None:
         raise ConfigError(f"{task} needs --input FILE.wav")
     sr = int(run.meta["sample_rate"])
-    clips, labels = read_audio_input(input, sr)
-    result = run_audio_task(run, task, clips, labels, name=name, **options)
+    clips, labels, rate, fmt = _read_input(input, sr)
+    result = run_audio_task(run, task, clips, labels, name=name, input_name=str(input), **options)
+    if task == "inpaint":
+        _log_inexact_known(input, p, rate, fmt, sr)
     atomic_write_bytes(p, encode_audio(p.suffix.lower()[1:], result, sr, labels))
     return p
 
@@ -699,14 +763,16 @@ def inpaint_benchmark(run, clips: torch.Tensor, sample_rate: int, gap_s: float =
                       gap: tuple[int, int] | None = None, labels: torch.Tensor | None = None,
                       **diffusion_options) -> dict:
     """SI-SDR and SNR (dB) inside a gap of linear interpolation, zeros (SNR only: SI-SDR of
-    silence is meaningless) and diffusion filling, means over clips.
+    silence is meaningless) and diffusion filling, and PESQ and STOI of the whole filled clip
+    (when the packages are installed, as in `denoise_benchmark`), means over clips.
 
     Args:
         clips: clean float (N, T) (or (N, 1, T)) at `sample_rate`. gap: (start, end) samples;
             default `gap_s` seconds in the middle (where FSDD's centred recordings speak).
         run: a diffwave Run or model; None scores the baselines only.
     Returns:
-        {"gap": [start, end], "n", "methods": {"linear" | "zeros" | "diffusion": {"si_sdr", "snr"}}}.
+        {"gap": [start, end], "n", "methods": {"linear" | "zeros" | "diffusion":
+        {"si_sdr"?, "snr", "pesq"?, "stoi"?}}}.
     """
     from genlab.metrics.enhancement import si_sdr, snr_db
 
@@ -724,9 +790,13 @@ def inpaint_benchmark(run, clips: torch.Tensor, sample_rate: int, gap_s: float =
     if model is not None:
         outs["diffusion"] = inpaint_audio(model, x, fill, labels=labels, generator=make_generator(seed),
                                           **diffusion_options)
+    perceptual = _perceptual_available()
     methods = {}
     for m, v in outs.items():
         methods[m] = {"snr": float(snr_db(v[:, s:e], x[:, s:e]).mean())}
         if m != "zeros":
             methods[m]["si_sdr"] = float(si_sdr(v[:, s:e], x[:, s:e]).mean())
+        if perceptual:  # the whole clip: PESQ and STOI need far more than a gap's samples
+            whole = _scores(v, x, sample_rate, perceptual)
+            methods[m].update(pesq=whole["pesq"], stoi=whole["stoi"])
     return {"gap": [s, e], "n": len(x), "methods": methods}

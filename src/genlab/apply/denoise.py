@@ -30,7 +30,9 @@ def start_step(model, sigma_model: float) -> int:
 def denoise(model, y: torch.Tensor, sigma_model: float, *, steps: int | None = None, sampler: str = "dpmpp",
             eta: float = 0.0, generator: torch.Generator, labels: torch.Tensor | None = None,
             guidance: float = 1.0) -> torch.Tensor:
-    """Noisy images y (B, C, H, W) in data space, noise std sigma_model there -> x0 estimates.
+    """Noisy data y (B, *data_shape: images (B, C, H, W), waveform windows (B, 1, L)) in data
+    space, noise std sigma_model there -> x0 estimates, from the step `start_step` picks for
+    sigma_model (the one place that choice is made; genlab.apply.audio denoises through here).
     Default steps: the run's sampling steps scaled by the share of the process left."""
     t = start_step(model, sigma_model)
     if steps is None:

@@ -6,6 +6,9 @@ recording): SI-SDR, PESQ and STOI.
     gain alpha = <s_hat, s> / |s|^2, then 10 log10(|alpha s|^2 / |alpha s - s_hat|^2). A gain on
     the estimate does not change it; identical signals give a very large value (about 10 log10 of
     the signal energy over float64's epsilon, > 100 dB), not inf. Pure torch, float64.
+  - `snr_db`: plain SNR in dB, and `noise_scale_for_snr`, its inverse (the noise std that gives
+    an SNR): the one place of the dB/power conversion (`genlab.apply.audio` adds noise at an SNR
+    and reads a noise level off a given SNR with them);
   - `pesq_score`: ITU-T P.862 narrowband PESQ (MOS-LQO, about 1.0-4.5) through the `pesq`
     package, at 8 kHz (other rates are resampled to 8 kHz first);
   - `stoi_score`: short-time objective intelligibility (Taal et al. 2011, 0-1) through `pystoi`.
@@ -48,13 +51,28 @@ def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float | None = 
 
 def snr_db(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Plain SNR 10 log10(|s|^2 / |s - s_hat|^2) in dB, float64 (N,): unlike SI-SDR it scores
-    a gain error and an all-zero estimate (0 dB) meaningfully."""
+    a gain error and an all-zero estimate (0 dB) meaningfully. For a noisy recording
+    (estimate = clean + noise, reference = clean) it is the recording's SNR."""
+    estimate, reference = torch.as_tensor(estimate), torch.as_tensor(reference)
     if estimate.shape != reference.shape:
         raise ShapeError(f"snr_db needs two signals of one shape, got {tuple(estimate.shape)} and "
                          f"{tuple(reference.shape)}")
     eps = torch.finfo(torch.float64).eps
     s, e = reference.double(), reference.double() - estimate.double()
     return 10 * torch.log10((s.pow(2).sum(-1) + eps) / (e.pow(2).sum(-1) + eps))
+
+
+def noise_scale_for_snr(power: torch.Tensor | float, snr: float, *, noisy: bool = False) -> torch.Tensor:
+    """The noise std (RMS) that gives an SNR of `snr` dB: snr_db's inverse, in float64.
+
+    Args:
+        power: the mean power (mean square) of the clean signal, P_x: then P_n = P_x / 10^(snr/10).
+        noisy: `power` is instead that of the noisy recording, P_y = P_x + P_n for independent
+            noise: then P_n = P_y / (1 + 10^(snr/10)).
+    """
+    ratio = 10 ** (snr / 10)
+    p = torch.as_tensor(power, dtype=torch.float64)
+    return (p / (1 + ratio if noisy else ratio)).sqrt()
 
 
 def _rows(x: np.ndarray | torch.Tensor) -> np.ndarray:

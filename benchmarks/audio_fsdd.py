@@ -165,9 +165,11 @@ def markdown(d: dict) -> str:
         inp = v["inpaint"]
         gap = inp["gap"]
         md += ["", f"Gap of samples {gap[0]}-{gap[1]} in the middle of each clip (inside the gap):\n",
-               "| method | SI-SDR dB | SNR dB |", "|---|---|---|"]
+               "| method | SI-SDR dB (gap) | SNR dB (gap) | PESQ (nb, whole clip) | STOI (whole clip) |",
+               "|---|---|---|---|---|"]
         for meth, s in inp["methods"].items():
-            md.append(f"| {meth} | {_f(s.get('si_sdr'), '.2f')} | {_f(s.get('snr'), '.2f')} |")
+            md.append(f"| {meth} | {_f(s.get('si_sdr'), '.2f')} | {_f(s.get('snr'), '.2f')} "
+                      f"| {_f(s.get('pesq'), '.2f')} | {_f(s.get('stoi'), '.3f')} |")
         md.append(f"\nDenoising took {v['denoise_seconds']} s and gap filling {v['inpaint_seconds']} s.\n")
     md.append("## Runs\n")
     for rid, r in sorted(d.get("runs", {}).items(), key=lambda kv: int(kv[0])):

@@ -23,7 +23,6 @@ import datetime
 import json
 import logging
 import math
-import re
 import shlex
 import sys
 import time
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import save
 
 from genlab.audio import fit_length, mu_law_decode, mu_law_encode, read_wav
+from genlab.data.audio import list_fsdd
 from genlab.data.datasets import resolve_data_root
 from genlab.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from genlab.errors import DataError
@@ -42,25 +42,23 @@ from genlab.seed import make_generator, seed_everything
 
 log = logging.getLogger("genlab")
 
-FILE_RE = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
-TEST_INDICES = range(5)  # FSDD's official split: recordings 0-4 of each speaker and digit are the test set
 README_START, README_END = "<!-- digits-fsdd:start -->", "<!-- digits-fsdd:end -->"
 
 
 def load_fsdd(root: Path) -> dict[str, tuple[list[torch.Tensor], torch.Tensor]]:
     """FSDD's recordings -> {"train": (clips, labels), "test": (clips, labels)}, clips float32
-    (T_i,) at 8 kHz in file-name order, labels int64 (N,)."""
-    folder = root / "fsdd" / "recordings"
-    files = sorted(p for p in folder.glob("*.wav") if FILE_RE.match(p.name)) if folder.is_dir() else []
-    if not files:
-        raise DataError(f"no FSDD recordings (DIGIT_SPEAKER_INDEX.wav) in {folder}; pass --data-root DIR")
+    (T_i,) at 8 kHz in file-name order, labels int64 (N,). The files, labels and the official
+    split (FSDD_TEST_INDICES) are genlab.data.audio's (`list_fsdd`), the ones genlab's FSDD
+    runs use; only the order is the file names' (the order the shipped weights were trained in,
+    not list_fsdd's numeric (digit, speaker, index) one), so that --seed gives those weights."""
+    listing = list_fsdd(root)
+    test = set(listing.test.tolist())
     out: dict[str, tuple[list, list]] = {"train": ([], []), "test": ([], [])}
-    for p in files:
-        digit, _, index = FILE_RE.match(p.name).groups()
-        x, _ = read_wav(p, JUDGE_SAMPLE_RATE)
-        split = "test" if int(index) in TEST_INDICES else "train"
+    for i in sorted(range(len(listing.files)), key=lambda i: listing.files[i].name):
+        x, _ = read_wav(listing.files[i], JUDGE_SAMPLE_RATE)
+        split = "test" if i in test else "train"
         out[split][0].append(torch.from_numpy(x))
-        out[split][1].append(int(digit))
+        out[split][1].append(int(listing.labels[i]))
     return {k: (clips, torch.tensor(labels)) for k, (clips, labels) in out.items()}
 
 

@@ -11,10 +11,14 @@ from torch import nn
 from genlab.audio import (
     concat_with_gaps,
     fit_length,
+    linear_decode,
+    linear_encode,
+    mel_filterbank,
     mu_law_decode,
     mu_law_encode,
     read_wav,
     spectrogram_grid_png,
+    spectrogram_images,
 )
 from genlab.config import DataConfig
 from genlab.data.audio import load_audio_data
@@ -170,6 +174,22 @@ def test_folder_errors(tmp_path):
         load_audio_data(cfg(path=str(tmp_path / "two"), test_size=2), None)
 
 
+def test_empty_class_folder_is_an_error(tmp_path):
+    folder = labelled_folder(tmp_path, classes=2, per=2)
+    (folder / "class9").mkdir()  # a class without recordings: it must not count in num_classes
+    (folder / "class9" / "notes.txt").write_text("not audio")
+    with pytest.raises(DataError, match=r"class folder .*class9 holds no audio files") as e:
+        load_audio_data(cfg(path=str(folder)), None)
+    assert "\n" not in str(e.value)
+    (folder / "class9" / "notes.txt").unlink()
+    (folder / "class8").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*class8 \(and 1 more\) holds no audio files"):
+        load_audio_data(cfg(path=str(folder)), None)
+    (folder / "class8").rmdir()
+    (folder / "class9").rmdir()
+    assert load_audio_data(cfg(path=str(folder)), None).num_classes == 2
+
+
 # --------------------------------------------------------------------------- feeder
 
 
@@ -219,6 +239,45 @@ def test_clip_helpers():
     assert one.tolist() == [1.0] * 5 + [0.0] * 25 + [1.0] * 5 + [0.0] * 25 + [1.0] * 5
     im = Image.open(io.BytesIO(spectrogram_grid_png(torch.rand(4, 1024) - 0.5, 8000, nrow=2)))
     assert im.mode == "RGB" and im.size[1] > 2 * 64
+    # what the grid shows: [a 1 kHz tone, silence] side by side (pad 2, 1024 // 64 + 1 = 17 frames each)
+    clips = torch.stack([torch.from_numpy(tone(1024, 1000)), torch.zeros(1024)])
+    grid = np.asarray(Image.open(io.BytesIO(spectrogram_grid_png(clips, 8000, nrow=2))))
+    assert grid.shape == (2 + 64 + 2, 2 + 2 * (17 + 2), 3)
+    loud, silent = grid[2:66, 2:19], grid[2:66, 21:38]
+    assert torch.equal(torch.from_numpy(loud.copy()).permute(2, 0, 1), spectrogram_images(clips[:1], 8000)[0])
+    assert (silent == VIRIDIS_DARK).all()
+    assert loud[..., 1].mean(1).argmax() == 63 - mel_band(1000)  # the tone's band, low frequencies at the bottom
+
+
+# viridis at 0 and 1 as uint8 RGB: the darkest and brightest colours of the spectrogram pictures;
+# viridis's green channel never falls from one to the other (its top two colours share it): a brightness
+VIRIDIS_DARK, VIRIDIS_BRIGHT = (68, 1, 84), (253, 231, 37)
+
+
+def mel_band(freq: float, sr: int = 8000, n_fft: int = 256) -> int:
+    """The mel filter (of log_mel's 64) that collects the most of a tone at `freq`, an FFT bin
+    centre: the Hann window spreads it over bins k-1, k, k+1 with powers 1/4, 1, 1/4."""
+    k = round(freq * n_fft / sr)
+    fb = mel_filterbank(sr, n_fft, 64)
+    return int((0.25 * fb[:, k - 1] + fb[:, k] + 0.25 * fb[:, k + 1]).argmax())
+
+
+def test_spectrogram_silence_is_dark_and_loud_peaks_bright():
+    pics = spectrogram_images(torch.stack([torch.zeros(2048), torch.from_numpy(tone(2048, 1000, amp=0.9)),
+                                           torch.from_numpy(tone(2048, 1000, amp=0.9 / 3000))]), 8000)
+    assert pics.shape == (3, 3, 64, 2048 // 64 + 1) and pics.dtype == torch.uint8
+    dark, bright = torch.tensor(VIRIDIS_DARK).view(3, 1, 1), torch.tensor(VIRIDIS_BRIGHT).view(3, 1, 1)
+    assert (pics[0] == dark).all()  # silence: all dark (it used to be scaled to its own peak: all bright)
+    green = pics[:, 1]  # (3, 64, frames) brightness
+    top = (pics[1] == bright).all(0)  # (64, frames): pixels in the brightest colour
+    assert top.any() and top.float().mean() < 0.2  # a loud tone's peak is drawn brightest, and only the peak
+    # a 70 dB quieter copy is drawn 70 dB down the 80 dB scale, not at full brightness
+    assert VIRIDIS_DARK[1] < green[2].max() < 0.5 * green[1].max()
+    # the brightest row is the tone's mel band; a higher tone is higher up (low frequencies at the bottom)
+    for freq in (500, 1000, 2500):
+        g = spectrogram_images(torch.from_numpy(tone(2048, freq))[None], 8000)[0, 1]  # (64, frames)
+        assert int(g.float().mean(1).argmax()) == 63 - mel_band(freq)
+    assert mel_band(500) < mel_band(1000) < mel_band(2500)
 
 
 def test_mu_law_round_trip():
@@ -229,3 +288,19 @@ def test_mu_law_round_trip():
     err = (compand(mu_law_decode(mu_law_encode(x))) - compand(x)).abs()
     assert err.max() <= 1 / 255 + 1e-6  # within half a quantisation step (2/255) in companded units
     assert (mu_law_decode(mu_law_encode(x)) - x).abs().max() < 0.025
+
+
+@pytest.mark.parametrize("bins", [256, 16, 2])
+def test_linear_round_trip(bins):
+    q = torch.arange(bins)
+    centres = linear_decode(q, bins)
+    assert torch.equal(linear_encode(centres, bins), q)
+    assert torch.allclose(centres, -1 + (2 * q + 1) / bins)  # bin centres, evenly spaced
+    x = torch.linspace(-1, 1, 20001)
+    code = linear_encode(x, bins)
+    assert code.dtype == torch.int64 and int(code.min()) == 0 and int(code.max()) == bins - 1
+    assert (torch.diff(code) >= 0).all()  # monotone
+    assert (linear_decode(code, bins) - x).abs().max() <= 1 / bins + 1e-6  # within half a bin (2 / bins)
+    counts = torch.bincount(code, minlength=bins)  # uniform: evenly spaced inputs fill every bin alike
+    assert (counts - 20000 / bins).abs().max() <= 2
+    assert torch.equal(linear_encode(torch.tensor([-5.0, 5.0]), bins), torch.tensor([0, bins - 1]))  # clipped

@@ -1,5 +1,5 @@
-"""WaveNet: causality and receptive field, cached = uncached generation, mu-law targets and the
-masked loss, bits, training on a fixed batch, conditioning, config errors."""
+"""WaveNet: causality and receptive field, cached = uncached generation, mu-law and linear
+targets and the masked loss, bits, training on a fixed batch, conditioning, config errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from genlab.audio import mu_law_encode
+from genlab.audio import linear_decode, linear_encode, mu_law_encode
 from genlab.config import build_config
 from genlab.errors import ConfigError
 from genlab.models.autoregressive import wavenet as wn
@@ -65,9 +65,10 @@ def test_causal_and_receptive_field():
     assert moved[earliest:].all()
 
 
+@pytest.mark.parametrize("encoding", ["mulaw", "linear"])
 @pytest.mark.parametrize("conditional", [False, True])
-def test_cached_generation_equals_uncached(conditional, monkeypatch):
-    m = tiny(conditional=conditional, num_classes=3 if conditional else None)
+def test_cached_generation_equals_uncached(conditional, encoding, monkeypatch):
+    m = tiny(conditional=conditional, num_classes=3 if conditional else None, encoding=encoding)
     with torch.no_grad():  # sharper distributions, so a wrong logit shows up as a different sample
         m.head2.weight.mul_(8)
     labels = torch.tensor([2, 0]) if conditional else None
@@ -131,6 +132,26 @@ def test_mu_law_targets_and_masked_loss():
     assert torch.equal(m16.targets(x), mu_law_encode(x[:, 0], 15)) and m16.logits(x).shape == (2, T, 16)
 
 
+@pytest.mark.parametrize("Q", [256, 16])
+def test_linear_encoding_targets_inputs_and_samples(Q):
+    m = tiny(encoding="linear", quantization=Q)
+    x = waves()
+    q = linear_encode(x[:, 0], Q)
+    assert torch.equal(m.targets(x), q) and not torch.equal(q, mu_law_encode(x[:, 0], Q - 1))
+    assert m.start_class == Q // 2 == int(linear_encode(torch.zeros(1), Q))  # the input before x_0: silence
+    # the inputs are the linear classes too: the loss is the cross-entropy of the net on the shifted targets
+    lg = m._net(m._shift(q), None)
+    assert torch.allclose(m.logits(x), lg)
+    assert torch.allclose(m.loss({"x": x})["loss"], torch.nn.functional.cross_entropy(lg.flatten(0, 1), q.flatten()),
+                          atol=1e-6)
+    # two waveforms in the same linear bins everywhere are the same data to the model
+    assert torch.equal(m.logits(linear_decode(q, Q)[:, None]), m.logits(x))
+    s = m.sample(3, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (3, 1, T)
+    assert torch.isin(s, linear_decode(torch.arange(Q), Q)).all()  # decoded at the bins' centres
+    assert torch.equal(linear_decode(linear_encode(s, Q), Q), s)
+
+
 def test_bits_and_nll_totals():
     m = tiny()
     x = waves()
@@ -173,10 +194,12 @@ def test_config_errors():
         tiny(audio_length=None)
     for bad, match in [({"quantization": 1}, "quantization"), ({"quantization": 70000}, "quantization"),
                        ({"layers": 0}, "layers"), ({"residual_channels": 0}, "residual_channels"),
-                       ({"temperature": -1.0}, "temperature")]:
+                       ({"temperature": -1.0}, "temperature"), ({"encoding": "alaw"}, "encoding.*mulaw, linear")]:
         with pytest.raises(ConfigError, match=match):
             build_config({"model": {"name": "wavenet", **bad}, "data": {"dataset": "fsdd"}})
     cfg = build_config({"model": {"name": "wavenet"}, "data": {"dataset": "fsdd"}})
-    assert isinstance(cfg.model, WaveNetConfig) and WaveNet.family == "audio"
+    assert isinstance(cfg.model, WaveNetConfig) and WaveNet.family == "audio" and cfg.model.encoding == "mulaw"
+    assert build_config({"model": {"name": "wavenet", "encoding": "linear"}, "data": {"dataset": "fsdd"}}
+                        ).model.encoding == "linear"
     with pytest.raises(ConfigError, match="temperature"):
         tiny().sample(1, generator=torch.Generator(), temperature=-0.5)

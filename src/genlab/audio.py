@@ -1,5 +1,5 @@
-"""Audio signals: WAV reading and writing, resampling, mu-law companding, log-mel features and
-spectrogram pictures. Waveforms are float32 in [-1, 1]; a batch is (N, T) or (N, 1, T).
+"""Audio signals: WAV reading and writing, resampling, mu-law and linear quantisation, log-mel
+features and spectrogram pictures. Waveforms are float32 in [-1, 1]; a batch is (N, T) or (N, 1, T).
 
 Reading goes through soundfile (libsndfile), resampling through scipy's polyphase filter
 (`scipy.signal.resample_poly`); the mel filterbank is the HTK-scale triangle bank that
@@ -102,6 +102,18 @@ def mu_law_decode(q: torch.Tensor, mu: int = 255) -> torch.Tensor:
     return torch.sign(y) * torch.expm1(y.abs() * math.log1p(mu)) / mu
 
 
+def linear_encode(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """float in [-1, 1] -> int64 classes 0..bins-1: uniform quantisation, [-1, 1] cut into `bins`
+    equal intervals (class k holds [-1 + 2k / bins, -1 + 2(k + 1) / bins); 1.0 joins the last)."""
+    x = x.clamp(-1.0, 1.0)
+    return ((x + 1) / 2 * bins).floor().clamp(0, bins - 1).long()
+
+
+def linear_decode(q: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """int classes 0..bins-1 -> float in (-1, 1), the centres of `linear_encode`'s intervals."""
+    return (2 * q.float() + 1) / bins - 1
+
+
 # --------------------------------------------------------------------------- features
 
 
@@ -119,8 +131,11 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
     return torch.from_numpy(np.maximum(0.0, np.minimum(up, down))).float()
 
 
+MEL_EPS = 1e-5  # log_mel's floor: log(mel power + MEL_EPS), so silence is log(MEL_EPS) (-50 dB), not -inf
+
+
 def log_mel(x: torch.Tensor, sample_rate: int, *, n_fft: int = 256, hop: int = 64, n_mels: int = 64,
-            eps: float = 1e-5) -> torch.Tensor:
+            eps: float = MEL_EPS) -> torch.Tensor:
     """float (N, T) or (N, 1, T) waveforms -> (N, n_mels, frames) natural-log mel power
     (Hann window, centred frames zero-padded at the ends, so clips shorter than n_fft work too),
     the features of the audio metrics and spectrogram plots."""
@@ -136,11 +151,16 @@ def log_mel(x: torch.Tensor, sample_rate: int, *, n_fft: int = 256, hop: int = 6
 
 def spectrogram_images(x: torch.Tensor, sample_rate: int, *, floor_db: float = 80.0) -> torch.Tensor:
     """Waveforms (N, T) -> uint8 (N, 3, n_mels, frames) log-mel pictures (low frequencies at the
-    bottom, viridis colours), each scaled from its peak down to `floor_db` below it."""
+    bottom, viridis colours), each scaled from a reference level (brightest) down to `floor_db`
+    below it (darkest). The reference is the clip's peak, but never below `floor_db` above the
+    level of silence (log_mel's MEL_EPS, -50 dB): a silent clip is dark, not drawn at full
+    brightness, and a very quiet one dim."""
     from matplotlib import colormaps
 
-    m = log_mel(x, sample_rate) * (10 / math.log(10))  # dB
-    m = m - m.amax(dim=(1, 2), keepdim=True)
+    db = 10 / math.log(10)
+    m = log_mel(x, sample_rate) * db  # dB
+    ref = m.amax(dim=(1, 2), keepdim=True).clamp(min=math.log(MEL_EPS) * db + floor_db)  # (N, 1, 1)
+    m = m - ref
     v = ((m + floor_db) / floor_db).clamp(0, 1).flip(1)  # (N, M, F), high frequencies on top
     rgb = colormaps["viridis"](v.numpy())[..., :3]  # (N, M, F, 3)
     return torch.from_numpy((rgb * 255).round().astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
@@ -225,11 +245,11 @@ def write_audio(out: str | Path, clips: torch.Tensor, labels: torch.Tensor | Non
     spectrograms beside it (FILE.png, DIR/spectrograms.png); all writes atomic. Returns both paths."""
     s = str(out)
     if s.endswith(("/", "\\")) or Path(s).is_dir():
+        from genlab.images import numbered_names
+
         folder = Path(s)
-        digits = len(str(len(clips) - 1))
-        for i, c in enumerate(clips):
-            tag = f"_label{int(labels[i])}" if labels is not None else ""
-            write_wav(folder / f"{i:0{digits}d}{tag}.wav", c, sample_rate)
+        for c, name in zip(clips, numbered_names(len(clips), labels, ".wav")):  # as image folders: 07_label3.wav
+            write_wav(folder / name, c, sample_rate)
         path, png = folder, folder / "spectrograms.png"
     else:
         path = Path(s)

@@ -35,8 +35,8 @@ log = logging.getLogger("genlab")
 AUDIO_DATASETS = ("fsdd", "audio")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 FSDD_RATE = 8000
-_FSDD_NAME = re.compile(r"^(\d)_([^_]+)_(\d+)\.wav$")
-_FSDD_TEST_INDICES = range(5)  # the official test split: recordings 0-4 of each digit and speaker
+FSDD_NAME = re.compile(r"^(\d)_([^_]+)_(\d+)\.wav$")  # {digit}_{speaker}_{index}.wav
+FSDD_TEST_INDICES = range(5)  # the official test split: recordings 0-4 of each digit and speaker
 SPLITS = ("train", "val", "test")
 
 
@@ -194,18 +194,19 @@ def list_fsdd(root: Path | None) -> _Listing:
     if folder is None or not folder.is_dir():
         raise DataError(f"FSDD recordings not found in {folder or 'any data root (none found)'}; pass "
                         "--data-root DIR (holding fsdd/recordings/) or set GENLAB_DATA")
-    found = sorted((int(m[1]), m[2], int(m[3]), f) for f in folder.iterdir() if (m := _FSDD_NAME.match(f.name)))
+    found = sorted((int(m[1]), m[2], int(m[3]), f) for f in folder.iterdir() if (m := FSDD_NAME.match(f.name)))
     if not found:
         raise DataError(f"no FSDD recordings ({{digit}}_{{speaker}}_{{index}}.wav) in {folder}; "
                         "pass the --data-root holding the complete fsdd/recordings/")
     return _Listing([f for *_, f in found], np.array([d for d, *_ in found], np.int64),
                     [str(d) for d in range(10)], [s for _, s, _, _ in found],
-                    np.flatnonzero([i in _FSDD_TEST_INDICES for _, _, i, _ in found]), folder, FSDD_RATE)
+                    np.flatnonzero([i in FSDD_TEST_INDICES for _, _, i, _ in found]), folder, FSDD_RATE)
 
 
 def list_audio_folder(path: Path) -> _Listing:
     """Audio files of a folder (sorted; hidden ones skipped, other extensions skipped with a
-    warning): sub-folders are classes, sorted by name; a flat folder is unlabelled."""
+    warning): sub-folders are classes, sorted by name; a flat folder is unlabelled. A class
+    sub-folder without audio files is a DataError naming it (it would still count as a class)."""
     if not path.is_dir():
         raise DataError(f"audio folder {path} not found; set data.path (relative to the data root) to a "
                         "folder of audio files, or of one sub-folder of them per class")
@@ -226,6 +227,13 @@ def list_audio_folder(path: Path) -> _Listing:
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found in {path}; put recordings "
                         "there, or one sub-folder of them per class")
+    if names:  # a class with no recordings would still count in num_classes (and be asked for when sampling)
+        have = {i for _, i in files}
+        empty = [d for i, d in enumerate(subdirs) if i not in have]
+        if empty:
+            more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+            raise DataError(f"class folder {empty[0]}{more} holds no audio files ({', '.join(AUDIO_EXTENSIONS)}); "
+                            "put its recordings there or remove it")
     labels = np.array([i for _, i in files], np.int64) if names else None
     return _Listing([f for f, _ in files], labels, names, None, None, path)
 

@@ -27,6 +27,7 @@ import time
 import torch
 
 from genlab.errors import ConfigError, DataError
+from genlab.evaluation.images import _entry  # the report entry layout, shared with the image metrics
 from genlab.metrics import audio as am
 from genlab.seed import derive_seed, make_generator
 
@@ -72,11 +73,6 @@ def _select(run, metrics: list[str] | None) -> list[str]:
     return list(dict.fromkeys(metrics))
 
 
-def _entry(value: float, extractor: str | None, n: int, seed: int, seconds: float, **extra) -> dict:
-    return {"value": float(value), "extractor": extractor, "n": int(n), "seed": int(seed),
-            "seconds": round(seconds, 3), **extra}
-
-
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(N, 1, T) or (N, T) -> float32 (N, T) contiguous."""
     return x.reshape(len(x), -1).float().contiguous()
@@ -85,7 +81,7 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def test_nll_bits(model, data, device, batch_size: int = 32) -> tuple[float, int]:
     """(bits per sample, samples scored) of the model's exact `nll` over the whole test split."""
-    feeder = data.feeder(None, batch_size, 0)
+    feeder = data.feeder(None, 1, 0)  # eval batches only (a train batch size > the train split would raise)
     bits, count = 0.0, 0
     for i in range(feeder.num_eval_batches("test", batch_size)):
         b, c = model.nll(feeder.eval_batch("test", i, batch_size, device))

@@ -1,8 +1,9 @@
 """WaveNet (van den Oord et al., 2016): an autoregressive waveform model with an exact
-likelihood, p(x) = prod_t p(x_t | x_<t) over mu-law classes of the samples.
+likelihood, p(x) = prod_t p(x_t | x_<t) over quantisation classes of the samples: `encoding`
+mulaw (the paper's mu-law companding, mu = quantization - 1) or linear (uniform bins of [-1, 1]).
 
-  - input: the mu-law class of the *previous* sample (the sequence shifted right by one; the
-    first input is the class of 0.0), embedded (= one-hot followed by a 1x1 convolution);
+  - input: the class of the *previous* sample (the sequence shifted right by one; the first
+    input is the class of 0.0), embedded (= one-hot followed by a 1x1 convolution);
   - `stacks` x `layers` residual layers with dilations 1, 2, ..., 2^(layers-1) (repeated per
     stack), each a kernel-2 dilated causal convolution (left padding only) feeding a gated unit
     z = tanh(W_f x + V_f h) * sigmoid(W_g x + V_g h), h the class label (global conditioning),
@@ -31,11 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab.audio import mu_law_decode, mu_law_encode
+from genlab.audio import linear_decode, linear_encode, mu_law_decode, mu_law_encode
 from genlab.errors import ConfigError, ShapeError
 from genlab.models.base import GenerativeModel
 from genlab.options import check_number
 from genlab.registry import register
+
+
+ENCODINGS = ("mulaw", "linear")
 
 
 @dataclass
@@ -48,7 +52,8 @@ class WaveNetConfig:
     skip_channels: int = 64  # width of the skip sum and of the output head's hidden layer
     layers: int = 10  # layers per stack: dilations 1, 2, ..., 2^(layers-1)
     stacks: int = 2  # times the dilation cycle repeats
-    quantization: int = 256  # mu-law classes (mu = quantization - 1); the paper's 8 bits
+    quantization: int = 256  # classes per sample (mu-law: mu = quantization - 1); the paper's 8 bits
+    encoding: str = "mulaw"  # mulaw (companded, fine steps near silence) | linear (uniform bins of [-1, 1])
     conditional: bool = False  # global conditioning on the class label
     temperature: float = 1.0  # sampling: softmax(logits / temperature); 0 = the most likely class
     pad_loss: bool = True  # train on the padding around recordings too (see loss); NLL counts real samples
@@ -66,8 +71,11 @@ class WaveNetConfig:
                               f"got {self.layers}")
         q = self.quantization
         if isinstance(q, bool) or not isinstance(q, int) or not 2 <= q <= 65536:
-            raise ConfigError(f"model.quantization must be an integer in 2..65536 (mu-law classes; 256 = 8 bits), "
+            raise ConfigError(f"model.quantization must be an integer in 2..65536 (classes per sample; 256 = 8 bits), "
                               f"got {q!r}")
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"model.encoding must be one of {', '.join(ENCODINGS)} (how samples become classes), "
+                              f"got {self.encoding!r}")
         check_number("model.temperature", self.temperature, lo=0)
         if self.audio_length is not None and self.audio_length < 1:
             raise ConfigError(f"model.audio_length must be >= 1, got {self.audio_length}")
@@ -146,7 +154,8 @@ class WaveNet(GenerativeModel):
         self.head2 = nn.Linear(S, Q)
         self.skip_scale = math.sqrt(1 / n)  # the skip sum of n terms at unit scale
         # the class of the sample before the first one, 0.0 (silence)
-        self.start_class = int(mu_law_encode(torch.zeros(1), self.mu))
+        self.encoding = cfg.encoding
+        self.start_class = int(self.quantize(torch.zeros(1)))
 
     @property
     def receptive_field(self) -> int:
@@ -154,9 +163,17 @@ class WaveNet(GenerativeModel):
         return sum(self.dilations) + 1
 
     # ------------------------------------------------------------------ the network
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """float samples in [-1, 1] -> classes 0..quantization-1 (int64), by model.encoding."""
+        return mu_law_encode(x, self.mu) if self.encoding == "mulaw" else linear_encode(x, self.mu + 1)
+
+    def dequantize(self, q: torch.Tensor) -> torch.Tensor:
+        """classes -> float samples at their bins' centres, the inverse of `quantize`."""
+        return mu_law_decode(q, self.mu) if self.encoding == "mulaw" else linear_decode(q, self.mu + 1)
+
     def targets(self, x: torch.Tensor) -> torch.Tensor:
-        """Waveforms (B, 1, T) in [-1, 1] -> mu-law classes (B, T) int64, what the model predicts."""
-        return mu_law_encode(x[:, 0], self.mu)
+        """Waveforms (B, 1, T) in [-1, 1] -> classes (B, T) int64, what the model predicts."""
+        return self.quantize(x[:, 0])
 
     def _conditioning(self, y: torch.Tensor | None, B: int) -> list[torch.Tensor | float]:
         """Each layer's class term V h, (B, 2R) each (0.0 for unconditional models)."""
@@ -253,7 +270,7 @@ class WaveNet(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator, labels: torch.Tensor | None = None,
                temperature: float | None = None, use_cache: bool = True) -> torch.Tensor:
-        """n clips (n, 1, audio_length) float32 in [-1, 1] (mu-law bin centres).
+        """n clips (n, 1, audio_length) float32 in [-1, 1] (the classes' bin centres).
 
         Args:
             labels: (n,) classes, required by (and only used by) conditional models.
@@ -263,7 +280,7 @@ class WaveNet(GenerativeModel):
         """
         y, u, temperature = self._sample_setup(n, generator, labels, temperature)
         q = self._generate_cached(y, u, temperature) if use_cache else self._generate_uncached(y, u, temperature)
-        return mu_law_decode(q, self.mu).unsqueeze(1)  # (n, 1, T)
+        return self.dequantize(q).unsqueeze(1)  # (n, 1, T)
 
     def _generate_uncached(self, y: torch.Tensor | None, u: torch.Tensor, temperature: float) -> torch.Tensor:
         T, n = u.shape

@@ -75,13 +75,17 @@ def part_eval(preset: str, run_dir: Path, train: dict, n: int, seed: int, out: P
             for extra in ("judge_test_accuracy", "floor", "real_test", "std"):
                 if extra in v:
                     row[f"{k}_{extra}"] = v[extra]
-        run = genlab.load(run_dir, ck)
-        clips, labels = run.sample(10, seed=seed)  # one clip per digit
-        stem = f"{preset}-{mark:g}min"
-        write_audio(out / f"{NAME}-{stem}.wav", clips, labels, run.meta["sample_rate"], nrow=10)
-        row["samples"] = f"{NAME}-{stem}.wav"
+        row["samples"] = write_samples(run_dir, ck, f"{preset}-{mark:g}min", seed, out)
         rows.append(row)
     return rows
+
+
+def write_samples(run_dir: Path, ck: str, stem: str, seed: int, out: Path) -> str:
+    """One clip per digit (seed `seed`) of checkpoint `ck` as out/audio-fsdd-STEM.wav + .png."""
+    run = genlab.load(run_dir, ck)
+    clips, labels = run.sample(10, seed=seed)
+    write_audio(out / f"{NAME}-{stem}.wav", clips, labels, run.meta["sample_rate"], nrow=10)
+    return f"{NAME}-{stem}.wav"
 
 
 def part_apply(run_dir: Path, n: int, seed: int) -> dict:
@@ -136,8 +140,11 @@ def markdown(d: dict) -> str:
                "| IS-style (real) | test NLL bits/sample | generation RTF | n | run |",
                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for preset, tr, r, rid in rows:
+            mins = f"{r['minutes']:g}"
+            if r["checkpoint"] == "last" and tr and tr["train_seconds"] < r["minutes"] * 60 - 30:
+                mins = f"{tr['train_seconds'] / 60:.1f} (steps ended)"  # the preset's steps ran out first
             md.append(
-                f"| {preset} | {r['minutes']:g} | {r['step']:,} | {_f(tr and tr['samples_per_s'], ',')} "
+                f"| {preset} | {mins} | {r['step']:,} | {_f(tr and tr['samples_per_s'], ',')} "
                 f"| {_f(r.get('label_accuracy'))} ({_f(r.get('label_accuracy_judge_test_accuracy'))}) "
                 f"| {_f(r.get('fad'), '.2f')} ({_f(r.get('fad_floor'), '.2f')}) "
                 f"| {_f(r.get('audio_is'), '.2f')} ({_f(r.get('audio_is_real_test'), '.2f')}) "
@@ -187,10 +194,15 @@ def main() -> None:
     ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
     ap.add_argument("--smoke", action="store_true", help="tiny budgets and counts: checks the script end to end")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
+    ap.add_argument("--rewrite-samples", action="store_true",
+                    help="with --render-only: draw the sample WAVs/PNGs of every evaluated checkpoint again")
     a = ap.parse_args()
     path = RESULTS / f"{NAME}.json"
     if a.render_only:
         d = json.loads(path.read_text())
+        for preset, e in d.get("presets", {}).items() if a.rewrite_samples else ():
+            for r in e.get("eval", {}).get("value", []):
+                write_samples(RUNS / preset, r["checkpoint"], f"{preset}-{r['minutes']:g}min", a.seed, RESULTS)
         write_results(NAME, d, markdown(d))
         return
     if a.smoke:

@@ -36,8 +36,16 @@ from genlab.audio import fit_length, mu_law_decode, mu_law_encode, read_wav
 from genlab.data.audio import list_fsdd
 from genlab.data.datasets import resolve_data_root
 from genlab.engine.checkpoint import atomic_write_bytes, atomic_write_text
+from genlab.engine.device import cpu_model
 from genlab.errors import DataError
-from genlab.metrics.audio import JUDGE, JUDGE_SAMPLE_RATE, WEIGHTS_DIR, DigitJudge, load_judge, tensors_sha256
+from genlab.metrics.audio import (
+    JUDGE,
+    JUDGE_SAMPLE_RATE,
+    WEIGHTS_DIR,
+    DigitJudge,
+    load_judge,
+    tensors_sha256,
+)
 from genlab.seed import make_generator, seed_everything
 
 log = logging.getLogger("genlab")
@@ -137,16 +145,6 @@ def train(clips: list[torch.Tensor], y: torch.Tensor, *, length: int, epochs: in
             (epoch + 1) % 5 == 0 or epoch + 1 == epochs) else ""
         log.info("epoch %d/%d  train loss %.4f%s", epoch + 1, epochs, loss_sum / steps_per_epoch, extra)
     return model.eval()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def update_readme(path: Path, record: dict) -> None:

@@ -26,6 +26,7 @@ from safetensors.torch import load, save
 from genlab.data.datasets import load_idx_split, resolve_data_root
 from genlab.data.transforms import random_crop
 from genlab.engine.checkpoint import atomic_write_bytes, atomic_write_text
+from genlab.engine.device import cpu_model
 from genlab.errors import DataError
 from genlab.metrics.classifier import WEIGHTS_DIR, LeNet, label_accuracy
 from genlab.seed import make_generator, seed_everything
@@ -45,17 +46,6 @@ README_HEADER = [
     "| name | test accuracy | epochs | training seconds | CPU | command | date |",
     "|---|---|---|---|---|---|---|",
 ]
-
-
-def cpu_model() -> str:
-    """The "model name" line of /proc/cpuinfo, or "unknown"."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:

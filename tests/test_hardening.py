@@ -99,7 +99,7 @@ CASES = [
     ("sample {cvae} --out {base}/x.jpg", "--out must be"),
     ("sample {cvae} --out {base}/afile/", "a file of that name exists"),
     ("sample {cvae} --out {base}/afile/x.png", "is a file, not a folder"),
-    ("sample {cvae} --checkpoint ../../etc/passwd", "--checkpoint must be last, best or step-"),
+    ("sample {cvae} --checkpoint ../../etc/passwd", "--checkpoint must be last, best, step-"),
     ("sample {cvae} --checkpoint step-00000099", "has no checkpoint 'step-00000099'"),
     ("sample {cvae} --sampling-steps 5", "diffusion options"),
     ("sample {cvae} --prompt hi", "--prompt is for text runs"),

@@ -81,6 +81,28 @@ def noise_decoder(model: nn.Module, options: dict | None = None) -> NoiseDecoder
     return None
 
 
+def _batches(model: nn.Module, n: int, *, seed: int, label: int | None, batch_size: int,
+             options: dict | None):
+    """(labels, an iterator of (start index, model.sample output)) for n samples in batches, all
+    from one generator seeded `seed`; the model is in eval mode while the iterator runs."""
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    labels = sample_labels(model, n, label)
+
+    def run():
+        was_training = model.training
+        model.eval()
+        g = make_generator(seed)
+        try:
+            for i in range(0, n, batch_size):
+                yb = None if labels is None else labels[i:i + batch_size]
+                yield i, model.sample(min(batch_size, n - i), generator=g, labels=yb, **(options or {}))
+        finally:
+            model.train(was_training)
+
+    return labels, run()
+
+
 @torch.no_grad()
 def draw_samples(model: nn.Module, pipeline: BatchPipeline, n: int, *, seed: int,
                  native_size: tuple[int, int], label: int | None = None,
@@ -88,21 +110,13 @@ def draw_samples(model: nn.Module, pipeline: BatchPipeline, n: int, *, seed: int
     """n samples -> (uint8 (n, C, H, W) at `native_size`, int64 labels or None).
     A conditional model samples class `label`, or all classes in equal shares. `options` are
     passed on to `model.sample` (diffusion: sampler, steps, guidance, eta)."""
-    if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
-    labels = sample_labels(model, n, label)
-    was_training = model.training
-    model.eval()
-    g = make_generator(seed)
+    labels, batches = _batches(model, n, seed=seed, label=label, batch_size=batch_size, options=options)
     out = None  # filled in place: the n images are held once, not twice as chunks + their concatenation
-    for i in range(0, n, batch_size):
-        yb = None if labels is None else labels[i:i + batch_size]
-        x = model.sample(min(batch_size, n - i), generator=g, labels=yb, **(options or {}))
+    for i, x in batches:
         x = resize_uint8(pipeline.to_uint8(x), native_size)  # (b, C, H, W)
         if out is None:
             out = torch.empty((n, *x.shape[1:]), dtype=torch.uint8)
         out[i:i + len(x)] = x
-    model.train(was_training)
     return out, labels
 
 
@@ -111,18 +125,8 @@ def draw_audio(model: nn.Module, n: int, *, seed: int, label: int | None = None,
                options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n waveforms from an audio model -> (float32 (n, T) in [-1, 1], int64 labels or None);
     labels as `draw_samples` gives them."""
-    if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
-    labels = sample_labels(model, n, label)
-    was_training = model.training
-    model.eval()
-    g = make_generator(seed)
-    chunks = []
-    for i in range(0, n, batch_size):
-        yb = None if labels is None else labels[i:i + batch_size]
-        x = model.sample(min(batch_size, n - i), generator=g, labels=yb, **(options or {}))  # (b, 1, T)
-        chunks.append(x.reshape(len(x), -1).float().clamp(-1, 1).cpu())
-    model.train(was_training)
+    labels, batches = _batches(model, n, seed=seed, label=label, batch_size=batch_size, options=options)
+    chunks = [x.reshape(len(x), -1).float().clamp(-1, 1).cpu() for _, x in batches]  # (b, T) each
     return torch.cat(chunks), labels
 
 

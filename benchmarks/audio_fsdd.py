@@ -129,7 +129,8 @@ def markdown(d: dict) -> str:
     md = ["# Spoken digits (FSDD): WaveNet and DiffWave on a CPU\n",
           "Produced by `benchmarks/audio_fsdd.py` (commands and machines below). Each preset trains on "
           "one thread for the stated minutes of training time; 'CPU minutes' are minutes of one core. "
-          "Judge: the shipped `digits-fsdd` classifier (see src/genlab/weights/README.md).\n"]
+          "Judge: the shipped `digits-fsdd` classifier (see src/genlab/weights/README.md).\n",
+          *d.get("notes", [])]
     rows = []
     for preset, e in d.get("presets", {}).items():
         tr = e.get("train", {}).get("value")

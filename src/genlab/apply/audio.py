@@ -598,9 +598,12 @@ _EXACT_IN = {"wav": ("PCM_16", "PCM_S8", "PCM_U8"),
              "npz": ("PCM_16", "PCM_S8", "PCM_U8", "PCM_24", "FLOAT", "float32")}
 
 
-def _read_input(path: str | Path, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor | None, int, str]:
-    """read_audio_input, and the file's own rate and sample format (a WAV's soundfile subtype,
-    e.g. PCM_16 or FLOAT; an npz's float dtype)."""
+def read_audio_input(path: str | Path, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor | None, int, str]:
+    """--input FILE.wav (mono) or FILE.npz (`audio` float (N, T) or (T,), `sample_rate` one
+    positive integer, optional integer `labels` (N,)) -> (float32 (N, T) at `sample_rate`, labels
+    or None, the file's own rate, its sample format: a WAV's soundfile subtype, e.g. PCM_16 or
+    FLOAT, an npz's float dtype); another rate is resampled (and logged). ShapeError/DataError
+    (one line, naming the file) for anything else."""
     from genlab.audio import read_wav, resample
 
     p = Path(path)
@@ -641,15 +644,6 @@ def _read_input(path: str | Path, sample_rate: int) -> tuple[torch.Tensor, torch
     return x, None if labels is None else torch.from_numpy(labels).long(), sr, fmt
 
 
-def read_audio_input(path: str | Path, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """--input FILE.wav (mono) or FILE.npz (`audio` float (N, T) or (T,), `sample_rate` one
-    positive integer, optional integer `labels` (N,)) -> (float32 (N, T) at `sample_rate`, labels
-    or None); another rate is resampled (and logged). ShapeError/DataError (one line, naming the
-    file) for anything else."""
-    x, labels, _, _ = _read_input(path, sample_rate)
-    return x, labels
-
-
 def _log_inexact_known(input: str | Path, out: Path, rate: int, fmt: str, sample_rate: int) -> None:
     """Inpainting keeps the known samples of the waveform it is given, the input at the run's
     rate; say so (one line) when the output file cannot repeat the input file's samples exactly."""
@@ -681,7 +675,7 @@ def apply_audio(run, task: str, *, input: str | Path | None, out: str | Path, na
     if input is None:
         raise ConfigError(f"{task} needs --input FILE.wav")
     sr = int(run.meta["sample_rate"])
-    clips, labels, rate, fmt = _read_input(input, sr)
+    clips, labels, rate, fmt = read_audio_input(input, sr)
     result = run_audio_task(run, task, clips, labels, name=name, input_name=str(input), **options)
     if task == "inpaint":
         _log_inexact_known(input, p, rate, fmt, sr)

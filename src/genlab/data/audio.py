@@ -26,7 +26,7 @@ from genlab.audio import (
     wav_bytes,
 )
 from genlab.config import DataConfig
-from genlab.data.datasets import BatchOrder, resolve_data_root
+from genlab.data.datasets import BatchOrder, list_class_folder, resolve_data_root
 from genlab.errors import ConfigError, DataError
 from genlab.seed import derive_seed
 
@@ -210,20 +210,8 @@ def list_audio_folder(path: Path) -> _Listing:
     if not path.is_dir():
         raise DataError(f"audio folder {path} not found; set data.path (relative to the data root) to a "
                         "folder of audio files, or of one sub-folder of them per class")
-    hidden = (lambda f: any(part.startswith(".") for part in f.relative_to(path).parts))
-    entries = [f for f in sorted(path.iterdir()) if not hidden(f)]
-    subdirs = [d for d in entries if d.is_dir()]
-    if subdirs:
-        found = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.is_file() and not hidden(f)]
-        stray = [f for f in entries if f.is_file()]  # beside the class folders: no label, not used
-        names = [d.name for d in subdirs]
-    else:
-        found, stray, names = [(f, -1) for f in entries if f.is_file()], [], None
-    files = [(f, i) for f, i in found if f.suffix.lower() in AUDIO_EXTENSIONS]
-    skipped = [f for f, _ in found if f.suffix.lower() not in AUDIO_EXTENSIONS] + stray
-    if skipped:
-        log.warning("skipping %d file(s) in %s without an audio extension (%s) or outside the class "
-                    "sub-folders, e.g. %s", len(skipped), path, ", ".join(AUDIO_EXTENSIONS), skipped[0])
+    files, subdirs = list_class_folder(path, AUDIO_EXTENSIONS, "an audio")
+    names = [d.name for d in subdirs] or None
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found in {path}; put recordings "
                         "there, or one sub-folder of them per class")

@@ -145,6 +145,29 @@ def _open_image(f: Path, mode: str | None):
         return im.convert(mode)
 
 
+def list_class_folder(path: Path, extensions: tuple[str, ...], kind: str) -> tuple[list[tuple[Path, int]], list[Path]]:
+    """The files of a data folder: ([(file, class index)], class sub-folders). Sub-folders are
+    classes, sorted by name; in a flat folder (no sub-folders) every index is -1. Hidden entries
+    (.DS_Store, macOS ._x.png, .ipynb_checkpoints/) are never data; files without one of
+    `extensions`, and files beside class sub-folders, are skipped with a warning naming `kind`
+    ("an image", "an audio")."""
+    hidden = (lambda f: any(part.startswith(".") for part in f.relative_to(path).parts))
+    entries = [f for f in sorted(path.iterdir()) if not hidden(f)]
+    subdirs = [d for d in entries if d.is_dir()]
+    if subdirs:
+        found = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.rglob("*"))
+                 if f.is_file() and not hidden(f)]
+        stray = [f for f in entries if f.is_file()]  # beside the class folders: no label, not used
+    else:
+        found, stray = [(f, -1) for f in entries if f.is_file()], []
+    files = [(f, i) for f, i in found if f.suffix.lower() in extensions]
+    skipped = [f for f, _ in found if f.suffix.lower() not in extensions] + stray
+    if skipped:
+        log.warning("skipping %d file(s) in %s without %s extension (%s) or outside the "
+                    "class sub-folders, e.g. %s", len(skipped), path, kind, ", ".join(extensions), skipped[0])
+    return files, subdirs
+
+
 def load_folder(path: Path, size: int | None, channels: int | None) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
     """A folder of images -> (uint8 (N, C, S, S), labels or None, class names or None).
 
@@ -161,22 +184,8 @@ def load_folder(path: Path, size: int | None, channels: int | None) -> tuple[tor
         raise DataError(f"image folder {path} not found; set data.path relative to the data root")
     if channels not in (None, 1, 3):
         raise DataError(f"data.channels={channels} is not supported for image folders; use 1 or 3")
-    # Hidden entries (.DS_Store, macOS ._x.png, .ipynb_checkpoints/) are never data.
-    hidden = (lambda f: any(part.startswith(".") for part in f.relative_to(path).parts))
-    entries = [f for f in sorted(path.iterdir()) if not hidden(f)]
-    subdirs = [d for d in entries if d.is_dir()]
-    if subdirs:
-        found = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.rglob("*"))
-                 if f.is_file() and not hidden(f)]
-        stray = [f for f in entries if f.is_file()]  # beside the class folders: no label, not used
-        names = [d.name for d in subdirs]
-    else:
-        found, stray, names = [(f, -1) for f in entries if f.is_file()], [], None
-    files = [(f, i) for f, i in found if f.suffix.lower() in IMAGE_EXTENSIONS]
-    skipped = [f for f, _ in found if f.suffix.lower() not in IMAGE_EXTENSIONS] + stray
-    if skipped:
-        log.warning("skipping %d file(s) in %s without an image extension (%s) or outside the "
-                    "class sub-folders, e.g. %s", len(skipped), path, ", ".join(IMAGE_EXTENSIONS), skipped[0])
+    files, subdirs = list_class_folder(path, IMAGE_EXTENSIONS, "an image")
+    names = [d.name for d in subdirs] or None
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}; "
                         "put images there, or one sub-folder of images per class")

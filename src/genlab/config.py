@@ -43,6 +43,9 @@ class DataConfig:
     hflip: bool = False  # random horizontal flips
     crop_padding: int = 0  # random crops after zero-padding this many pixels
     val_size: float = 5000  # images held out of train for validation (a fraction if < 1)
+    train_size: int | None = None  # keep only this many training images (a fixed random choice); None = all
+    train_on: str = "train"  # train | test: "test" trains on the test split (a reference model for
+    #                          `genlab audit --reference`); its test split is then the training split
     test_size: float = 0.1  # for folders/arrays without a test split: fraction or count
     download: bool = False  # MNIST/Fashion-MNIST: fetch with torchvision when missing
     tokenizer: str = "char"  # text: char | bpe (byte-level BPE trained on the corpus)
@@ -87,12 +90,45 @@ class TrainConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differentially private training (DP-SGD through Opacus, see genlab.engine.privacy).
+    Off unless `epsilon` or `noise_multiplier` is set (not both); then `train.grad_clip` is
+    replaced by the per-example clip `max_grad_norm`."""
+
+    epsilon: float | None = None  # target epsilon after train.steps; sets the noise multiplier
+    delta: float = 1e-5  # must be < 1 / (training examples)
+    max_grad_norm: float = 1.0  # C: each example's gradient is clipped to this L2 norm
+    noise_multiplier: float | None = None  # sigma, instead of a target epsilon
+    accountant: str = "rdp"  # rdp | prv (Opacus's accountants)
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon is not None or self.noise_multiplier is not None
+
+    def validate(self) -> None:
+        if self.epsilon is not None and self.noise_multiplier is not None:
+            raise ConfigError("set privacy.epsilon or privacy.noise_multiplier, not both")
+        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ConfigError(f"privacy.epsilon must be a finite number > 0, got {self.epsilon}")
+        if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier)
+                                                      and self.noise_multiplier > 0):
+            raise ConfigError(f"privacy.noise_multiplier must be a finite number > 0, got {self.noise_multiplier}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ConfigError(f"privacy.max_grad_norm must be a finite number > 0, got {self.max_grad_norm}")
+        if self.accountant not in ("rdp", "prv"):
+            raise ConfigError(f"privacy.accountant must be rdp or prv, got {self.accountant!r}")
+
+
+@dataclass
 class RunConfig:
     """A whole run: model section (its own dataclass, chosen by `model.name`), data, train."""
 
     model: Any
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +137,7 @@ class RunConfig:
             "model": {"name": self.model_name, **_asdict(self.model)},
             "data": _asdict(self.data),
             "train": _asdict(self.train),
+            "privacy": _asdict(self.privacy),
         }
 
     @property
@@ -261,10 +298,10 @@ def build_config(tree: dict) -> RunConfig:
     """Turn a merged nested dict {preset, model: {name, ...}, data, train} into a RunConfig."""
     from genlab.registry import get_model
 
-    unknown = set(tree) - {"preset", "model", "data", "train"}
+    unknown = set(tree) - {"preset", "model", "data", "train", "privacy"}
     if unknown:
         k = sorted(unknown)[0]
-        raise ConfigError(f"unknown section {k!r}{close_matches(k, ['model', 'data', 'train'])}")
+        raise ConfigError(f"unknown section {k!r}{close_matches(k, ['model', 'data', 'train', 'privacy'])}")
     model_tree = dict(tree.get("model") or {})
     name = model_tree.pop("name", None)
     if not name:
@@ -274,6 +311,7 @@ def build_config(tree: dict) -> RunConfig:
         model=build_section(model_cls, model_tree, "model"),
         data=build_section(DataConfig, tree.get("data") or {}, "data"),
         train=build_section(TrainConfig, tree.get("train") or {}, "train"),
+        privacy=build_section(PrivacyConfig, tree.get("privacy") or {}, "privacy"),
         preset=tree.get("preset"),
     )
     validate_run(cfg)
@@ -319,6 +357,8 @@ def validate_run(cfg: RunConfig) -> None:
         (d.channels in (None, 1, 3), "data.channels must be 1, 3 or null (from the data)"),
         (d.val_size >= 0 and d.test_size >= 0, "data.val_size and data.test_size must be >= 0"),
         (d.num_graphs >= 1, "data.num_graphs must be >= 1"),
+        (d.train_size is None or d.train_size >= 1, "data.train_size must be >= 1, or null for the whole split"),
+        (d.train_on in ("train", "test"), f"data.train_on must be train or test, got {d.train_on!r}"),
         (d.sample_rate is None or 1000 <= d.sample_rate <= 192_000, "data.sample_rate must be in 1000..192000 Hz, or null"),
         (16 <= d.audio_length <= 10_000_000, "data.audio_length must be in 16..10000000 samples"),
         (d.vocab_size >= 257 or d.tokenizer != "bpe", "data.vocab_size must be >= 257 (256 bytes + merges)"),

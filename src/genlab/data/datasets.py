@@ -335,7 +335,10 @@ class ImageFeeder:
 
     def train_batch(self, b: int, shard: int, micro: int, device) -> dict[str, torch.Tensor]:
         """Micro-batch `shard` (of size `micro`) of global batch number `b`."""
-        idx = self.order.indices(b)[shard * micro:(shard + 1) * micro]
+        return self.batch_at(self.order.indices(b)[shard * micro:(shard + 1) * micro], device)
+
+    def batch_at(self, idx: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        """The training examples `idx`, prepared (private training's Poisson batches)."""
         y = self.data.train_y[idx] if self.data.train_y is not None else None
         return self.pipeline(self.data.train_x[idx], y, device=device)
 
@@ -453,6 +456,13 @@ def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None, *,
             tr_x, va_x, te_x = (t.expand(-1, 3, -1, -1).contiguous() for t in (tr_x, va_x, te_x))
         else:
             raise ShapeError(f"data.channels={cfg.channels} but the data has {tr_x.shape[1]} channels")
+    if cfg.train_on == "test":  # a reference model for membership audits: never saw the train split
+        tr_x, tr_y, te_x, te_y = te_x, te_y, tr_x, tr_y
+    if cfg.train_size is not None:
+        if cfg.train_size > len(tr_x):
+            raise DataError(f"data.train_size={cfg.train_size} but the training split has {len(tr_x)} images; "
+                            "lower it or set it to null")
+        tr_x, tr_y, _, _ = _split(tr_x, tr_y, len(tr_x) - cfg.train_size, seed=3)
     native = (tr_x.shape[-2], tr_x.shape[-1])
     if cfg.image_size is not None:
         tr_x, va_x, te_x = (_resize(t, cfg.image_size) for t in (tr_x, va_x, te_x))

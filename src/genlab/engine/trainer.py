@@ -19,6 +19,7 @@ is the same for images, text and graphs. A feeder has:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -38,6 +39,7 @@ from genlab.engine.device import autocast_dtype
 from genlab.engine.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_module
 from genlab.engine.logs import RunLog, is_total_loss
 from genlab.engine.optim import EMA, build_optimizer, lr_at
+from genlab.engine.privacy import PrivateTraining, privacy_summary
 from genlab.errors import ConfigError, TrainingDiverged
 from genlab.models.base import GenerativeModel
 from genlab.seed import derive_seed
@@ -71,12 +73,21 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.callbacks = callbacks or []
-        self.amp_dtype = autocast_dtype(self.t.amp, device)
         self.groups = model.optimizers()
         self.opts = {name: build_optimizer(params, self.t) for name, params in self.groups.items()}
         self.plan = model.schedule()
         self.ema = EMA(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
         self.feeder = data.feeder(pipeline, self.t.batch_size, self.t.seed)
+        # DP-SGD (privacy.*): per-example clipping and noise on the optimisers that read data,
+        # stepped through Opacus's DPOptimizer; `self.opts` stay the plain ones checkpoints store.
+        self.private = None
+        if cfg.privacy.enabled:
+            if not hasattr(self.feeder, "batch_at"):
+                raise ConfigError(f"private training is for image runs so far; {type(model).__name__} reads "
+                                  f"{self.feeder.unit}: drop the privacy.* settings")
+            self.private = PrivateTraining(model, self.opts, self.plan, cfg, len(data.train_x), dist.world)
+        self.steppers = {**self.opts, **(self.private.optimizers if self.private else {})}
+        self.amp_dtype = None if self.private else autocast_dtype(self.t.amp, device)
         self.unit, self.per_example = self.feeder.unit, self.feeder.per_example
         self.micro = self.t.batch_size // (self.t.accum * dist.world)
         if self.micro * self.t.accum * dist.world != self.t.batch_size:
@@ -110,6 +121,8 @@ class Trainer:
         state = {"state": asdict(self.state), "optimizers": opt_meta, "config": self.cfg.to_dict(),
                  "rng": {"scheme": "derived from (train.seed, step, entry, repeat, shard)",
                          "seed": self.t.seed}}
+        if self.private:
+            state["privacy"] = self.private.state()
         ckpt.save_checkpoint(self.ckpt_dir, name or f"step-{self.state.step:08d}", tensors, state)
         if name is None:
             ckpt.prune(self.ckpt_dir, self.t.keep_last)
@@ -125,6 +138,8 @@ class Trainer:
                                        f"{str(e).splitlines()[0]}") from None
         for oname, opt in self.opts.items():
             ckpt.optimizer_from_flat(opt, f"optim.{oname}", c.tensors, c.state["optimizers"][oname])
+        if self.private:
+            self.private.restore(c.state.get("privacy"), c.name)
         self.state = TrainState(**c.state["state"])
 
     def request_stop(self, reason: str = "signal") -> None:
@@ -175,6 +190,8 @@ class Trainer:
                 if s % self.t.log_every == 0:
                     dt = time.perf_counter() - window_t
                     rate = window_steps / dt
+                    if self.private:
+                        terms["epsilon"] = self.private.epsilon()
                     self.log.record("train", s, {**terms, "lr": lr, "steps_per_s": rate,
                                                  f"{self.unit}_per_s": rate * self.t.batch_size *
                                                  self.per_example * sum(r for _, r in self.plan),
@@ -206,6 +223,8 @@ class Trainer:
             self.save()
         finally:
             self.log.close()
+            if self.private:
+                self.private.close()
             for s, h in previous.items():
                 try:
                     signal.signal(s, h)
@@ -236,34 +255,54 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         s, A, rank = self.state.step, self.t.accum, self.dist.rank
         for e, (oname, repeats) in enumerate(self.plan):
-            opt, params = self.opts[oname], self.groups[oname]
+            opt, params = self.steppers[oname], self.groups[oname]
             for g in opt.param_groups:
                 g["lr"] = lr * self.model.lr_scale(oname)
+            private = self.private is not None and self.private.is_private(oname)
             for r in range(repeats):
-                opt.zero_grad(set_to_none=True)
+                if private:
+                    self.private.zero_grad(oname)
+                else:
+                    opt.zero_grad(set_to_none=True)
                 b = self.state.batches
                 self.state.batches += 1
                 for m in range(A):
                     shard = rank * A + m
                     torch.manual_seed(derive_seed(self.t.seed, s, e, r, shard))
-                    batch = self.feeder.train_batch(b, shard, self.micro, self.device)
-                    with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                                        enabled=self.amp_dtype is not None):
-                        out = self.model.loss(batch, oname)
-                    (out["loss"] / A).backward()
+                    if self.private is None:
+                        batch = self.feeder.train_batch(b, shard, self.micro, self.device)
+                    elif private:  # a Poisson batch (the guarantee's sampling)
+                        batch = self.feeder.batch_at(self.private.poisson_indices(b), self.device)
+                    else:  # an optimiser that never reads data: draws from the model's prior
+                        batch = self.model.public_batch(self.micro, self.device)
+                    if private and len(batch["x"]) == 0:
+                        self.private.empty_batch(oname)
+                        continue
+                    hooks_off = self.private.hooks_off() if self.private and not private else contextlib.nullcontext()
+                    with hooks_off:
+                        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                                            enabled=self.amp_dtype is not None):
+                            out = self.model.loss(batch, oname)
+                        (out["loss"] / A).backward()
                     for k, v in out.items():
                         key = f"loss_{oname}" if k == "loss" and len(self.plan) > 1 else k
                         sums[key] = sums.get(key, 0) + v.detach().float() / (A * repeats)
                 average_gradients(params, self.dist)
                 self._check_finite(sums, s)
-                if self.t.grad_clip:
+                if private:  # clipping per example, noise and averaging: Opacus's DPOptimizer
+                    self.private.seed_noise(oname, s, e, r)
+                elif self.t.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, self.t.grad_clip)
                 opt.step()
+                if private:
+                    self.private.count_update()
         if self.ema:
             self.ema.update(self.model, s)
         return dict(zip(sums, self._mean_over_ranks(sums).tolist()))
 
     def _mean_over_ranks(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not sums:  # every batch of the step was an empty Poisson batch
+            return torch.zeros(0)
         v = torch.stack([t.reshape(()) for t in sums.values()]).cpu()
         return all_reduce_sum(v, self.dist) / self.dist.world
 
@@ -336,9 +375,11 @@ class Trainer:
         secs = time.perf_counter() - t0
         metrics = {f"{split}_{k}": {"value": v, "extractor": None, "n": n, "seed": self.t.seed, "seconds": secs}
                    for k, v in res.items()}
-        ckpt.atomic_write_json(self.run_dir / "report.json", {
-            "run": str(self.run_dir), "step": self.state.step, "stop_reason": self.state.stop_reason,
-            "metrics": metrics})
+        report = {"run": str(self.run_dir), "step": self.state.step, "stop_reason": self.state.stop_reason,
+                  "metrics": metrics}
+        if self.private:
+            report["privacy"] = privacy_summary({"privacy": self.private.state()})
+        ckpt.atomic_write_json(self.run_dir / "report.json", report)
 
     @torch.no_grad()
     def write_grid(self, name: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from genlab.engine.checkpoint import atomic_write_json
+from genlab.engine.privacy import privacy_summary
 from genlab.engine.device import device_name
 from genlab.engine.lock import RunLock
 from genlab.errors import ConfigError
@@ -98,6 +99,9 @@ def _evaluate_and_write(run, run_dir, family, t0, *, n, metrics, out, seed, html
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine": device_name(run.device),
               "seconds": round(time.perf_counter() - t0, 3), "metrics": merged}
+    dp = privacy_summary(run.checkpoint.state)
+    if dp:  # the guarantee the numbers come with
+        report["privacy"] = dp
     atomic_write_json(out, report)
     if html:
         _write_html(run, report, out, artefacts)

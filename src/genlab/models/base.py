@@ -43,6 +43,17 @@ class GenerativeModel(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def private_modules(self) -> dict[str, nn.Module]:
+        """Private training (DP-SGD): {optimiser: the module whose per-example gradients are
+        clipped and noised}, for every optimiser whose loss reads training data. Its loss must be
+        a mean of per-example terms. Optimisers left out must train on `public_batch`."""
+        return {name: self for name in self.optimizers()}
+
+    def public_batch(self, n: int, device) -> dict[str, torch.Tensor]:
+        """A batch of n draws that holds no training data, for the optimisers `private_modules`
+        leaves out (a GAN's generator)."""
+        raise NotImplementedError(f"{type(self).__name__} has no optimiser that trains without data")
+
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator,
                labels: torch.Tensor | None = None) -> torch.Tensor:

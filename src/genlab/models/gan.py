@@ -167,13 +167,26 @@ class GAN(LatentVariableModel):
     def lr_scale(self, opt: str) -> float:
         return self.cfg.d_lr_scale if opt == "discriminator" else 1.0
 
+    def private_modules(self) -> dict[str, nn.Module]:
+        """DP-SGD: only the discriminator reads data; the generator learns from it alone."""
+        if self.cfg.loss == "wgan-gp":
+            raise ConfigError("private training cannot clip per-example gradients of the gradient penalty "
+                              "(a double backward); use model.loss=hinge or bce")
+        return {"discriminator": self.discriminator}
+
+    def public_batch(self, n: int, device) -> dict[str, torch.Tensor]:
+        """The generator's batch in private training: n labels drawn uniformly (not the data's)."""
+        y = torch.randint(0, self.num_classes, (n,), device=device) if self.conditional else None
+        return {"n": torch.tensor(n), **({"y": y} if y is not None else {})}
+
     def loss(self, batch: dict[str, torch.Tensor], opt: str = "generator") -> dict[str, torch.Tensor]:
-        x, y = batch["x"], batch.get("y") if self.conditional else None
-        B = x.shape[0]
+        x, y = batch.get("x"), batch.get("y") if self.conditional else None
+        B = x.shape[0] if x is not None else int(batch["n"])
+        device = x.device if x is not None else next(self.parameters()).device
         # Only the optimiser being stepped needs weight gradients; skipping D's in the
         # generator update saves a third of its backward pass.
         self.discriminator.requires_grad_(opt == "discriminator")
-        z = torch.randn(B, self.cfg.latent_dim, device=x.device)
+        z = torch.randn(B, self.cfg.latent_dim, device=device)
         if opt == "generator":
             d_fake = self.discriminator(self.generator(z, y), y).float()
             g = g_loss_term(self.cfg.loss, d_fake)
@@ -193,6 +206,12 @@ class GAN(LatentVariableModel):
             d = d + self.cfg.gp_weight * gp
         out["loss"] = d
         return out
+
+    def example_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-example (B,) {"loss": -D(x, y)}: how unlike training data the discriminator finds
+        each real example (lower: more like it), for membership audits (LOGAN's white-box score)."""
+        y = batch.get("y") if self.conditional else None
+        return {"loss": -self.discriminator(batch["x"], y).float()}
 
     # ------------------------------------------------------------------ sampling
     def latent_shape(self) -> tuple[int, ...]:

@@ -142,13 +142,19 @@ class VAE(LatentVariableModel):
         return lp.flatten(1).sum(1)
 
     # ------------------------------------------------------------------ contract
-    def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
+    def example_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-example terms (B,) at one draw z ~ q(z|x) from torch's global generator:
+        {"loss": recon + beta KL, "recon", "kl", "neg_elbo"}; training averages them, membership
+        audits read them per example."""
         x, y = batch["x"], batch.get("y")
         mu, logvar = (t.float() for t in self.encode(x, y))  # loss maths in fp32 under autocast
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
-        recon = -self.log_px_z(self.decode(z, y).float(), x).mean()
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1).mean()
+        recon = -self.log_px_z(self.decode(z, y).float(), x)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1)
         return {"loss": recon + self.cfg.beta * kl, "recon": recon, "kl": kl, "neg_elbo": recon + kl}
+
+    def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
+        return {k: v.mean() for k, v in self.example_loss(batch).items()}
 
     def latent_shape(self) -> tuple[int, ...]:
         return (self.cfg.latent_dim,)

@@ -89,12 +89,15 @@ class DiffusionConfig(ProcessConfig):
     dropout: float = 0.0
     groups: int = 8
     patch: int = 2  # pixel-unshuffle stem: 28x28x1 -> 14x14x4 (4x fewer convolution FLOPs)
+    noise_draws: int = 1  # (t, noise) draws per image in a training step (DPDM's noise multiplicity)
     # Filled in from the data when left None (and ProcessConfig.num_classes).
     channels: int | None = None
     image_size: int | None = None
 
     def validate(self) -> None:
         super().validate()
+        if self.noise_draws < 1:
+            raise ConfigError(f"model.noise_draws must be >= 1, got {self.noise_draws}")
         if self.base_channels % self.heads or self.patch < 1:
             raise ConfigError("model.base_channels must be divisible by model.heads, and model.patch >= 1")
 
@@ -172,7 +175,10 @@ class GaussianDiffusion(GenerativeModel):
         return x0, eps
 
     # ------------------------------------------------------------------ training
-    def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
+    def example_loss(self, batch: dict[str, torch.Tensor], *, label_dropout: bool = False) -> dict[str, torch.Tensor]:
+        """Per-example denoising losses at one random (t, noise) draw each, from torch's global
+        generator: {"loss": weighted (B,), "mse": unweighted (B,)}. Training averages them (with
+        `label_dropout` for classifier-free guidance); membership audits read them per example."""
         x0 = batch["x"]
         B = x0.shape[0]
         t = torch.randint(0, self.T, (B,), device=x0.device)
@@ -182,17 +188,24 @@ class GaussianDiffusion(GenerativeModel):
         y = None
         if self.conditional:
             y = batch["y"]
-            drop = torch.rand(B, device=x0.device) < self.cfg.label_dropout
-            y = torch.where(drop, self._null(B, x0.device), y)
+            if label_dropout:
+                drop = torch.rand(B, device=x0.device) < self.cfg.label_dropout
+                y = torch.where(drop, self._null(B, x0.device), y)
         pred = self.net(x_t, t, y).float()
         target = sch.from_x0_eps(x0, noise, ab, self.cfg.prediction)
         per = (pred - target).pow(2).flatten(1).mean(1)  # (B,)
         if self.cfg.loss_weight == "min_snr":
             w = sch.min_snr_weight(sch.snr(ab), self.cfg.snr_gamma, self.cfg.prediction).float()
-            loss = (w * per).mean()
-        else:
-            loss = per.mean()
-        return {"loss": loss, "mse": per.mean()}
+            return {"loss": w * per, "mse": per}
+        return {"loss": per, "mse": per}
+
+    def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
+        # `noise_draws` (t, noise) draws per example, averaged: DPDM's noise multiplicity. Each draw
+        # is a separate pass over the same B examples, so a per-sample gradient (DP-SGD) sums an
+        # example's draws before it is clipped.
+        k = getattr(self.cfg, "noise_draws", 1)
+        draws = [self.example_loss(batch, label_dropout=True) for _ in range(k)]
+        return {name: sum(d[name] for d in draws).mean() / k for name in ("loss", "mse")}
 
     # ------------------------------------------------------------------ sampling
     def sampling_options(self, sampler, steps, guidance, eta) -> tuple[str, int, float, float]:

@@ -78,6 +78,7 @@ class Attention(nn.Module):
         self.norm = nn.GroupNorm(min(groups, c), c)
         self.qkv = nn.Conv2d(c, 3 * c, 1)
         self.proj = nn.Conv2d(c, c, 1)
+        self.memory_format = torch.channels_last  # see UNet.use_memory_format
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
@@ -88,7 +89,7 @@ class Attention(nn.Module):
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, nh, HW, hs) each
         h = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hs)
         h = h.transpose(-1, -2).reshape(B, C, H, W)  # (B, C, H, W)
-        return x + self.proj(h.contiguous(memory_format=torch.channels_last))
+        return x + self.proj(h.contiguous(memory_format=self.memory_format))
 
 
 class Down(nn.Module):
@@ -156,7 +157,17 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(min(g, c), c), nn.SiLU(), nn.Conv2d(c, cfg.out_channels * p2, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
-        self.to(memory_format=torch.channels_last)
+        self.use_memory_format(torch.channels_last)
+
+    def use_memory_format(self, fmt: torch.memory_format) -> None:
+        """Keep weights and activations in `fmt`: channels_last for speed; private training
+        switches to torch.contiguous_format, the layout Opacus's per-example conv gradients
+        are right for (with channels_last they were not, in a test against autograd)."""
+        self.memory_format = fmt
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.memory_format = fmt
+        self.to(memory_format=fmt)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels))  # (B, 4ch)
@@ -167,7 +178,7 @@ class UNet(nn.Module):
         emb = F.silu(emb)
         if self.cfg.patch > 1:
             x = F.pixel_unshuffle(x, self.cfg.patch)  # (B, C p^2, H/p, W/p)
-        h = self.conv_in(x.contiguous(memory_format=torch.channels_last))  # (B, ch, H/p, W/p)
+        h = self.conv_in(x.contiguous(memory_format=torch.contiguous_format))  # (B, ch, H/p, W/p)
         hs = [h]
         for blk in self.down:
             if isinstance(blk, Down):

@@ -270,7 +270,7 @@ PRESETS.update({
 
 
 # Differentially private training (DP-SGD, privacy.epsilon at delta 1e-5; see genlab.engine.privacy),
-# sized for one CPU core and about ten minutes: per-example gradients cost time in proportion to
+# sized for one CPU core and about five minutes: per-example gradients cost time in proportion to
 # batch x parameters, so the networks are small and the batches large (the noise on the mean
 # gradient is sigma C / batch). Conditional models, so their samples can train a classifier (TSTR).
 # EMA weights are post-processing of the private ones: the guarantee covers them too.
@@ -283,14 +283,14 @@ PRESETS.update({
         "private conditional VAE (MLP 784-128-128-z16, Bernoulli), DP-SGD epsilon 10 on binarised MNIST",
         {"model": {"name": "vae", "arch": "mlp", "latent_dim": 16, "hidden": 128, "conditional": True},
          "data": dict(_MNIST_BINARY), "privacy": dict(_DP),
-         "train": {**_DP_TRAIN, "steps": 1200, "lr": 2e-3}},
+         "train": {**_DP_TRAIN, "steps": 800, "lr": 2e-3}},
     ),
     "dp-cgan-mnist": Preset(
         "private conditional DCGAN: DP-SGD on the projection discriminator (no spectral norm), epsilon 10",
         {"model": {"name": "gan", "arch": "dcgan", "loss": "hinge", "latent_dim": 32, "spectral_norm": False,
                    "conditional": True, "g_channels": 16, "d_channels": 16},
          "data": dict(_MNIST_GAN), "privacy": dict(_DP),
-         "train": {**_DP_TRAIN, "steps": 1500, "batch_size": 128, "lr": 5e-4, "betas": [0.5, 0.999],
+         "train": {**_DP_TRAIN, "steps": 1000, "batch_size": 128, "lr": 5e-4, "betas": [0.5, 0.999],
                    "grad_clip": None}},
     ),
     "dp-diffusion-mnist": Preset(
@@ -299,6 +299,6 @@ PRESETS.update({
                    "base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1,
                    "attention_resolutions": [], "heads": 2, "noise_draws": 2},
          "data": {"dataset": "mnist", "normalize": "minus_one_one"}, "privacy": dict(_DP),
-         "train": {**_DP_TRAIN, "steps": 400, "batch_size": 128, "lr": 2e-3, "ema_decay": 0.98}},
+         "train": {**_DP_TRAIN, "steps": 300, "batch_size": 128, "lr": 2e-3, "ema_decay": 0.98}},
     ),
 })

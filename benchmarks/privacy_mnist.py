@@ -1,0 +1,187 @@
+"""The private presets (dp-cvae-mnist, dp-cgan-mnist, dp-diffusion-mnist) at epsilon 1, 3 and 10
+(delta 1e-5) and without privacy: CPU minutes, FID (lenet-mnist), label accuracy, TSTR accuracy
+(a LeNet trained on samples only, tested on the real test split, beside the same recipe on as
+many real images), membership-inference AUC and TPR at low FPR, and the memorisation figures.
+
+    # two worker processes, one per core, one thread each, nothing else running; each takes the
+    # next (preset, epsilon) job nobody has taken, so the two cores share the list:
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/privacy_mnist.py &
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/privacy_mnist.py
+    .venv/bin/python benchmarks/privacy_mnist.py --smoke     # end to end in a few minutes
+
+Every run trains for its preset's train.steps (the noise multiplier is set so that those steps
+spend exactly the target epsilon; --minutes is only a safety cap, and a run it stops has spent
+less, which the table shows). Each process merges its rows into
+benchmarks/results/privacy-mnist.json (under a file lock) and re-renders the .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, write_results
+
+import torch
+
+import genlab
+from genlab.bench import machine_info
+
+PRESETS = ("dp-cvae-mnist", "dp-cgan-mnist", "dp-diffusion-mnist")
+EPSILONS = (1.0, 3.0, 10.0, math.inf)
+NAME = "privacy-mnist"
+
+
+def job_name(preset: str, eps: float) -> str:
+    return f"{preset}-eps{'inf' if math.isinf(eps) else f'{eps:g}'}"
+
+
+def claim(job: str) -> bool:
+    """Take `job` for this process unless another process has (a marker file, created atomically)."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(RUNS / f".{NAME}-{job}.claimed", "x") as f:
+            f.write(str(os.getpid()))
+        return True
+    except FileExistsError:
+        return False
+
+
+def run_job(preset: str, eps: float, a: argparse.Namespace) -> dict:
+    job = job_name(preset, eps)
+    run_dir = fresh_run_dir(f"{NAME}/{job}")
+    sets = ["privacy.epsilon=null"] if math.isinf(eps) else [f"privacy.epsilon={eps}"]
+    sets += a.set
+    t0 = time.time()
+    res = genlab.train(preset, run_dir, overrides=sets, minutes=a.minutes, seed=0, steps=a.steps,
+                       threads=torch.get_num_threads())
+    train_wall = time.time() - t0
+    ckpt = json.loads(sorted((run_dir / "checkpoints").glob("step-*.json"))[-1].read_text())
+    dp = ckpt.get("privacy")
+    row = {"preset": preset, "target_epsilon": None if math.isinf(eps) else eps, "steps": res.state.step,
+           "stop_reason": res.state.stop_reason, "cpu_minutes": round(res.state.elapsed / 60, 2),
+           "train_wall_s": round(train_wall, 1),
+           "epsilon": None if dp is None else round(dp["epsilon"], 3),
+           "noise_multiplier": None if dp is None else round(dp["noise_multiplier"], 4),
+           "run_dir": os.path.relpath(run_dir.resolve(), RUNS.parent.parent)}
+    t0 = time.time()
+    from genlab.evaluation import evaluate
+
+    report = evaluate(run_dir, n=a.n, metrics=["fid", "label_accuracy", "tstr"], seed=0, html=True)
+    m = report["metrics"]
+    row.update(fid=round(m["fid"]["value"], 2), label_accuracy=round(m["label_accuracy"]["value"], 4),
+               tstr=round(m["tstr"]["value"], 4), tstr_real=round(m["tstr"]["real_baseline"], 4),
+               eval_s=round(time.time() - t0, 1))
+    t0 = time.time()
+    from genlab.evaluation.privacy import run_audit
+
+    audit = run_audit(run_dir, members=a.members, samples=a.samples, seed=0)
+    row["audit"] = audit_figures(audit)
+    row["audit_s"] = round(time.time() - t0, 1)
+    return row
+
+
+def audit_figures(audit: dict) -> dict:
+    """The membership and memorisation figures the table shows, from audit.json's layout."""
+    out = {name: {"auc": e["auc"], "tpr_1pct": e["tpr_at_fpr_0.01"], "tpr_01pct": e["tpr_at_fpr_0.001"]}
+           for name, e in audit["membership"]["attacks"].items()}
+    pix = audit["memorisation"]["spaces"]["pixel"]
+    out["memorisation"] = {"near_copies": pix.get("near_copies"), "exact_copies": pix["exact_copies"],
+                           "heldout_near_copies": pix.get("heldout", {}).get("near_copies")}
+    return out
+
+
+def merge(old: dict, rows: list[dict], command: str, machine: dict) -> dict:
+    data = old or {"rows": {}}
+    for r in rows:
+        data["rows"][job_name(r["preset"], r["target_epsilon"] or math.inf)] = {**r, "command": command,
+                                                                              "machine": machine}
+    return data
+
+
+def fmt(v, spec="{:.3f}"):
+    return "-" if v is None else spec.format(v)
+
+
+def render(data: dict) -> str:
+    rows = sorted(data["rows"].values(), key=lambda r: (PRESETS.index(r["preset"]) if r["preset"] in PRESETS else 9,
+                                                        r["target_epsilon"] or math.inf))
+    out = ["# Private training on MNIST: quality, utility and leakage at epsilon 1, 3, 10 and without privacy",
+           "",
+           "Produced by `benchmarks/privacy_mnist.py` (commands and machines below). delta = 1e-5 for every",
+           "private run; epsilon is the accountant's (RDP) after the run's steps. FID in the lenet-mnist feature",
+           "space; label accuracy: the shipped LeNet's agreement with the requested class; TSTR: a LeNet trained",
+           "on the model's labelled samples only, tested on the 10,000 real test images, beside the same recipe",
+           "trained on as many real training images. Membership inference: members are training images,",
+           "non-members held-out validation images; AUC 0.5 is chance. Memorisation: generated samples' nearest",
+           "training image in pixels; a near copy is one at under 1/3 of the distance to the second nearest,",
+           "with the share among held-out real images beside it (see `genlab audit`).",
+           "",
+           "| preset | target eps | eps spent | sigma | steps | CPU min | FID | label acc | TSTR | real, same n |"
+           " MIA loss AUC | TPR@1% | TPR@0.1% | MIA distance AUC | near copies (held-out real) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        au = r.get("audit", {})
+        loss, dist, mem = au.get("loss", {}), au.get("distance", {}), au.get("memorisation", {})
+        out.append(f"| {r['preset']} | {fmt(r['target_epsilon'], '{:g}') if r['target_epsilon'] else 'none'} | "
+                   f"{fmt(r['epsilon'], '{:.2f}')} | {fmt(r['noise_multiplier'], '{:.3f}')} | {r['steps']} | "
+                   f"{r['cpu_minutes']:.1f} | {fmt(r.get('fid'), '{:.2f}')} | {fmt(r.get('label_accuracy'), '{:.1%}')} | "
+                   f"{fmt(r.get('tstr'), '{:.1%}')} | {fmt(r.get('tstr_real'), '{:.1%}')} | "
+                   f"{fmt(loss.get('auc'))} | {fmt(loss.get('tpr_1pct'))} | {fmt(loss.get('tpr_01pct'))} | "
+                   f"{fmt(dist.get('auc'))} | {fmt(mem.get('near_copies'), '{:.1%}')} "
+                   f"({fmt(mem.get('heldout_near_copies'), '{:.1%}')}) |")
+    out += ["", "## Commands and machines", ""]
+    seen = set()
+    for r in rows:
+        key = (r["command"], r["machine"]["date"][:10])
+        if key in seen:
+            continue
+        seen.add(key)
+        out += [f"`{r['command']}`", "", machine_lines(r["machine"])]
+    out += ["Runs: `benchmarks/runs/privacy-mnist/` (not in git): each run's report.html and audit.html."]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    p.add_argument("--epsilons", nargs="+", type=float, default=list(EPSILONS), help="inf: without privacy")
+    p.add_argument("--n", type=int, default=1000, help="samples for FID, label accuracy and TSTR")
+    p.add_argument("--members", type=int, default=500, help="members (and as many non-members) attacked")
+    p.add_argument("--samples", type=int, default=1000, help="samples for the distance attack and memorisation")
+    p.add_argument("--minutes", type=float, default=12.0, help="safety cap on each run's training minutes")
+    p.add_argument("--steps", type=int, default=None, help="override the presets' steps (smoke runs)")
+    p.add_argument("--set", nargs="*", default=[], help="extra --set overrides for every run")
+    p.add_argument("--smoke", action="store_true", help="a few steps and small n: checks the pipeline end to end")
+    a = p.parse_args()
+    if a.smoke:
+        global NAME
+        NAME = "privacy-mnist-smoke"
+        a.steps, a.n, a.members, a.samples = 4, 200, 100, 200
+    command = "OMP_NUM_THREADS={} taskset -c {} python {}".format(
+        os.environ.get("OMP_NUM_THREADS", "?"), ",".join(map(str, sorted(os.sched_getaffinity(0)))),
+        shlex.join(["benchmarks/privacy_mnist.py", *sys.argv[1:]]))
+    machine = machine_info()
+    for preset in a.presets:
+        for eps in a.epsilons:
+            if not claim(job_name(preset, eps)):
+                continue
+            print(f"== {job_name(preset, eps)}", file=sys.stderr, flush=True)
+            row = run_job(preset, eps, a)
+            with open(RUNS / f".{NAME}.lock", "w") as lock:  # the other core's process merges too
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                path = RESULTS / f"{NAME}.json"
+                old = json.loads(path.read_text()) if path.exists() else None
+                data = merge(old, [row], command, machine)
+                write_results(NAME, data, render(data))
+
+
+if __name__ == "__main__":
+    main()

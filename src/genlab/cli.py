@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics for a run's model family -> report.json + report.html")
     e.add_argument("run_dir")
     e.add_argument("--n", type=int, help="samples to draw (images: default 10,000)")
-    e.add_argument("--metrics", nargs="+", help="subset of metrics (default: all that apply), e.g. fid kid")
+    e.add_argument("--metrics", nargs="+", help="subset of metrics (default: all that apply, except tstr, which "
+                                                "trains classifiers and runs only when named), e.g. fid kid tstr")
     e.add_argument("--out", help="report path (default RUN_DIR/report.json; the HTML goes beside it)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--extractor", help="feature extractor: lenet-mnist, lenet-fashion or inception "
@@ -96,6 +97,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
     e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     e.add_argument("--no-html", action="store_true", help="write report.json only")
+
+    au = sub.add_parser("audit", help="privacy audit of an image run: membership inference and memorisation "
+                                      "-> audit.json + audit.html")
+    au.add_argument("run_dir")
+    au.add_argument("--reference", metavar="REF_RUN", help="a run of the same model trained on the test split "
+                                                          "(--set data.train_on=test): adds the calibrated attack")
+    au.add_argument("--members", type=int, default=1000, help="training images (members) and as many held-out "
+                                                              "images (non-members) to attack (default 1000)")
+    au.add_argument("--samples", type=int, default=1000, help="generated samples for the distance attack and the "
+                                                              "memorisation figures (default 1000)")
+    au.add_argument("--draws", type=int, default=8, help="random draws (latent, noise level) averaged per "
+                                                         "example loss (default 8)")
+    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--out", help="folder for audit.json and audit.html (default RUN_DIR)")
+    au.add_argument("--data-root", help="folder holding the datasets (default: the run's)")
+    au.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
+    au.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
 
     c = sub.add_parser("compare", help="one table of several runs' metrics, throughput and time")
     c.add_argument("run_dirs", nargs="+")
@@ -314,6 +332,17 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(a: argparse.Namespace) -> int:
+    from genlab.evaluation.privacy import run_audit, summary_lines
+
+    report = run_audit(a.run_dir, reference=a.reference, out=a.out, members=a.members, samples=a.samples,
+                       draws=a.draws, seed=a.seed, checkpoint=a.checkpoint, device=a.device, data_root=a.data_root)
+    for line in summary_lines(report):
+        print(line)
+    log.info("audit done in %.1f s", report["seconds"])
+    return 0
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     from genlab.evaluation.compare import collect, format_table, write_compare_html
 
@@ -458,10 +487,14 @@ def cmd_presets(a: argparse.Namespace) -> int:
 
 def cmd_info(a: argparse.Namespace) -> int:
     from genlab.engine.logs import read_log
+    from genlab.engine.privacy import privacy_summary
     from genlab.engine.run import run_status
 
     run_dir = Path(a.run_dir)
     cfg, state = run_status(run_dir)
+    dp = privacy_summary(state)
+    if dp:  # a private run's guarantee comes first
+        print(f"epsilon: {dp['epsilon']:.3g} (delta {dp['delta']:g})")
     info = {"run": str(run_dir), "config": cfg.to_dict()}
     for name in ("manifest.json", "report.json"):
         p = run_dir / name
@@ -480,7 +513,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
             "pipeline": cmd_pipeline, "apply": cmd_apply, "serve": cmd_serve,
-            "presets": cmd_presets, "info": cmd_info}
+            "presets": cmd_presets, "info": cmd_info, "audit": cmd_audit}
 
 
 def main(argv: list[str] | None = None) -> int:

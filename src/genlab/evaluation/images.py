@@ -2,6 +2,9 @@
 precision/recall, IS, class coverage, label accuracy), reconstruction (MSE, PSNR, SSIM,
 feature distance) for models that reconstruct, and likelihood bounds for models that have
 one. Which metrics apply is decided by what the model can do, not by its name.
+
+TSTR (train on synthetic, test on real) is computed only when asked for (--metrics tstr): it
+trains two classifiers, on N labelled samples and on N real training images.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ log = logging.getLogger("genlab")
 SAMPLE_METRICS = ("fid", "kid", "precision", "recall", "inception_score", "class_coverage", "label_accuracy")
 RECON_METRICS = ("mse", "psnr", "ssim", "feature_distance")
 LIKELIHOOD_METRICS = ("nll_nats", "bits_per_dim")
-IMAGE_METRICS = SAMPLE_METRICS + RECON_METRICS + LIKELIHOOD_METRICS
+TSTR_METRICS = ("tstr",)
+IMAGE_METRICS = SAMPLE_METRICS + RECON_METRICS + LIKELIHOOD_METRICS + TSTR_METRICS
+OPT_IN_METRICS = TSTR_METRICS  # applicable, but computed only when asked for (they train classifiers)
 _CLASSIFIER_METRICS = ("inception_score", "class_coverage", "label_accuracy")  # need the extractor's logits
 
 
@@ -55,10 +60,16 @@ def likelihood_defined(model, cfg) -> bool:
     return not bernoulli_vae or cfg.data.binarize
 
 
+def tstr_applies(conditional: bool, cfg) -> bool:
+    """TSTR trains the shipped LeNets' recipe on labelled samples: it needs a conditional model of
+    data that has a shipped LeNet (MNIST and its 8x8-digits fallback, Fashion-MNIST)."""
+    return conditional and cfg is not None and cfg.data.dataset in DEFAULT_EXTRACTOR
+
+
 def applicable(model, extractor: str | None, conditional: bool | None = None, cfg=None) -> list[str]:
     """The metrics that make sense for `model` with feature extractor `extractor`. `model` may
     also be a model class (before training), with `conditional` taken from its config; `cfg`
-    (the run's RunConfig, default the model's run config) decides the likelihood metrics."""
+    (the run's RunConfig, default the model's run config) decides the likelihood metrics and TSTR."""
     conditional = model.conditional if conditional is None else conditional
     out: list[str] = []
     if extractor:
@@ -71,6 +82,8 @@ def applicable(model, extractor: str | None, conditional: bool | None = None, cf
         out += ["mse", "psnr", "ssim"] + (["feature_distance"] if extractor else [])
     if cfg is not None and likelihood_defined(model, cfg):
         out += list(LIKELIHOOD_METRICS)
+    if tstr_applies(conditional, cfg):
+        out += list(TSTR_METRICS)
     return out
 
 
@@ -140,13 +153,21 @@ def evaluate_images(run, opts: ImageEvalOptions) -> tuple[dict[str, dict], dict]
             if set(missing) <= set(LIKELIHOOD_METRICS) and hasattr(run.model, "iw_log_weights"):
                 why = ("a Bernoulli VAE trained on grey pixels has no likelihood of them "
                        "(train with data.binarize=true, or model.likelihood=gaussian)")
+            elif set(missing) <= set(TSTR_METRICS) and not run.model.conditional:
+                why = ("TSTR trains a classifier on labelled samples and this model is unconditional; "
+                       "train a conditional one (e.g. cvae-mnist, or --set model.conditional=true)")
+            elif set(missing) <= set(TSTR_METRICS):
+                why = (f"TSTR trains a LeNet on 28x28 digits or clothes, and data.dataset={dataset} has no shipped "
+                       f"LeNet (only {', '.join(DEFAULT_EXTRACTOR)} do)")
             elif not ext_name:
                 why = "no offline feature extractor fits this data; pass --extractor inception"
             else:
                 why = f"{run.cfg.model_name} models with extractor {ext_name} do not support them"
             raise ConfigError(f"cannot compute {', '.join(missing)}: {why}")
         wanted = list(opts.metrics)
-    elif not ext_name:
+    else:
+        wanted = [m for m in wanted if m not in OPT_IN_METRICS]
+    if not opts.metrics and not ext_name:
         log.warning("no offline feature extractor for %s %s images; FID/KID skipped (use --extractor inception)",
                     dataset, "x".join(map(str, shape)))
     data, real = _real_test_images(run, opts.data_root)
@@ -209,6 +230,9 @@ def evaluate_images(run, opts: ImageEvalOptions) -> tuple[dict[str, dict], dict]
                 out["label_accuracy"] = _entry(acc, ext_name, n, opts.seed, t_feat,
                                                per_class=[round(x, 5) for x in per])
 
+    if "tstr" in wanted:
+        out["tstr"] = tstr(run, data, real, opts, artefacts)
+
     if any(m in RECON_METRICS for m in wanted):
         t0 = time.perf_counter()
         n = min(opts.n, len(real))
@@ -248,6 +272,44 @@ def evaluate_images(run, opts: ImageEvalOptions) -> tuple[dict[str, dict], dict]
         if "bits_per_dim" in wanted:
             out["bits_per_dim"] = _entry(bits_per_dim(nll, dims), None, n, opts.seed, s, **how)
     return out, artefacts
+
+
+def tstr(run, data: ImageData, real_test: torch.Tensor, opts: ImageEvalOptions, artefacts: dict) -> dict:
+    """Train on synthetic, test on real: a LeNet trained on opts.n labelled samples (balanced
+    classes; the ones drawn for the sample metrics when there are) and scored on the real test
+    split, beside the same recipe trained on opts.n real training images (`real_baseline`).
+    A conditional model whose samples carry their class well gets close to the baseline."""
+    from genlab.metrics.classifier import RECIPE_SHIFT, TSTR_MIN_N, train_test_accuracy
+
+    if opts.n < TSTR_MIN_N:
+        raise ConfigError(f"tstr needs --n >= {TSTR_MIN_N} labelled samples to train a classifier on, got {opts.n}")
+    if data.test_y is None:
+        raise DataError("tstr needs the test split's labels, and the run's data has none")
+    t0 = time.perf_counter()
+    if artefacts.get("samples") is not None and len(artefacts["samples"]) == opts.n:
+        fake, labels = artefacts["samples"], artefacts["labels"]
+        t_sample = artefacts["sample_seconds"]
+    else:
+        fake, labels = run.sample(opts.n, seed=opts.seed)
+        t_sample = time.perf_counter() - t0
+    ext = DEFAULT_EXTRACTOR[run.cfg.data.dataset]
+    shift = RECIPE_SHIFT[ext]
+    test_y = data.test_y
+    t_fit = time.perf_counter()
+    acc, recipe = train_test_accuracy(fake, labels, real_test, test_y, seed=opts.seed, shift=shift, device=run.device)
+    seconds = time.perf_counter() - t_fit + t_sample
+    # The baseline: the same recipe on as many real training images (a fixed random choice).
+    t_real = time.perf_counter()
+    n_real = min(opts.n, len(data.train_x))
+    pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(opts.seed))[:n_real]
+    real_train = resize_uint8(data.train_x[pick], tuple(run.meta["native_size"]))
+    base, _ = train_test_accuracy(real_train, data.train_y[pick], real_test, test_y, seed=opts.seed, shift=shift,
+                                  device=run.device)
+    log.info("tstr: %.4f test accuracy trained on %d samples, %.4f on %d real images (%.1f s)", acc, len(fake), base,
+             n_real, time.perf_counter() - t0)
+    return _entry(acc, None, len(fake), opts.seed, seconds, real_baseline=base, n_real=n_real, n_test=len(real_test),
+                  classifier="lenet", shift=shift, real_baseline_seconds=round(time.perf_counter() - t_real, 3),
+                  **recipe)
 
 
 @torch.no_grad()

@@ -8,6 +8,11 @@ many real images), membership-inference AUC and TPR at low FPR, and the memorisa
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/privacy_mnist.py &
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/privacy_mnist.py
     .venv/bin/python benchmarks/privacy_mnist.py --smoke     # end to end in a few minutes
+    # longer schedules for the issue's aim (TSTR at epsilon 10 within 60 CPU minutes), e.g.:
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/privacy_mnist.py --presets dp-cvae-mnist \
+        --epsilons 10 inf --set train.steps=10000 train.ema_decay=0.999 --tag 60min --minutes 60 --n 10000
+
+A job is claimed by a marker file benchmarks/runs/.privacy-mnist-JOB.claimed; delete those to rerun.
 
 Every run trains for its preset's train.steps (the noise multiplier is set so that those steps
 spend exactly the target epsilon; --minutes is only a safety cap, and a run it stops has spent
@@ -25,7 +30,6 @@ import os
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, write_results
 
@@ -39,8 +43,8 @@ EPSILONS = (1.0, 3.0, 10.0, math.inf)
 NAME = "privacy-mnist"
 
 
-def job_name(preset: str, eps: float) -> str:
-    return f"{preset}-eps{'inf' if math.isinf(eps) else f'{eps:g}'}"
+def job_name(preset: str, eps: float, tag: str = "") -> str:
+    return f"{preset}-eps{'inf' if math.isinf(eps) else f'{eps:g}'}{'-' + tag if tag else ''}"
 
 
 def claim(job: str) -> bool:
@@ -55,7 +59,7 @@ def claim(job: str) -> bool:
 
 
 def run_job(preset: str, eps: float, a: argparse.Namespace) -> dict:
-    job = job_name(preset, eps)
+    job = job_name(preset, eps, a.tag)
     run_dir = fresh_run_dir(f"{NAME}/{job}")
     sets = ["privacy.epsilon=null"] if math.isinf(eps) else [f"privacy.epsilon={eps}"]
     sets += a.set
@@ -65,7 +69,8 @@ def run_job(preset: str, eps: float, a: argparse.Namespace) -> dict:
     train_wall = time.time() - t0
     ckpt = json.loads(sorted((run_dir / "checkpoints").glob("step-*.json"))[-1].read_text())
     dp = ckpt.get("privacy")
-    row = {"preset": preset, "target_epsilon": None if math.isinf(eps) else eps, "steps": res.state.step,
+    row = {"preset": preset, "tag": a.tag, "sets": a.set, "target_epsilon": None if math.isinf(eps) else eps,
+           "steps": res.state.step, "batch_size": genlab.load(run_dir).cfg.train.batch_size,
            "stop_reason": res.state.stop_reason, "cpu_minutes": round(res.state.elapsed / 60, 2),
            "train_wall_s": round(train_wall, 1),
            "epsilon": None if dp is None else round(dp["epsilon"], 3),
@@ -101,8 +106,8 @@ def audit_figures(audit: dict) -> dict:
 def merge(old: dict, rows: list[dict], command: str, machine: dict) -> dict:
     data = old or {"rows": {}}
     for r in rows:
-        data["rows"][job_name(r["preset"], r["target_epsilon"] or math.inf)] = {**r, "command": command,
-                                                                              "machine": machine}
+        data["rows"][job_name(r["preset"], r["target_epsilon"] or math.inf, r.get("tag", ""))] = {
+            **r, "command": command, "machine": machine}
     return data
 
 
@@ -112,7 +117,7 @@ def fmt(v, spec="{:.3f}"):
 
 def render(data: dict) -> str:
     rows = sorted(data["rows"].values(), key=lambda r: (PRESETS.index(r["preset"]) if r["preset"] in PRESETS else 9,
-                                                        r["target_epsilon"] or math.inf))
+                                                        bool(r.get("tag")), r["target_epsilon"] or math.inf))
     out = ["# Private training on MNIST: quality, utility and leakage at epsilon 1, 3, 10 and without privacy",
            "",
            "Produced by `benchmarks/privacy_mnist.py` (commands and machines below). delta = 1e-5 for every",
@@ -124,14 +129,15 @@ def render(data: dict) -> str:
            "training image in pixels; a near copy is one at under 1/3 of the distance to the second nearest,",
            "with the share among held-out real images beside it (see `genlab audit`).",
            "",
-           "| preset | target eps | eps spent | sigma | steps | CPU min | FID | label acc | TSTR | real, same n |"
+           "| preset | target eps | eps spent | sigma | batch | steps | CPU min | FID | label acc | TSTR | real, same n |"
            " MIA loss AUC | TPR@1% | TPR@0.1% | MIA distance AUC | near copies (held-out real) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         au = r.get("audit", {})
         loss, dist, mem = au.get("loss", {}), au.get("distance", {}), au.get("memorisation", {})
-        out.append(f"| {r['preset']} | {fmt(r['target_epsilon'], '{:g}') if r['target_epsilon'] else 'none'} | "
-                   f"{fmt(r['epsilon'], '{:.2f}')} | {fmt(r['noise_multiplier'], '{:.3f}')} | {r['steps']} | "
+        name = r["preset"] + (f" ({' '.join(r['sets'])})" if r.get("sets") else "")
+        out.append(f"| {name} | {fmt(r['target_epsilon'], '{:g}') if r['target_epsilon'] else 'none'} | "
+                   f"{fmt(r['epsilon'], '{:.2f}')} | {fmt(r['noise_multiplier'], '{:.3f}')} | {r.get('batch_size', '-')} | {r['steps']} | "
                    f"{r['cpu_minutes']:.1f} | {fmt(r.get('fid'), '{:.2f}')} | {fmt(r.get('label_accuracy'), '{:.1%}')} | "
                    f"{fmt(r.get('tstr'), '{:.1%}')} | {fmt(r.get('tstr_real'), '{:.1%}')} | "
                    f"{fmt(loss.get('auc'))} | {fmt(loss.get('tpr_1pct'))} | {fmt(loss.get('tpr_01pct'))} | "
@@ -158,7 +164,10 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1000, help="samples for the distance attack and memorisation")
     p.add_argument("--minutes", type=float, default=12.0, help="safety cap on each run's training minutes")
     p.add_argument("--steps", type=int, default=None, help="override the presets' steps (smoke runs)")
-    p.add_argument("--set", nargs="*", default=[], help="extra --set overrides for every run")
+    p.add_argument("--set", nargs="*", default=[], help="extra --set overrides for every run (e.g. a longer "
+                   "schedule: train.steps=10000); give them a --tag")
+    p.add_argument("--tag", default="", help="names these runs apart from the preset's own (rows are keyed by "
+                   "preset, epsilon and tag)")
     p.add_argument("--smoke", action="store_true", help="a few steps and small n: checks the pipeline end to end")
     a = p.parse_args()
     if a.smoke:
@@ -171,9 +180,9 @@ def main() -> None:
     machine = machine_info()
     for preset in a.presets:
         for eps in a.epsilons:
-            if not claim(job_name(preset, eps)):
+            if not claim(job_name(preset, eps, a.tag)):
                 continue
-            print(f"== {job_name(preset, eps)}", file=sys.stderr, flush=True)
+            print(f"== {job_name(preset, eps, a.tag)}", file=sys.stderr, flush=True)
             row = run_job(preset, eps, a)
             with open(RUNS / f".{NAME}.lock", "w") as lock:  # the other core's process merges too
                 fcntl.flock(lock, fcntl.LOCK_EX)

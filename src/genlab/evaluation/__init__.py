@@ -99,7 +99,7 @@ def _evaluate_and_write(run, run_dir, family, t0, *, n, metrics, out, seed, html
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine": device_name(run.device),
               "seconds": round(time.perf_counter() - t0, 3), "metrics": merged}
-    dp = privacy_summary(run.checkpoint.state)
+    dp = privacy_summary(getattr(getattr(run, "checkpoint", None), "state", None))
     if dp:  # the guarantee the numbers come with
         report["privacy"] = dp
     atomic_write_json(out, report)

@@ -207,7 +207,8 @@ def test_config_errors_name_the_key():
 # --------------------------------------------------------------------------- the image model kept
 
 
-# Recorded from ddpm.py before the GaussianDiffusion refactor (commit a5b7781).
+# Recorded from ddpm.py before the GaussianDiffusion refactor (commit a5b7781), plus noise_draws (added for
+# private training; default 1, so configs saved before it load unchanged).
 IMAGE_CONFIG_FIELDS = {
     "schedule": "cosine", "timesteps": 1000, "prediction": "v", "loss_weight": "min_snr", "snr_gamma": 5.0,
     "base_channels": 32, "channel_mults": (1, 2, 2), "num_res_blocks": 2, "attention_resolutions": (7,),

@@ -263,7 +263,25 @@ def test_cli_audit_writes_json_and_html(runs, tmp_path, capsys):
     assert len(srcs) == 1
     Image.open(out / srcs[0]).load()
     printed = capsys.readouterr().out
-    assert "mia_calibrated_auc" in printed and "near_copies (pixel)" in printed
+    assert "mia_calibrated_auc" in printed and "near_copies_pixel" in printed
+    assert not (out / "report.json").exists()  # another folder: the run's report is not touched there
+
+
+def test_audit_into_the_run_joins_its_report(runs, tmp_path):
+    import shutil
+
+    from genlab.evaluation.privacy import run_audit
+
+    run = tmp_path / "copy"
+    shutil.copytree(runs.memorised, run)
+    before = json.loads((run / "report.json").read_text())["metrics"]
+    rep = run_audit(run, members=16, samples=20, draws=1, seed=3)
+    after = json.loads((run / "report.json").read_text())["metrics"]
+    assert {k: after[k] for k in before} == before  # the test losses the trainer wrote are kept
+    assert after["mia_loss_auc"]["value"] == rep["membership"]["attacks"]["loss"]["auc"]
+    assert after["mia_distance_tpr_at_fpr_0.01"]["value"] == rep["membership"]["attacks"]["distance"]["tpr_at_fpr_0.01"]
+    assert after["near_copies_pixel"]["value"] == rep["memorisation"]["spaces"]["pixel"]["near_copies"]
+    assert after["mia_loss_auc"]["n"] == 16 and after["near_copies_pixel"]["n"] == 20
 
 
 def test_cli_audit_refuses_bad_references_and_numbers(runs, tmp_path, capsys):

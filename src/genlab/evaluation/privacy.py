@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import html
+import json
 import logging
 import os
 import time
@@ -590,8 +591,44 @@ def run_audit(run_dir: str | os.PathLike, *, reference: str | os.PathLike | None
     with RunLock(run_dir) if owned else nullcontext():
         report = audit(run, options)
         json_path, html_path = write_audit(report, out_dir)
+        if owned:  # the headline figures join the run's report, beside its other metrics
+            merge_into_report(report, Path(run_dir) / "report.json")
     log.info("wrote %s and %s", json_path, html_path)
     return report
+
+
+def headline_figures(report: dict) -> dict[str, float]:
+    """The audit's figures by name, as `genlab audit` prints them and report.json keeps them:
+    mia_<attack>_auc, mia_<attack>_tpr_at_fpr_<f>, near_copies_<space>."""
+    out = {}
+    for name, e in report["membership"]["attacks"].items():
+        out[f"mia_{name}_auc"] = e["auc"]
+        for f in FPRS:
+            out[f"mia_{name}_tpr_at_fpr_{f:g}"] = e[f"tpr_at_fpr_{f:g}"]
+    for space, f in report["memorisation"]["spaces"].items():
+        if "near_copies" in f:
+            out[f"near_copies_{space}"] = f["near_copies"]
+    return out
+
+
+def merge_into_report(report: dict, path: Path) -> None:
+    """Add the audit's headline figures to the run's report.json (metrics already there kept),
+    in the report layout: {"value", "extractor", "n", "seed", "seconds", "source": "audit"}."""
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        old = {}
+    metrics = dict(old.get("metrics", {}))
+    n = report["membership"]["members"]["n"]
+    for name, v in headline_figures(report).items():
+        metrics[name] = {"value": v, "extractor": None if name.startswith("mia_") else name.split("_", 2)[-1],
+                         "n": report["memorisation"]["samples"] if name.startswith("near_copies") else n,
+                         "seed": report["seed"], "seconds": report["seconds"], "source": "audit.json"}
+    merged = {**old, "run": old.get("run", report["run"]), "step": old.get("step", report["step"]),
+              "metrics": metrics}
+    if report.get("privacy"):
+        merged["privacy"] = report["privacy"]
+    atomic_write_json(path, merged)
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -599,12 +636,4 @@ def summary_lines(report: dict) -> list[str]:
     lines = []
     if report.get("epsilon") is not None:
         lines.append(f"{'epsilon':<32} {report['epsilon']:.4g} (delta {report['delta']:g})")
-    for name, e in report["membership"]["attacks"].items():
-        lines.append(f"{'mia_' + name + '_auc':<32} {e['auc']:.4f}")
-        for f in FPRS:
-            lines.append(f"{'mia_' + name + f'_tpr_at_fpr_{f:g}':<32} {e[f'tpr_at_fpr_{f:g}']:.4f}")
-    for space, f in report["memorisation"]["spaces"].items():
-        if "near_copies" in f:
-            lines.append(f"{'near_copies (' + space + ')':<32} {f['near_copies']:.4f}")
-    return lines
-
+    return lines + [f"{name:<32} {v:.4f}" for name, v in headline_figures(report).items()]

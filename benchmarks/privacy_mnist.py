@@ -82,7 +82,7 @@ def run_job(preset: str, eps: float, a: argparse.Namespace) -> dict:
     report = evaluate(run_dir, n=a.n, metrics=["fid", "label_accuracy", "tstr"], seed=0, html=True)
     m = report["metrics"]
     row.update(fid=round(m["fid"]["value"], 2), label_accuracy=round(m["label_accuracy"]["value"], 4),
-               tstr=round(m["tstr"]["value"], 4), tstr_real=round(m["tstr"]["real_baseline"], 4),
+               n=a.n, tstr=round(m["tstr"]["value"], 4), tstr_real=round(m["tstr"]["real_baseline"], 4),
                eval_s=round(time.time() - t0, 1))
     t0 = time.time()
     from genlab.evaluation.privacy import run_audit
@@ -111,6 +111,21 @@ def merge(old: dict, rows: list[dict], command: str, machine: dict) -> dict:
     return data
 
 
+def samples_n(r: dict) -> int:
+    """TSTR's N of a row: recorded, or (rows written before it was) read from the row's command."""
+    if r.get("n"):
+        return r["n"]
+    args = shlex.split(r["command"])
+    return int(args[args.index("--n") + 1]) if "--n" in args else 1000  # 1000: the --n default
+
+
+def batch_of(r: dict) -> int:
+    """The row's batch size: recorded, or the preset's with the row's --set overrides."""
+    from genlab.config import resolve
+
+    return r.get("batch_size") or resolve(r["preset"], r.get("sets") or []).train.batch_size
+
+
 def fmt(v, spec="{:.3f}"):
     return "-" if v is None else spec.format(v)
 
@@ -122,23 +137,24 @@ def render(data: dict) -> str:
            "",
            "Produced by `benchmarks/privacy_mnist.py` (commands and machines below). delta = 1e-5 for every",
            "private run; epsilon is the accountant's (RDP) after the run's steps. FID in the lenet-mnist feature",
-           "space; label accuracy: the shipped LeNet's agreement with the requested class; TSTR: a LeNet trained",
+           "space and label accuracy over the row's n samples (FID grows as n shrinks); label accuracy: the",
+           "shipped LeNet's agreement with the requested class; TSTR: a LeNet trained",
            "on the model's labelled samples only, tested on the 10,000 real test images, beside the same recipe",
            "trained on as many real training images. Membership inference: members are training images,",
            "non-members held-out validation images; AUC 0.5 is chance. Memorisation: generated samples' nearest",
            "training image in pixels; a near copy is one at under 1/3 of the distance to the second nearest,",
            "with the share among held-out real images beside it (see `genlab audit`).",
            "",
-           "| preset | target eps | eps spent | sigma | batch | steps | CPU min | FID | label acc | TSTR | real, same n |"
+           "| preset | target eps | eps spent | sigma | batch | steps | CPU min | FID | label acc | samples n | TSTR | real, same n |"
            " MIA loss AUC | TPR@1% | TPR@0.1% | MIA distance AUC | near copies (held-out real) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         au = r.get("audit", {})
         loss, dist, mem = au.get("loss", {}), au.get("distance", {}), au.get("memorisation", {})
         name = r["preset"] + (f" ({' '.join(r['sets'])})" if r.get("sets") else "")
         out.append(f"| {name} | {fmt(r['target_epsilon'], '{:g}') if r['target_epsilon'] else 'none'} | "
-                   f"{fmt(r['epsilon'], '{:.2f}')} | {fmt(r['noise_multiplier'], '{:.3f}')} | {r.get('batch_size', '-')} | {r['steps']} | "
-                   f"{r['cpu_minutes']:.1f} | {fmt(r.get('fid'), '{:.2f}')} | {fmt(r.get('label_accuracy'), '{:.1%}')} | "
+                   f"{fmt(r['epsilon'], '{:.2f}')} | {fmt(r['noise_multiplier'], '{:.3f}')} | {batch_of(r)} | {r['steps']} | "
+                   f"{r['cpu_minutes']:.1f} | {fmt(r.get('fid'), '{:.2f}')} | {fmt(r.get('label_accuracy'), '{:.1%}')} | {samples_n(r):,} | "
                    f"{fmt(r.get('tstr'), '{:.1%}')} | {fmt(r.get('tstr_real'), '{:.1%}')} | "
                    f"{fmt(loss.get('auc'))} | {fmt(loss.get('tpr_1pct'))} | {fmt(loss.get('tpr_01pct'))} | "
                    f"{fmt(dist.get('auc'))} | {fmt(mem.get('near_copies'), '{:.1%}')} "
@@ -151,11 +167,13 @@ def render(data: dict) -> str:
             continue
         seen.add(key)
         out += [f"`{r['command']}`", "", machine_lines(r["machine"])]
-    out += ["Runs: `benchmarks/runs/privacy-mnist/` (not in git): each run's report.html and audit.html."]
+    out += ["Runs: `benchmarks/runs/privacy-mnist/` (not in git): each run's report.html and audit.html.",
+            "", "Re-render this page from the .json: `.venv/bin/python benchmarks/privacy_mnist.py --render`."]
     return "\n".join(out) + "\n"
 
 
 def main() -> None:
+    global NAME
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     p.add_argument("--epsilons", nargs="+", type=float, default=list(EPSILONS), help="inf: without privacy")
@@ -169,9 +187,13 @@ def main() -> None:
     p.add_argument("--tag", default="", help="names these runs apart from the preset's own (rows are keyed by "
                    "preset, epsilon and tag)")
     p.add_argument("--smoke", action="store_true", help="a few steps and small n: checks the pipeline end to end")
+    p.add_argument("--render", action="store_true", help="only re-render the .md from the .json")
     a = p.parse_args()
+    if a.render:
+        data = json.loads((RESULTS / f"{NAME}.json").read_text())
+        write_results(NAME, data, render(data))
+        return
     if a.smoke:
-        global NAME
         NAME = "privacy-mnist-smoke"
         a.steps, a.n, a.members, a.samples = 4, 200, 100, 200
     command = "OMP_NUM_THREADS={} taskset -c {} python {}".format(

@@ -51,6 +51,18 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path
                           timeout=timeout, env=e, cwd=cwd or ROOT)
 
 
+def main_fails_in_one_line(capsys, args: list[str], *fragments: str) -> None:
+    """`genlab ARGS` (in process) exits non-zero with a last stderr line `genlab: error: ...`
+    holding every fragment."""
+    from genlab.cli import main
+
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("genlab: error: "), err
+    for f in fragments:
+        assert f in err[-1], err[-1]
+
+
 def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors (model, EMA, optimiser) of a run's newest checkpoint."""
     from genlab.engine.checkpoint import latest_valid

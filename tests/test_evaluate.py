@@ -9,7 +9,7 @@ from PIL import Image
 
 from genlab.cli import main
 from genlab.engine.device import cpu_model
-from tests.conftest import TINY_VAE, run_cli
+from tests.conftest import TINY_VAE, main_fails_in_one_line, run_cli
 from tests.test_gan import SMALL
 
 REPORT_KEYS = {"value", "extractor", "n", "seed", "seconds"}
@@ -116,11 +116,7 @@ def test_evaluate_errors(runs, tmp_path, capsys):
     gan, _ = runs
 
     def one_error_line(args, *fragments):
-        assert main(args) != 0
-        err = capsys.readouterr().err.strip().splitlines()
-        assert err and err[-1].startswith("genlab: error: "), err
-        for f in fragments:
-            assert f in err[-1], err[-1]
+        main_fails_in_one_line(capsys, args, *fragments)
 
     one_error_line(["evaluate", str(gan), "--extractor", "inception", "--inception-weights", str(tmp_path / "x.pth")],
                    "Inception weights not found", "--inception-weights")

@@ -31,7 +31,7 @@ from genlab.metrics.privacy import (
     roc_auc,
     tpr_at_fpr,
 )
-from tests.conftest import ROOT, TINY_VAE
+from tests.conftest import ROOT, TINY_VAE, main_fails_in_one_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -286,11 +286,7 @@ def test_audit_into_the_run_joins_its_report(runs, tmp_path):
 
 def test_cli_audit_refuses_bad_references_and_numbers(runs, tmp_path, capsys):
     def one_error_line(args, *fragments):
-        assert main(args) != 0
-        err = capsys.readouterr().err.strip().splitlines()
-        assert err and err[-1].startswith("genlab: error: "), err
-        for f in fragments:
-            assert f in err[-1], err[-1]
+        main_fails_in_one_line(capsys, args, *fragments)
 
     out = tmp_path / "refused"
     run = str(runs.memorised)

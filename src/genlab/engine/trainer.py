@@ -15,6 +15,9 @@ is the same for images, text and graphs. A feeder has:
     drawing any randomness from torch's global generator, which the engine has just seeded;
   - `eval_size(split)`, `num_eval_batches(split, bs)`, `eval_batch(split, i, bs, device)`;
   - `write_samples(model, folder, stem, seed)`: the periodic "grid" (PNG, text, drawing).
+
+Private training (privacy.*, image runs): the optimisers that read data draw Poisson batches
+(`feeder.batch_at`) and step through Opacus's DPOptimizer; see genlab.engine.privacy.
 """
 
 from __future__ import annotations

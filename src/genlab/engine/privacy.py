@@ -26,6 +26,7 @@ import logging
 import math
 import secrets
 import warnings
+
 import torch
 from torch import nn
 
@@ -40,6 +41,7 @@ log = logging.getLogger("genlab")
 # Renyi order is its largest (the bound it returns is still valid, only not the tightest).
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+
 
 def check_private_run(cfg, n_train: int, world: int) -> None:
     """What DP-SGD needs of the rest of the config and of the data, in one-line errors."""

@@ -201,6 +201,7 @@ class FakeRun:
     def __init__(self, run_dir: Path, data: AudioData, pool: tuple[torch.Tensor, torch.Tensor]):
         self.run_dir, self._data, self._pool = run_dir, data, pool
         self.model, self.device, self.step, self.family = FakeModel(), torch.device("cpu"), 7, "audio"
+        self.checkpoint = type("Ckpt", (), {"state": {"state": {"step": 7}}})()  # trained without privacy
         self.cfg = type("Cfg", (), {"preset": None, "model_name": "wavenet",
                                     "data": type("D", (), {"dataset": "fsdd"})()})()
 

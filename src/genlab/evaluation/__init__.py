@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from genlab.engine.checkpoint import atomic_write_json
-from genlab.engine.privacy import privacy_summary
 from genlab.engine.device import device_name
 from genlab.engine.lock import RunLock
+from genlab.engine.privacy import privacy_summary
 from genlab.errors import ConfigError
 from genlab.options import check_number, check_output
 
@@ -91,7 +91,7 @@ def _evaluate_and_write(run, run_dir, family, t0, *, n, metrics, out, seed, html
     with torch.no_grad():
         values, artefacts = EVALUATORS[family](run, n=n, seed=seed, metrics=metrics, **options)
     out = Path(out) if out else Path(run_dir) / "report.json"
-    previous = _read(out)
+    previous = read_report(out)
     same_run = previous.get("run") and Path(previous["run"]).resolve() == Path(run_dir).resolve()
     merged = dict(previous.get("metrics", {})) if same_run else {}
     merged.update(values)
@@ -99,7 +99,7 @@ def _evaluate_and_write(run, run_dir, family, t0, *, n, metrics, out, seed, html
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine": device_name(run.device),
               "seconds": round(time.perf_counter() - t0, 3), "metrics": merged}
-    dp = privacy_summary(getattr(getattr(run, "checkpoint", None), "state", None))
+    dp = privacy_summary(run.checkpoint.state)
     if dp:  # the guarantee the numbers come with
         report["privacy"] = dp
     atomic_write_json(out, report)
@@ -109,7 +109,8 @@ def _evaluate_and_write(run, run_dir, family, t0, *, n, metrics, out, seed, html
     return report
 
 
-def _read(path: Path) -> dict:
+def read_report(path: Path) -> dict:
+    """A report.json's content, or {} when it is missing or not JSON (it is then rewritten)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

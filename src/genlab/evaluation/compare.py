@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from genlab.config import load_config
 from genlab.engine.checkpoint import latest_valid
 from genlab.engine.logs import mean_throughput
 from genlab.errors import CheckpointError
+from genlab.evaluation import read_report
 
 FIXED = ["run", "model", "step", "train min", "throughput"]
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def collect(run_dirs: list[str | Path]) -> tuple[list[str], list[list]]:
@@ -27,7 +20,7 @@ def collect(run_dirs: list[str | Path]) -> tuple[list[str], list[list]]:
     for d in map(Path, run_dirs):
         if not (d / "config.yaml").is_file():
             raise CheckpointError(f"{d} is not a genlab run directory (no config.yaml)")
-        report = _read(d / "report.json")
+        report = read_report(d / "report.json")
         c = latest_valid(d / "checkpoints")
         state = c.state["state"] if c else {}
         rate, unit = mean_throughput(d)

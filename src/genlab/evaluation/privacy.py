@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import html
-import json
 import logging
 import os
 import time
@@ -614,10 +613,9 @@ def headline_figures(report: dict) -> dict[str, float]:
 def merge_into_report(report: dict, path: Path) -> None:
     """Add the audit's headline figures to the run's report.json (metrics already there kept),
     in the report layout: {"value", "extractor", "n", "seed", "seconds", "source": "audit"}."""
-    try:
-        old = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        old = {}
+    from genlab.evaluation import read_report
+
+    old = read_report(path)
     metrics = dict(old.get("metrics", {}))
     n = report["membership"]["members"]["n"]
     for name, v in headline_figures(report).items():

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from genlab.engine.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+from genlab.engine.privacy import privacy_summary
 from genlab.errors import ConfigError, DataError
 from genlab.images import make_grid, png_bytes, resize_uint8
 from genlab.metrics.privacy import (
@@ -353,13 +354,6 @@ def pairs_png(left: torch.Tensor, right: torch.Tensor, per_row: int = 4) -> byte
 # --------------------------------------------------------------------------- the audit
 
 
-def _privacy_of(run) -> dict | None:
-    """The DP accounting of the audited checkpoint (epsilon, delta, ...) or None."""
-    from genlab.engine.privacy import privacy_summary
-
-    return privacy_summary(run.checkpoint.state)
-
-
 def audit(run, options: AuditOptions) -> dict:
     """Membership-inference and memorisation figures of a loaded image run.
 
@@ -447,7 +441,7 @@ def audit(run, options: AuditOptions) -> dict:
             log.info("memorisation (%s): %.2f%% of samples are near copies%s; held-out real images: %.2f%%", space,
                      100 * f["near_copies"], exact, 100 * f.get("heldout", {}).get("near_copies", 0))
 
-    dp = _privacy_of(run)
+    dp = privacy_summary(run.checkpoint.state)  # the audited checkpoint's DP accounting, or None
     caption = (f"the {len(mem['closest_pairs'])} samples with the lowest nearest / second-nearest distance ratio "
                "(pixel space), each beside its nearest training image")
     return {

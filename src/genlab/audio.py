@@ -27,7 +27,9 @@ def read_wav(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarr
     """A mono audio file -> (float32 (T,) in [-1, 1], sample rate). With `sample_rate` set, a
     file at another rate is resampled to it. DataError (one line, naming the file and the fix)
     for a missing, non-audio, multi-channel or empty file."""
-    import soundfile as sf
+    from genlab.extras import require
+
+    sf = require("soundfile", "audio", "reading audio files")
 
     p = Path(path)
     if not p.is_file():
@@ -52,7 +54,9 @@ def read_wav(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarr
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Polyphase resampling of float (..., T) audio from `rate_in` to `rate_out` Hz (scipy)."""
-    from scipy.signal import resample_poly
+    from genlab.extras import require
+
+    resample_poly = require("scipy.signal", "audio", "resampling audio").resample_poly
 
     if rate_in == rate_out:
         return x
@@ -62,7 +66,9 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 def wav_bytes(x: np.ndarray | torch.Tensor, sample_rate: int) -> bytes:
     """A float (T,) waveform in [-1, 1] as the bytes of a 16-bit PCM mono WAV file."""
-    import soundfile as sf
+    from genlab.extras import require
+
+    sf = require("soundfile", "audio", "writing audio files")
 
     a = _mono(x)
     buf = io.BytesIO()

@@ -94,6 +94,9 @@ class _PlanetoidUnpickler(pickle.Unpickler):
     before it runs. Defence in depth behind the checksums."""
 
     def find_class(self, module: str, name: str):
+        from genlab.extras import require
+
+        require("scipy.sparse", "graph", "Planetoid datasets")
         import scipy.sparse
 
         allowed = {("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.empty(0))[0],
@@ -324,6 +327,9 @@ def _count(total: int, size: float) -> int:
 def link_split(x: torch.Tensor, edge_index: torch.Tensor, val_size: float, test_size: float, seed: int,
                source: str) -> LinkData:
     """Split an undirected graph's edges with RandomLinkSplit, seeded by `seed`, and check it."""
+    from genlab.extras import require
+
+    require("torch_geometric", "graph", "link prediction")
     from torch_geometric.data import Data
     from torch_geometric.transforms import RandomLinkSplit
     from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
@@ -451,7 +457,9 @@ def grid_graph(rows: int, cols: int) -> np.ndarray:
 
 def ego_graphs(rng: np.random.Generator, count: int, sizes=(4, 18)) -> list[np.ndarray]:
     """Radius-1 ego graphs with 4-18 nodes of seeded power-law cluster graphs (Holme-Kim, m=2, p=0.3)."""
-    import networkx as nx
+    from genlab.extras import require
+
+    nx = require("networkx", "graph", "ego graphs")
 
     out = []
     while len(out) < count:
@@ -591,7 +599,9 @@ def load_graph_data(cfg, root: str | os.PathLike | None, seed: int) -> LinkData 
     """The graph dataset `cfg` (a DataConfig) names. Link splits are seeded by `seed` (the run's
     train.seed); synthetic families are fixed (seed 0) so every run sees the same test graphs."""
     from genlab.data.datasets import resolve_data_root
+    from genlab.extras import require
 
+    require("networkx", "graph", "graph runs")  # every graph run draws its samples: fail before training
     _check_graph_options(cfg)
     root_path = resolve_data_root(root)
     if cfg.dataset in LINK_DATASETS:
@@ -665,9 +675,11 @@ def draw_graphs(graphs: list[np.ndarray], path: str | os.PathLike, ncol: int = 4
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import networkx as nx
 
     from genlab.engine.checkpoint import atomic_write_bytes
+    from genlab.extras import require
+
+    nx = require("networkx", "graph", "drawing graphs")
 
     k = max(1, len(graphs))
     rows = -(-k // ncol)

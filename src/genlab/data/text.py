@@ -74,6 +74,9 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, text: str, vocab_size: int) -> "BPETokenizer":
+        from genlab.extras import require
+
+        require("tokenizers", "text", "data.tokenizer=bpe")
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
@@ -107,7 +110,9 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     d = json.loads(text)
     if d.get("genlab_tokenizer") == "char":
         return CharTokenizer(d["chars"])
-    from tokenizers import Tokenizer as HFTokenizer
+    from genlab.extras import require
+
+    HFTokenizer = require("tokenizers", "text", "a BPE-tokenized text run").Tokenizer
 
     return BPETokenizer(HFTokenizer.from_str(text))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,12 @@ class RunLog:
         self._tb_wanted = tensorboard
         self._bar = None
         self._file = None
+        # W&B / MLflow (train.trackers of the run's config.yaml), started at the first record
+        from genlab.engine.trackers import check_trackers, tracker_names
+
+        self._tracker_names = tracker_names(run_dir) if enabled else []
+        check_trackers(self._tracker_names)
+        self._trackers = None
 
     def _writer(self):
         if self._tb is None and self._tb_wanted:
@@ -53,6 +58,12 @@ class RunLog:
         if tb is not None:
             for k, v in values.items():
                 tb.add_scalar(f"{kind}/{k}", v, step)
+        if self._trackers is None:
+            from genlab.engine.trackers import open_trackers
+
+            self._trackers = open_trackers(Path(self.path).parents[1], self._tracker_names)
+        for t in self._trackers:
+            t.log(kind, step, values)
         if kind != "train" or self._bar is None:
             log.info("%s step %d: %s", kind, step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
 
@@ -64,20 +75,21 @@ class RunLog:
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def open_progress(self, total: int, initial: int) -> None:
+        """Training progress (genlab.progress): a bar on a terminal, a line every few seconds
+        (step/total, loss, rate, time left) on any other stderr."""
         if not self.enabled:
             return
-        from tqdm import tqdm
+        from genlab.progress import Progress
 
-        tty = sys.stderr.isatty()
-        self._bar = tqdm(total=total, initial=initial, file=sys.stderr, dynamic_ncols=True,
-                         mininterval=0.5 if tty else 30.0, unit="step", leave=tty)
+        bar = Progress("training", total, unit="steps", initial=initial, leave=True)
+        self._bar = bar if bar.shown else None  # progress off: `record` logs the train records instead
 
     def progress(self, terms: dict[str, float]) -> None:
         if self._bar is not None:
-            self._bar.update(1)
             shown = {k: f"{v:.4g}" for k, v in terms.items() if is_total_loss(k)}
             if shown:
-                self._bar.set_postfix(shown, refresh=False)
+                self._bar.set_postfix(shown)
+            self._bar.update(1)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -89,6 +101,9 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        for t in self._trackers or []:
+            t.close()
+        self._trackers = None
 
 
 def _step_of(line: str) -> int:

@@ -65,6 +65,9 @@ def noise_multiplier_for(cfg, n_train: int, updates: int) -> float:
     p = cfg.privacy
     if p.noise_multiplier is not None:
         return p.noise_multiplier
+    from genlab.extras import require
+
+    require("opacus", "privacy", "private training")
     from opacus.accountants.utils import get_noise_multiplier
 
     q = cfg.train.batch_size / n_train
@@ -77,6 +80,9 @@ def noise_multiplier_for(cfg, n_train: int, updates: int) -> float:
 
 
 def make_accountant(name: str):
+    from genlab.extras import require
+
+    require("opacus", "privacy", "private training")
     from opacus.accountants import PRVAccountant, RDPAccountant
 
     return RDPAccountant() if name == "rdp" else PRVAccountant()
@@ -94,6 +100,9 @@ def epsilon_of(name: str, history: list, delta: float) -> float:
 def check_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
     """Refuse, in one line, a model with layers DP-SGD cannot train: Opacus's ModuleValidator
     (BatchNorm mixes examples; ...) and GradSampleModule's per-example gradient support."""
+    from genlab.extras import require
+
+    require("opacus", "privacy", "private training")
     from opacus.grad_sample import GradSampleModule
     from opacus.validators import ModuleValidator
 
@@ -112,6 +121,9 @@ class PrivateTraining:
 
     def __init__(self, model, opts: dict[str, torch.optim.Optimizer], plan: list[tuple[str, int]], cfg,
                  n_train: int, world: int):
+        from genlab.extras import require
+
+        require("opacus", "privacy", "private training")
         from opacus.grad_sample import GradSampleModule
         from opacus.optimizers import DPOptimizer
 

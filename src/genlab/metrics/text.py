@@ -34,7 +34,9 @@ def _check_pairs(hypotheses: list[str], references: list[str]) -> None:
 
 def bleu(hypotheses: list[str], references: list[str]) -> float:
     """Corpus BLEU (sacrebleu defaults) of hypotheses against one reference each, 0-1."""
-    import sacrebleu
+    from genlab.extras import require
+
+    sacrebleu = require("sacrebleu", "text", "the bleu metric")
 
     _check_pairs(hypotheses, references)
     return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score / 100.0
@@ -42,7 +44,9 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
 
 def rouge_l(hypotheses: list[str], references: list[str]) -> float:
     """Mean ROUGE-L F-measure (rouge-score, no stemming), 0-1."""
-    from rouge_score import rouge_scorer
+    from genlab.extras import require
+
+    rouge_scorer = require("rouge_score.rouge_scorer", "text", "the rouge_l metric")
 
     _check_pairs(hypotheses, references)
     scorer = rouge_scorer.RougeScorer(["rougeL"])

@@ -5,6 +5,10 @@ pip install -e '.[serve]').
     app = create_app(["runs/quickstart"], api_key="secret")   # then: uvicorn.run(app)
 """
 
-from genlab.serve.app import create_app
+from genlab.extras import require
+
+require("fastapi", "serve", "genlab serve")
+require("python_multipart", "serve", "genlab serve")  # form uploads (python-multipart)
+from genlab.serve.app import create_app  # noqa: E402
 
 __all__ = ["create_app"]

@@ -86,6 +86,9 @@ class GraphEncoder(nn.Module):
 
     def __init__(self, cfg: GAEConfig):
         super().__init__()
+        from genlab.extras import require
+
+        require("torch_geometric", "graph", "GAE/VGAE models")
         from torch_geometric.nn import GATConv, GCNConv
 
         if cfg.encoder not in ("gcn", "gat"):

@@ -144,7 +144,10 @@ def test_interpolate_strip(runs, tmp_path, family):
 
     out = apply(runs[family], "interpolate", input=None, out=tmp_path / "s.png", seeds=[1, 2], steps=5,
                 **(FAST if family == "diffusion" else {}))
-    assert np.asarray(Image.open(out)).shape == (16 + 4, 5 * 18 + 2)  # one row of 5 frames, 2-pixel padding
+    from genlab.apply.io import label_margin
+
+    # one row of 5 frames, 2-pixel padding, after the row's label
+    assert np.asarray(Image.open(out)).shape == (16 + 4, label_margin(["seeds 1, 2"]) + 5 * 18 + 2)
     x = _read(runs["root"] / "x.npz")["images"][:2]
     np.savez(tmp_path / "two.npz", images=x)
     out = apply(runs[family], "interpolate", input=tmp_path / "two.npz", out=tmp_path / "f.npz", steps=4,

@@ -11,6 +11,7 @@ from torch import nn
 from genlab.data.transforms import BatchPipeline
 from genlab.errors import ConfigError
 from genlab.images import resize_uint8
+from genlab.progress import Progress
 from genlab.seed import make_generator
 
 BATCH = 500  # images per model.sample call in draw_samples
@@ -82,9 +83,10 @@ def noise_decoder(model: nn.Module, options: dict | None = None) -> NoiseDecoder
 
 
 def _batches(model: nn.Module, n: int, *, seed: int, label: int | None, batch_size: int,
-             options: dict | None):
+             options: dict | None, unit: str = "images"):
     """(labels, an iterator of (start index, model.sample output)) for n samples in batches, all
-    from one generator seeded `seed`; the model is in eval mode while the iterator runs."""
+    from one generator seeded `seed`; the model is in eval mode while the iterator runs, and
+    its progress ("sampling k/n `unit`") is shown, moved within a batch by the model's own loop."""
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     labels = sample_labels(model, n, label)
@@ -94,9 +96,13 @@ def _batches(model: nn.Module, n: int, *, seed: int, label: int | None, batch_si
         model.eval()
         g = make_generator(seed)
         try:
-            for i in range(0, n, batch_size):
-                yb = None if labels is None else labels[i:i + batch_size]
-                yield i, model.sample(min(batch_size, n - i), generator=g, labels=yb, **(options or {}))
+            with Progress("sampling", n, unit=unit) as bar:
+                for i in range(0, n, batch_size):
+                    yb = None if labels is None else labels[i:i + batch_size]
+                    b = min(batch_size, n - i)
+                    with bar.part(i, b):
+                        x = model.sample(b, generator=g, labels=yb, **(options or {}))
+                    yield i, x
         finally:
             model.train(was_training)
 
@@ -125,7 +131,8 @@ def draw_audio(model: nn.Module, n: int, *, seed: int, label: int | None = None,
                options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n waveforms from an audio model -> (float32 (n, T) in [-1, 1], int64 labels or None);
     labels as `draw_samples` gives them."""
-    labels, batches = _batches(model, n, seed=seed, label=label, batch_size=batch_size, options=options)
+    labels, batches = _batches(model, n, seed=seed, label=label, batch_size=batch_size, options=options,
+                               unit="clips")
     chunks = [x.reshape(len(x), -1).float().clamp(-1, 1).cpu() for _, x in batches]  # (b, T) each
     return torch.cat(chunks), labels
 

@@ -17,10 +17,13 @@ import torch
 from genlab.apply.denoise import run_denoise
 from genlab.apply.inpaint import run_inpaint
 from genlab.apply.interpolate import run_interpolate
-from genlab.apply.io import ImageBatch, check_size, read_images, write_output
+from genlab.apply.io import ImageBatch, check_size, labelled_rows, output_bytes, read_images
 from genlab.apply.upscale import FACTOR, run_upscale
+from genlab.engine.checkpoint import atomic_write_bytes
 from genlab.errors import ConfigError, ShapeError
+from genlab.images import png_bytes
 from genlab.options import check_number, check_output
+from genlab.progress import Progress
 from genlab.sampling import check_diffusion_options
 
 # task -> (function(run, images, labels, **options) -> uint8 images, families that can do it)
@@ -30,6 +33,8 @@ TASKS = {
     "upscale": (run_upscale, ("diffusion",)),
     "interpolate": (run_interpolate, ("diffusion", "vae", "gan")),
 }
+
+VERBS = {"inpaint": "inpainting", "denoise": "denoising", "upscale": "upscaling", "interpolate": "interpolating"}
 
 DIFFUSION_OPTIONS = ("sampler", "sampling_steps", "eta", "guidance", "resample", "zeta", "average")
 
@@ -114,8 +119,11 @@ def run_task(run, task: str, batch: ImageBatch | None, *, name: str | None = Non
     for k in given:
         if k not in accepted:
             raise ConfigError(f"--{k.replace('_', '-')} is not an option of {task}")
-    result = fn(run, images, labels, **given)
     nrow = (options.get("steps") or 8) if task == "interpolate" else None
+    total = len(images) if task != "interpolate" else (len(images) // 2 if images is not None else 1) * nrow
+    # progress: the task's inner loops (sampler steps, VAE iterations, PixelCNN pixels) move it
+    with Progress(VERBS[task], total, unit="images") as bar, bar.part(0, total):
+        result = fn(run, images, labels, **given)
     keep = labels if task != "interpolate" else None
     return result, keep, nrow
 
@@ -140,4 +148,40 @@ def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | N
     check_run(run, task, options, str(run_dir))
     batch = read_images(input, run.meta["channels"]) if input is not None else None
     result, keep, nrow = run_task(run, task, batch, name=str(run_dir), input_name=str(input), **options)
-    return write_output(out, result, keep, nrow=nrow)
+    out = Path(out)
+    atomic_write_bytes(out, result_bytes(out.suffix[1:], task, None if batch is None else batch.images, result,
+                                         keep, nrow, options))
+    return out
+
+
+def result_bytes(fmt: str, task: str, inputs: torch.Tensor | None, result: torch.Tensor,
+                 labels: torch.Tensor | None, nrow: int | None, options: dict) -> bytes:
+    """What `genlab apply --out y.png|y.npz` writes and /v1/apply answers: an .npz of the results
+    (the input's layout); a PNG strip with labelled rows (`strip_rows`) when there is more than
+    one image, else the image itself."""
+    if fmt == "png" and (task == "interpolate" or len(result) > 1):
+        rows, ncol = strip_rows(task, inputs, result, nrow, options)
+        return png_bytes(labelled_rows(rows, ncol))
+    return output_bytes(fmt, result, labels, nrow)
+
+
+def strip_rows(task: str, images: torch.Tensor | None, result: torch.Tensor, nrow: int | None,
+               options: dict) -> tuple[list[tuple[str, torch.Tensor]], int]:
+    """The labelled rows of an application's PNG strip, and the images per row.
+    interpolate: one row per pair ("seeds A, B" or "pair k"); inpaint: "input", "masked" (the
+    pixels to fill in grey), "output" for each block of up to 8 images; denoise and upscale:
+    "input" (upscale: enlarged, nearest pixel) and "output"."""
+    if task == "interpolate":
+        seeds = options.get("seeds")
+        names = [f"seeds {seeds[0]}, {seeds[1]}"] if images is None else [f"pair {k + 1}" for k in range(len(images) // 2)]
+        return [(t, result[k * nrow:(k + 1) * nrow]) for k, t in enumerate(names)], nrow
+    N, C, H, W = result.shape
+    shown = [("input", images if task != "upscale" else images.repeat_interleave(FACTOR, -2).repeat_interleave(FACTOR, -1))]
+    if task == "inpaint":
+        from genlab.apply.inpaint import make_mask
+
+        fill = make_mask(options.get("mask") or "center", N, H, W, options.get("seed") or 0).expand(N, C, H, W)
+        shown.append(("masked", torch.where(fill, torch.full_like(images, 128), images)))
+    shown.append(("output", result))
+    ncol = min(N, 8)
+    return [(t, x[i:i + ncol]) for i in range(0, N, ncol) for t, x in shown], ncol

@@ -66,6 +66,7 @@ from genlab.apply import DIFFUSION_OPTIONS
 from genlab.apply.denoise import denoise, start_step
 from genlab.errors import ConfigError, DataError, ShapeError
 from genlab.metrics.enhancement import noise_scale_for_snr
+from genlab.progress import Progress, subpart
 from genlab.sampling import DIFFUSION_MODELS, check_diffusion_options
 from genlab.seed import make_generator
 
@@ -375,11 +376,14 @@ def denoise_audio(model, y: torch.Tensor, *, snr_db: float | None = None, sigma:
     acc = torch.zeros(N, T, dtype=torch.float64)
     weight = torch.zeros(N, T, dtype=torch.float64)
     fade = torch.hann_window(L, periodic=False, dtype=torch.float64).clamp_min(1e-3)  # cross-fade weights
+    done, total = 0, sum(len(segs) for segs in segments.values())
     for t, segs in segments.items():
         windows = torch.stack([s for *_, s in segs])[:, None].float().to(dev)  # (B, 1, L)
-        x0 = denoise(model, windows, group_sigma[t], steps=steps, sampler=sampler, eta=eta, guidance=guidance,
-                     labels=_labels_for(labels, [i for i, *_ in segs], dev),
-                     generator=generator)[:, 0].double().cpu()  # (B, L)
+        with subpart(done, len(segs), total):  # progress: this group's share of the windows
+            x0 = denoise(model, windows, group_sigma[t], steps=steps, sampler=sampler, eta=eta, guidance=guidance,
+                         labels=_labels_for(labels, [i for i, *_ in segs], dev),
+                         generator=generator)[:, 0].double().cpu()  # (B, L)
+        done += len(segs)
         for (i, s, _), out in zip(segs, x0):
             lo, hi = max(s, 0), min(s + L, T)  # a padded window: only the recording's part
             acc[i, lo:hi] += fade[lo - s:hi - s] * out[lo - s:hi - s]
@@ -409,7 +413,8 @@ def inpaint_audio(model, x: torch.Tensor, fill: torch.Tensor, *, steps: int | No
         known, _ = _pad_centre(known.float(), L, 1.0)
         known = known.bool()
     y = None if labels is None else labels.to(dev)
-    for s in window_starts(work.shape[-1], L):
+    starts = window_starts(work.shape[-1], L)
+    for k, s in enumerate(starts):
         m = known[:, s:s + L]
         if bool(m.all()):
             continue
@@ -419,8 +424,9 @@ def inpaint_audio(model, x: torch.Tensor, fill: torch.Tensor, *, steps: int | No
             return torch.where(keep, seg, x0)  # x0 on the known samples: the measurement, exactly
 
         noise = model.initial_noise(N, generator).to(dev)  # (N, 1, L)
-        out = model.sample_from(noise, model.T - 1, steps=steps, sampler=sampler, eta=eta, guidance=guidance,
-                                labels=y, generator=generator, x0_hook=project)[:, 0].float().cpu()
+        with subpart(k, 1, len(starts)):  # progress: one window's share
+            out = model.sample_from(noise, model.T - 1, steps=steps, sampler=sampler, eta=eta, guidance=guidance,
+                                    labels=y, generator=generator, x0_hook=project)[:, 0].float().cpu()
         work[:, s:s + L] = torch.where(m, work[:, s:s + L], out)
         known[:, s:s + L] = True  # later windows take these samples as given
     filled = work[:, off:off + T].to(x.dtype)
@@ -575,8 +581,9 @@ def run_audio_task(run, task: str, clips: torch.Tensor, labels: torch.Tensor | N
         if method == "wiener":
             return wiener_filter(x, snr_db=snr, sigma=sigma)
         # steps from t*: --sampling-steps if given, else the run's scaled by the share of the process left
-        return denoise_audio(model, x, snr_db=snr, sigma=sigma, steps=sampling_steps, sampler=sampler, eta=eta,
-                             guidance=w, labels=y, generator=g)
+        with Progress("denoising", len(x), unit="clips") as bar, bar.part(0, len(x)):
+            return denoise_audio(model, x, snr_db=snr, sigma=sigma, steps=sampling_steps, sampler=sampler,
+                                 eta=eta, guidance=w, labels=y, generator=g)
     if isinstance(gap, (torch.Tensor, np.ndarray)):
         fill = torch.as_tensor(gap, dtype=torch.bool)
         if fill.shape not in ((x.shape[1],), tuple(x.shape)):
@@ -590,7 +597,9 @@ def run_audio_task(run, task: str, clips: torch.Tensor, labels: torch.Tensor | N
         return linear_fill(x, fill)
     if method == "zeros":
         return torch.where(fill, torch.zeros_like(x), x)
-    return inpaint_audio(model, x, fill, steps=steps, sampler=sampler, eta=eta, guidance=w, labels=y, generator=g)
+    with Progress("inpainting", len(x), unit="clips") as bar, bar.part(0, len(x)):
+        return inpaint_audio(model, x, fill, steps=steps, sampler=sampler, eta=eta, guidance=w, labels=y,
+                             generator=g)
 
 
 # formats (soundfile subtypes; npz float dtypes) whose samples the output formats hold exactly
@@ -611,7 +620,9 @@ def read_audio_input(path: str | Path, sample_rate: int) -> tuple[torch.Tensor, 
         raise DataError(f"input {p} not found")
     suffix = p.suffix.lower()
     if suffix == ".wav":
-        import soundfile as sf
+        from genlab.extras import require
+
+        sf = require("soundfile", "audio", "reading audio files")
 
         a, sr = read_wav(p)
         a, labels, fmt = a[None], None, sf.info(str(p)).subtype

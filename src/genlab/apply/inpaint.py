@@ -29,6 +29,7 @@ import torch
 
 from genlab.apply.io import to_model_space
 from genlab.errors import ConfigError, ShapeError
+from genlab.progress import advance, subpart
 from genlab.seed import make_generator
 
 MASKS = ("center", "left-half", "bottom-half", "boxes")
@@ -111,6 +112,7 @@ def repaint(model, x_known: torch.Tensor, fill: torch.Tensor, *, steps: int = 50
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else -1
         a_t, a_s = model.ab(t), model.ab(s)
+        advance(i, len(ts))  # progress within the caller's job (genlab.progress)
         for u in range(resample):
             if s < 0:  # the last step: the estimate itself
                 return keep * x_known + (1 - keep) * model.predict(x, t, labels, guidance)[0]
@@ -144,7 +146,8 @@ def vae_latent_fill(model, x: torch.Tensor, fill: torch.Tensor, *, iters: int = 
         best, best_obj = None, None
         for k in range(model.num_classes):
             y = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
-            out, obj = _vae_fit(model, x, keep, iters, lr, y)
+            with subpart(k, 1, model.num_classes):
+                out, obj = _vae_fit(model, x, keep, iters, lr, y)
             if best is None:
                 best, best_obj = out, obj
             else:
@@ -163,7 +166,8 @@ def _vae_fit(model, x, keep, iters, lr, y):
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     with torch.enable_grad():  # callers may be in no_grad; only z is optimised
-        for _ in range(iters):
+        for it in range(iters):
+            advance(it, iters)  # progress within the caller's job (genlab.progress)
             opt.zero_grad()
             obj = _vae_objective(model, z, x, keep, y)
             (grad,) = torch.autograd.grad(obj.sum(), [z])
@@ -205,8 +209,12 @@ def run_inpaint(run, images: torch.Tensor, labels: torch.Tensor | None, *, mask:
     if name == "diffusion":
         steps = 50 if sampling_steps is None else sampling_steps
         _, steps, w, _ = model.sampling_options("ddpm", steps, guidance, None)  # checks the values
-        out = sum(repaint(model, x, fill, steps=steps, resample=resample, zeta=zeta, generator=make_generator(seed + k),
-                          labels=y, guidance=w) for k in range(average)) / average  # fill k: seed + k
+        out = 0
+        for k in range(average):  # fill k: seed + k
+            with subpart(k, 1, average):
+                out = out + repaint(model, x, fill, steps=steps, resample=resample, zeta=zeta,
+                                    generator=make_generator(seed + k), labels=y, guidance=w)
+        out = out / average
     elif name == "vae":
         out = vae_latent_fill(model, x, fill, iters=iters, labels=y)
     elif name == "pixelcnn":

@@ -13,6 +13,7 @@ import torch
 
 from genlab.apply.io import to_model_space
 from genlab.errors import ConfigError, ShapeError
+from genlab.progress import subpart
 from genlab.sampling import slerp
 from genlab.seed import make_generator
 
@@ -61,13 +62,16 @@ def run_interpolate(run, images: torch.Tensor | None, labels: torch.Tensor | Non
         k = 50 if sampling_steps is None else sampling_steps
         _, k, w, _ = model.sampling_options("ddim", k, guidance, None)  # checks the values
         if images is not None:
-            z = model.invert(to_model_space(run, images), k, y_images)
+            with subpart(0, 1, 2):  # inversion: the first half of the work
+                z = model.invert(to_model_space(run, images), k, y_images)
         else:
             c = model.cfg
             z = torch.cat([torch.randn(1, c.channels, c.image_size, c.image_size, generator=make_generator(s))
                            for s in seeds]).to(dev)
         frames = slerp_frames(*_pairs(z), steps)
-        out = model.sample_from(frames, model.T - 1, steps=k, sampler="ddim", eta=0.0, guidance=w, labels=y_frames)
+        with subpart(1 if images is not None else 0, 1, 2 if images is not None else 1):
+            out = model.sample_from(frames, model.T - 1, steps=k, sampler="ddim", eta=0.0, guidance=w,
+                                    labels=y_frames)
     else:
         if images is not None:
             if name != "vae":

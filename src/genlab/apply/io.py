@@ -4,11 +4,12 @@ run's data space.
 Inputs: `.npz` holding `images` (uint8, N x C x H x W, as `genlab sample` writes; `labels` kept
 if present) or one `.png`. Outputs are written atomically by name: `.npz` keeps the `images` key,
 uint8 dtype and N x C x H x W layout (and the input's labels); `.png` is the image itself for one
-image, else a grid.
+image, else a grid (`genlab apply` writes several as a strip of labelled rows: `labelled_rows`).
 """
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -20,8 +21,7 @@ import torch
 
 from genlab.data.transforms import normalize
 from genlab.errors import DataError, ShapeError
-from genlab.images import encode_images, png_bytes
-from genlab.engine.checkpoint import atomic_write_bytes
+from genlab.images import encode_images, make_grid, png_bytes
 
 
 @dataclass
@@ -93,14 +93,48 @@ def output_bytes(fmt: str, images: torch.Tensor, labels: torch.Tensor | None = N
     return encode_images(fmt, images, labels, nrow)
 
 
-def write_output(out: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None,
-                 nrow: int | None = None) -> Path:
-    """uint8 (N, C, H, W) -> .npz (same layout) or .png (the image, or a grid of several)."""
-    p = Path(out)
-    if p.suffix not in (".npz", ".png"):
-        raise DataError(f"--out must end in .npz or .png, got {p.name}")
-    atomic_write_bytes(p, output_bytes(p.suffix[1:], images, labels, nrow))
-    return p
+LABEL_PAD = 4  # pixels of space either side of a row's label
+
+
+def _font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def label_margin(labels: list[str]) -> int:
+    """The width in pixels of the label column `labelled_rows` puts left of the rows."""
+    font = _font()
+    return max(math.ceil(font.getlength(t)) for t in labels) + 2 * LABEL_PAD
+
+
+def labelled_rows(rows: list[tuple[str, torch.Tensor]], ncol: int, pad: int = 2) -> np.ndarray:
+    """Rows of images with a text label at the left of each -> one uint8 (H', W', C) image: the
+    `make_grid` of the rows (each (k <= ncol, C, H, W) uint8, short rows left blank at the end)
+    with a column of width `label_margin` in front, the labels drawn in PIL's default font.
+
+    Args:
+        rows: (label, images) pairs, top to bottom.
+        ncol: images per row.
+    Returns:
+        (rows (H + pad) + pad, label_margin + ncol (W + pad) + pad, C) uint8.
+    """
+    from PIL import Image, ImageDraw
+
+    C, H, W = rows[0][1].shape[1:]
+    blank = torch.zeros(1, C, H, W, dtype=torch.uint8)
+    cells = torch.cat([torch.cat([imgs, blank.expand(ncol - len(imgs), C, H, W)]) for _, imgs in rows])
+    grid = make_grid(cells, nrow=ncol, pad=pad)  # (H', W', C)
+    margin = label_margin([t for t, _ in rows])
+    canvas = Image.new("L" if C == 1 else "RGB", (margin + grid.shape[1], grid.shape[0]), 0)
+    draw, font = ImageDraw.Draw(canvas), _font()
+    for r, (text, _) in enumerate(rows):
+        _, top, _, bottom = font.getbbox(text)
+        y = pad + r * (H + pad) + (H - top - bottom) / 2  # the text's ink centred on the row
+        draw.text((LABEL_PAD, y), text, fill=255 if C == 1 else (255, 255, 255), font=font)
+    out = np.array(canvas).reshape(grid.shape[0], -1, C)
+    out[:, margin:] = grid
+    return out
 
 
 def to_model_space(run, images: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from genlab.metrics import reconstruction as rec
 from genlab.metrics import sample_quality as sq
 from genlab.metrics.features import DEFAULT_EXTRACTOR, Extractor, default_extractor, get_extractor
 from genlab.metrics.likelihood import bits_per_dim, iw_nll
+from genlab.progress import Progress
 
 log = logging.getLogger("genlab")
 
@@ -115,6 +116,20 @@ def _real_test_images(run, data_root: str | None) -> tuple[ImageData, torch.Tens
     return data, resize_uint8(test, tuple(run.meta["native_size"]))
 
 
+def features(extractor: Extractor, images: torch.Tensor, what: str = "images") -> tuple[torch.Tensor, torch.Tensor]:
+    """extractor(images) -> (features (N, D), logits (N, K)), called a few batches at a time so
+    that its progress ("extracting features k/N images") can be shown; the same values."""
+    step = 8 * getattr(extractor, "batch_size", 256)
+    if len(images) <= step:
+        return extractor(images)
+    out = []
+    with Progress(f"extracting features of {what}", len(images), unit="images") as bar:
+        for i in range(0, len(images), step):
+            out.append(extractor(images[i:i + step]))
+            bar.set(i + len(out[-1][0]))
+    return torch.cat([f for f, _ in out]), torch.cat([lg for _, lg in out])
+
+
 def reference_features(extractor: Extractor, images: torch.Tensor, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and logits of real images, cached per (dataset, split, extractor, N) in genlab's
     cache; the file name carries a hash of the pixels, so changed data is never served stale."""
@@ -127,7 +142,7 @@ def reference_features(extractor: Extractor, images: torch.Tensor, key: str) -> 
             return t["features"], t["logits"]
         except Exception:  # noqa: BLE001  a damaged cache file is recomputed
             log.warning("ignoring a damaged reference cache %s", path)
-    feats, logits = extractor(images)
+    feats, logits = features(extractor, images, "real images")
     atomic_write_bytes(path, save({"features": feats.contiguous(), "logits": logits.contiguous()}))
     return feats, logits
 
@@ -186,7 +201,7 @@ def evaluate_images(run, opts: ImageEvalOptions) -> tuple[dict[str, dict], dict]
         n_real = min(opts.n, len(real))
         t0 = time.perf_counter()
         r_feats, _ = reference_features(extractor, real[:n_real], f"{data.source}-test")
-        f_feats, f_logits = extractor(fake)
+        f_feats, f_logits = features(extractor, fake, "samples")
         t_feat = time.perf_counter() - t0 + t_sample  # every metric below shares the sampling cost
         n = len(fake)
 
@@ -317,11 +332,13 @@ def reconstruct_test(run, data: ImageData, n: int, seed: int, batch_size: int = 
     """Reconstructions (posterior mean decoded) of the first n test images, uint8 at native size."""
     torch.manual_seed(seed)
     chunks = []
-    for i in range(0, n, batch_size):
-        y = data.test_y[i:min(n, i + batch_size)] if data.test_y is not None else None
-        batch = run.pipeline(data.test_x[i:min(n, i + batch_size)], y, train=False, device=run.device)
-        x = run.model.reconstruct(batch["x"], batch.get("y"))
-        chunks.append(resize_uint8(run.pipeline.to_uint8(x), tuple(run.meta["native_size"])))
+    with Progress("reconstructing", n, unit="images") as bar:
+        for i in range(0, n, batch_size):
+            y = data.test_y[i:min(n, i + batch_size)] if data.test_y is not None else None
+            batch = run.pipeline(data.test_x[i:min(n, i + batch_size)], y, train=False, device=run.device)
+            x = run.model.reconstruct(batch["x"], batch.get("y"))
+            chunks.append(resize_uint8(run.pipeline.to_uint8(x), tuple(run.meta["native_size"])))
+            bar.set(min(n, i + batch_size))
     return torch.cat(chunks)
 
 

@@ -23,6 +23,7 @@ import torch
 from genlab.errors import ConfigError
 from genlab.metrics.text import bits_per_char, bleu, distinct_n, perplexity, rouge_l
 from genlab.models.autoregressive.generation import SamplingConfig, generate
+from genlab.progress import Progress
 from genlab.seed import derive_seed, make_generator
 
 METRICS = ("val_loss", "perplexity", "bits_per_char", "bleu", "rouge_l", "distinct_2")
@@ -38,11 +39,13 @@ def mean_nll(model, data, split: str, n_windows: int, seed: int, batch_size: int
     g = make_generator(derive_seed(seed, "val_loss"))
     total, count = 0.0, 0
     dev = next(model.parameters()).device
-    for i in range(0, n_windows, batch_size):
-        b = data.random_batch(split, min(batch_size, n_windows - i), generator=g, device=dev)
-        out = model.loss(b)["loss"]
-        total += float(out) * b["y"].numel()
-        count += b["y"].numel()
+    with Progress("scoring", n_windows, unit="windows") as bar:
+        for i in range(0, n_windows, batch_size):
+            b = data.random_batch(split, min(batch_size, n_windows - i), generator=g, device=dev)
+            out = model.loss(b)["loss"]
+            total += float(out) * b["y"].numel()
+            count += b["y"].numel()
+            bar.set(i + len(b["y"]))
     return total / count
 
 
@@ -60,11 +63,14 @@ def continuations(model, data, split: str, n: int, seed: int, prompt_len: int, n
     gen_g = make_generator(derive_seed(seed, "continuations"))
     dev = next(model.parameters()).device
     hyps, refs = [], []
-    for i in range(0, n, batch_size):
-        w = windows[i:i + batch_size]
-        out = generate(model, w[:, :prompt_len].to(dev), new_tokens, SamplingConfig(temperature=1.0), generator=gen_g)
-        hyps += [data.tokenizer.decode(r[prompt_len:].tolist()) for r in out.cpu()]
-        refs += [data.tokenizer.decode(r[prompt_len:].tolist()) for r in w]
+    with Progress("generating", n, unit="continuations") as bar:
+        for i in range(0, n, batch_size):
+            w = windows[i:i + batch_size]
+            with bar.part(i, len(w)):  # moved token by token inside generate
+                out = generate(model, w[:, :prompt_len].to(dev), new_tokens, SamplingConfig(temperature=1.0),
+                               generator=gen_g)
+            hyps += [data.tokenizer.decode(r[prompt_len:].tolist()) for r in out.cpu()]
+            refs += [data.tokenizer.decode(r[prompt_len:].tolist()) for r in w]
     return hyps, refs
 
 

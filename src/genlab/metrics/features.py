@@ -96,10 +96,10 @@ def _inception(device: torch.device, weights: str | os.PathLike | None, download
         except OSError as e:
             raise CheckpointError(f"cannot download the Inception weights ({e}); "
                                   f"fetch {INCEPTION_URL} by hand and pass --inception-weights FILE") from None
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError:
-        raise ConfigError("the inception extractor needs torch-fidelity: pip install 'genlab[inception]'") from None
+    from genlab.extras import require
+
+    require("torch_fidelity", "inception", "the inception extractor")
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                       feature_extractor_weights_path=str(path)).to(device).eval()
 

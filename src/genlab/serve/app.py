@@ -35,9 +35,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from genlab.apply import TASKS, run_task, supported_tasks, task_problem
+from genlab.apply import TASKS, result_bytes, run_task, supported_tasks, task_problem
 from genlab.apply.inpaint import decode_mask
-from genlab.apply.io import decode_images, output_bytes
+from genlab.apply.io import decode_images
 from genlab.engine.run import Run, load
 from genlab.errors import ConfigError, DataError, GenlabError
 from genlab.images import encode_images, png_bytes
@@ -191,7 +191,7 @@ def apply_work(run: Run, rid: str, task: str, image: bytes | None, mask: bytes |
             raise DataError(f"steps: {rows} rows x {options.get('steps') or 8} frames is over {S.MAX_N} images; "
                             "send fewer pairs or fewer steps")
     images, labels, nrow = run_task(run, task, batch, name=f"model {rid}", input_name="image", **options)
-    return output_bytes(fmt, images, labels, nrow)
+    return result_bytes(fmt, task, None if batch is None else batch.images, images, labels, nrow, options)
 
 
 def text_row(run: Run, req: S.TextRequest, on_piece: Callable[[str], None] | None,

@@ -21,6 +21,7 @@ from typing import Iterator
 import torch
 
 from genlab.errors import ConfigError
+from genlab.progress import advance
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,10 @@ def generate_ids(model, prompt: torch.Tensor, max_new_tokens: int, sampling: Sam
     model.eval()
     try:
         ids, logits, state, start = _first_pass(model, prompt, use_cache)
-        for _ in range(max_new_tokens):
+        for k in range(max_new_tokens):
             tok = next_token(logits[:, -1], ids[:, start:], sampling, generator)  # (B, 1)
             ids = torch.cat([ids, tok], dim=1)
+            advance(k + 1, max_new_tokens)  # progress within the caller's batch (genlab.progress)
             yield tok
             logits, state, start = _advance(model, ids, tok, state, start, use_cache)
     finally:

@@ -25,6 +25,7 @@ from torch import nn
 
 from genlab.errors import ConfigError, ShapeError
 from genlab.models.base import GenerativeModel, check_image_fields
+from genlab.progress import advance
 from genlab.registry import register
 
 
@@ -218,6 +219,7 @@ class PixelCNN(GenerativeModel):
                 for mod in self.head:  # ReLU and 1x1 convolutions, as matrix products
                     out = _pointwise(mod, out) if isinstance(mod, nn.Conv2d) else mod(out)
                 visit(i, j, out.view(B, C, self.levels))
+                advance(i * W + j + 1, (rows[-1] + 1) * W)  # progress within the caller's batch
 
     @torch.no_grad()
     def complete(self, x: torch.Tensor, known: torch.Tensor, *, generator: torch.Generator,

@@ -36,6 +36,7 @@ from genlab.audio import linear_decode, linear_encode, mu_law_decode, mu_law_enc
 from genlab.errors import ConfigError, ShapeError
 from genlab.models.base import GenerativeModel
 from genlab.options import check_number
+from genlab.progress import advance
 from genlab.registry import register
 
 
@@ -289,6 +290,7 @@ class WaveNet(GenerativeModel):
             inp = self._shift(q[:, :t + 1])  # (n, t+1): the classes before each position
             lg = self._net(inp, y)[:, -1]  # (n, Q) for x_t
             q[:, t] = draw_classes(lg, u[t], temperature)
+            advance(t + 1, T)  # progress within the caller's batch (genlab.progress)
         return q
 
     def _generate_cached(self, y: torch.Tensor | None, u: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -343,6 +345,7 @@ class WaveNet(GenerativeModel):
             lg = torch.addmm(h2b, F.relu(hid), h2w)  # (n, Q)
             cls = draw_classes(lg, u[t], temperature)
             q[:, t] = cls
+            advance(t + 1, T)
         return q
 
 

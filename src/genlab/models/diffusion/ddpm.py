@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from genlab.errors import ConfigError
 from genlab.options import check_number
+from genlab.progress import advance
 from genlab.models.base import GenerativeModel, check_image_fields
 from genlab.models.diffusion import schedules as sch
 from genlab.models.diffusion.unet import UNet, UNetConfig
@@ -240,6 +241,7 @@ class GaussianDiffusion(GenerativeModel):
         for i, t in enumerate(ts):
             s = ts[i + 1] if i + 1 < len(ts) else -1
             x0, eps = self.predict(x, t, labels, guidance)
+            advance(i + 1, len(ts))  # progress within the caller's batch (genlab.progress)
             if x0_hook is not None:
                 x0 = x0_hook(x0, t)
                 eps = (x - math.sqrt(self.ab(t)) * x0) / math.sqrt(1 - self.ab(t))
@@ -277,8 +279,9 @@ class GaussianDiffusion(GenerativeModel):
         DDIM (eta = 0) with the same `steps` maps back to (approximately) them."""
         up = list(reversed(self.sampling_timesteps(steps)))
         x, cur = x0.float(), -1
-        for t in up:
+        for k, t in enumerate(up):
             _, eps = self.predict(x, max(cur, 0), labels)
+            advance(k + 1, len(up))
             x0_hat = (x - math.sqrt(1 - self.ab(cur)) * eps) / math.sqrt(self.ab(cur))
             x = math.sqrt(self.ab(t)) * x0_hat + math.sqrt(1 - self.ab(t)) * eps
             cur = t

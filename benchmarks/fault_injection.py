@@ -137,8 +137,12 @@ def verify_run(run_dir: Path) -> tuple[int, list[str], str | None]:
         return verified, bad, None
     out, err = io.StringIO(), io.StringIO()
     try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            rc = cli_main(["info", str(run_dir)])  # the human summary
+        if rc != 0:
+            return verified, bad, f"genlab info exit {rc}: {err.getvalue().strip()}"
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli_main(["info", str(run_dir)])
+            rc = cli_main(["info", str(run_dir), "--json"])
         info = json.loads(out.getvalue())
         if rc != 0 or "config" not in info:
             return verified, bad, f"genlab info exit {rc}: {err.getvalue().strip()}"

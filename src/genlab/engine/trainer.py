@@ -383,6 +383,12 @@ class Trainer:
         if self.private:
             report["privacy"] = privacy_summary({"privacy": self.private.state()})
         ckpt.atomic_write_json(self.run_dir / "report.json", report)
+        # report.html from the report just written, so the page never shows an older step
+        # (called from the main process only; the figures come from the run folder).
+        if self.dist.is_main:
+            from genlab.evaluation.html import write_run_report_html
+
+            write_run_report_html(self.run_dir, report)
 
     @torch.no_grad()
     def write_grid(self, name: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from genlab import demos
 from genlab.engine.checkpoint import atomic_write_json
 from genlab.engine.device import device_name
 from genlab.engine.lock import RunLock
@@ -76,7 +77,10 @@ def evaluate(run_dir: str | Path, *, n: int | None = None, metrics: list[str] | 
     check_number("--iw-k", options.get("iw_k"), lo=1, integer=True)
     if out is not None:
         check_output(out, (".json",))
+    else:
+        demos.refuse_write(run_dir, "give --out FILE.json for the report")
     run = load(run_dir, checkpoint, device)
+    run_dir = run.run_dir
     family = getattr(run.model, "family", "image")
     if family not in EVALUATORS:
         raise ConfigError(f"no evaluator for {family} models yet")
@@ -118,7 +122,7 @@ def read_report(path: Path) -> dict:
 
 
 def _write_html(run, report: dict, out: Path, artefacts: dict) -> Path:
-    from genlab.evaluation.html import loss_curve_png, write_report_html
+    from genlab.evaluation.html import write_report_html
     from genlab.images import make_grid, png_bytes
 
     pics: dict[str, bytes] = {}
@@ -135,8 +139,7 @@ def _write_html(run, report: dict, out: Path, artefacts: dict) -> Path:
     if artefacts.get("reconstructions") is not None:
         o, r = artefacts["originals"][:10], artefacts["reconstructions"][:10]
         pics["test images (top) and reconstructions (bottom)"] = png_bytes(make_grid(torch.cat([o, r]), nrow=len(o)))
-    curve = loss_curve_png(run.run_dir)
-    if curve:
-        pics["training losses"] = curve
+    # the run's loss curves, and training's final samples when this evaluation drew none to show
     return write_report_html(report, out.with_suffix(".html"), pics, artefacts.get("text"), audio=clips,
-                             notes=artefacts.get("notes"))
+                             notes=artefacts.get("notes"), run_dir=run.run_dir,
+                             final_samples=artefacts.get("samples") is None and clips is None)

@@ -1,23 +1,31 @@
-"""HTML pages for evaluation reports and run comparisons: a metric table, sample grids and
-loss curves (PNG plots), all files written beside the page, atomically. Audio samples are
-embedded in the page itself (WAV and spectrogram PNG as base64 data URIs)."""
+"""HTML pages for evaluation reports and run comparisons: a metric table (with what each
+metric measures and which way is better), sample grids, loss curves and audio clips. Each page
+is one self-contained file: pictures and sounds are embedded as base64 data URIs, so a page can
+be mailed or attached. Pages are written atomically."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import re
 from pathlib import Path
 
-from genlab.engine.checkpoint import atomic_write_bytes, atomic_write_text
+from genlab.engine.checkpoint import atomic_write_text
 from genlab.engine.logs import is_total_loss, read_log
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}td.what{text-align:left;color:#444}
+td.better{text-align:center}
 figure{display:inline-block;margin:0 1.5em 1em 0;vertical-align:top}img{image-rendering:pixelated;border:1px solid #ddd}
 pre{background:#f7f7f7;padding:1em;white-space:pre-wrap}.small{color:#666;font-size:90%}
-.clip{display:flex;align-items:center;gap:1.5em;margin:0.4em 0}.clip span{min-width:6em}"""
+.clip{display:flex;align-items:center;gap:1.5em;margin:0.4em 0}.clip span{min-width:6em}
+.runs{display:flex;gap:1.5em;align-items:flex-start;overflow-x:auto}.runs>div{flex:0 0 auto;max-width:520px}
+.runs img{max-width:500px}"""
+
+# Files `write_report_html` used to write into a side folder (`<stem>_files/<i>-<caption>.png`).
+_OLD_ASSET = re.compile(r"^\d+-[a-z0-9-]+\.png$")
 
 
 def fmt(v) -> str:
@@ -75,6 +83,88 @@ def data_uri(mime: str, blob: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(blob).decode('ascii')}"
 
 
+def figure(caption: str, png: bytes, *, max_width: int | None = None) -> str:
+    """A captioned <figure> with the PNG embedded; small grids (28x28 images) shown at 2x."""
+    width = _png_width(png)
+    shown = width * 2 if width < 400 else width
+    if max_width:
+        shown = min(shown, max_width)
+    size = f" width='{shown}'" if shown != width else ""
+    return (f"<figure><img src='{data_uri('image/png', png)}'{size} alt='{html.escape(caption)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def metric_table(metrics: dict[str, dict]) -> str:
+    """The report's metrics, one row each, with what the metric measures and which way is better."""
+    from genlab.metrics.catalog import ARROWS, describe
+
+    head = "".join(f"<th>{h}</th>" for h in
+                   ("metric", "value", "what it measures", "better", "extractor", "n", "seed", "seconds"))
+    body = []
+    for name, m in metrics.items():
+        what, better = describe(name)
+        m = m if isinstance(m, dict) else {"value": m}
+        body.append(f"<tr><td>{html.escape(name)}</td><td>{fmt(m.get('value'))}</td>"
+                    f"<td class='what'>{html.escape(what)}</td>"
+                    f"<td class='better'{f' title={chr(39)}{better} is better{chr(39)}' if better else ''}>"
+                    f"{ARROWS[better]}</td>"
+                    f"<td>{fmt(m.get('extractor') or '')}</td><td>{fmt(m.get('n'))}</td><td>{fmt(m.get('seed'))}</td>"
+                    f"<td>{fmt(m.get('seconds'))}</td></tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _header_line(report: dict) -> str:
+    """run, step and what else the report records (training's report has no machine or time)."""
+    parts = [f"run <code>{html.escape(str(report.get('run', '')))}</code>", f"step {fmt(report.get('step'))}"]
+    if report.get("model"):
+        parts.append(f"model {fmt(report['model'])}")
+    if report.get("stop_reason"):
+        parts.append(f"training stopped by {fmt(report['stop_reason'])}")
+    if report.get("created"):
+        where = f" on {fmt(report['machine'])}" if report.get("machine") else ""
+        took = f" in {fmt(report['seconds'])} s" if report.get("seconds") is not None else ""
+        parts.append(f"evaluated {fmt(report['created'])}{where}{took}")
+    p = report.get("privacy")
+    line = f"<p class='small'>{', '.join(parts)}</p>"
+    if isinstance(p, dict) and p.get("epsilon") is not None:
+        line = (f"<p><b>Trained with differential privacy: epsilon {p['epsilon']:.3g} "
+                f"(delta {p.get('delta', float('nan')):g})</b></p>") + line
+    return line
+
+
+def run_figures(run_dir: Path, final_samples: bool = True) -> dict[str, bytes]:
+    """A run folder's own pictures: training's last sample picture (samples/final.png, when
+    there is one and `final_samples`) and the loss curves from its log."""
+    out: dict[str, bytes] = {}
+    final = Path(run_dir) / "samples" / "final.png"
+    if final_samples and final.is_file():
+        try:
+            out["samples at the end of training (samples/final.png)"] = final.read_bytes()
+        except OSError:
+            pass
+    curve = loss_curve_png(Path(run_dir))
+    if curve:
+        out["training losses"] = curve
+    return out
+
+
+def report_page(report: dict, images: dict[str, bytes] | None = None, text: str | None = None,
+                audio: list[tuple[str, bytes, bytes]] | None = None, notes: list[str] | None = None) -> str:
+    """The HTML of a report (report.json's content): header, metric table, figures, sample
+    text and audio clips, every picture and sound embedded."""
+    parts = [_header_line(report), "<h2>Metrics</h2>", metric_table(report.get("metrics", {})),
+             "<p class='small'>↓: lower is better, ↑: higher is better. Feature-space metrics name their "
+             "extractor: an FID (lenet-mnist) is not comparable with an Inception FID.</p>"]
+    figs = [figure(caption, png) for caption, png in (images or {}).items()]
+    if figs:
+        parts += ["<h2>Figures</h2>", "".join(figs)]
+    if text:
+        parts += ["<h2>Sample text</h2>", f"<pre>{html.escape(text)}</pre>"]
+    if audio:
+        parts.append(audio_section(audio, notes))
+    return page(f"genlab report: {Path(str(report.get('run', 'run'))).name}", "".join(parts))
+
+
 def audio_section(clips: list[tuple[str, bytes, bytes]], notes: list[str] | None = None) -> str:
     """One row per clip: its caption, an <audio> player and its spectrogram, both embedded in
     the page (no files, no external assets); `clips` holds (caption, WAV bytes, PNG bytes)."""
@@ -91,33 +181,47 @@ def audio_section(clips: list[tuple[str, bytes, bytes]], notes: list[str] | None
               "at the bottom, 80 dB below each clip's peak in dark blue.</p>" + "".join(rows))
 
 
-def write_report_html(report: dict, out: Path, images: dict[str, bytes], text: str | None = None,
-                      audio: list[tuple[str, bytes, bytes]] | None = None, notes: list[str] | None = None) -> Path:
-    """report.json's content as a page beside it; `images` maps caption -> PNG bytes; `audio`
-    holds (caption, WAV bytes, spectrogram PNG bytes) per clip, with `notes` above them."""
+def _remove_old_assets(out: Path) -> None:
+    """Pages used to keep their pictures in `<stem>_files/`: remove the PNGs genlab wrote there
+    (named `<i>-<caption>.png`) and the folder if that empties it; anything else stays."""
+    folder = out.parent / (out.stem + "_files")
+    if not folder.is_dir():
+        return
+    for f in folder.iterdir():
+        if f.is_file() and _OLD_ASSET.match(f.name):
+            f.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: someone else's files
+        pass
+
+
+def write_report_html(report: dict, out: Path, images: dict[str, bytes] | None = None, text: str | None = None,
+                      audio: list[tuple[str, bytes, bytes]] | None = None, notes: list[str] | None = None,
+                      run_dir: Path | None = None, final_samples: bool = True) -> Path:
+    """report.json's content as one self-contained page at `out`. `images` maps caption -> PNG
+    bytes (the caller's figures, e.g. evaluation sample grids); with `run_dir`, the run's own
+    figures follow (`run_figures`: training's final samples unless not `final_samples`, loss
+    curves). `audio` holds
+    (caption, WAV bytes, spectrogram PNG bytes) per clip, with `notes` above them."""
     out = Path(out)
-    assets = out.parent / (out.stem + "_files")
-    rows = [[name, m["value"], m.get("extractor") or "", m.get("n"), m.get("seed"), m.get("seconds")]
-            for name, m in report["metrics"].items()]
-    parts = [f"<p class='small'>run <code>{html.escape(str(report['run']))}</code>, step {fmt(report.get('step'))}, "
-             f"model {fmt(report.get('model'))}, evaluated {fmt(report.get('created'))} on "
-             f"{fmt(report.get('machine'))} in {fmt(report.get('seconds'))} s</p>",
-             "<h2>Metrics</h2>", table(["metric", "value", "extractor", "n", "seed", "seconds"], rows),
-             "<p class='small'>Feature-space metrics name their extractor: an FID (lenet-mnist) is not "
-             "comparable with an Inception FID.</p>"]
-    figs = []
-    for i, (caption, png) in enumerate(images.items()):
-        name = f"{i}-{''.join(c if c.isalnum() else '-' for c in caption.lower())}.png"
-        atomic_write_bytes(assets / name, png)
-        width = _png_width(png)
-        size = f" width='{width * 2}'" if width < 400 else ""  # small grids of 28x28 images: show them 2x
-        figs.append(f"<figure><img src='{assets.name}/{name}'{size} alt='{html.escape(caption)}'>"
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    if figs:
-        parts += ["<h2>Figures</h2>", "".join(figs)]
-    if text:
-        parts += ["<h2>Sample text</h2>", f"<pre>{html.escape(text)}</pre>"]
-    if audio:
-        parts.append(audio_section(audio, notes))
-    atomic_write_text(out, page(f"genlab report: {Path(report['run']).name}", "".join(parts)))
+    pics = dict(images or {})
+    if run_dir is not None:
+        pics.update(run_figures(Path(run_dir), final_samples))
+    atomic_write_text(out, report_page(report, pics, text, audio, notes))
+    _remove_old_assets(out)
     return out
+
+
+def write_run_report_html(run_dir: Path, report: dict | None = None) -> Path:
+    """RUN_DIR/report.html from `report` (default RUN_DIR/report.json) and the run folder:
+    what training writes after its test report, so the page never shows an older step. Text
+    runs' last continuation (samples/final.txt) is shown as sample text."""
+    import json
+
+    run_dir = Path(run_dir)
+    if report is None:
+        report = json.loads((run_dir / "report.json").read_text())
+    final_text = run_dir / "samples" / "final.txt"
+    text = final_text.read_text(encoding="utf-8", errors="replace") if final_text.is_file() else None
+    return write_report_html(report, run_dir / "report.html", text=text, run_dir=run_dir)

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genlab import demos
 from genlab.engine.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from genlab.engine.privacy import privacy_summary
 from genlab.errors import ConfigError, DataError
@@ -569,7 +570,9 @@ def run_audit(run_dir: str | os.PathLike, *, reference: str | os.PathLike | None
     from genlab.engine.run import load
 
     check_audit_numbers(members, samples, draws, seed)
-    out_dir = Path(out) if out is not None else Path(run_dir)
+    if out is None:
+        demos.refuse_write(run_dir, "give --out DIR for the audit")
+    out_dir = Path(out) if out is not None else demos.resolve(run_dir)
     _check_out_dir(out_dir)
     run = load(run_dir, checkpoint, device)
     if run.family != "image":

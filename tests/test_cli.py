@@ -54,13 +54,13 @@ def test_sample_outputs(trained, tmp_path):
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [f"{i}_label7.png" for i in range(5)]
     r = run_cli("sample", str(trained), "--n", "16")
     assert r.returncode == 0 and (trained / "samples" / "sample-seed0.png").is_file()
-    r = run_cli("sample", str(trained), "--interpolate", "--n", "30", "--steps", "10", "--out", str(tmp_path / "i.png"))
+    r = run_cli("sample", str(trained), "--interpolate", "--n", "3", "--frames", "10", "--out", str(tmp_path / "i.png"))
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "i.png").size == (10 * 30 + 2, 3 * 30 + 2)
 
 
 def test_info_prints_progress(trained):
-    r = run_cli("info", str(trained))
+    r = run_cli("info", str(trained), "--json")
     info = json.loads(r.stdout)
     assert info["progress"]["step"] == 4 and info["config"]["preset"] == "cvae-mnist"
 

@@ -3,12 +3,57 @@
     import genlab
     result = genlab.train("vae-mnist", steps=2000)
     images, labels = genlab.load(result.run_dir).sample(16, seed=0)
+    report = genlab.evaluate(result.run_dir, n=1000)
+    genlab.apply(result.run_dir, "inpaint", input="x.npz", out="filled.npz")
+
+The names below are imported on first use (PEP 562), so that `import genlab` and
+`genlab --help` do not wait for torch.
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
-from genlab.config import RunConfig, resolve  # noqa: E402
-from genlab.engine.run import Run, load, train  # noqa: E402
-from genlab.errors import GenlabError  # noqa: E402
+# public name -> the module that defines it
+_LAZY = {
+    "train": "genlab.engine.run",
+    "load": "genlab.engine.run",
+    "Run": "genlab.engine.run",
+    "resolve": "genlab.config",
+    "RunConfig": "genlab.config",
+    "GenlabError": "genlab.errors",
+    "evaluate": "genlab.evaluation",
+    "apply": "genlab.apply",
+}
 
-__all__ = ["__version__", "train", "load", "Run", "resolve", "RunConfig", "GenlabError"]
+__all__ = ["GenlabError", "Run", "RunConfig", "__version__", "apply", "evaluate", "load", "resolve", "train"]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'genlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """`genlab.apply` is the function apply(). Python records a subpackage as an attribute of its
+    parent when it is first imported (`import genlab.apply...`), which would replace the function
+    by the module genlab.apply; the module stays reachable via sys.modules and `from ... import`."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "apply" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from genlab import __version__
 from genlab.errors import ConfigError, GenlabError
 
 log = logging.getLogger("genlab")
@@ -19,12 +20,14 @@ log = logging.getLogger("genlab")
 MAX_GRID = 65_536  # images in one PNG grid (a 256 x 256 grid of 28 x 28 images is 7,700 pixels wide)
 
 
-def _setup_logging(verbose: bool = False) -> None:
+def _setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Logs and progress (genlab.progress) on stderr: INFO by default, DEBUG with -v; -q keeps
+    warnings and errors only (no progress)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose else "genlab: %(message)s"))
     root = logging.getLogger("genlab")
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     root.propagate = False
 
 
@@ -36,39 +39,75 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"genlab: error: {message}; see `{self.prog} --help`\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="genlab", description="Train, measure and use generative models.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+RUN_DIR_HELP = "a run directory (written by `genlab train`)"
+DEVICE_HELP = "auto (default: cuda when available, else cpu), cpu or cuda"
+SEED_HELP = "random seed (default 0): the same seed gives the same output"
+CHECKPOINT_HELP = "'last' (default), 'best' or step-NNNNNNNN"
 
-    t = sub.add_parser("train", help="train a preset or YAML config, or resume a run")
+
+class _SetAction(argparse.Action):
+    """`--set` takes every word after it, so in `train --set train.lr=1e-3 vae-mnist` the preset
+    lands among the overrides: the words without '=' that end a --set group are kept apart
+    (`set_tail`) and become the config when they look like one (see `_train_config`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        k = len(values)
+        while k and "=" not in values[k - 1]:
+            k -= 1
+        setattr(namespace, self.dest, list(getattr(namespace, self.dest) or []) + list(values[:k]))
+        namespace.set_tail = list(getattr(namespace, "set_tail", None) or []) + list(values[k:])
+
+
+def _parser() -> argparse.ArgumentParser:
+    # -v after the subcommand too; SUPPRESS keeps a subcommand from resetting a top-level -v to False
+    common = argparse.ArgumentParser(add_help=False)
+    quiet_help = ("warnings and errors only: no progress (progress lines come every $GENLAB_PROGRESS_SECONDS, "
+                  "default 5, when stderr is not a terminal; 0 turns them off)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging (before or after the command)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
+    p = _Parser(prog="genlab", description="Train, measure and use generative models.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (before or after the command)")
+    p.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+    p.add_argument("--version", action="version", version=f"genlab {__version__}", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    t = command("train", "train a preset or YAML config, or resume a run")
     t.add_argument("config", nargs="?", help="preset name (see `genlab presets`) or FILE.yaml")
-    t.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override config values, e.g. --set train.lr=3e-4 model.beta=4 (repeatable)")
+    t.add_argument("--set", dest="overrides", nargs="+", action=_SetAction, default=[], metavar="SECTION.KEY=VALUE",
+                   help="override config values, e.g. --set train.lr=3e-4 model.beta=4 (repeatable; the preset "
+                        "may come after: --set train.lr=3e-4 vae-mnist)")
+    t.set_defaults(set_tail=[])
     t.add_argument("--out", help="run directory (default: runs/PRESET-TIMESTAMP)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest valid checkpoint")
-    t.add_argument("--steps", type=int, help="total step budget of the run")
+    t.add_argument("--steps", type=int, help="total training-step budget of the run")
     t.add_argument("--minutes", type=float, help="total training-time budget of the run, in minutes")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--seed", type=int, help="random seed (default: the config's train.seed, 0)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP + " (default: the config's)")
     t.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     t.add_argument("--data-root", help="folder holding the datasets (default: $GENLAB_DATA, ../shared/data)")
     t.add_argument("--download", action="store_true", help="download MNIST/Fashion-MNIST if missing (online only)")
 
-    s = sub.add_parser("sample", help="draw samples from a trained run")
-    s.add_argument("run_dir")
-    s.add_argument("--n", type=int, default=64)
+    s = command("sample", "draw samples from a trained run")
+    s.add_argument("run_dir", help=RUN_DIR_HELP)
+    s.add_argument("--n", type=int, help="samples to draw (default 64); with --interpolate: interpolation rows "
+                                         "(default 8), each of --frames images")
     s.add_argument("--out", help="FILE.png (grid), FILE.npz (images, labels) or DIR/ (one PNG each); "
                                  "default RUN_DIR/samples/sample-seedS.png. Audio runs: FILE.wav (the clips "
                                  "in a row), FILE.npz (audio, sample_rate, labels) or DIR/ (one WAV each), "
                                  "with a spectrogram grid PNG beside; default RUN_DIR/samples/sample-seedS.wav")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     s.add_argument("--label", type=int, help="class to sample (conditional models)")
     s.add_argument("--interpolate", action="store_true",
-                   help="write a latent interpolation grid (rows of --steps images) instead of samples")
-    s.add_argument("--steps", type=int, default=10, help="images per interpolation row")
-    s.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
-    s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+                   help="write a latent interpolation grid (--n rows of --frames images) instead of samples")
+    s.add_argument("--frames", type=int, help="--interpolate: images per interpolation row, endpoints included "
+                                              "(default 10)")
+    s.add_argument("--steps", type=int, help=argparse.SUPPRESS)  # the old name of --frames: refused with a hint
+    s.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     s.add_argument("--prompt", help="text runs: the text to continue (streamed to stdout; default a newline)")
     s.add_argument("--max-tokens", type=int, default=500, help="text runs: tokens to generate")
     s.add_argument("--temperature", type=float, default=1.0, help="text runs: 0 = greedy")
@@ -81,26 +120,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_true", help="diffusion runs: torch.compile the UNet first (a wait "
                                                           "for the compiler, then faster steps: for many samples)")
 
-    e = sub.add_parser("evaluate", help="metrics for a run's model family -> report.json + report.html")
-    e.add_argument("run_dir")
+    e = command("evaluate", "metrics for a run's model family -> report.json + report.html")
+    e.add_argument("run_dir", help=RUN_DIR_HELP)
     e.add_argument("--n", type=int, help="samples to draw (images: default 10,000)")
     e.add_argument("--metrics", nargs="+", help="subset of metrics (default: all that apply, except tstr, which "
                                                 "trains classifiers and runs only when named), e.g. fid kid tstr")
     e.add_argument("--out", help="report path (default RUN_DIR/report.json; the HTML goes beside it)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     e.add_argument("--extractor", help="feature extractor: lenet-mnist, lenet-fashion or inception "
                                        "(default: the dataset's offline LeNet)")
     e.add_argument("--inception-weights", help="local file of torch-fidelity's Inception weights")
     e.add_argument("--download", action="store_true", help="download the Inception weights if missing (online)")
     e.add_argument("--iw-k", type=int, help="importance samples for likelihood bounds (default 100)")
     e.add_argument("--data-root", help="folder holding the datasets (default: the run's)")
-    e.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
-    e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     e.add_argument("--no-html", action="store_true", help="write report.json only")
 
-    au = sub.add_parser("audit", help="privacy audit of an image run: membership inference and memorisation "
-                                      "-> audit.json + audit.html")
-    au.add_argument("run_dir")
+    au = command("audit", "privacy audit of an image run: membership inference and memorisation "
+                          "-> audit.json + audit.html")
+    au.add_argument("run_dir", help=RUN_DIR_HELP)
     au.add_argument("--reference", metavar="REF_RUN", help="a run of the same model trained on the test split "
                                                           "(--set data.train_on=test): adds the calibrated attack")
     au.add_argument("--members", type=int, default=1000, help="training images (members) and as many held-out "
@@ -109,27 +148,29 @@ def _parser() -> argparse.ArgumentParser:
                                                               "memorisation figures (default 1000)")
     au.add_argument("--draws", type=int, default=8, help="random draws (latent, noise level) averaged per "
                                                          "example loss (default 8)")
-    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     au.add_argument("--out", help="folder for audit.json and audit.html (default RUN_DIR)")
     au.add_argument("--data-root", help="folder holding the datasets (default: the run's)")
-    au.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
-    au.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    au.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+    au.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
 
-    c = sub.add_parser("compare", help="one table of several runs' metrics, throughput and time")
-    c.add_argument("run_dirs", nargs="+")
+    c = command("compare", "one table of several runs' metrics, throughput and time")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs to compare, one row each")
+    c.add_argument("--metrics", nargs="+", metavar="NAME", help="metric columns to show (default: the ones that "
+                                                                "matter for the families compared), e.g. fid kid")
     c.add_argument("--out", help="also write the table as FILE.html")
 
-    pl = sub.add_parser("pipeline", help="train -> evaluate -> retrain until a quality target passes")
+    pl = command("pipeline", "train -> evaluate -> retrain until a quality target passes")
     pl.add_argument("config", help="pipeline FILE.yaml (see examples/pipeline-mnist.yaml)")
     pl.add_argument("--out", help="pipeline directory (default runs/NAME of the file)")
     pl.add_argument("--resume", action="store_true", help="continue a killed pipeline, re-using finished rounds")
     pl.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     pl.add_argument("--data-root", help="folder holding the datasets (default: $GENLAB_DATA, ../shared/data)")
 
-    ap = sub.add_parser("apply", help="use a trained model: inpaint, denoise, upscale, interpolate (images); "
-                                      "denoise, inpaint (audio)")
-    ap.add_argument("run_dir")
-    ap.add_argument("task", choices=["inpaint", "denoise", "upscale", "interpolate"])
+    ap = command("apply", "use a trained model: inpaint, denoise, upscale, interpolate (images); "
+                          "denoise, inpaint (audio)")
+    ap.add_argument("run_dir", help=RUN_DIR_HELP)
+    ap.add_argument("task", choices=["inpaint", "denoise", "upscale", "interpolate"], help="what to do")
     ap.add_argument("--input", help="FILE.npz (images uint8 N x C x H x W) or FILE.png; audio runs: FILE.wav "
                                     "(mono) or FILE.npz (audio float32 N x T, sample_rate)")
     ap.add_argument("--out", required=True, help="FILE.npz (same layout as the input) or FILE.png; audio runs: "
@@ -145,9 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--method", choices=["diffusion", "spectral", "wiener", "linear", "zeros"],
                     help="audio runs: diffusion (default; needs a diffwave run) or a classical baseline: "
                          "denoise spectral|wiener, inpaint linear|zeros")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help=SEED_HELP + " (not used by interpolate)")
     ap.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), help="interpolate: two seeds instead of --input")
-    ap.add_argument("--steps", type=int, help="interpolate: frames per row, endpoints included (default 8)")
+    ap.add_argument("--frames", type=int, help="interpolate: frames per row, endpoints included (default 8)")
+    ap.add_argument("--steps", type=int, help=argparse.SUPPRESS)  # the old name of --frames: refused with a hint
     ap.add_argument("--label", type=int, help="interpolate, and audio denoise/inpaint, conditional models: the class")
     ap.add_argument("--resample", type=int, help="inpaint, diffusion: RePaint passes per step (default 1)")
     ap.add_argument("--zeta", type=float, help="inpaint, diffusion: reconstruction guidance strength (default 3; "
@@ -156,13 +198,13 @@ def _parser() -> argparse.ArgumentParser:
                                                 "estimate of the posterior mean: higher PSNR, blurrier; default 1)")
     ap.add_argument("--iters", type=int, help="inpaint, VAE: latent optimisation steps (default 200)")
     _diffusion_flags(ap)
-    ap.add_argument("--checkpoint", default="last", help="'last' (default) or 'best'")
-    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
 
-    sv = sub.add_parser("serve", help="HTTP API and web page over trained runs (needs the serve extra)")
+    sv = command("serve", "HTTP API and web page over trained runs (needs the serve extra)")
     sv.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs to serve; a model's id is its folder name")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 = any free port)")
     sv.add_argument("--api-key", help="require this key on /v1 routes (Authorization: Bearer KEY or X-API-Key); "
                                       "default $GENLAB_API_KEY, else no key")
     sv.add_argument("--max-batch", type=int, default=16, help="images per forward pass of grouped requests")
@@ -170,9 +212,15 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     sv.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take before 504")
 
-    sub.add_parser("presets", help="list presets")
-    i = sub.add_parser("info", help="show a run's config, progress and key figures")
-    i.add_argument("run_dir")
+    pr = command("presets", "list presets, or print one as YAML to copy and edit")
+    pr.add_argument("--show", metavar="NAME", help="print preset NAME's full config as YAML (save it as FILE.yaml, "
+                                                   "edit, then `genlab train FILE.yaml`)")
+    i = command("info", "a short summary of a run: what, how long on what, key metrics, where the files are")
+    i.add_argument("run_dir", help=RUN_DIR_HELP)
+    i.add_argument("--json", action="store_true", help="print the full record (config, manifest, report, "
+                                                       "progress) as JSON")
+    co = command("completion", "print a shell completion script: eval \"$(genlab completion bash)\"")
+    co.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
     return p
 
 
@@ -196,9 +244,39 @@ def diffusion_options(run, a: argparse.Namespace) -> dict:
     return opts
 
 
+def _train_config(a: argparse.Namespace) -> None:
+    """Take the config from the words without '=' that ended a --set group (`train --set
+    train.lr=1e-3 vae-mnist`); one config only. Sets a.config."""
+    from genlab.config import close_matches
+    from genlab.presets import PRESETS
+
+    for w in a.set_tail:
+        if w not in PRESETS and not w.endswith((".yaml", ".yml")):
+            hint = close_matches(w, PRESETS)
+            raise ConfigError(f"--set expects section.key=value, got {w!r}"
+                              + (f"; it is not a preset either{hint}" if hint else ""))
+    configs = ([a.config] if a.config else []) + a.set_tail
+    if len(configs) > 1:
+        raise ConfigError(f"two configs given ({configs[0]!r} and {configs[1]!r}); train takes one preset or "
+                          "FILE.yaml")
+    a.config = configs[0] if configs else None
+
+
+def _written(run_dir: Path) -> str:
+    """What a finished run left to look at: the final samples (final.png, .txt, .wav) when its
+    model draws them, else where its checkpoints and report are (link predictors draw nothing)."""
+    finals = sorted((run_dir / "samples").glob("final.*"))
+    if finals:
+        return "samples in " + ", ".join(map(str, finals))
+    report = run_dir / "report.json"
+    return (f"this model draws no samples; checkpoints in {run_dir / 'checkpoints'}"
+            + (f", test figures in {report}" if report.is_file() else ""))
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from genlab.engine.run import check_budgets, is_finished, run_status, train
 
+    _train_config(a)
     check_budgets(a.steps, a.minutes)
     if a.resume:
         if a.config:
@@ -222,8 +300,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         log.info("interrupted at step %d; checkpoint saved; continue with `genlab train --resume %s`",
                  res.state.step, res.run_dir)
         return 130
-    final = next((res.run_dir / "samples").glob("final.*"), res.run_dir / "samples")  # .png, or .txt for text
-    log.info("done: step %d (%s); samples in %s", res.state.step, res.state.stop_reason, final)
+    log.info("done: step %d (%s); %s", res.state.step, res.state.stop_reason, _written(Path(res.run_dir)))
     return 0
 
 
@@ -232,8 +309,14 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from genlab.images import write_images
     from genlab.options import check_memory, check_number, check_output
 
+    if a.steps is not None:
+        raise ConfigError("--steps is the training budget of `genlab train`; for interpolation frames use --frames")
+    if a.frames is not None and not a.interpolate:
+        raise ConfigError("--frames is the length of --interpolate rows; add --interpolate or drop --frames")
     check_number("--n", a.n, lo=1, integer=True)
-    check_number("--steps", a.steps, lo=2, integer=True)
+    check_number("--frames", a.frames, lo=2, integer=True)
+    a.n = a.n if a.n is not None else (8 if a.interpolate else 64)
+    frames = a.frames or 10
     run = load(a.run_dir, a.checkpoint, a.device)
     options = diffusion_options(run, a)
     if run.family == "text" or a.prompt is not None:
@@ -242,22 +325,22 @@ def cmd_sample(a: argparse.Namespace) -> int:
         return _sample_graphs(run, a)
     if run.family == "audio":
         return _sample_audio(run, a, options)
-    out = a.out or str(Path(a.run_dir) / "samples" / f"{'interp' if a.interpolate else 'sample'}-seed{a.seed}.png")
+    out = a.out or _in_run(a, "samples", f"{'interp' if a.interpolate else 'sample'}-seed{a.seed}.png")
     check_output(out, (".png", ".npz"), folder=True)
-    n = max(1, a.n // a.steps) * a.steps if a.interpolate else a.n
+    n = a.n * frames if a.interpolate else a.n  # --interpolate: --n rows of --frames images
+    what = f"--n {a.n} x --frames {frames}" if a.interpolate else f"--n {a.n}"
     if out.endswith(".png") and n > MAX_GRID:
-        raise ConfigError(f"--n {n}: a PNG grid holds at most {MAX_GRID:,} images; write FILE.npz or DIR/")
+        raise ConfigError(f"{what}: a PNG grid holds at most {MAX_GRID:,} images; write FILE.npz or DIR/")
     per_image = run.meta["channels"] * run.meta["native_size"][0] * run.meta["native_size"][1]
     # the images, plus the compressed .npz (at most as large) built in memory before the write
-    check_memory(2 * n * per_image, f"--n {a.n}", "draw fewer, or several batches with different --seed")
+    check_memory(2 * n * per_image, what, "draw fewer, or several batches with different --seed")
     if a.compile:
         run.compile()
     if a.interpolate:
         from genlab.sampling import interpolation_grid
 
-        images, labels = interpolation_grid(run, rows=max(1, a.n // a.steps), steps=a.steps, seed=a.seed,
-                                            label=a.label)
-        nrow = a.steps
+        images, labels = interpolation_grid(run, rows=a.n, steps=frames, seed=a.seed, label=a.label)
+        nrow = frames
     else:
         images, labels = run.sample(a.n, seed=a.seed, label=a.label, **options)
         nrow = None
@@ -279,7 +362,7 @@ def _sample_graphs(run, a: argparse.Namespace) -> int:
     if getattr(run.model, "task", None) != "generate":
         raise ConfigError(f"{a.run_dir} is a link-prediction run ({run.cfg.model_name}); it draws no graphs: "
                           "use `genlab evaluate` for its test AUC/AP")
-    out = a.out or str(Path(a.run_dir) / "samples" / f"graphs-seed{a.seed}.npz")
+    out = a.out or _in_run(a, "samples", f"graphs-seed{a.seed}.npz")
     check_output(out, (".npz",), folder=True)
     nmax = run.model.cfg.max_nodes
     check_memory(2 * a.n * nmax * nmax, f"--n {a.n} graphs", "draw fewer, or several batches with different --seed")
@@ -301,7 +384,7 @@ def _sample_audio(run, a: argparse.Namespace, options: dict) -> int:
     if a.interpolate or a.compile:
         raise ConfigError("--interpolate and --compile are image options; audio runs take --n, --label, --seed "
                           "and the diffusion sampling flags")
-    out = a.out or str(Path(a.run_dir) / "samples" / f"sample-seed{a.seed}.wav")
+    out = a.out or _in_run(a, "samples", f"sample-seed{a.seed}.wav")
     check_output(out, (".wav", ".npz"), folder=True)
     check_memory(3 * a.n * run.meta["audio_length"] * 4, f"--n {a.n}",
                  "draw fewer, or several batches with different --seed")
@@ -346,10 +429,10 @@ def cmd_audit(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from genlab.evaluation.compare import collect, format_table, write_compare_html
 
-    header, rows = collect(a.run_dirs)
+    header, rows = collect(a.run_dirs, metrics=a.metrics)
     print(format_table(header, rows))
     if a.out:
-        log.info("wrote %s", write_compare_html(header, rows, Path(a.out)))
+        log.info("wrote %s", write_compare_html(header, rows, Path(a.out), a.run_dirs))
     return 0
 
 
@@ -397,8 +480,14 @@ def cmd_apply(a: argparse.Namespace) -> int:
     import time
 
     from genlab.apply import apply
+    from genlab.options import check_number
 
-    options = {"mask": a.mask, "sigma": a.sigma, "seeds": a.seeds, "steps": a.steps, "label": a.label,
+    if a.steps is not None:
+        raise ConfigError("--steps is the training budget of `genlab train`; for interpolation frames use --frames")
+    if a.frames is not None and a.task != "interpolate":
+        raise ConfigError(f"--frames is an option of interpolate, not of {a.task}")
+    check_number("--frames", a.frames, lo=2, integer=True)
+    options = {"mask": a.mask, "sigma": a.sigma, "seeds": a.seeds, "steps": a.frames, "label": a.label,
                "resample": a.resample, "zeta": a.zeta, "average": a.average, "iters": a.iters, "sampler": a.sampler,
                "sampling_steps": a.sampling_steps, "eta": a.eta, "guidance": a.guidance, "snr": a.snr,
                "gap": a.gap, "method": a.method}
@@ -413,6 +502,10 @@ def cmd_apply(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     import socket
 
+    from genlab.progress import ENV
+
+    os.environ.setdefault(ENV, "0")  # requests are short: no progress lines in the server's log
+
     from genlab.options import check_number
 
     check_number("--port", a.port, lo=0, hi=65535, integer=True)
@@ -420,13 +513,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
     check_number("--queue", a.queue, lo=1, hi=100_000, integer=True)
     check_number("--threads", a.threads, lo=1, integer=True)
     check_number("--timeout", a.timeout, lo=0, lo_open=True)
-    try:
-        import uvicorn
+    from genlab.extras import require
 
-        from genlab.serve import create_app
-    except ImportError as e:
-        raise ConfigError(f"genlab serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") \
-            from None
+    uvicorn = require("uvicorn", "serve", "genlab serve")
+    from genlab.serve import create_app
+
     import torch
 
     if a.threads:
@@ -477,8 +568,11 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
 
 
 def cmd_presets(a: argparse.Namespace) -> int:
-    from genlab.presets import PRESETS
+    from genlab.presets import PRESETS, preset_yaml
 
+    if a.show:
+        sys.stdout.write(preset_yaml(a.show))
+        return 0
     width = max(len(n) for n in PRESETS)
     for name, p in PRESETS.items():
         print(f"{name:<{width}}  {p.description}")
@@ -486,40 +580,51 @@ def cmd_presets(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from genlab.engine.logs import read_log
-    from genlab.engine.privacy import privacy_summary
-    from genlab.engine.run import run_status
+    from genlab.evaluation.summary import run_record, summary_text
 
     run_dir = Path(a.run_dir)
-    cfg, state = run_status(run_dir)
-    dp = privacy_summary(state)
-    if dp:  # a private run's guarantee comes first
-        print(f"epsilon: {dp['epsilon']:.3g} (delta {dp['delta']:g})")
-    info = {"run": str(run_dir), "config": cfg.to_dict()}
-    for name in ("manifest.json", "report.json"):
-        p = run_dir / name
-        if p.is_file():
-            try:
-                info[name.removesuffix(".json")] = json.loads(p.read_text())
-            except (ValueError, UnicodeDecodeError):
-                info[name.removesuffix(".json")] = f"damaged: {p} is not valid JSON"
-    info["progress"] = state["state"] if state else None
-    vals = [r for r in read_log(run_dir) if r.get("kind") == "val"]
-    if vals:
-        info["last_val"] = vals[-1]
-    print(json.dumps(info, indent=2))
+    if a.json:
+        print(json.dumps(run_record(run_dir), indent=2))
+    else:
+        print(summary_text(run_dir).rstrip("\n"))
+    return 0
+
+
+def cmd_completion(a: argparse.Namespace) -> int:
+    from genlab.completion import completion_script
+
+    sys.stdout.write(completion_script(_parser(), a.shell))
     return 0
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
             "pipeline": cmd_pipeline, "apply": cmd_apply, "serve": cmd_serve,
-            "presets": cmd_presets, "info": cmd_info, "audit": cmd_audit}
+            "presets": cmd_presets, "info": cmd_info, "audit": cmd_audit, "completion": cmd_completion}
+
+
+def _in_run(a: argparse.Namespace, *parts: str) -> str:
+    """A default output path inside the run directory; shipped demos are read-only (--out needed)."""
+    from genlab import demos
+
+    demos.refuse_write(a.run_dir, "give --out")
+    return str(Path(a.run_dir).joinpath(*parts))
+
+
+def _resolve_demos(a: argparse.Namespace) -> None:
+    """`demo:NAME` run arguments -> the shipped demo's folder (genlab.demos), for every command."""
+    from genlab import demos
+
+    if getattr(a, "run_dir", None):
+        a.run_dir = str(demos.resolve(a.run_dir))
+    if getattr(a, "run_dirs", None):
+        a.run_dirs = [str(demos.resolve(d)) for d in a.run_dirs]
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    _setup_logging(a.verbose)
+    _setup_logging(a.verbose, a.quiet)
     try:
+        _resolve_demos(a)
         return COMMANDS[a.command](a)
     except GenlabError as e:
         print(f"genlab: error: {e}", file=sys.stderr)

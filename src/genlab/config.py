@@ -87,6 +87,7 @@ class TrainConfig:
     sample_every: int = 1000
     ckpt_every: int = 1000
     keep_last: int = 2
+    trackers: tuple[str, ...] = ()  # experiment trackers beside TensorBoard: wandb, mlflow (genlab.engine.trackers)
 
 
 @dataclass
@@ -363,6 +364,8 @@ def validate_run(cfg: RunConfig) -> None:
         (16 <= d.audio_length <= 10_000_000, "data.audio_length must be in 16..10000000 samples"),
         (d.vocab_size >= 257 or d.tokenizer != "bpe", "data.vocab_size must be >= 257 (256 bytes + merges)"),
         (not d.binarize or d.normalize == "zero_one", "data.binarize needs data.normalize=zero_one"),
+        (set(t.trackers) <= {"wandb", "mlflow"} and len(set(t.trackers)) == len(t.trackers),
+         f"train.trackers must list wandb and/or mlflow (each once), got {list(t.trackers)}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -388,19 +391,32 @@ def load_tree(source: str) -> dict:
             raise ConfigError(f"{source} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{source} must hold a mapping of sections (model, data, train)")
-        base = tree.get("preset")
-        if base:
-            tree = deep_update(load_tree(base), tree)
-        return tree
+        return with_preset(tree)
     if source not in PRESETS:
         raise ConfigError(f"unknown preset {source!r}{close_matches(source, PRESETS)}; "
                           "list them with `genlab presets`")
     return deep_update(PRESETS[source].tree, {"preset": source})
 
 
+def with_preset(tree: dict) -> dict:
+    """`tree` over the preset (or YAML file) its `preset:` key names; `tree` itself when it names none.
+    YAML files and dicts given to genlab.train/resolve start from a preset the same way."""
+    base = tree.get("preset")
+    if not base:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"preset must be a preset name or FILE.yaml, got {base!r}")
+    return deep_update(load_tree(base), tree)
+
+
 def resolve(source: str | dict, overrides: typing.Sequence[str] = ()) -> RunConfig:
-    """Preset name, YAML path or nested dict, plus `--set` items -> a checked RunConfig."""
-    tree = load_tree(source) if isinstance(source, str) else dict(source)
+    """Preset name, YAML path or nested dict (which may name a `preset:` base, like a YAML
+    file), plus `--set` items -> a checked RunConfig."""
+    if isinstance(source, Path):
+        source = str(source)
+    if not isinstance(source, (str, dict)):
+        raise ConfigError(f"a config is a preset name, FILE.yaml or a dict, got {type(source).__name__}")
+    tree = load_tree(source) if isinstance(source, str) else with_preset(dict(source))
     return build_config(deep_update(tree, parse_set(overrides)))
 
 

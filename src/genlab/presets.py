@@ -302,3 +302,18 @@ PRESETS.update({
          "train": {**_DP_TRAIN, "steps": 300, "batch_size": 128, "lr": 2e-3, "ema_decay": 0.98}},
     ),
 })
+
+
+def preset_yaml(name: str) -> str:
+    """Preset `name`'s full resolved config as commented YAML that `genlab train FILE.yaml`
+    accepts (it resolves to the same config as the preset); ConfigError naming close matches
+    for an unknown name."""
+    import yaml
+
+    from genlab.config import resolve
+
+    tree = resolve(name).to_dict()
+    head = (f"# {name}: {PRESETS[name].description}\n"
+            f"# Save as FILE.yaml, edit, then `genlab train FILE.yaml`. Every key is shown; a file may\n"
+            f"# instead keep `preset: {name}` and only the keys it changes (see examples/).\n")
+    return head + yaml.safe_dump(tree, sort_keys=False)

@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 import torch
 
 import genlab
+from genlab import demos
 from genlab.config import RunConfig, load_config, resolve, save_config, validate_run
 from genlab.data.datasets import ImageData, load_image_data, resolve_data_root
 from genlab.data.text import TextData, load_text_data, load_tokenizer
@@ -36,6 +37,7 @@ from genlab.engine import checkpoint as ckpt
 from genlab.engine.device import cpu_model, cxx_compiler, device_name, select_device
 from genlab.engine.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from genlab.engine.lock import RunLock
+from genlab.engine.trackers import check_trackers
 from genlab.engine.trainer import Trainer, TrainState
 from genlab.errors import CheckpointError, ConfigError, RunInUseError
 from genlab.models.base import GenerativeModel
@@ -165,6 +167,7 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
     check_budgets(steps, minutes)
     check_number("--threads", threads, lo=1, integer=True)
     if resume is not None:
+        demos.refuse_write(resume, "train a new run from its config instead (genlab presets --show NAME)")
         run_dir = Path(resume)
         cfg = with_recorded_dataset(load_config(run_dir / "config.yaml"), _read_json(run_dir / "data.json"))
         data_root = data_root or recorded_data_root(run_dir)
@@ -182,6 +185,7 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
         threads=threads if threads is not None else t.threads)
     cfg = dataclasses.replace(cfg, train=t, data=dataclasses.replace(cfg.data, download=cfg.data.download or download))
     validate_run(cfg)  # what is saved below must be a config that every later command accepts
+    check_trackers(cfg.train.trackers)  # a tracker package that is missing: before the folder is touched
     if resume is None:
         run_dir = check_run_dir_path(out) if out else default_run_dir(cfg)
 
@@ -299,7 +303,7 @@ class Run:
     """A trained run, loaded for use: `genlab.load(run_dir).sample(16, seed=0)`."""
 
     def __init__(self, run_dir: str | os.PathLike, checkpoint: str = "last", device: str = "cpu"):
-        self.run_dir = Path(run_dir)
+        self.run_dir = demos.resolve(run_dir)  # a path, or demo:NAME (a run shipped in the package)
         if not self.run_dir.is_dir():
             raise CheckpointError(f"run directory {self.run_dir} not found")
         self.meta = _read_json(self.run_dir / "data.json")
@@ -397,5 +401,6 @@ class Run:
 
 
 def load(run_dir: str | os.PathLike, checkpoint: str = "last", device: str = "cpu") -> Run:
-    """Load a run directory's newest (or `best`) checkpoint for sampling."""
+    """Load a run directory's newest (or `best`) checkpoint for sampling; `demo:NAME` loads a
+    demo model shipped with genlab (see genlab.demos)."""
     return Run(run_dir, checkpoint, device)

@@ -614,6 +614,8 @@ def _resolve_demos(a: argparse.Namespace) -> None:
     """`demo:NAME` run arguments -> the shipped demo's folder (genlab.demos), for every command."""
     from genlab import demos
 
+    if isinstance(getattr(a, "resume", None), str):  # train --resume RUN_DIR (pipeline's --resume is a flag)
+        demos.refuse_write(a.resume, "train a new run from its config instead (genlab presets --show NAME)")
     if getattr(a, "run_dir", None):
         a.run_dir = str(demos.resolve(a.run_dir))
     if getattr(a, "run_dirs", None):

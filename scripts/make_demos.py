@@ -6,7 +6,8 @@ For each demo: train its preset with a fixed step budget and seed into WORK/NAME
 script resumes there), copy the run into src/genlab/demos/NAME keeping only what sampling needs
 (config, data.json, tokenizer, one checkpoint holding only the sampling weights, the final
 sample picture, the training report), then evaluate the packaged demo itself with
-`genlab evaluate demo:NAME` and record every figure, the commands and the machine in
+`genlab evaluate demo:NAME`, add its figures to the demo's report.json (what `genlab info
+demo:NAME` shows) and record every figure, the commands and the machine in
 src/genlab/demos/README.md. Figures are those of the shipped files, not of the training run.
 """
 
@@ -129,6 +130,9 @@ def main() -> None:
         state = ckpt.latest_valid(run / "checkpoints").state["state"]
         dest, weights = package(run, name, spec["dtype"])
         report = evaluate(name, spec["evaluate"], work, a.data_root)
+        shipped = json.loads((dest / "report.json").read_text())  # the training's test losses, then these
+        shipped["metrics"].update(report["metrics"])
+        ckpt.atomic_write_json(dest / "report.json", shipped)
         manifest = json.loads((run / "manifest.json").read_text())
         records[name] = {"steps": spec["steps"], "step": state["step"], "train_minutes": state["elapsed"] / 60,
                          "cpu": manifest.get("cpu_model") or platform.processor(), "threads": manifest.get("threads"),

@@ -70,10 +70,13 @@ def test_public_api_is_lazy_and_complete():
     code = """
 import sys, genlab
 assert "torch" not in sys.modules
-import genlab.apply.inpaint  # importing the subpackage must not replace the function genlab.apply
+import genlab.apply.io as io_module  # the subpackage's modules import as before
 from genlab.apply import apply
 from genlab.evaluation import evaluate
-assert genlab.apply is apply and genlab.evaluate is evaluate and callable(genlab.train)
+import inspect
+assert inspect.ismodule(io_module) and callable(io_module.read_images)
+assert genlab.apply is sys.modules["genlab.apply"] and callable(genlab.apply)  # the package, callable as apply()
+assert genlab.evaluate is evaluate and callable(genlab.train) and inspect.isfunction(apply)
 assert set(genlab.__all__) >= {"train", "load", "Run", "resolve", "RunConfig", "GenlabError", "evaluate", "apply"}
 assert all(hasattr(genlab, n) for n in genlab.__all__)
 print("OK")
@@ -253,9 +256,18 @@ def test_train_with_set_first_and_verbose_after(tmp_path, data_root, capsys):
     assert done and f"samples in {out / 'samples' / 'final.png'}" in done[0]
 
 
-def test_graph_run_names_what_it_wrote(tmp_path, capsys):
-    from tests.test_graphs import TINY_RNN
+def test_graph_runs_name_what_they_wrote(tmp_path, capsys):
+    """The old last line said "samples in RUN/samples" for every run: a link-prediction run has
+    no such folder; a graph generator's drawing is named."""
+    from tests.test_graphs import TINY_GAE, TINY_RNN
 
+    edges = tmp_path / "edges.csv"  # a ring of 40 nodes with chords: enough edges to split
+    edges.write_text("".join(f"{i},{(i + d) % 40}\n" for i in range(40) for d in (1, 7)))
+    link = tmp_path / "link"
+    assert main(["train", "vgae-cora", "--out", str(link), "--set", *TINY_GAE, f"data.path={edges}"]) == 0
+    done = [ln for ln in capsys.readouterr().err.splitlines() if "done: step" in ln]
+    assert done and "samples in" not in done[0] and "draws no samples" in done[0], done
+    assert str(link / "checkpoints") in done[0] and not (link / "samples").exists()
     out = tmp_path / "g"
     assert main(["train", "graphgen-grid", "--steps", "2", "--out", str(out), "--set", *TINY_RNN]) == 0
     done = [ln for ln in capsys.readouterr().err.splitlines() if "done: step 2" in ln]

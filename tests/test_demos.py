@@ -3,8 +3,11 @@ offline as `demo:NAME`, small, weights only, read-only, and as good as their REA
 
 from __future__ import annotations
 
+import glob
 import json
 import time
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ import torch
 import genlab
 from genlab import demos
 from genlab.engine import checkpoint as ckpt
-from tests.conftest import main_fails_in_one_line, run_cli
+from tests.conftest import ROOT, main_fails_in_one_line, run_cli
 
 SHIPPED = ("cvae-mnist", "ddpm-mnist", "gpt-shakespeare-cpu")
 OFFLINE = {"GENLAB_DATA": "/nonexistent", "GENLAB_CACHE": "/nonexistent-cache"}  # no dataset anywhere
@@ -100,6 +103,24 @@ def test_every_reading_command_takes_a_demo(capsys, tmp_path):
     assert capsys.readouterr().out.startswith("KING:")
     assert main(["info", "demo:gpt-shakespeare-cpu"]) == 0
     assert "gpt-shakespeare-cpu" in capsys.readouterr().out
+    assert main(["info", "demo:cvae-mnist"]) == 0
+    out = capsys.readouterr().out
+    assert "1.69M parameters" in out and "fid (lenet-mnist)" in out  # EMA weights counted; evaluated figures shown
+    assert main(["apply", "demo:cvae-mnist", "interpolate", "--seeds", "1", "2", "--label", "4",
+                 "--out", str(tmp_path / "strip.npz")]) == 0
+    assert np.load(tmp_path / "strip.npz")["images"].shape == (8, 1, 28, 28)
+    assert main(["evaluate", "demo:cvae-mnist", "--n", "200", "--metrics", "label_accuracy",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["label_accuracy"]["value"] > 0.8
     assert main(["compare", "demo:gpt-shakespeare-cpu", "demo:cvae-mnist", "--out", str(tmp_path / "c.html")]) == 0
     assert "cvae-mnist" in capsys.readouterr().out
     assert "data:image/png;base64," in (tmp_path / "c.html").read_text()  # cvae-mnist's samples, inlined
+
+
+def test_the_package_data_patterns_ship_every_demo_file():
+    """A wheel (not an editable install) carries the files pyproject's package-data globs match."""
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["genlab"]
+    package = ROOT / "src" / "genlab"
+    shipped = {Path(p) for pattern in patterns for p in glob.glob(str(package / pattern))}
+    files = {p for p in demos.HERE.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")}
+    assert files and files <= shipped, sorted(map(str, files - shipped))

@@ -13,8 +13,6 @@ The names below are imported on first use (PEP 562), so that `import genlab` and
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
@@ -36,24 +34,13 @@ __all__ = ["GenlabError", "Run", "RunConfig", "__version__", "apply", "evaluate"
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'genlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
+    module = importlib.import_module(_LAZY[name])
+    # genlab.apply is the subpackage itself, callable as its apply() (so that `import
+    # genlab.apply.io` keeps working: Python sets a subpackage as an attribute of its parent)
+    value = module if name == "apply" else getattr(module, name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """`genlab.apply` is the function apply(). Python records a subpackage as an attribute of its
-    parent when it is first imported (`import genlab.apply...`), which would replace the function
-    by the module genlab.apply; the module stays reachable via sys.modules and `from ... import`."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "apply" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

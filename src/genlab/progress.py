@@ -6,9 +6,10 @@ line nobody sees, so progress is a plain line through the "genlab" logger instea
     genlab: sampling 2,400/10,000 images (24%), 77.4 images/s, 31 s elapsed, ~98 s left
 
 every `GENLAB_PROGRESS_SECONDS` (default 5; 0 turns progress off) and once at the end; work
-that ends within one interval writes nothing. Both forms appear only when logger "genlab" is
-enabled for INFO: the CLI sets it up (and its quiet mode raises the level); a library user
-calling `genlab.load(...).sample(...)` sees progress once they configure logging.
+that ends within one interval writes nothing. Both forms appear only when logger
+"genlab.progress" is enabled for INFO: the CLI sets up "genlab" (its -q raises the level;
+`genlab serve` silences "genlab.progress" alone); a library user calling
+`genlab.load(...).sample(...)` sees progress once they configure logging.
 
 Inner loops that do not know the whole job (a diffusion sampler's steps, WaveNet's time steps,
 PixelCNN's rows, a text model's tokens) call `advance(done, total)` to say how much of the
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-log = logging.getLogger("genlab")
+log = logging.getLogger("genlab.progress")  # its lines go to the "genlab" handlers; silenced on its own
 
 DEFAULT_SECONDS = 5.0
 ENV = "GENLAB_PROGRESS_SECONDS"

@@ -24,6 +24,11 @@ def get_model(name: str) -> tuple[type, type]:
     return MODELS[name]
 
 
+def model_family(name: str) -> str:
+    """The data a registered model generates: "image", "text", "graph" or "audio"."""
+    return getattr(get_model(name)[1], "family", "image")
+
+
 def model_name_of(model_cfg: object) -> str:
     import genlab.models  # noqa: F401
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
+import types
 from pathlib import Path
 
 import torch
@@ -185,3 +187,14 @@ def strip_rows(task: str, images: torch.Tensor | None, result: torch.Tensor, nro
     shown.append(("output", result))
     ncol = min(N, 8)
     return [(t, x[i:i + ncol]) for i in range(0, N, ncol) for t, x in shown], ncol
+
+
+class _CallableModule(types.ModuleType):
+    """`genlab.apply(run_dir, task, ...)`: the package is callable as its `apply` function, so
+    that the name genlab.apply means one thing (this package) and both uses work."""
+
+    def __call__(self, *args, **kwargs) -> Path:
+        return apply(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -28,12 +28,10 @@ class RunLog:
         self._tb_wanted = tensorboard
         self._bar = None
         self._file = None
-        # W&B / MLflow (train.trackers of the run's config.yaml), started at the first record
-        from genlab.engine.trackers import check_trackers, tracker_names
+        # W&B / MLflow (train.trackers of the run's config.yaml), started before the first step
+        from genlab.engine.trackers import open_trackers, tracker_names
 
-        self._tracker_names = tracker_names(run_dir) if enabled else []
-        check_trackers(self._tracker_names)
-        self._trackers = None
+        self._trackers = open_trackers(run_dir, tracker_names(run_dir)) if enabled else []
 
     def _writer(self):
         if self._tb is None and self._tb_wanted:
@@ -58,10 +56,6 @@ class RunLog:
         if tb is not None:
             for k, v in values.items():
                 tb.add_scalar(f"{kind}/{k}", v, step)
-        if self._trackers is None:
-            from genlab.engine.trackers import open_trackers
-
-            self._trackers = open_trackers(Path(self.path).parents[1], self._tracker_names)
         for t in self._trackers:
             t.log(kind, step, values)
         if kind != "train" or self._bar is None:
@@ -101,9 +95,9 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-        for t in self._trackers or []:
+        for t in self._trackers:
             t.close()
-        self._trackers = None
+        self._trackers = []
 
 
 def _step_of(line: str) -> int:
@@ -131,3 +125,15 @@ def mean_throughput(run_dir: Path) -> tuple[float | None, str | None]:
     vals = [r[keys[0]] for r in train if keys[0] in r]
     vals = vals[1:] if len(vals) > 1 else vals
     return sum(vals) / len(vals), keys[0].replace("_per_s", "/s")
+
+
+def newest_sample(run_dir: Path, suffixes: tuple[str, ...] = (".png",)) -> Path | None:
+    """A run's latest sample picture (or text): samples/final.<suffix> when training ended,
+    else the newest samples/step-*.<suffix> (names sort by step); None when there is none."""
+    folder = Path(run_dir) / "samples"
+    for suffix in suffixes:
+        if (folder / f"final{suffix}").is_file():
+            return folder / f"final{suffix}"
+    steps = sorted(p for suffix in suffixes for p in folder.glob(f"step-*{suffix}")) if folder.is_dir() else []
+    return steps[-1] if steps else None
+

@@ -43,6 +43,13 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
 
+
+def _require_opacus() -> None:
+    """Opacus is importable, or the one-line error naming the privacy extra."""
+    from genlab.extras import require
+
+    require("opacus", "privacy", "private training")
+
 def check_private_run(cfg, n_train: int, world: int) -> None:
     """What DP-SGD needs of the rest of the config and of the data, in one-line errors."""
     p, t = cfg.privacy, cfg.train
@@ -65,9 +72,7 @@ def noise_multiplier_for(cfg, n_train: int, updates: int) -> float:
     p = cfg.privacy
     if p.noise_multiplier is not None:
         return p.noise_multiplier
-    from genlab.extras import require
-
-    require("opacus", "privacy", "private training")
+    _require_opacus()
     from opacus.accountants.utils import get_noise_multiplier
 
     q = cfg.train.batch_size / n_train
@@ -80,9 +85,7 @@ def noise_multiplier_for(cfg, n_train: int, updates: int) -> float:
 
 
 def make_accountant(name: str):
-    from genlab.extras import require
-
-    require("opacus", "privacy", "private training")
+    _require_opacus()
     from opacus.accountants import PRVAccountant, RDPAccountant
 
     return RDPAccountant() if name == "rdp" else PRVAccountant()
@@ -100,9 +103,7 @@ def epsilon_of(name: str, history: list, delta: float) -> float:
 def check_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
     """Refuse, in one line, a model with layers DP-SGD cannot train: Opacus's ModuleValidator
     (BatchNorm mixes examples; ...) and GradSampleModule's per-example gradient support."""
-    from genlab.extras import require
-
-    require("opacus", "privacy", "private training")
+    _require_opacus()
     from opacus.grad_sample import GradSampleModule
     from opacus.validators import ModuleValidator
 
@@ -121,9 +122,7 @@ class PrivateTraining:
 
     def __init__(self, model, opts: dict[str, torch.optim.Optimizer], plan: list[tuple[str, int]], cfg,
                  n_train: int, world: int):
-        from genlab.extras import require
-
-        require("opacus", "privacy", "private training")
+        _require_opacus()
         from opacus.grad_sample import GradSampleModule
         from opacus.optimizers import DPOptimizer
 

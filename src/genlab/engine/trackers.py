@@ -130,7 +130,14 @@ def open_trackers(run_dir: Path, names: Sequence[str]) -> list[Tracker]:
         ids = {}
     out: list[Tracker] = []
     for n in names:
-        out.append(_CLASSES[n](run_dir, config, ids))
+        try:
+            out.append(_CLASSES[n](run_dir, config, ids))
+        except Exception as e:  # noqa: BLE001 - the tracker's own failure (login, server): one line, the rest closed
+            for t in out:
+                t.close()
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ConfigError(f"train.trackers: {n} did not start ({type(e).__name__}: {first}); log in or start "
+                              f"its server, or drop {n} from train.trackers") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, ids)
     return out

@@ -8,21 +8,15 @@ from pathlib import Path
 
 from genlab.config import load_config
 from genlab.engine.checkpoint import latest_valid
-from genlab.engine.logs import mean_throughput
+from genlab.engine.logs import mean_throughput, newest_sample
 from genlab.errors import CheckpointError, ConfigError
 from genlab.evaluation import read_report
 from genlab.metrics.catalog import arrow, key_metrics
+from genlab.registry import model_family
 
 FIXED = ["run", "model", "step", "train min", "throughput"]
 
 
-def _family(model_name: str) -> str:
-    from genlab.registry import get_model
-
-    try:
-        return getattr(get_model(model_name)[1], "family", "image")
-    except ConfigError:
-        return "unknown"
 
 
 def collect(run_dirs: list[str | Path], metrics: list[str] | None = None) -> tuple[list[str], list[list]]:
@@ -42,7 +36,7 @@ def collect(run_dirs: list[str | Path], metrics: list[str] | None = None) -> tup
         cfg = load_config(d / "config.yaml")
         model = cfg.preset or cfg.model_name
         found = report.get("metrics", {}) if isinstance(report.get("metrics"), dict) else {}
-        runs.append((d, model, _family(cfg.model_name), state, rate, unit, found))
+        runs.append((d, model, model_family(cfg.model_name), state, rate, unit, found))
     have = list(dict.fromkeys(name for *_, found in runs for name in found))
     if metrics is not None:
         unknown = [m for m in metrics if m not in have]
@@ -88,18 +82,6 @@ def format_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _sample_png(run_dir: Path) -> tuple[str, bytes] | None:
-    """(name, bytes) of samples/final.png, else of the newest step-*.png sample picture."""
-    folder = run_dir / "samples"
-    pngs = sorted(folder.glob("step-*.png")) if folder.is_dir() else []
-    final = folder / "final.png"
-    pick = final if final.is_file() else (pngs[-1] if pngs else None)
-    try:
-        return (f"samples/{pick.name}", pick.read_bytes()) if pick else None
-    except OSError:
-        return None
-
-
 def write_compare_html(header: list[str], rows: list[list], out: Path,
                        run_dirs: list[str | Path] | None = None) -> Path:
     """One self-contained page: the table, then side by side per run its sample picture and
@@ -111,9 +93,9 @@ def write_compare_html(header: list[str], rows: list[list], out: Path,
     cols = []
     for d in dirs:
         figs = []
-        sample = _sample_png(d)
+        sample = newest_sample(d)
         if sample:
-            figs.append(figure(sample[0], sample[1], max_width=500))
+            figs.append(figure(f"samples/{sample.name}", sample.read_bytes(), max_width=500))
         curve = loss_curve_png(d)
         if curve:
             figs.append(figure("training losses", curve, max_width=500))

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from genlab.metrics.catalog import arrow, key_metrics
+from genlab.engine.logs import newest_sample
+from genlab.registry import model_family
 
 MAX_METRICS = 6  # key figures in the summary; report.json has them all
 
@@ -49,29 +51,10 @@ def _read(path: Path, damaged: list[str]) -> dict | None:
     return d
 
 
-def _family(model_name: str) -> str:
-    from genlab.errors import ConfigError
-    from genlab.registry import get_model
-
-    try:
-        return getattr(get_model(model_name)[1], "family", "image")
-    except ConfigError:
-        return "unknown"
 
 
 def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
-
-
-def _newest_sample(run_dir: Path) -> str | None:
-    """samples/final.* when training ended, else the newest step-*.* (names sort by step)."""
-    folder = run_dir / "samples"
-    if not folder.is_dir():
-        return None
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    finals = [p for p in files if p.stem == "final" and p.suffix != ".wav"]
-    pick = finals[0] if finals else (files[-1] if files else None)
-    return f"samples/{pick.name}" if pick else None
 
 
 def _fmt(v) -> str:
@@ -100,10 +83,11 @@ def summary_text(run_dir: Path) -> str:
     dp = privacy_summary(state)
     if dp:
         lines.append(f"epsilon: {dp['epsilon']:.3g} (delta {dp['delta']:g})")
-    family = _family(cfg.model_name)
+    family = model_family(cfg.model_name)
     what = f"{cfg.preset} ({cfg.model_name}, {family})" if cfg.preset else f"{cfg.model_name} ({family})"
     if c is not None:
-        n_params = sum(t.numel() for k, t in c.tensors.items() if k.startswith("model."))
+        prefix = "model." if any(k.startswith("model.") for k in c.tensors) else "ema."  # demos: EMA weights only
+        n_params = sum(t.numel() for k, t in c.tensors.items() if k.startswith(prefix))
         if n_params:
             what += f", {_count(n_params)} parameters"
     lines.append(f"run:      {run_dir}")
@@ -157,7 +141,8 @@ def summary_text(run_dir: Path) -> str:
 
         steps = list_steps(run_dir / "checkpoints")
         files.append(f"checkpoints/{steps[-1]}" if steps else "checkpoints/")
-    sample = _newest_sample(run_dir)
+    sample = newest_sample(run_dir, (".png", ".txt"))
+    sample = f"samples/{sample.name}" if sample else None
     if sample:
         files.append(sample)
     files += [n for n in ("report.json", "report.html") if (run_dir / n).is_file()]

@@ -33,7 +33,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # Moving a dependency in or out of the core install is a decision: change this set with it.
 CORE = {"torch", "torchvision", "numpy", "safetensors", "pyyaml", "pillow", "scikit-learn", "tensorboard", "tqdm",
         "torchmetrics", "matplotlib"}
-FAMILY_EXTRAS = ("graph", "text", "audio", "privacy", "serve")
+FAMILY_EXTRAS = ("graph", "text", "audio", "privacy", "serve", "export")
 # the top-level modules of what moved out of core (scipy stays importable: scikit-learn needs it)
 BLOCKED = sorted({m for e in FAMILY_EXTRAS + ("inception",) for m in EXTRAS[e]} - {"scipy"}
                  | {"python_multipart", "starlette", "pesq", "pystoi", "wandb", "mlflow"})
@@ -302,3 +302,22 @@ def test_unknown_tracker_is_a_config_error():
     with pytest.raises(ConfigError, match=r"train.trackers must list wandb and/or mlflow"):
         genlab.resolve("vae-mnist", ["train.trackers=[neptune]"])
     assert genlab.resolve("vae-mnist", ["train.trackers=mlflow"]).train.trackers == ("mlflow",)
+
+
+def test_a_tracker_that_fails_to_start_is_one_line_before_any_step(monkeypatch, tmp_path, data_root):
+    mlflow = FakeMlflow()
+    wandb = FakeWandb()
+
+    def refuse(*a, **k):
+        raise RuntimeError("api key not configured\n(wandb login)")
+
+    wandb.init = refuse
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    with pytest.raises(ConfigError, match=r"^train.trackers: wandb did not start \(RuntimeError: api key not "
+                                          r"configured\); log in .*drop wandb from train.trackers$"):
+        genlab.train("vae-mnist", tmp_path / "r", overrides=TINY_VAE + ["train.trackers=[mlflow, wandb]"], steps=3,
+                     data_root=str(data_root))
+    assert len(_named(mlflow.calls, "start_run")) == 1 and len(_named(mlflow.calls, "end_run")) == 1  # closed
+    assert not (tmp_path / "r" / "logs" / "train.jsonl").exists()  # no step ran
+

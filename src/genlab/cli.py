@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     _diffusion_flags(s)
     s.add_argument("--compile", action="store_true", help="diffusion runs: torch.compile the UNet first (a wait "
                                                           "for the compiler, then faster steps: for many samples)")
+    s.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="evaluate the network with PyTorch (default) or with onnxruntime from the model "
+                        "`genlab export` wrote (diffusion, VAE, GAN, GPT; needs the export extra)")
 
     e = command("evaluate", "metrics for a run's model family -> report.json + report.html")
     e.add_argument("run_dir", help=RUN_DIR_HELP)
@@ -212,6 +215,38 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     sv.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take before 504")
 
+    ex = command("export", "export a run's network for deployment (ONNX; needs the export extra)")
+    ex.add_argument("run_dir", help=RUN_DIR_HELP)
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only format so far)")
+    ex.add_argument("--out", help="FILE.onnx (default RUN_DIR/export/model.onnx; a model.json describing it "
+                                  "goes beside)")
+    ex.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+
+    cp = command("compress", "write a smaller or faster copy of a run as a new run directory")
+    cp.add_argument("run_dir", help=RUN_DIR_HELP)
+    cp.add_argument("--method", required=True, choices=["quantize", "prune", "distill"],
+                    help="quantize (int8/bf16/fp16 weights), prune (magnitude sparsity, optional fine-tuning) or "
+                         "distill (a smaller student trained on the run's soft targets)")
+    cp.add_argument("--out", required=True, help="the new run directory (must not exist)")
+    cp.add_argument("--dtype", choices=["int8", "bf16", "fp16"], help="quantize: weight type (default int8)")
+    cp.add_argument("--scheme", choices=["auto", "dynamic", "weight-only"],
+                    help="quantize int8: dynamic (Linear/LSTM compute in int8) or weight-only (conv models: "
+                         "smaller on disk, float compute); auto picks by model (default)")
+    cp.add_argument("--amount", type=float, help="prune: fraction of weights set to zero (default 0.5)")
+    cp.add_argument("--structured", choices=["true", "false"], help="prune: whole output channels (default false)")
+    cp.add_argument("--scope", choices=["layer", "global"], help="prune: the amount per layer or over all layers")
+    cp.add_argument("--finetune-steps", type=int, help="prune: training steps to recover quality, masks kept "
+                                                       "(default 0)")
+    cp.add_argument("--n-layer", type=int, help="distill: the student GPT's layers")
+    cp.add_argument("--n-embd", type=int, help="distill: the student GPT's width")
+    cp.add_argument("--n-head", type=int, help="distill: the student GPT's attention heads")
+    cp.add_argument("--steps", type=int, help="distill: the student's training steps")
+    cp.add_argument("--temperature", type=float, help="distill: softmax temperature of the soft targets (default 2)")
+    cp.add_argument("--alpha", type=float, help="distill: weight of the soft-target loss against the hard "
+                                                "next-token loss (default 0.5)")
+    cp.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+    cp.add_argument("--data-root", help="prune fine-tuning, distill: folder holding the datasets (default: the run's)")
+
     pr = command("presets", "list presets, or print one as YAML to copy and edit")
     pr.add_argument("--show", metavar="NAME", help="print preset NAME's full config as YAML (save it as FILE.yaml, "
                                                    "edit, then `genlab train FILE.yaml`)")
@@ -274,7 +309,7 @@ def _written(run_dir: Path) -> str:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from genlab.engine.run import check_budgets, is_finished, run_status, train
+    from genlab.engine.run import check_budgets, check_resumable, is_finished, run_status, train
 
     _train_config(a)
     check_budgets(a.steps, a.minutes)
@@ -283,6 +318,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             raise GenlabError("--resume takes its config from the run directory; drop the preset/config argument")
         if a.overrides:
             raise GenlabError("--set cannot change a run being resumed; start a new run instead")
+        check_resumable(a.resume)
         cfg, state = run_status(Path(a.resume))
         total = a.steps if a.steps is not None else cfg.train.steps
         minutes = a.minutes if a.minutes is not None else cfg.train.minutes
@@ -319,6 +355,10 @@ def cmd_sample(a: argparse.Namespace) -> int:
     frames = a.frames or 10
     run = load(a.run_dir, a.checkpoint, a.device)
     options = diffusion_options(run, a)
+    if a.backend == "onnxruntime":
+        from genlab.compress.onnx_backend import load_onnx_backend
+
+        load_onnx_backend(run)
     if run.family == "text" or a.prompt is not None:
         return _sample_text(run, a)
     if run.family == "graph":
@@ -502,10 +542,6 @@ def cmd_apply(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     import socket
 
-    from genlab.progress import ENV
-
-    os.environ.setdefault(ENV, "0")  # requests are short: no progress lines in the server's log
-
     from genlab.options import check_number
 
     check_number("--port", a.port, lo=0, hi=65535, integer=True)
@@ -543,6 +579,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
              len(app.state.served), ", ".join(app.state.served), f"[{host}]" if ":" in host else host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info" if a.verbose else "warning",
                                            access_log=a.verbose, timeout_graceful_shutdown=5))
+    logging.getLogger("genlab.progress").setLevel(logging.WARNING)  # requests are short: a log without progress
     server.run(sockets=[sock])
     return 0
 
@@ -597,9 +634,30 @@ def cmd_completion(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from genlab.compress.export import export_onnx
+
+    print(export_onnx(a.run_dir, a.out, checkpoint=a.checkpoint))
+    return 0
+
+
+def cmd_compress(a: argparse.Namespace) -> int:
+    from genlab.compress import compress
+
+    flags = {"dtype": a.dtype, "scheme": a.scheme, "amount": a.amount,
+             "structured": None if a.structured is None else a.structured == "true", "scope": a.scope,
+             "finetune_steps": a.finetune_steps, "n_layer": a.n_layer, "n_embd": a.n_embd, "n_head": a.n_head,
+             "steps": a.steps, "temperature": a.temperature, "alpha": a.alpha, "data_root": a.data_root}
+    options = {k: v for k, v in flags.items() if v is not None}
+    out = compress(a.run_dir, a.method, a.out, checkpoint=a.checkpoint, **options)
+    print(out)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
             "pipeline": cmd_pipeline, "apply": cmd_apply, "serve": cmd_serve,
-            "presets": cmd_presets, "info": cmd_info, "audit": cmd_audit, "completion": cmd_completion}
+            "presets": cmd_presets, "info": cmd_info, "audit": cmd_audit, "completion": cmd_completion,
+            "export": cmd_export, "compress": cmd_compress}
 
 
 def _in_run(a: argparse.Namespace, *parts: str) -> str:
@@ -614,8 +672,6 @@ def _resolve_demos(a: argparse.Namespace) -> None:
     """`demo:NAME` run arguments -> the shipped demo's folder (genlab.demos), for every command."""
     from genlab import demos
 
-    if isinstance(getattr(a, "resume", None), str):  # train --resume RUN_DIR (pipeline's --resume is a flag)
-        demos.refuse_write(a.resume, "train a new run from its config instead (genlab presets --show NAME)")
     if getattr(a, "run_dir", None):
         a.run_dir = str(demos.resolve(a.run_dir))
     if getattr(a, "run_dirs", None):

@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "privacy": ("opacus",),
     "serve": ("fastapi", "uvicorn", "python_multipart"),
     "inception": ("torch_fidelity",),
+    "export": ("onnx", "onnxruntime", "onnxscript"),
 }
 
 

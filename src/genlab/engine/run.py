@@ -42,7 +42,7 @@ from genlab.engine.trainer import Trainer, TrainState
 from genlab.errors import CheckpointError, ConfigError, RunInUseError
 from genlab.models.base import GenerativeModel
 from genlab.options import check_number, check_run_dir_path
-from genlab.registry import get_model
+from genlab.registry import get_model, model_family
 from genlab.sampling import draw_audio, draw_samples
 from genlab.seed import seed_everything
 
@@ -73,7 +73,7 @@ def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None, *,
     from genlab.data.audio import AUDIO_DATASETS, load_audio_data
     from genlab.data.graphs import GRAPH_DATASETS, load_graph_data
 
-    family = getattr(get_model(cfg.model_name)[1], "family", "image")
+    family = model_family(cfg.model_name)
     d = cfg.data.dataset
     kind = ("text" if d == "text" else "graph" if d in GRAPH_DATASETS else "audio" if d in AUDIO_DATASETS
             else "image")
@@ -158,16 +158,19 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
           minutes: float | None = None, seed: int | None = None, device: str | None = None,
           threads: int | None = None, data_root: str | None = None, download: bool = False,
           argv: list[str] | None = None,
-          callbacks: list[Callable[[Trainer], None]] | None = None) -> TrainResult:
+          callbacks: list[Callable[[Trainer], None]] | None = None,
+          build: Callable[[RunConfig], GenerativeModel] | None = None) -> TrainResult:
     """Train a model (a preset name, YAML path, nested dict or RunConfig), or resume a run.
 
-    The keyword budgets/options mirror the CLI flags and override the config. Everything is
+    The keyword budgets/options mirror the CLI flags and override the config. `build` makes
+    the model from the final config instead of the registry's class (a distillation student:
+    its own loss, the registry model's weights, so the run loads as that model). Everything is
     checked before the run directory is touched; the directory is then owned by this process
     (RunLock) until training ends, so a second process on the same folder is refused."""
     check_budgets(steps, minutes)
     check_number("--threads", threads, lo=1, integer=True)
     if resume is not None:
-        demos.refuse_write(resume, "train a new run from its config instead (genlab presets --show NAME)")
+        check_resumable(resume)
         run_dir = Path(resume)
         cfg = with_recorded_dataset(load_config(run_dir / "config.yaml"), _read_json(run_dir / "data.json"))
         data_root = data_root or recorded_data_root(run_dir)
@@ -199,7 +202,8 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
         if resume is None and ckpt.list_steps(run_dir / "checkpoints"):
             raise ConfigError(f"{run_dir} already holds a run; continue it with `genlab train --resume {run_dir}` "
                               "or choose another --out")
-        return _train_in(cfg, run_dir, resume is not None, dev, dist, data_root, argv, callbacks)
+        return _train_in(cfg, run_dir, resume is not None, dev, dist, data_root, argv, callbacks,
+                         build or build_model)
     finally:
         lock.release()
         shutdown(dist)
@@ -222,7 +226,8 @@ def _own(lock: RunLock, dist: DistInfo) -> None:
 
 def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, dist: DistInfo,
               data_root: str | None, argv: list[str] | None,
-              callbacks: list[Callable[[Trainer], None]] | None) -> TrainResult:
+              callbacks: list[Callable[[Trainer], None]] | None,
+              build: Callable[[RunConfig], GenerativeModel]) -> TrainResult:
     """train()'s second half, in a run directory this process owns."""
     t = cfg.train
     _set_threads(t.threads, dist)
@@ -233,7 +238,7 @@ def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, 
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=used))
     cfg = resolve_data_fields(cfg, data)
     seed_everything(t.seed)  # the initial weights are a function of the seed
-    model = build_model(cfg)
+    model = build(cfg)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         ckpt.atomic_write_json(run_dir / "data.json", data.meta())
@@ -249,6 +254,16 @@ def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, 
     trainer = Trainer(model, data, pipeline, cfg, run_dir, device=dev, dist=dist, callbacks=callbacks)
     state = trainer.fit()
     return TrainResult(run_dir, state, state.stop_reason is not None)
+
+
+def check_resumable(run_dir: str | os.PathLike) -> None:
+    """A ConfigError for runs that `train --resume` must not touch: shipped demos (read-only) and
+    quantised runs (their int8 weights do not train)."""
+    demos.refuse_write(run_dir, "train a new run from its config instead (genlab presets --show NAME)")
+    record = _read_json(Path(run_dir) / "compression.json")
+    if record and record.get("method") == "quantize":
+        raise ConfigError(f"{run_dir} holds quantised weights, which do not train; continue its source run "
+                          f"({record['source']['run']}) and quantise again")
 
 
 def check_budgets(steps: int | None, minutes: float | None) -> None:
@@ -335,7 +350,11 @@ class Run:
         prefix = "ema." if any(k.startswith("ema.") for k in c.tensors) else "model."
         sd = {k[len(prefix):]: v for k, v in c.tensors.items() if k.startswith(prefix)}
         try:
-            self.model.load_state_dict(sd)
+            if c.state.get("compression"):  # written by `genlab compress`: int8/bf16 weights, quantised layers
+                from genlab.compress import load_compressed
+                load_compressed(self.model, sd, c.state["compression"], self.device)
+            else:
+                self.model.load_state_dict(sd)
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint {c.name} does not fit the run's config: "
                                   f"{str(e).splitlines()[0]}") from None

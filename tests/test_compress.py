@@ -223,3 +223,12 @@ def test_errors_are_one_line_config_errors(runs, tmp_path):
     with pytest.raises(ConfigError, match="already quantised"):
         compress(q, "quantize", tmp_path / "qq")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q", "taken"]  # no temp folders left
+
+
+def test_prune_handles_channels_last_conv_weights(runs, tmp_path):
+    """The UNet keeps conv weights channels-last; torch's pruning needs flat views of them."""
+    run = genlab.load(runs["ddpm"])
+    assert any(p.dim() == 4 and not p.is_contiguous() for p in run.model.parameters())
+    out = compress(runs["ddpm"], "prune", tmp_path / "p", amount=0.5)
+    pruned = [m.weight for m in genlab.load(out).model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert sum(int((w == 0).sum()) for w in pruned) / sum(w.numel() for w in pruned) == pytest.approx(0.5, abs=0.02)

@@ -21,6 +21,8 @@ head tied to its embedding) are not pruned.
 
 from __future__ import annotations
 
+import copy
+
 import os
 from pathlib import Path
 
@@ -68,10 +70,12 @@ def _as_bool(name: str, v: bool | str) -> bool:
 def masks_for(model: nn.Module, amount: float, structured: bool, scope: str) -> dict[str, torch.Tensor]:
     """Pruning masks (1 keep, 0 pruned) for `model`'s prunable weights, by state-dict key; the
     model itself is left unchanged."""
+    model = copy.deepcopy(model)  # torch's pruning views weights flat: work on a contiguous copy
+    for p in model.parameters():  # (the UNet keeps its conv weights channels-last)
+        p.data = p.data.contiguous()
     targets = prunable(model)
     if not targets:
         raise ConfigError(f"{type(model).__name__} has no Conv/Linear weights to prune")
-    saved = {n: m.weight.detach().clone() for n, m in targets.items()}
     if scope == "global":
         tprune.global_unstructured([(m, "weight") for m in targets.values()], tprune.L1Unstructured, amount=amount)
     for n, m in targets.items():
@@ -80,12 +84,7 @@ def masks_for(model: nn.Module, amount: float, structured: bool, scope: str) -> 
             tprune.ln_structured(m, "weight", amount, n=2, dim=dim)
         elif scope == "layer":
             tprune.l1_unstructured(m, "weight", amount)
-    masks = {f"{n}.weight": m.weight_mask.detach().clone() for n, m in targets.items()}
-    for n, m in targets.items():
-        tprune.remove(m, "weight")
-        with torch.no_grad():
-            m.weight.copy_(saved[n])
-    return masks
+    return {f"{n}.weight": m.weight_mask.detach().clone() for n, m in targets.items()}
 
 
 def prune_run(source, amount: float = 0.5, structured: bool | str = False, scope: str = "layer",

@@ -32,7 +32,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 # Moving a dependency in or out of the core install is a decision: change this set with it.
 CORE = {"torch", "torchvision", "numpy", "safetensors", "pyyaml", "pillow", "scikit-learn", "tensorboard", "tqdm",
-        "torchmetrics", "matplotlib"}
+        "torchmetrics", "matplotlib", "networkx"}
 FAMILY_EXTRAS = ("graph", "text", "audio", "privacy", "serve", "export")
 # the top-level modules of what moved out of core (scipy stays importable: scikit-learn needs it)
 BLOCKED = sorted({m for e in FAMILY_EXTRAS + ("inception",) for m in EXTRAS[e]} - {"scipy"}
@@ -122,16 +122,16 @@ def test_text_bpe_and_text_metrics_name_the_text_extra(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, blocked, fragment", [
-    (["train", "graphgen-grid"], "networkx", "graph runs needs the graph extra (networkx is missing)"),
     (["train", "vgae-cora"], "torch_geometric", "needs the graph extra (torch_geometric is missing)"),
     (["train", "wavenet-fsdd"], "soundfile", "reading audio files needs the audio extra (soundfile is missing)"),
     (["train", "dp-cvae-mnist"], "opacus", "private training needs the privacy extra (opacus is missing)"),
-], ids=["graphgen", "vgae", "audio", "privacy"])
+], ids=["vgae", "audio", "privacy"])
 def test_family_commands_fail_in_one_line_naming_the_extra(capsys, monkeypatch, tmp_path, data_root, argv, blocked,
                                                            fragment):
     _block(monkeypatch, blocked)
     monkeypatch.setenv("GENLAB_DATA", str(data_root))
     main_fails_in_one_line(capsys, [*argv, "--steps", "1", "--out", str(tmp_path / "r")], fragment)
+    assert not (tmp_path / "r").exists()  # refused before the run folder is touched
 
 
 def test_serve_without_the_serve_extra(capsys, monkeypatch, tmp_path):
@@ -164,7 +164,7 @@ for argv in {commands!r}:
 def test_core_only_install_runs_the_main_job_and_names_the_graph_extra(tmp_path, data_root):
     """A core-only install, simulated in a fresh interpreter in which every extra's modules are
     unimportable: train (shortened), sample, evaluate, info and compare succeed; a graph preset
-    stops in one line naming [graph]."""
+    stops in one line naming [graph], before its run folder is touched."""
     run = str(tmp_path / "cvae")
     small = ["model.arch=mlp", "model.hidden=32", "model.latent_dim=4", "train.batch_size=32", "train.amp=off",
              "train.eval_every=10", "train.eval_batches=2", "train.sample_every=1000", "train.ckpt_every=1000",
@@ -175,7 +175,7 @@ def test_core_only_install_runs_the_main_job_and_names_the_graph_extra(tmp_path,
         ["evaluate", run, "--n", "200", "--metrics", "fid", "--no-html"],
         ["info", run],
         ["compare", run, run],
-        ["train", "graphgen-grid", "--steps", "1", "--out", str(tmp_path / "g")],
+        ["train", "vgae-cora", "--steps", "1", "--out", str(tmp_path / "g")],
     ]
     script = tmp_path / "core_only.py"
     script.write_text(textwrap.dedent(_CORE_ONLY.format(blocked=set(BLOCKED), commands=commands)))
@@ -186,7 +186,9 @@ def test_core_only_install_runs_the_main_job_and_names_the_graph_extra(tmp_path,
     assert [c for _, c in rcs] == ["train", "sample", "evaluate", "info", "compare", "train"], p.stdout
     assert int(rcs[-1][0]) != 0
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("genlab: error: ")]
-    assert len(errors) == 1 and "genlab[graph]" in errors[0] and "networkx is missing" in errors[0], p.stderr[-3000:]
+    assert len(errors) == 1 and "genlab[graph]" in errors[0] and "torch_geometric is missing" in errors[0], \
+        p.stderr[-3000:]
+    assert not (tmp_path / "g").exists()
     assert (tmp_path / "s.png").is_file() and json.loads((Path(run) / "report.json").read_text())
 
 

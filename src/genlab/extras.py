@@ -17,7 +17,7 @@ from genlab.errors import ConfigError
 # extra -> the top-level modules genlab imports from it (pyproject.toml's optional-dependencies
 # name the distributions; tests/test_extras.py checks both agree)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "graph": ("torch_geometric", "networkx", "scipy"),
+    "graph": ("torch_geometric", "scipy"),
     "text": ("tokenizers", "sacrebleu", "rouge_score"),
     "audio": ("soundfile", "scipy"),
     "privacy": ("opacus",),

@@ -457,9 +457,7 @@ def grid_graph(rows: int, cols: int) -> np.ndarray:
 
 def ego_graphs(rng: np.random.Generator, count: int, sizes=(4, 18)) -> list[np.ndarray]:
     """Radius-1 ego graphs with 4-18 nodes of seeded power-law cluster graphs (Holme-Kim, m=2, p=0.3)."""
-    from genlab.extras import require
-
-    nx = require("networkx", "graph", "ego graphs")
+    import networkx as nx  # a dependency of torch itself, so in every install
 
     out = []
     while len(out) < count:
@@ -599,9 +597,6 @@ def load_graph_data(cfg, root: str | os.PathLike | None, seed: int) -> LinkData 
     """The graph dataset `cfg` (a DataConfig) names. Link splits are seeded by `seed` (the run's
     train.seed); synthetic families are fixed (seed 0) so every run sees the same test graphs."""
     from genlab.data.datasets import resolve_data_root
-    from genlab.extras import require
-
-    require("networkx", "graph", "graph runs")  # every graph run draws its samples: fail before training
     _check_graph_options(cfg)
     root_path = resolve_data_root(root)
     if cfg.dataset in LINK_DATASETS:
@@ -677,9 +672,7 @@ def draw_graphs(graphs: list[np.ndarray], path: str | os.PathLike, ncol: int = 4
     import matplotlib.pyplot as plt
 
     from genlab.engine.checkpoint import atomic_write_bytes
-    from genlab.extras import require
-
-    nx = require("networkx", "graph", "drawing graphs")
+    import networkx as nx
 
     k = max(1, len(graphs))
     rows = -(-k // ncol)

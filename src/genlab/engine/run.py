@@ -189,6 +189,10 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
     cfg = dataclasses.replace(cfg, train=t, data=dataclasses.replace(cfg.data, download=cfg.data.download or download))
     validate_run(cfg)  # what is saved below must be a config that every later command accepts
     check_trackers(cfg.train.trackers)  # a tracker package that is missing: before the folder is touched
+    if cfg.privacy.enabled:
+        from genlab.extras import require
+
+        require("opacus", "privacy", "private training")
     if resume is None:
         run_dir = check_run_dir_path(out) if out else default_run_dir(cfg)
 

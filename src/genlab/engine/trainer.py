@@ -370,7 +370,8 @@ class Trainer:
 
     def write_test_report(self) -> None:
         """Loss terms on the whole test split, in the evaluation report layout (text data has
-        no test split: its val split, as many random windows as it has tokens / block_size)."""
+        no test split: its val split, as many random windows as it has tokens / block_size);
+        report.json and report.html. The main process calls it."""
         t0 = time.perf_counter()
         split = "test" if self.feeder.eval_size("test") else "val"
         res = self.evaluate(split)
@@ -384,11 +385,10 @@ class Trainer:
             report["privacy"] = privacy_summary({"privacy": self.private.state()})
         ckpt.atomic_write_json(self.run_dir / "report.json", report)
         # report.html from the report just written, so the page never shows an older step
-        # (called from the main process only; the figures come from the run folder).
-        if self.dist.is_main:
-            from genlab.evaluation.html import write_run_report_html
+        # (the figures come from the run folder)
+        from genlab.evaluation.html import write_run_report_html
 
-            write_run_report_html(self.run_dir, report)
+        write_run_report_html(self.run_dir, report)
 
     @torch.no_grad()
     def write_grid(self, name: str) -> None:

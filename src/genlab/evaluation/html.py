@@ -213,15 +213,11 @@ def write_report_html(report: dict, out: Path, images: dict[str, bytes] | None =
     return out
 
 
-def write_run_report_html(run_dir: Path, report: dict | None = None) -> Path:
-    """RUN_DIR/report.html from `report` (default RUN_DIR/report.json) and the run folder:
-    what training writes after its test report, so the page never shows an older step. Text
-    runs' last continuation (samples/final.txt) is shown as sample text."""
-    import json
-
+def write_run_report_html(run_dir: Path, report: dict) -> Path:
+    """RUN_DIR/report.html from `report` (what report.json holds) and the run folder: what
+    training writes after its test report, so the page never shows an older step. Text runs'
+    last continuation (samples/final.txt) is shown as sample text."""
     run_dir = Path(run_dir)
-    if report is None:
-        report = json.loads((run_dir / "report.json").read_text())
     final_text = run_dir / "samples" / "final.txt"
     text = final_text.read_text(encoding="utf-8", errors="replace") if final_text.is_file() else None
     return write_report_html(report, run_dir / "report.html", text=text, run_dir=run_dir)

@@ -254,10 +254,11 @@ def describe(run, e: Exportable, path: Path) -> dict:
     with torch.no_grad():
         res = e.module(*e.args)
     flat_out = list(res) if isinstance(res, (list, tuple)) else [res]
-    io_ = {"inputs": [{"name": n, "dtype": str(t.dtype).removeprefix("torch."), "shape": _shape(t, e.dynamic.get(n, {}))}
-                      for n, t in zip(e.input_names, flat_args)],
-           "outputs": [{"name": n, "dtype": str(t.dtype).removeprefix("torch."), "shape": _shape(t, e.dynamic.get(n, {}))}
-                       for n, t in zip(e.output_names, flat_out)]}
+    def io(names: list[str], tensors: list[torch.Tensor]) -> list[dict]:
+        return [{"name": n, "dtype": str(t.dtype).removeprefix("torch."), "shape": _shape(t, e.dynamic.get(n, {}))}
+                for n, t in zip(names, tensors)]
+
+    io_ = {"inputs": io(e.input_names, flat_args), "outputs": io(e.output_names, flat_out)}
     meta = run.meta or {}
     return {
         "format_version": FORMAT_VERSION,

@@ -354,3 +354,19 @@ def test_zsh_completion_uses_the_same_generator(capsys):
     assert main(["completion", "zsh"]) == 0
     out = capsys.readouterr().out
     assert "bashcompinit" in out and "complete -o filenames -F _genlab genlab" in out
+
+
+def test_cli_logging_writes_to_the_current_stderr(capsys):
+    """The CLI's log handler follows sys.stderr: a library call after an in-process `main` (tests,
+    notebooks) must not write to the stream that was stderr then and may be closed now."""
+    import io
+    import logging
+
+    assert main(["presets"]) == 0  # installs the "genlab" handler while stderr is captured
+    buf, old = io.StringIO(), sys.stderr
+    sys.stderr = buf
+    try:
+        logging.getLogger("genlab").info("after main")
+    finally:
+        sys.stderr = old
+    assert buf.getvalue() == "genlab: after main\n"

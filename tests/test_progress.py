@@ -180,12 +180,13 @@ def diffusion_run(tmp_path_factory, data_root):
 
 
 def test_genlab_sample_writes_progress_to_a_non_terminal_stderr(diffusion_run, tmp_path):
-    rc, got = _timed_stderr(["sample", str(diffusion_run), "--n", "120", "--sampling-steps", "40",
-                             "--out", str(tmp_path / "s.npz")], interval=0.2)
+    # 1,000 tiny images at 50 steps: seconds even on a fast machine, so many lines at 0.1 s
+    rc, got = _timed_stderr(["sample", str(diffusion_run), "--n", "1000", "--sampling-steps", "50",
+                             "--out", str(tmp_path / "s.npz")], interval=0.1)
     assert rc == 0, got
-    lines = _check_progress(got, r"genlab: sampling ([\d,]+)/120 images", 120, 0.2)
+    lines = _check_progress(got, r"genlab: sampling ([\d,]+)/1,000 images", 1000, 0.1)
     assert re.search(r"\d+(\.\d+)? images/s", lines[0])
-    assert got[-1][1].startswith("genlab: wrote 120 images")
+    assert got[-1][1].startswith("genlab: wrote 1000 images")
 
 
 def test_quiet_flag_keeps_stderr_free_of_progress(diffusion_run, tmp_path):

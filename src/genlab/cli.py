@@ -20,10 +20,24 @@ log = logging.getLogger("genlab")
 MAX_GRID = 65_536  # images in one PNG grid (a 256 x 256 grid of 28 x 28 images is 7,700 pixels wide)
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to the sys.stderr of the moment, not the one it was made with: a caller
+    that swaps sys.stderr (pytest's capture, a notebook) and closes the old one leaves no handler
+    writing to a closed file."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def _setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Logs and progress (genlab.progress) on stderr: INFO by default, DEBUG with -v; -q keeps
     warnings and errors only (no progress)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose else "genlab: %(message)s"))
     root = logging.getLogger("genlab")
     root.handlers[:] = [handler]

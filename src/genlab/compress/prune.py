@@ -1,16 +1,18 @@
-"""Magnitude pruning of a trained run's Conv/Linear weights, with optional fine-tuning.
+"""Pruning of a trained run, with optional fine-tuning by the engine.
 
 - unstructured (`structured=False`): the smallest |w| of each layer (`scope="layer"`,
   torch.nn.utils.prune.l1_unstructured) or of all layers together (`scope="global"`,
   global_unstructured) are set to zero, `amount` of them.
-- structured (`structured=True`): whole output channels (rows of a Linear, filters of a conv)
-  with the smallest L2 norm are zeroed, per layer (ln_structured, n=2, dim=output channels).
+- structured, in place (`structured=True`): whole output channels (rows of a Linear, filters of
+  a conv) with the smallest L2 norm are zeroed, per layer (ln_structured, n=2, dim=output
+  channels). Works on any Conv/Linear model.
+- structured, shrunk (`structured="shrink"`, shrink.py): whole attention heads, MLP units and
+  generator/decoder channels are removed and the layers rebuilt narrower (gpt, gan, vae runs);
+  the new run's config describes the narrower model.
 
-Honest speed: the pruned run keeps dense float tensors, so neither kind is faster or smaller
-in memory as it stands; the zeros only pay off with a sparse format or compression of the file
-(unstructured), or with layers rebuilt narrower (structured; not done here: the zeroed channels
-are kept so that every command loads the run with its unchanged config). Quantise a pruned run
-to shrink it on disk.
+Honest speed: the zeroing kinds keep dense float tensors, so they are neither faster nor
+smaller in memory; their zeros only pay off with a sparse format or compression of the file
+(quantise a pruned run to shrink it on disk). The shrunk kind is smaller and faster for real.
 
 The pruned weights are zeros in the checkpoint, so the masks are the zeros themselves: loading
 needs nothing special, and `finetune` rebuilds the masks from the zeros and re-applies them
@@ -22,7 +24,7 @@ head tied to its embedding) are not pruned.
 from __future__ import annotations
 
 import copy
-
+import dataclasses
 import os
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from genlab.compress.newrun import Compressed, read_record
+from genlab.compress.shrink import shrink_run
 from genlab.engine import checkpoint as ckpt
 from genlab.errors import ConfigError
 from genlab.options import check_number
@@ -67,6 +70,17 @@ def _as_bool(name: str, v: bool | str) -> bool:
     raise ConfigError(f"--{name} must be true or false, got {v!r}")
 
 
+def _structured(v: bool | str) -> bool | str:
+    """--structured: False, True (zero channels in place) or "shrink" (rebuild narrower)."""
+    if isinstance(v, str) and v.lower() == "shrink":
+        return "shrink"
+    try:
+        return _as_bool("structured", v)
+    except ConfigError:
+        raise ConfigError(f"--structured must be true or false (or shrink: remove whole units, rebuilding the "
+                          f"layers narrower), got {v!r}") from None
+
+
 def masks_for(model: nn.Module, amount: float, structured: bool, scope: str) -> dict[str, torch.Tensor]:
     """Pruning masks (1 keep, 0 pruned) for `model`'s prunable weights, by state-dict key; the
     model itself is left unchanged."""
@@ -95,7 +109,9 @@ def prune_run(source, amount: float = 0.5, structured: bool | str = False, scope
     Args:
         source: the loaded run (genlab.engine.run.Run).
         amount: the fraction of the prunable weights set to zero, in (0, 1).
-        structured: zero whole output channels instead of single weights.
+        structured: zero whole output channels instead of single weights (True), or remove
+            whole heads / units / channels and rebuild the model narrower ("shrink"; gpt, gan
+            and vae runs: `amount` is then the fraction of each layer's units removed).
         scope: "layer" (amount per layer) or "global" (over all layers; unstructured only).
         finetune_steps: train this many more steps with the masks kept (0: none).
         data_root: where the run's data is, for fine-tuning (default: as the run recorded).
@@ -105,7 +121,7 @@ def prune_run(source, amount: float = 0.5, structured: bool | str = False, scope
     check_number("--amount", amount, lo=0, hi=1, lo_open=True)
     if amount >= 1:
         raise ConfigError(f"--amount must be below 1 (the fraction of weights set to zero), got {amount}")
-    structured = _as_bool("structured", structured)
+    structured = _structured(structured)
     check_number("--finetune-steps", finetune_steps, lo=0, integer=True)
     if scope not in SCOPES:
         raise ConfigError(f"--scope must be one of {', '.join(SCOPES)}, got {scope!r}")
@@ -114,6 +130,10 @@ def prune_run(source, amount: float = 0.5, structured: bool | str = False, scope
     c = source.checkpoint
     if (c.state.get("compression") or {}).get("method") == "quantize":
         raise ConfigError(f"{source.run_dir} is quantised; prune its float source run, then quantise")
+    after = (lambda out: finetune(out, finetune_steps, data_root=data_root)) if finetune_steps else None
+    options = {"amount": amount, "structured": structured, "scope": scope, "finetune_steps": finetune_steps}
+    if structured == "shrink":  # fresh optimiser state for the new shapes: any run can be fine-tuned
+        return dataclasses.replace(shrink_run(source, amount, options, data_root), after=after)
     if "optimizers" not in c.state and finetune_steps:
         raise ConfigError(f"{source.run_dir} has no optimiser state to fine-tune from (a demo or compressed run); "
                           "use --finetune-steps 0")
@@ -125,13 +145,10 @@ def prune_run(source, amount: float = 0.5, structured: bool | str = False, scope
         tensors[k] = v * mask.to(v.dtype) if mask is not None else v
     for k, m in masks.items():
         source.model.state_dict()[k].mul_(m)
-    record = {"method": "prune",
-              "options": {"amount": amount, "structured": structured, "scope": scope,
-                          "finetune_steps": finetune_steps},
+    record = {"method": "prune", "options": options,
               "targets": sorted(masks), "sparsity": sparsity(source.model, sorted(masks)),
               "finetuned_steps": 0,
               "speed": "unchanged: the pruned weights are dense float tensors with zeros"}
-    after = (lambda out: finetune(out, finetune_steps, data_root=data_root)) if finetune_steps else None
     return Compressed(tensors, record, optimizers=c.state.get("optimizers"), after=after)
 
 
@@ -156,7 +173,8 @@ def finetune(run_dir: str | os.PathLike, steps: int, *, data_root: str | os.Path
              callbacks: list | None = None):
     """Train a pruned run `steps` more steps with the engine (`train(resume=run_dir)`), keeping
     its zeros; the masks are the zeros of its newest checkpoint, so this also continues an
-    interrupted fine-tuning. Returns the engine's TrainResult."""
+    interrupted fine-tuning (a shrunk run has no zeros to keep: it simply trains on). Returns
+    the engine's TrainResult."""
     from genlab.engine.run import train
 
     check_number("--finetune-steps", steps, lo=1, integer=True)

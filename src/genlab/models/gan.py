@@ -29,6 +29,9 @@ class GANConfig:
     g_channels: int = 64  # dcgan: channels of the generator's last hidden layer (x2, x4 before it)
     d_channels: int = 64  # dcgan: channels of the discriminator's first layer (x2 after it)
     mlp_widths: tuple[int, ...] = (256, 512, 1024)  # mlp: generator widths; the discriminator mirrors them
+    # The generator's hidden widths when narrower than the above (a structurally pruned run):
+    # dcgan (4c, 2c, c) channels, mlp one per mlp_widths entry; None: from g_channels / mlp_widths.
+    g_widths: tuple[int, ...] | None = None
     g_batchnorm: bool = True
     spectral_norm: bool = False  # on every discriminator layer
     n_critic: int = 1  # discriminator updates per generator update
@@ -47,6 +50,18 @@ class GANConfig:
             raise ConfigError(f"model.loss must be bce, hinge or wgan-gp, got {self.loss!r}")
         if self.n_critic < 1 or self.latent_dim < 1:
             raise ConfigError("model.n_critic and model.latent_dim must be >= 1")
+        if self.g_widths is not None:
+            n = 3 if self.arch == "dcgan" else len(self.mlp_widths)
+            if len(self.g_widths) != n or min(self.g_widths) < 1:
+                raise ConfigError(f"model.g_widths must be {n} widths >= 1 for arch {self.arch} "
+                                  f"(or null for the defaults), got {list(self.g_widths)}")
+
+    def generator_widths(self) -> tuple[int, ...]:
+        """The generator's hidden widths: dcgan (4c, 2c, c) channels, mlp mlp_widths, unless g_widths."""
+        if self.g_widths is not None:
+            return tuple(self.g_widths)
+        c = self.g_channels
+        return (4 * c, 2 * c, c) if self.arch == "dcgan" else tuple(self.mlp_widths)
 
 
 # --------------------------------------------------------------------------- losses (pure)
@@ -88,19 +103,20 @@ class Generator(nn.Module):
         self.embed = nn.Embedding(cond, cond) if cond else None
         zin = cfg.latent_dim + cond
         bn = (lambda n, d=1: nn.BatchNorm1d(n) if d == 1 else nn.BatchNorm2d(n)) if cfg.g_batchnorm else None
+        widths = cfg.generator_widths()
         if cfg.arch == "mlp":
             layers, prev = [], zin
-            for w in cfg.mlp_widths:
+            for w in widths:
                 layers += [nn.Linear(prev, w)] + ([bn(w)] if bn else []) + [nn.LeakyReLU(0.2)]
                 prev = w
             self.net = nn.Sequential(*layers, nn.Linear(prev, C * S * S), nn.Tanh())
         else:
-            c, s0 = cfg.g_channels, S // 4
+            (c4, c2, c), s0 = widths, S // 4  # 4c, 2c, c unless pruned
             norm2d = (lambda n: nn.BatchNorm2d(n)) if cfg.g_batchnorm else (lambda n: nn.Identity())
             self.net = nn.Sequential(
-                nn.Linear(zin, 4 * c * s0 * s0), nn.Unflatten(1, (4 * c, s0, s0)), norm2d(4 * c), nn.ReLU(),
-                nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1), norm2d(2 * c), nn.ReLU(),  # (B, 2c, S/2, S/2)
-                nn.ConvTranspose2d(2 * c, c, 4, 2, 1), norm2d(c), nn.ReLU(),  # (B, c, S, S)
+                nn.Linear(zin, c4 * s0 * s0), nn.Unflatten(1, (c4, s0, s0)), norm2d(c4), nn.ReLU(),
+                nn.ConvTranspose2d(c4, c2, 4, 2, 1), norm2d(c2), nn.ReLU(),  # (B, 2c, S/2, S/2)
+                nn.ConvTranspose2d(c2, c, 4, 2, 1), norm2d(c), nn.ReLU(),  # (B, c, S, S)
                 nn.Conv2d(c, C, 3, 1, 1), nn.Tanh(),  # (B, C, S, S)
             )
 

@@ -23,6 +23,9 @@ class VAEConfig:
     latent_dim: int = 32
     hidden: int = 512  # MLP width; conv: width of the dense layer
     base_channels: int = 32  # conv: channels of the first conv layer (doubled once)
+    # The decoder's hidden widths when narrower than the above (a structurally pruned run):
+    # mlp (hidden, hidden), conv (hidden, 2c, c) with c = base_channels; None: the defaults.
+    dec_widths: tuple[int, ...] | None = None
     likelihood: str = "bernoulli"  # bernoulli (data in [0,1]) | gaussian (learned global scale)
     beta: float = 1.0  # weight of the KL term (beta-VAE when > 1)
     conditional: bool = False
@@ -40,6 +43,17 @@ class VAEConfig:
             raise ConfigError("model.latent_dim and model.hidden must be >= 1")
         if self.beta < 0:
             raise ConfigError("model.beta must be >= 0")
+        if self.dec_widths is not None and (len(self.dec_widths) != (2 if self.arch == "mlp" else 3)
+                                            or min(self.dec_widths) < 1):
+            raise ConfigError(f"model.dec_widths must be {2 if self.arch == 'mlp' else 3} widths >= 1 for arch "
+                              f"{self.arch} (or null for the defaults), got {list(self.dec_widths)}")
+
+    def decoder_widths(self) -> tuple[int, ...]:
+        """The decoder's hidden widths: mlp (hidden, hidden), conv (hidden, 2c, c), unless dec_widths."""
+        if self.dec_widths is not None:
+            return tuple(self.dec_widths)
+        c = self.base_channels
+        return (self.hidden, self.hidden) if self.arch == "mlp" else (self.hidden, 2 * c, c)
 
 
 class _Encoder(nn.Module):
@@ -72,19 +86,20 @@ class _Encoder(nn.Module):
 class _Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig, cond_dim: int):
         super().__init__()
-        C, S, h, z = cfg.channels, cfg.image_size, cfg.hidden, cfg.latent_dim
+        C, S, z = cfg.channels, cfg.image_size, cfg.latent_dim
         self.shape = (C, S, S)
         if cfg.arch == "mlp":
+            h1, h2 = cfg.decoder_widths()  # hidden, hidden unless pruned
             self.net = nn.Sequential(
-                nn.Linear(z + cond_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, C * S * S)
+                nn.Linear(z + cond_dim, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, C * S * S)
             )
         else:
-            c = cfg.base_channels
+            h, c2, c = cfg.decoder_widths()  # hidden, 2c, c unless pruned
             self.net = nn.Sequential(
                 nn.Linear(z + cond_dim, h), nn.SiLU(),
-                nn.Linear(h, 2 * c * (S // 4) ** 2), nn.SiLU(),
-                nn.Unflatten(1, (2 * c, S // 4, S // 4)),
-                nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.SiLU(),  # (B, c, S/2, S/2)
+                nn.Linear(h, c2 * (S // 4) ** 2), nn.SiLU(),
+                nn.Unflatten(1, (c2, S // 4, S // 4)),
+                nn.ConvTranspose2d(c2, c, 4, 2, 1), nn.SiLU(),  # (B, c, S/2, S/2)
                 nn.ConvTranspose2d(c, C, 4, 2, 1),  # (B, C, S, S)
             )
 

@@ -27,6 +27,19 @@ class GPTConfig:
     dropout: float = 0.2
     bias: bool = False  # biases in Linear layers and LayerNorms
     position: str = "learned"  # learned (a table, as GPT-2) | rope (rotary, on queries and keys)
+    # Narrower layers than the defaults (a structurally pruned run: heads and MLP units removed).
+    head_size: int | None = None  # per head; None: n_embd // n_head
+    mlp_hidden: int | None = None  # MLP hidden units; None: 4 * n_embd
+
+    @property
+    def head_dim(self) -> int:
+        """The width of one attention head (n_head of them make the attention's inner width)."""
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def mlp_dim(self) -> int:
+        """The MLP's hidden width."""
+        return self.mlp_hidden or 4 * self.n_embd
 
 
 class KVCache:
@@ -62,18 +75,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class CausalSelfAttention(nn.Module):
+    """n_head heads of head_dim each; their inner width A = n_head * head_dim is n_embd unless
+    heads were pruned away."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.n_head, self.head_size, self.dropout = cfg.n_head, cfg.head_dim, cfg.dropout
+        inner = cfg.n_head * cfg.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * inner, bias=cfg.bias)  # q, k, v, each head-major
+        self.c_proj = nn.Linear(inner, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        hs = self.head_size
+        A = self.n_head * hs
+        q, k, v = self.c_attn(x).split(A, dim=2)  # 3 x (B, T, A)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -91,16 +109,16 @@ class CausalSelfAttention(nn.Module):
             causal = False  # (T, past+T) boolean mask
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, A)  # (B, T, A)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_dim, bias=cfg.bias)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.mlp_dim, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,12 +145,15 @@ class GPT(GenerativeModel):
         super().__init__()
         if not cfg.vocab_size:
             raise ConfigError("gpt needs model.vocab_size (taken from the data's tokenizer)")
-        if cfg.n_embd % cfg.n_head:
+        if cfg.head_size is None and cfg.n_embd % cfg.n_head:
             raise ConfigError(f"model.n_embd={cfg.n_embd} must be divisible by model.n_head={cfg.n_head}")
+        for name in ("head_size", "mlp_hidden"):
+            if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1 (or null for the default), got {getattr(cfg, name)}")
         if cfg.position not in ("learned", "rope"):
             raise ConfigError(f"model.position must be learned or rope, got {cfg.position!r}")
-        if cfg.position == "rope" and (cfg.n_embd // cfg.n_head) % 2:
-            raise ConfigError(f"rope needs an even head size, got {cfg.n_embd // cfg.n_head}")
+        if cfg.position == "rope" and cfg.head_dim % 2:
+            raise ConfigError(f"rope needs an even head size, got {cfg.head_dim}")
         if not 0 <= cfg.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
         self.cfg = cfg
@@ -171,7 +192,7 @@ class GPT(GenerativeModel):
         if self.wpe is not None:
             x = x + self.wpe(pos)
         else:
-            rope = rope_tables(pos, self.cfg.n_embd // self.cfg.n_head)
+            rope = rope_tables(pos, self.cfg.head_dim)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, rope)
@@ -188,7 +209,7 @@ class GPT(GenerativeModel):
     def init_state(self, batch: int) -> KVCache:
         p = self.wte.weight
         return KVCache(self.cfg.n_layer, batch, self.cfg.n_head, self.cfg.block_size,
-                       self.cfg.n_embd // self.cfg.n_head, p.device, p.dtype)
+                       self.cfg.head_dim, p.device, p.dtype)
 
     def forward_step(self, idx: torch.Tensor, state: KVCache | None) -> tuple[torch.Tensor, KVCache | None]:
         return self(idx, state), state

@@ -6,7 +6,9 @@ context window) in Python, so a seed gives the same samples as with PyTorch up t
   - diffusion: `run.model.net`, the UNet;
   - vae, gan: `run.model.decode_latent`, prior draws -> images;
   - gpt: `run.model.forward_step` and `init_state`, the generation protocol of
-    models/autoregressive/generation.py, with the KV cache kept as onnxruntime arrays.
+    models/autoregressive/generation.py, with the KV cache kept as onnxruntime arrays, and
+    `run.model.loss` (the step graph over whole windows), so that val loss scores the exported
+    model (`genlab.evaluation`'s text metrics on the run).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from genlab.errors import ConfigError
@@ -51,7 +54,12 @@ class OnnxSession:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"onnxruntime {ort.__version__} cannot load {path} (opset {self.desc.get('opset')}): "
+                              f"{first[:200]}; upgrade it (pip install -U onnxruntime) or export the run again") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.path = path
 
@@ -125,6 +133,12 @@ class OnnxGPTStep:
         cache.arrays = present
         return torch.from_numpy(logits).to(idx.device), state
 
+    def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
+        """`GPT.loss` on the graph: mean next-token cross-entropy of x (B, T) against y (B, T),
+        with the logits of one step over the whole window (an empty cache)."""
+        logits, _ = self.forward_step(batch["x"], None)  # (B, T, V)
+        return {"loss": F.cross_entropy(logits.flatten(0, 1).float(), batch["y"].flatten())}
+
 
 def _install_net(run, session: OnnxSession) -> None:
     run.model.net = OnnxDiffusionNet(session, run.device)
@@ -136,7 +150,7 @@ def _install_decoder(run, session: OnnxSession) -> None:
 
 def _install_step(run, session: OnnxSession) -> None:
     step = OnnxGPTStep(session)
-    run.model.init_state, run.model.forward_step = step.init_state, step.forward_step
+    run.model.init_state, run.model.forward_step, run.model.loss = step.init_state, step.forward_step, step.loss
 
 
 # model name -> how its run's sampling is pointed at the ONNX graph

@@ -19,6 +19,12 @@ without convolutions, weight-only for the others):
 
 Layers whose weight is tied to another parameter (an LSTM head tied to its embedding) or
 parametrised (spectral norm) are kept in float.
+
+Speed: in eager torch a small model at batch 1 pays per operator call, not per multiply, and
+dynamic int8 adds calls (quantising each activation), so an int8 GPT generates no faster than
+the float one there (benchmarks/results/compression.md). The fast int8 path is ONNX:
+`genlab export` of an int8 run keeps the int8 Linear weights in the graph (export.Int8Linear) and
+`genlab sample RUN --backend onnxruntime` runs them as int8 matmuls.
 """
 
 from __future__ import annotations
@@ -177,6 +183,34 @@ def dequantize_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         out[k] = dequantize_weight(v, sd[f"{k}:scale"]) if f"{k}:scale" in sd else v
     return out
+
+
+def int8_weights(sd: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The int8 tensors of a stored int8 state dict (dynamic or weight-only), by state-dict key:
+    key -> (q int8 (out, ...), scale float32 (out,)), the weight being q * scale per output row."""
+    return {k.removesuffix(":scale"): (sd[k.removesuffix(":scale")], sd[k].float()) for k in sd if k.endswith(":scale")}
+
+
+def float_model(run) -> tuple[nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """A quantised run's network rebuilt with plain float32 modules and its int8 weights.
+
+    The loaded `run.model` of a dynamic int8 run holds torch's quantised Linear modules, which
+    tracing (ONNX export) cannot see through; this copy holds the same numbers as float32
+    weights (int8 ones dequantised: q * scale), beside the stored int8 tensors themselves.
+
+    Args:
+        run: a loaded run (genlab.engine.run.Run) whose checkpoint records a compression.
+    Returns:
+        (the float model in eval mode on the CPU, int8_weights of its stored state).
+    """
+    from genlab.engine.run import build_model
+
+    tensors = run.checkpoint.tensors
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+    sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    model = build_model(run.cfg)
+    model.load_state_dict(dequantize_state(sd))
+    return model.float().eval(), int8_weights(sd)
 
 
 def load_quantized(model: nn.Module, sd: dict[str, torch.Tensor], record: dict, device: torch.device) -> None:

@@ -168,13 +168,3 @@ def test_non_gpt_teacher_is_refused(runs, tmp_path):
     with pytest.raises(ConfigError, match=r"needs a gpt teacher run; .* is a lstm run") as e:
         compress(runs["lstm"], "distill", tmp_path / "out", steps=1)
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
-
-
-def test_diffusion_teacher_says_progressive_distillation_is_not_done():
-    from types import SimpleNamespace
-
-    from genlab.compress.distill import distill_run
-
-    ddpm = SimpleNamespace(cfg=SimpleNamespace(model_name="diffusion"), run_dir="runs/ddpm")
-    with pytest.raises(ConfigError, match=r"is a diffusion run \(progressive distillation .* not implemented yet\)"):
-        distill_run(ddpm)

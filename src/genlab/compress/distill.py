@@ -29,7 +29,8 @@ Mechanism (one engine, a plain GPT run at the end):
 - When the student is as wide as the teacher it starts from the teacher's embeddings, final
   norm and evenly spaced blocks (DistilBERT: one layer in two); otherwise from a fresh init.
 
-Diffusion runs: progressive distillation of the sampler is not implemented (one-line error).
+Diffusion runs: progressive distillation of the sampler into a few-step DDIM student
+(distill_diffusion.py); `distill_run` dispatches on the teacher's model family.
 """
 
 from __future__ import annotations
@@ -147,27 +148,49 @@ def student_config(teacher_cfg: RunConfig, n_layer: int, n_embd: int, n_head: in
 
 
 def distill_run(source, n_layer: int | None = None, n_embd: int | None = None, n_head: int | None = None,
-                steps: int | None = None, temperature: float = 2.0, alpha: float = 0.5,
-                data_root: str | os.PathLike | None = None) -> Compressed:
-    """Train a smaller student GPT on the teacher run's data and soft targets.
+                steps: int | None = None, temperature: float | None = None, alpha: float | None = None,
+                data_root: str | os.PathLike | None = None, sampling_steps: int | None = None,
+                stages: int | None = None, substeps: int | None = None, lr: float | None = None,
+                batch_size: int | None = None, guidance: float | None = None) -> Compressed:
+    """Train a smaller student GPT on the teacher run's data and soft targets; for a diffusion
+    teacher, a few-step student sampler (distill_diffusion.distill_diffusion_run, which takes
+    steps, sampling_steps, stages, substeps, lr, batch_size, guidance and data_root).
 
     Args:
-        source: the teacher run (genlab.engine.run.Run), a gpt run.
+        source: the teacher run (genlab.engine.run.Run), a gpt (or diffusion) run.
         n_layer: the student's layers (default: half the teacher's, at least 1).
         n_embd: the student's width (default: the teacher's).
         n_head: the student's attention heads (default: the teacher's).
         steps: the student's training steps (default: the teacher's train.steps).
-        temperature: T of the soft targets, > 0.
-        alpha: the weight of the soft-target loss in [0, 1] (1 - alpha: cross-entropy).
+        temperature: T of the soft targets, > 0 (default 2).
+        alpha: the weight of the soft-target loss in [0, 1] (1 - alpha: cross-entropy; default 0.5).
         data_root: where the teacher's data is (default: as the teacher run recorded).
     Returns:
         the student's tensors, GPT config, TrainState and record.
     """
     name = source.cfg.model_name
+    gpt_only = {"--n-layer": n_layer, "--n-embd": n_embd, "--n-head": n_head, "--temperature": temperature,
+                "--alpha": alpha}
+    diffusion_only = {"--sampling-steps": sampling_steps, "--stages": stages, "--substeps": substeps, "--lr": lr,
+                      "--batch-size": batch_size, "--guidance": guidance}
+    if name == "diffusion":
+        from genlab.compress.distill_diffusion import distill_diffusion_run
+
+        given = [flag for flag, v in gpt_only.items() if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} are for gpt students; a diffusion student takes --steps, "
+                              "--sampling-steps, --stages, --substeps, --lr, --batch-size, --guidance")
+        return distill_diffusion_run(source, steps=steps, sampling_steps=sampling_steps, stages=stages,
+                                     substeps=substeps, lr=lr, batch_size=batch_size, guidance=guidance,
+                                     data_root=data_root)
     if name != "gpt":
-        later = (" (progressive distillation of diffusion samplers is not implemented yet)"
-                 if name == "diffusion" else "")
-        raise ConfigError(f"--method distill needs a gpt teacher run; {source.run_dir} is a {name} run{later}")
+        raise ConfigError(f"--method distill needs a gpt teacher run; {source.run_dir} is a {name} run "
+                          "(diffusion runs distil into a few-step sampler)")
+    given = [flag for flag, v in diffusion_only.items() if v is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} are for diffusion students; drop them for a gpt teacher")
+    temperature = 2.0 if temperature is None else temperature
+    alpha = 0.5 if alpha is None else alpha
     if (source.checkpoint.state.get("compression") or {}).get("method") == "quantize":
         raise ConfigError(f"{source.run_dir} is quantised; distill from its float source run")
     tc: GPTConfig = source.cfg.model

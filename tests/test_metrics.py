@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from genlab.data.datasets import load_idx_split
-from genlab.errors import CheckpointError, ShapeError
+from genlab.errors import CheckpointError, ConfigError, ShapeError
 from genlab.evaluation.images import reference_features
 from genlab.metrics import reconstruction as rec
 from genlab.metrics import sample_quality as sq
@@ -186,6 +186,33 @@ def test_psnr_ssim_mse_against_hand_computation_and_torchmetrics():
     assert rec.psnr(a, b) == pytest.approx(tm_psnr.item(), rel=1e-6)  # torchmetrics, image by image
     with pytest.raises(ShapeError, match="share one"):
         rec.psnr(a, b[:2])
+
+
+def test_reconstruction_metrics_in_chunks_equal_one_call():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (50, 1, 16, 16), generator=g, dtype=torch.uint8)
+    b = (a.int() + torch.randint(-40, 41, a.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    one_call = structural_similarity_index_measure(a.double() / 255, b.double() / 255, data_range=1.0).item()
+    assert rec.ssim(a, b, chunk=16) == pytest.approx(one_call, rel=1e-12)  # chunks of 16, 16, 16 and 2
+    for fn in (rec.mse, rec.psnr, rec.ssim):
+        assert fn(a, b, chunk=16) == pytest.approx(fn(a, b, chunk=50), rel=1e-12), fn.__name__
+    with pytest.raises(ConfigError, match="chunk"):
+        rec.ssim(a, b, chunk=0)
+
+
+def test_catalog_knows_the_translation_metrics():
+    from genlab.metrics import catalog
+
+    better = {"class_agreement": "higher", "acceptance": "higher", "acceptance_ab": "higher",
+              "acceptance_ba": "higher", "fid_ab": "lower", "fid_ba": "lower", "cycle_l1_aba": "lower",
+              "cycle_l1_bab": "lower", "psnr_ab": "higher", "ssim_ab": "higher", "mse_ab": "lower",
+              "class_agreement_ab": "higher"}
+    for name, way in better.items():
+        text, direction = catalog.describe(name)
+        assert text and direction == way and catalog.known(name), name
+    assert "domain A to B" in catalog.describe("fid_ab")[0] and not catalog.known("no_such_metric_ab")
 
 
 def test_bleu_and_rouge_match_hand_values_and_torchmetrics():

@@ -79,7 +79,7 @@ def test_health_models_static_and_docs(client):
         "id": "cvae", "family": "image", "model": "vae", "preset": "cvae-mnist", "conditional": True,
         "num_classes": 10, "tasks": ["generate", "inpaint", "interpolate"], "image_size": 28, "channels": 1,
         "sample_rate": None, "audio_length": None, "step": 0}
-    assert models["ddpm"]["tasks"] == ["generate", "inpaint", "denoise", "upscale", "interpolate"]
+    assert models["ddpm"]["tasks"] == ["generate", "inpaint", "denoise", "upscale", "interpolate", "edit"]
     assert models["gpt"]["tasks"] == ["text"] and models["gpt"]["family"] == "text"
     assert models["graph"]["tasks"] == ["generate"] and models["graph"]["image_size"] is None
     page = client.get("/")

@@ -184,16 +184,22 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     pl.add_argument("--data-root", help="folder holding the datasets (default: $GENLAB_DATA, ../shared/data)")
 
-    ap = command("apply", "use a trained model: inpaint, denoise, upscale, interpolate (images); "
-                          "denoise, inpaint (audio)")
-    ap.add_argument("run_dir", help=RUN_DIR_HELP)
-    ap.add_argument("task", choices=["inpaint", "denoise", "upscale", "interpolate"], help="what to do")
-    ap.add_argument("--input", help="FILE.npz (images uint8 N x C x H x W) or FILE.png; audio runs: FILE.wav "
-                                    "(mono) or FILE.npz (audio float32 N x T, sample_rate)")
+    ap = command("apply", "use a trained model: inpaint, denoise, upscale, interpolate, edit, translate (images); "
+                          "denoise, inpaint (audio); style transfer with a style-transfer run, or without "
+                          "a run: `genlab apply style --content PHOTO --style IMAGE --out OUT.png`")
+    ap.add_argument("run_dir", help=RUN_DIR_HELP + "; or `style` alone (no TASK): style transfer by optimisation, "
+                                                   "no run needed")
+    ap.add_argument("task", nargs="?", choices=["inpaint", "denoise", "upscale", "interpolate", "edit", "style",
+                                                "translate"],
+                    help="what to do")
+    ap.add_argument("--input", "--content", help="FILE.npz (images uint8 N x C x H x W) or FILE.png; audio runs: "
+                                                 "FILE.wav (mono) or FILE.npz (audio float32 N x T, sample_rate); "
+                                                 "style: --content PHOTO, a colour image of any format up to 640 "
+                                                 "pixels a side, or sample:china.jpg / sample:flower.jpg")
     ap.add_argument("--out", required=True, help="FILE.npz (same layout as the input) or FILE.png; audio runs: "
                                                  "FILE.wav or FILE.npz")
     ap.add_argument("--mask", help="inpaint: center | left-half | bottom-half | boxes | MASK.png "
-                                   "(white = fill; default center)")
+                                   "(white = fill; default center); edit: the region to edit (default: all)")
     ap.add_argument("--sigma", type=float, help="denoise: noise std on the [0, 1] pixel scale (pixel / 255); "
                                                 "audio runs: in waveform units (full scale 1)")
     ap.add_argument("--snr", type=float, help="denoise, audio runs: the input's SNR in dB, which sets the noise level "
@@ -207,13 +213,24 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), help="interpolate: two seeds instead of --input")
     ap.add_argument("--frames", type=int, help="interpolate: frames per row, endpoints included (default 8)")
     ap.add_argument("--steps", type=int, help=argparse.SUPPRESS)  # the old name of --frames: refused with a hint
-    ap.add_argument("--label", type=int, help="interpolate, and audio denoise/inpaint, conditional models: the class")
+    ap.add_argument("--label", type=int, help="interpolate, edit, and audio denoise/inpaint, conditional models: "
+                                              "the class")
     ap.add_argument("--resample", type=int, help="inpaint, diffusion: RePaint passes per step (default 1)")
     ap.add_argument("--zeta", type=float, help="inpaint, diffusion: reconstruction guidance strength (default 3; "
                                                "0 = plain RePaint)")
     ap.add_argument("--average", type=int, help="inpaint, diffusion: return the mean of this many fills (an "
                                                 "estimate of the posterior mean: higher PSNR, blurrier; default 1)")
-    ap.add_argument("--iters", type=int, help="inpaint, VAE: latent optimisation steps (default 200)")
+    ap.add_argument("--iters", type=int, help="inpaint, VAE: latent optimisation steps (default 200); style "
+                                              "without a run: L-BFGS iterations (default 200)")
+    ap.add_argument("--strength", type=float, help="edit (SDEdit): how far into the noise the guide goes, 0..1 "
+                                                   "(0: the guide itself, 1: ignore it; default 0.5); with --mask "
+                                                   "(white = edit) only that region changes")
+    ap.add_argument("--direction", choices=["AtoB", "BtoA"], help="translate: AtoB (default) or, CycleGAN runs, "
+                                                                 "BtoA")
+    ap.add_argument("--style", help="style without a run: the style image (any format and size, or "
+                                    "sample:flower.jpg)")
+    ap.add_argument("--style-weight", type=float, help="style without a run: weight of the style loss against the "
+                                                       "content loss (default 100)")
     _diffusion_flags(ap)
     ap.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
@@ -229,7 +246,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     sv.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take before 504")
 
-    ex = command("export", "export a run's network for deployment (ONNX; needs the export extra)")
+    ex = command("export", "export a run's network for deployment (ONNX; an int8 run's Linear weights stay int8; "
+                           "needs the export extra)")
     ex.add_argument("run_dir", help=RUN_DIR_HELP)
     ex.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only format so far)")
     ex.add_argument("--out", help="FILE.onnx (default RUN_DIR/export/model.onnx; a model.json describing it "
@@ -240,24 +258,38 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("run_dir", help=RUN_DIR_HELP)
     cp.add_argument("--method", required=True, choices=["quantize", "prune", "distill"],
                     help="quantize (int8/bf16/fp16 weights), prune (magnitude sparsity, optional fine-tuning) or "
-                         "distill (a smaller student trained on the run's soft targets)")
+                         "distill (a smaller student trained on the run's soft targets; diffusion runs: a student "
+                         "sampler taking a few DDIM steps, by progressive distillation)")
     cp.add_argument("--out", required=True, help="the new run directory (must not exist)")
     cp.add_argument("--dtype", choices=["int8", "bf16", "fp16"], help="quantize: weight type (default int8)")
     cp.add_argument("--scheme", choices=["auto", "dynamic", "weight-only"],
                     help="quantize int8: dynamic (Linear/LSTM compute in int8) or weight-only (conv models: "
                          "smaller on disk, float compute); auto picks by model (default)")
     cp.add_argument("--amount", type=float, help="prune: fraction of weights set to zero (default 0.5)")
-    cp.add_argument("--structured", choices=["true", "false"], help="prune: whole output channels (default false)")
+    cp.add_argument("--structured", choices=["true", "false", "shrink"],
+                    help="prune: true zeroes whole output channels in place; shrink removes whole heads / units / "
+                         "channels and rebuilds the model narrower, smaller and faster (gpt, gan, vae; --amount: "
+                         "the fraction of each layer's units); default false")
     cp.add_argument("--scope", choices=["layer", "global"], help="prune: the amount per layer or over all layers")
     cp.add_argument("--finetune-steps", type=int, help="prune: training steps to recover quality, masks kept "
                                                        "(default 0)")
     cp.add_argument("--n-layer", type=int, help="distill: the student GPT's layers")
     cp.add_argument("--n-embd", type=int, help="distill: the student GPT's width")
     cp.add_argument("--n-head", type=int, help="distill: the student GPT's attention heads")
-    cp.add_argument("--steps", type=int, help="distill: the student's training steps")
+    cp.add_argument("--steps", type=int, help="distill: the student's training steps (diffusion: per stage)")
     cp.add_argument("--temperature", type=float, help="distill: softmax temperature of the soft targets (default 2)")
     cp.add_argument("--alpha", type=float, help="distill: weight of the soft-target loss against the hard "
                                                 "next-token loss (default 0.5)")
+    cp.add_argument("--sampling-steps", type=int, help="distill, diffusion: the student's DDIM steps (default 4)")
+    cp.add_argument("--stages", type=int, help="distill, diffusion: how many times the steps are divided by "
+                                               "--substeps (the first teacher takes sampling-steps x substeps^stages)")
+    cp.add_argument("--substeps", type=int, help="distill, diffusion: teacher DDIM steps one student step matches "
+                                                 "(2: progressive halving)")
+    cp.add_argument("--lr", type=float, help="distill, diffusion: the student's learning rate")
+    cp.add_argument("--batch-size", type=int, help="distill, diffusion: training images per step "
+                                                   "(default the run's)")
+    cp.add_argument("--guidance", type=float, help="distill, diffusion, conditional: the guidance weight distilled "
+                                                   "into the student (default the run's)")
     cp.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
     cp.add_argument("--data-root", help="prune fine-tuning, distill: folder holding the datasets (default: the run's)")
 
@@ -536,6 +568,11 @@ def cmd_apply(a: argparse.Namespace) -> int:
     from genlab.apply import apply
     from genlab.options import check_number
 
+    if a.task is None:  # `genlab apply style ...`: the pseudo-run `style`, the task that needs no run
+        if a.run_dir != "style":
+            raise ConfigError(f"give a task after {a.run_dir}: inpaint, denoise, upscale, interpolate, edit or "
+                              "style (only `genlab apply style ...` needs no run)")
+        a.run_dir, a.task = None, "style"
     if a.steps is not None:
         raise ConfigError("--steps is the training budget of `genlab train`; for interpolation frames use --frames")
     if a.frames is not None and a.task != "interpolate":
@@ -544,8 +581,9 @@ def cmd_apply(a: argparse.Namespace) -> int:
     options = {"mask": a.mask, "sigma": a.sigma, "seeds": a.seeds, "steps": a.frames, "label": a.label,
                "resample": a.resample, "zeta": a.zeta, "average": a.average, "iters": a.iters, "sampler": a.sampler,
                "sampling_steps": a.sampling_steps, "eta": a.eta, "guidance": a.guidance, "snr": a.snr,
-               "gap": a.gap, "method": a.method}
-    if a.task != "interpolate":  # interpolation is deterministic given its endpoints
+               "gap": a.gap, "method": a.method, "strength": a.strength, "style": a.style,
+               "style_weight": a.style_weight, "direction": a.direction}
+    if a.task not in ("interpolate", "translate"):  # deterministic: given endpoints, a translation network
         options["seed"] = a.seed
     t0 = time.perf_counter()
     out = apply(a.run_dir, a.task, input=a.input, out=a.out, checkpoint=a.checkpoint, device=a.device, **options)
@@ -659,9 +697,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
     from genlab.compress import compress
 
     flags = {"dtype": a.dtype, "scheme": a.scheme, "amount": a.amount,
-             "structured": None if a.structured is None else a.structured == "true", "scope": a.scope,
+             "structured": a.structured, "scope": a.scope,
              "finetune_steps": a.finetune_steps, "n_layer": a.n_layer, "n_embd": a.n_embd, "n_head": a.n_head,
-             "steps": a.steps, "temperature": a.temperature, "alpha": a.alpha, "data_root": a.data_root}
+             "steps": a.steps, "temperature": a.temperature, "alpha": a.alpha, "data_root": a.data_root,
+             "sampling_steps": a.sampling_steps, "stages": a.stages, "substeps": a.substeps, "lr": a.lr,
+             "batch_size": a.batch_size, "guidance": a.guidance}
     options = {k: v for k, v in flags.items() if v is not None}
     out = compress(a.run_dir, a.method, a.out, checkpoint=a.checkpoint, **options)
     print(out)

@@ -25,8 +25,11 @@ import yaml
 from genlab.errors import ConfigError
 
 
+# The last five hold two image domains, for translation models (genlab.data.paired).
 DATASETS = ("mnist", "fashion-mnist", "digits", "folder", "array", "text",
-            "cora", "citeseer", "edgelist", "community", "grid", "ego", "fsdd", "audio")
+            "cora", "citeseer", "edgelist", "community", "grid", "ego", "fsdd", "audio",
+            "mnist-edges", "fashion-edges", "paired-folder", "mnist-fashion", "unpaired-folder")
+DATASETS += ("photos",)  # random crops of colour photos, the content images of style transfer (genlab.data.photos)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class DataConfig:
     num_graphs: int = 200  # synthetic small-graph families (community, grid, ego): how many to generate
     sample_rate: int | None = None  # audio: resample every file to this rate (Hz); None = the data's own
     audio_length: int = 5120  # audio: samples per clip; longer recordings are centre-cropped, shorter padded
+    style: str | None = None  # style-transfer runs: the style image (a file, or sample:flower.jpg / sample:china.jpg)
 
 
 @dataclass
@@ -364,6 +368,12 @@ def validate_run(cfg: RunConfig) -> None:
         (16 <= d.audio_length <= 10_000_000, "data.audio_length must be in 16..10000000 samples"),
         (d.vocab_size >= 257 or d.tokenizer != "bpe", "data.vocab_size must be >= 257 (256 bytes + merges)"),
         (not d.binarize or d.normalize == "zero_one", "data.binarize needs data.normalize=zero_one"),
+        (d.style is None or cfg.model_name == "style",
+         f"data.style is the style image of style-transfer runs; this is a {cfg.model_name} run: drop data.style"),
+        (cfg.model_name != "style" or d.style,
+         "style-transfer runs need a style image: --set data.style=IMAGE (a file, or sample:flower.jpg)"),
+        (cfg.model_name != "style" or d.normalize == "zero_one",
+         "style-transfer runs need data.normalize=zero_one (the feature network reads pixels in [0, 1])"),
         (set(t.trackers) <= {"wandb", "mlflow"} and len(set(t.trackers)) == len(t.trackers),
          f"train.trackers must list wandb and/or mlflow (each once), got {list(t.trackers)}"),
     ]

@@ -304,6 +304,57 @@ PRESETS.update({
 })
 
 
+# Image-to-image translation on 28x28 (genlab.models.translation, genlab.data.paired), sized for
+# 15-30 minutes on one CPU core: pix2pix 17 GFLOP per step at batch 32 (U-Net 32-64-128, PatchGAN
+# with 16x16 receptive fields, a bit over half the image), CycleGAN 16 GFLOP per step at batch 16
+# (two ResNet generators 16-32-64 with 4 blocks, PatchGANs seeing 34x34, all of the image). Adam
+# (0.5, 0.999) at 2e-4 as both papers; bf16 autocast off (these small convolutions are slower in
+# bf16 on CPUs, as for the diffusion and PixelCNN presets). The CycleGAN preset leaves out the
+# identity loss: it is for keeping colours (paintings <-> photos) and would hold digits as they are.
+_TRANSLATION_TRAIN = {"lr": 2e-4, "betas": [0.5, 0.999], "grad_clip": None, "warmup_steps": 0,
+                      "min_lr_ratio": 0.1, "amp": "off", "log_every": 50, "sample_every": 500,
+                      "ckpt_every": 500}
+
+PRESETS.update({
+    "pix2pix-mnist-edges": Preset(
+        "pix2pix: U-Net generator, PatchGAN (16x16 patches), L1 x 100, from Sobel edge maps to MNIST digits",
+        {"model": {"name": "pix2pix", "base_channels": 32, "depth": 2, "d_channels": 32, "n_layers": 1,
+                   "norm": "batch", "gan_loss": "bce", "l1_weight": 100.0, "dropout": 0.5},
+         "data": {"dataset": "mnist-edges", "normalize": "minus_one_one"},
+         "train": {**_TRANSLATION_TRAIN, "steps": 5000, "batch_size": 32}},
+    ),
+    "cyclegan-mnist-fashion": Preset(
+        "CycleGAN: two ResNet generators, two PatchGANs, LSGAN, cycle loss x 10, pool of 50; MNIST <-> Fashion-MNIST",
+        {"model": {"name": "cyclegan", "generator": "resnet", "g_channels": 16, "n_blocks": 4, "d_channels": 32,
+                   "n_layers": 2, "norm": "instance", "cycle_weight": 10.0, "identity_weight": 0.0,
+                   "pool_size": 50},
+         "data": {"dataset": "mnist-fashion", "normalize": "minus_one_one"},
+         "train": {**_TRANSLATION_TRAIN, "steps": 4000, "batch_size": 16}},
+    ),
+})
+
+
+# Feed-forward style transfer (genlab.models.style; Johnson et al. 2016, at CPU size: 16-32-64
+# channels, 5 residual blocks, 0.42M parameters) on 128x128 random crops of scikit-learn's two
+# sample photos (genlab.data.photos), with the random-feature perceptual losses of
+# genlab.metrics.style; about 1.4 steps/s at batch 4 on one Xeon thread (2,000 steps: ~25 min).
+# The style defaults to a sample photo so the preset runs offline as is; set your own with
+# --set data.style=PAINTING.jpg. bf16 autocast off (slower on these CPUs).
+PRESETS.update({
+    "style-transfer": Preset(
+        "feed-forward style network (Johnson et al.: encoder, 5 residual blocks, decoder) for one style "
+        "(data.style), random-feature perceptual losses, 128x128 crops of sample photos",
+        {"model": {"name": "style", "width": 16, "res_blocks": 5, "content_weight": 1.0, "style_weight": 100.0,
+                   "tv_weight": 1.0},
+         "data": {"dataset": "photos", "image_size": 128, "normalize": "zero_one", "hflip": True,
+                  "style": "sample:flower.jpg"},
+         "train": {"steps": 2000, "batch_size": 4, "lr": 1e-3, "warmup_steps": 50, "min_lr_ratio": 0.1,
+                   "grad_clip": 1.0, "amp": "off", "log_every": 50, "eval_every": 500, "eval_batches": 5,
+                   "sample_every": 500, "ckpt_every": 500}},
+    ),
+})
+
+
 def preset_yaml(name: str) -> str:
     """Preset `name`'s full resolved config as commented YAML that `genlab train FILE.yaml`
     accepts (it resolves to the same config as the preset); ConfigError naming close matches

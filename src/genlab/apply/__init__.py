@@ -17,9 +17,12 @@ from pathlib import Path
 import torch
 
 from genlab.apply.denoise import run_denoise
+from genlab.apply.edit import check_png_channels, run_edit
 from genlab.apply.inpaint import run_inpaint
 from genlab.apply.interpolate import run_interpolate
 from genlab.apply.io import ImageBatch, check_size, labelled_rows, output_bytes, read_images
+from genlab.apply.style import run_style
+from genlab.apply.translate import run_translate
 from genlab.apply.upscale import FACTOR, run_upscale
 from genlab.engine.checkpoint import atomic_write_bytes
 from genlab.errors import ConfigError, ShapeError
@@ -34,9 +37,18 @@ TASKS = {
     "denoise": (run_denoise, ("diffusion",)),
     "upscale": (run_upscale, ("diffusion",)),
     "interpolate": (run_interpolate, ("diffusion", "vae", "gan")),
+    "edit": (run_edit, ("diffusion",)),
+    "style": (run_style, ("style",)),  # `genlab apply style ...` without a run: by optimisation
+    "translate": (run_translate, ("pix2pix", "cyclegan")),
 }
 
-VERBS = {"inpaint": "inpainting", "denoise": "denoising", "upscale": "upscaling", "interpolate": "interpolating"}
+VERBS = {"inpaint": "inpainting", "denoise": "denoising", "upscale": "upscaling", "interpolate": "interpolating",
+         "edit": "editing", "style": "styling", "translate": "translating"}
+
+# image-to-image tasks: a PNG input must already have the run's mode (grey or RGB), not be converted
+SAME_MODE = ("edit", "translate")
+# tasks of fully convolutional networks: inputs of any size, not only the run's native size
+ANY_SIZE = ("style",)
 
 DIFFUSION_OPTIONS = ("sampler", "sampling_steps", "eta", "guidance", "resample", "zeta", "average")
 
@@ -46,7 +58,7 @@ BOUNDS = {"steps": dict(lo=2, integer=True), "sampling_steps": dict(lo=1, intege
           "resample": dict(lo=1, integer=True), "average": dict(lo=1, integer=True),
           "iters": dict(lo=1, integer=True), "zeta": dict(lo=0), "eta": dict(lo=0),
           "sigma": dict(lo=0, lo_open=True), "guidance": {}, "label": dict(lo=0, integer=True),
-          "snr": {}}
+          "snr": {}, "strength": dict(lo=0, hi=1), "style_weight": dict(lo=0)}
 
 
 def check_options(options: dict) -> None:
@@ -71,7 +83,7 @@ def task_problem(run, task: str, name: str | None = None) -> str | None:
     if run.family != "image":
         return f"{task} works on images; {name} is a {run.family} run"
     native = tuple(run.meta["native_size"])
-    if getattr(run.model.cfg, "image_size", None) != native[0] or native[0] != native[1]:
+    if task not in ANY_SIZE and (getattr(run.model.cfg, "image_size", None) != native[0] or native[0] != native[1]):
         return f"{task} needs a run trained at its data's native (square) size, {native[0]}x{native[1]}"
     return None
 
@@ -113,7 +125,8 @@ def run_task(run, task: str, batch: ImageBatch | None, *, name: str | None = Non
             raise ShapeError(f"{input_name}: 'labels' must be classes in 0..{k - 1} for this run, got values "
                              f"{int(labels.min())}..{int(labels.max())}")
         want = (native[0] // FACTOR, native[1] // FACTOR) if task == "upscale" else native
-        check_size(images, want, f"{task} input")
+        if task not in ANY_SIZE:
+            check_size(images, want, f"{task} input")
     elif task != "interpolate":
         raise ConfigError(f"{task} needs --input FILE.npz or FILE.png")
     given = {k: v for k, v in options.items() if v is not None}
@@ -130,16 +143,23 @@ def run_task(run, task: str, batch: ImageBatch | None, *, name: str | None = Non
     return result, keep, nrow
 
 
-def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | None, out: str | os.PathLike,
+def apply(run_dir: str | os.PathLike | None, task: str, *, input: str | os.PathLike | None, out: str | os.PathLike,
           checkpoint: str = "last", device: str = "cpu", **options) -> Path:
     """Run `task` of run_dir's model on the images in `input`, write them to `out`; returns `out`.
-    `options` are the task's keyword arguments (mask, sigma, seed, steps, ...)."""
+    `options` are the task's keyword arguments (mask, sigma, seed, steps, ...). run_dir None:
+    style transfer by optimisation (task "style", options style=IMAGE), which needs no run."""
     from genlab.engine.run import load
 
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     check_output(out, (".npz", ".png", ".wav"))
     check_options(options)  # before the (slow) load
+    if task == "style":  # photos of any format and size, with a style-transfer run or none
+        from genlab.apply.style import apply_style
+
+        return apply_style(run_dir, input=input, out=out, checkpoint=checkpoint, device=device, **options)
+    if run_dir is None:
+        raise ConfigError(f"{task} needs a trained run: genlab apply RUN_DIR {task} ...")
     run = load(run_dir, checkpoint, device)
     if run.family == "audio":
         from genlab.apply.audio import apply_audio
@@ -148,6 +168,8 @@ def apply(run_dir: str | os.PathLike, task: str, *, input: str | os.PathLike | N
     if Path(out).suffix.lower() == ".wav":
         raise ConfigError(f"--out FILE.wav is for audio runs; {run_dir} is an image run: give FILE.npz or FILE.png")
     check_run(run, task, options, str(run_dir))
+    if task in SAME_MODE and input is not None:
+        check_png_channels(input, run.meta["channels"])
     batch = read_images(input, run.meta["channels"]) if input is not None else None
     result, keep, nrow = run_task(run, task, batch, name=str(run_dir), input_name=str(input), **options)
     out = Path(out)

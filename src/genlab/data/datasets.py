@@ -405,6 +405,10 @@ def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None, *,
     """Load, resize and split the dataset `cfg` describes. `root` as in resolve_data_root.
     With `fallback`, MNIST absent from the data root (none of its files) is replaced by the
     8x8 digits (ImageData.dataset says so); without, it is a DataError."""
+    from genlab.data import paired
+
+    if cfg.dataset in paired.DATASETS:  # two domains for translation models: genlab.data.paired
+        return paired.load_paired_data(cfg, root)
     root_path = resolve_data_root(root)
     names = None
     if cfg.dataset in _IDX_DIRS:
@@ -435,6 +439,13 @@ def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None, *,
         if cfg.dataset == "digits":
             x, y = load_digits_fallback()
             source = "scikit-learn 8x8 digits (upscaled to 28x28)"
+        elif cfg.dataset == "photos":  # random crops of colour photos (genlab.data.photos)
+            from genlab.data.photos import load_photo_crops
+
+            p = None if not cfg.path else Path(cfg.path)
+            if p is not None and not p.is_absolute() and root_path is not None and (root_path / p).exists():
+                p = root_path / p
+            (x, source), y = load_photo_crops(p, cfg.image_size), None
         else:
             if not cfg.path:
                 raise DataError(f"data.dataset={cfg.dataset} needs data.path (a folder or .npz/.npy file)")
@@ -469,5 +480,10 @@ def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None, *,
     elif native[0] != native[1]:
         raise ShapeError(f"images are {native[0]}x{native[1]}; set data.image_size to train on squares")
     mean, std = channel_stats(tr_x)
-    return ImageData(tr_x.contiguous(), tr_y, va_x.contiguous(), va_y, te_x.contiguous(), te_y,
+    data = ImageData(tr_x.contiguous(), tr_y, va_x.contiguous(), va_y, te_x.contiguous(), te_y,
                      native, source, cfg.dataset, names, mean, std)
+    if cfg.style is not None:  # style transfer: the style image goes with every batch (genlab.data.photos)
+        from genlab.data.photos import with_style
+
+        data = with_style(data, cfg.style, root_path)
+    return data

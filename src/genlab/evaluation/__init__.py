@@ -34,6 +34,10 @@ def _image_family(run, *, n, seed, metrics, **opts):
     from genlab.evaluation.images import ImageEvalOptions, evaluate_images, with_data_root
 
     o = with_data_root(ImageEvalOptions(n=n or 10_000, seed=seed, metrics=metrics, **opts), run)
+    if hasattr(run.model, "translate"):  # pix2pix, CycleGAN: test images translated, against the target domain
+        from genlab.evaluation.translation import evaluate_translation
+
+        return evaluate_translation(run, o)
     return evaluate_images(run, o)
 
 

@@ -6,7 +6,9 @@ described by rules in `describe`:
 - `test_<term>`, `val_<term>`, `train_<term>`: a loss term of the model (`LOSS_TERMS`, lower is
   better) or a catalogued metric on that split (`val_auc`), as the trainer's test report and the
   graph evaluator write them;
-- `mia_<attack>_auc`, `mia_<attack>_tpr_at_fpr_<f>`, `near_copies_<space>`: the privacy audit.
+- `mia_<attack>_auc`, `mia_<attack>_tpr_at_fpr_<f>`, `near_copies_<space>`: the privacy audit;
+- `<metric>_ab`, `<metric>_ba`: a catalogued metric of one direction of a two-way translation
+  model (CycleGAN: `fid_ab`, `acceptance_ba`), as genlab.evaluation.translation writes them.
 Reports, `genlab compare` and `genlab info` all read it, so a number never appears without
 the direction it should move in.
 """
@@ -17,7 +19,8 @@ import re
 
 CATALOG: dict[str, tuple[str, str | None]] = {
     # images: sample quality in a feature space (the extractor is named beside the value)
-    "fid": ("Fréchet distance between feature statistics of samples and real test images", "lower"),
+    "fid": ("Fréchet distance between feature statistics of samples (or translations) and real test images",
+            "lower"),
     "kid": ("kernel (MMD) distance between sample and real test-image features; unbiased at small n", "lower"),
     "precision": ("fraction of samples inside the real images' feature manifold (fidelity)", "higher"),
     "recall": ("fraction of real images inside the samples' feature manifold (diversity)", "higher"),
@@ -25,11 +28,17 @@ CATALOG: dict[str, tuple[str, str | None]] = {
     "class_coverage": ("fraction of the classes that the classifier finds among the samples", "higher"),
     "label_accuracy": ("fraction of conditional samples a classifier assigns to the class asked for", "higher"),
     "tstr": ("test accuracy of a classifier trained on samples (train on synthetic, test on real)", "higher"),
-    # images: reconstructions of test images
-    "mse": ("mean squared pixel error of test-image reconstructions", "lower"),
-    "psnr": ("peak signal-to-noise ratio of test-image reconstructions, dB", "higher"),
-    "ssim": ("structural similarity of reconstructions to their test images (1 = identical)", "higher"),
+    # images: reconstructions of test images (or translations against their targets, pix2pix)
+    "mse": ("mean squared pixel error of test-image reconstructions or translations", "lower"),
+    "psnr": ("peak signal-to-noise ratio of test-image reconstructions or translations, dB", "higher"),
+    "ssim": ("structural similarity of reconstructions or translations to their targets (1 = identical)", "higher"),
     "feature_distance": ("distance between features of test images and of their reconstructions", "lower"),
+    # image-to-image translation (pix2pix, CycleGAN); two-way models suffix _ab / _ba (see describe)
+    "class_agreement": ("share of translations a classifier gives the class it gives their real targets", "higher"),
+    "acceptance": ("share of translations the target domain's classifier accepts as its own "
+                   "(beside the shares for real targets and untranslated sources)", "higher"),
+    "cycle_l1_aba": ("mean |F(G(a)) - a| of round trips from domain A, on the [0, 1] pixel scale", "lower"),
+    "cycle_l1_bab": ("mean |G(F(b)) - b| of round trips from domain B, on the [0, 1] pixel scale", "lower"),
     # likelihood
     "nll_nats": ("negative log-likelihood of a test image, nats (bound or exact, see the entry)", "lower"),
     "bits_per_dim": ("negative log-likelihood per pixel value, bits", "lower"),
@@ -76,6 +85,7 @@ _SPLIT = re.compile(rf"^({'|'.join(SPLITS)})_(.+)$")
 _MIA_AUC = re.compile(r"^mia_(.+)_auc$")
 _MIA_TPR = re.compile(r"^mia_(.+)_tpr_at_fpr_(.+)$")
 _NEAR = re.compile(r"^near_copies_(.+)$")
+_DIRECTION = re.compile(r"^(.+)_(ab|ba)$")
 ARROWS = {"lower": "↓", "higher": "↑", None: ""}
 
 
@@ -91,6 +101,10 @@ def describe(name: str) -> tuple[str, str | None]:
         return f"membership inference ({m[1]} attack): true-positive rate at {m[2]} false positives", "lower"
     if m := _NEAR.match(name):
         return f"fraction of samples that are near copies of training images ({m[1]} distance)", "lower"
+    if (m := _DIRECTION.match(name)) and m[1] in CATALOG:
+        text, better = CATALOG[m[1]]
+        source, target = m[2].upper()
+        return f"{text}, translating domain {source} to {target}", better
     if m := _SPLIT.match(name):
         split, term = m[1], m[2]
         if term in LOSS_TERMS:

@@ -512,8 +512,9 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
         image_bytes = await read_upload(image, "image")
         mask_bytes = await read_upload(mask, "mask")
         options = {"mask": form.mask_name, "sigma": form.sigma, "seeds": form.seed_pair(), "steps": form.steps,
-                   "label": form.label, "sampling_steps": form.sampling_steps, "guidance": form.guidance}
-        if task != "interpolate":  # as the CLI: interpolation is deterministic given its endpoints
+                   "label": form.label, "sampling_steps": form.sampling_steps, "guidance": form.guidance,
+                   "strength": form.strength, "direction": form.direction}
+        if task not in ("interpolate", "translate"):  # as the CLI: interpolation is deterministic given its endpoints
             options["seed"] = form.seed
         work = partial(apply_work, s.run, s.id, task, image_bytes, mask_bytes, form.format, options)
         body = await call(s, alone(work, grad=True))  # latent optimisation and guidance need autograd

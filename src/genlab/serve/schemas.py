@@ -29,7 +29,7 @@ Int = Annotated[int, BeforeValidator(_integral)]
 ModelId = Annotated[str, Field(min_length=1, max_length=200, description="a model id from GET /v1/models")]
 Seed = Annotated[Int, Field(ge=0, le=SEED_MAX, description="the request's random seed (same seed, same answer)")]
 Sampler = Literal["ddpm", "ddim", "dpmpp"]
-TASK_NAMES = ("inpaint", "denoise", "upscale", "interpolate")
+TASK_NAMES = ("inpaint", "denoise", "upscale", "interpolate", "edit", "translate")
 MASK_NAMES = ("center", "left-half", "bottom-half", "boxes")
 
 
@@ -87,7 +87,10 @@ class ApplyForm(BaseModel):
     steps: int | None = Field(None, ge=2, le=64, description="interpolate: frames per row, endpoints included")
     seeds: str | None = Field(None, pattern=r"^\s*\d{1,18}\s*,\s*\d{1,18}\s*$",
                               description="interpolate without an image: two seeds, 'A,B'")
-    label: int | None = Field(None, ge=0, description="interpolate, conditional models: the class")
+    label: int | None = Field(None, ge=0, description="interpolate, edit: conditional models' class")
+    strength: float | None = Field(None, ge=0, le=1, description="edit (SDEdit): how far the guide is noised "
+                                                                  "(0 = the guide, 1 = ignores it; default 0.5)")
+    direction: Literal["AtoB", "BtoA"] | None = Field(None, description="translate, CycleGAN runs (default AtoB)")
     sampling_steps: int | None = Field(None, ge=1, le=1000)
     guidance: float | None = Field(None, ge=-20, le=20)
     format: Literal["png", "npz"] = "png"

@@ -37,6 +37,7 @@ DEMOS = {
                                                                    "label_accuracy", "class_coverage"]},
     "ddpm-mnist": {"steps": 2500, "dtype": "float16", "evaluate": ["--n", "1000", "--metrics", "fid", "kid"]},
     "gpt-shakespeare-cpu": {"steps": 2000, "dtype": "float32", "evaluate": []},
+    "dcgan-mnist": {"steps": 4000, "dtype": "float32", "evaluate": ["--n", "10000", "--metrics", "fid", "kid"]},
 }
 KEEP_FILES = ("config.yaml", "data.json", "tokenizer.json", "report.json", "manifest.json")
 
@@ -130,7 +131,8 @@ def main() -> None:
         state = ckpt.latest_valid(run / "checkpoints").state["state"]
         dest, weights = package(run, name, spec["dtype"])
         report = evaluate(name, spec["evaluate"], work, a.data_root)
-        shipped = json.loads((dest / "report.json").read_text())  # the training's test losses, then these
+        trained = dest / "report.json"  # the training's test losses (none for GANs), then these
+        shipped = json.loads(trained.read_text()) if trained.is_file() else {"metrics": {}}
         shipped["metrics"].update(report["metrics"])
         ckpt.atomic_write_json(dest / "report.json", shipped)
         manifest = json.loads((run / "manifest.json").read_text())

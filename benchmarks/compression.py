@@ -31,6 +31,7 @@ Writes benchmarks/results/compression.{json,md} (--smoke: /tmp/compression-smoke
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -303,6 +304,8 @@ def render(data: dict) -> str:
         f = next((x for x in rows if x["variant"] == "float" and "error" not in x), None)
         gpt = r["kind"] == "gpt"
         out += [f"## {r['source']} (step {r['step']})", ""]
+        if r.get("command") and r["command"] != data["command"]:
+            out += [f"Measured by `{r['command']}`.", ""]
         qh = "val loss | perplexity" if gpt else "FID"
         lat = "ms/token b1 | tokens/s b1" if gpt else "latency b1 ms"
         out += [f"| variant | weights bytes | file bytes | size x | {lat} | throughput | speed x | {qh} | prepare s |",
@@ -342,7 +345,8 @@ def render(data: dict) -> str:
             "onnxruntime fuses into int8 matmuls) and run by onnxruntime; the onnx row is the float export, so "
             "onnx against float is the runtime's share of the gain and int8 onnx against onnx is int8's.", ""]
     out += ["## Command and machine", "", f"`{data['command']}`", "", machine_lines(m),
-            f"- wall time: {data['wall_s'] / 60:.1f} min; compressed runs in `{data['work']}`"]
+            f"- wall time: {data['wall_s'] / 60:.1f} min; compressed runs in `{data['work']}`; 1-minute load average "
+            f"at the end {data.get('load_avg', '?')} (timings are only comparable within a quiet run)"]
     return "\n".join(out) + "\n"
 
 
@@ -384,7 +388,16 @@ def main() -> None:
         shlex.join(["benchmarks/compression.py", *sys.argv[1:]]))
     t0 = time.time()
     machine = machine_info()
-    results = [bench_run(src, a, a.work) for src in a.runs]
+    results = []
+    for src in a.runs:
+        results.append(bench_run(src, a, a.work))
+        results[-1]["command"] = command
+    path = results_dir / f"{name}.json"
+    if not a.smoke and path.is_file():  # re-measured sources replace their old section, the others stay
+        done = {r["source"] for r in results}
+        before = json.loads(path.read_text())
+        old = [{"command": before["command"], **r} for r in before["results"] if r["source"] not in done]
+        results = sorted(old + results, key=lambda r: DEMOS.index(r["source"]) if r["source"] in DEMOS else 99)
     data = {"command": command, "machine": machine, "load_avg": round(os.getloadavg()[0], 2),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
             "work": str(a.work), "results": results, "aims": aims(results), "wall_s": round(time.time() - t0, 1)}

@@ -160,15 +160,15 @@ def _timed_stderr(args: list[str], interval: float) -> tuple[int, list[tuple[flo
 
 
 def _check_progress(got: list[tuple[float, str]], pattern: str, total: int, interval: float) -> list[str]:
-    """The progress lines: counts rising to `total`, at most about an interval apart, a final line."""
+    """The progress lines: counts rising to `total`, "left" estimates, a final "done in" line."""
     prog = [(t, s) for t, s in got if re.match(pattern, s)]
     counts = [int(re.match(pattern, s).group(1).replace(",", "")) for _, s in prog]
     assert len(prog) >= 4, [s for _, s in got]
     # rising (a count may repeat: a line shows whole units of a job that moves by fractions of a batch)
     assert counts == sorted(counts) and len(set(counts)) >= 3 and counts[-1] == total, counts
     assert "done in" in prog[-1][1] and all("left" in s for _, s in prog[:-1])
-    gaps = [b - a for (a, _), (b, _) in zip(prog, prog[1:-1])]  # the final line waits for the end's work
-    assert max(gaps) < interval + 0.8, gaps  # one interval, plus one sampler step / training step and noise
+    # No bound on the gaps between lines: a line can only come at a tick, and on a loaded machine one
+    # sampler or training step takes seconds; the interval itself is tested with a fake clock above.
     return [s for _, s in prog]
 
 

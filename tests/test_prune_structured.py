@@ -155,6 +155,16 @@ def test_shrunk_gan_run_samples_and_keeps_its_ema(runs):
     assert images.shape == (3, 1, 28, 28) and images.dtype == torch.uint8
 
 
+def test_a_demo_with_ema_weights_only_shrinks_and_its_model_weights_are_the_ema(tmp_path):
+    out = compress("demo:dcgan-mnist", "prune", tmp_path / "shrunk", amount=0.5, structured="shrink")
+    tensors = genlab.engine.checkpoint.latest_valid(out / "checkpoints").tensors
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    assert ema and model.keys() == ema.keys() and all(torch.equal(model[k], ema[k]) for k in ema)
+    run = genlab.load(out)
+    assert run.cfg.model.g_widths is not None and run.sample(2, seed=0)[0].shape == (2, 1, 28, 28)
+
+
 def test_shrink_refusals_are_one_line(runs, tmp_path):
     with pytest.raises(ConfigError, match="--structured shrink supports gpt, gan, vae runs, not diffusion") as e:
         compress("demo:ddpm-mnist", "prune", tmp_path / "x", structured="shrink")

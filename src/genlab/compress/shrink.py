@@ -317,6 +317,8 @@ def shrink_run(source, amount: float, options: dict, data_root: str | os.PathLik
         sd = {k[len(head) + 1:]: v for k, v in source.checkpoint.tensors.items() if k.startswith(f"{head}.")}
         if sd:
             tensors |= {f"{head}.{k}": v for k, v in shrink_state(sd, groups, keep).items()}
+    if not any(k.startswith("model.") for k in tensors):  # a shipped demo keeps its EMA weights only
+        tensors |= {"model." + k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
     new_model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})  # the shapes fit
     optim, optimizers = _fresh_optimizers(new_model, cfg.train)
     tensors |= optim

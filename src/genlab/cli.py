@@ -276,18 +276,19 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--n-layer", type=int, help="distill: the student GPT's layers")
     cp.add_argument("--n-embd", type=int, help="distill: the student GPT's width")
     cp.add_argument("--n-head", type=int, help="distill: the student GPT's attention heads")
-    cp.add_argument("--steps", type=int, help="distill: the student's training steps (diffusion: per stage)")
+    cp.add_argument("--steps", type=int, help="distill: the student's training steps (diffusion: per stage, "
+                                              "default 2800)")
     cp.add_argument("--temperature", type=float, help="distill: softmax temperature of the soft targets (default 2)")
     cp.add_argument("--alpha", type=float, help="distill: weight of the soft-target loss against the hard "
                                                 "next-token loss (default 0.5)")
     cp.add_argument("--sampling-steps", type=int, help="distill, diffusion: the student's DDIM steps (default 4)")
     cp.add_argument("--stages", type=int, help="distill, diffusion: how many times the steps are divided by "
-                                               "--substeps (the first teacher takes sampling-steps x substeps^stages)")
+                                               "--substeps (the first teacher takes sampling-steps x substeps^stages; "
+                                               "default 1)")
     cp.add_argument("--substeps", type=int, help="distill, diffusion: teacher DDIM steps one student step matches "
-                                                 "(2: progressive halving)")
-    cp.add_argument("--lr", type=float, help="distill, diffusion: the student's learning rate")
-    cp.add_argument("--batch-size", type=int, help="distill, diffusion: training images per step "
-                                                   "(default the run's)")
+                                                 "(default 4; 2: the paper's halving)")
+    cp.add_argument("--lr", type=float, help="distill, diffusion: the student's learning rate (default 2e-4)")
+    cp.add_argument("--batch-size", type=int, help="distill, diffusion: training images per step (default 16)")
     cp.add_argument("--guidance", type=float, help="distill, diffusion, conditional: the guidance weight distilled "
                                                    "into the student (default the run's)")
     cp.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)

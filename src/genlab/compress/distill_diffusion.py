@@ -213,6 +213,14 @@ def distill_diffusion_run(source, steps: int | None = None, sampling_steps: int 
         data_root: where the teacher's data is (default: as the teacher run recorded).
     Returns:
         the last student's tensors, config (sampler ddim, sampling_steps K), TrainState and record.
+
+    Measured on demo:ddpm-mnist (one Xeon thread, core pinned; FID lenet-mnist over 1,000 samples,
+    seed 0, as `genlab evaluate --n 1000 --metrics fid`): the teacher 58.1 with dpmpp in 20 steps,
+    72.5 (dpmpp) and 79.8 (ddim) in 4. These defaults (16 -> 4, 2,800 steps of 16 images at
+    lr 2e-4): 68.1 at 4 DDIM steps after 17-19 min; 1,600 steps: 70.5 in 10.6 min. The paper's
+    halvings in the same time did worse: 16 -> 8 -> 4 at 1,100 steps per stage 73.7 (10.8 min),
+    8 -> 4 at 800 steps 75.4 (3.6 min), against 73.1 for 16 -> 4 at 800 steps; lr 5e-4 and 1e-3
+    were worse than 1e-4-2e-4, and batches of 8 or 32-64 no better for the time.
     """
     from genlab.engine.run import recorded_data_root
 

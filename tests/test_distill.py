@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -168,3 +169,19 @@ def test_non_gpt_teacher_is_refused(runs, tmp_path):
     with pytest.raises(ConfigError, match=r"needs a gpt teacher run; .* is a lstm run") as e:
         compress(runs["lstm"], "distill", tmp_path / "out", steps=1)
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+def test_student_of_a_shrunk_teacher_takes_its_own_head_and_mlp_sizes():
+    # a shrunk teacher records head_size / mlp_hidden; a narrower student must not inherit them
+    from genlab.compress.distill import student_config
+    from genlab.config import resolve
+
+    t = resolve("gpt-shakespeare-cpu", ["model.n_embd=64", "model.n_head=4", "model.head_size=8",
+                                        "model.mlp_hidden=96"])
+    same = student_config(t, 1, 64, 4, steps=10).model
+    assert (same.head_size, same.mlp_hidden) == (8, 96)
+    other_heads = student_config(t, 1, 64, 2, steps=10).model
+    assert (other_heads.head_dim, other_heads.mlp_hidden) == (32, 96)
+    narrower = student_config(t, 1, 32, 4, steps=10).model
+    assert (narrower.head_dim, narrower.mlp_dim) == (8, 128)
+    GPT(dataclasses.replace(narrower, vocab_size=65))  # builds at the student's own shape

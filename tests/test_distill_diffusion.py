@@ -14,7 +14,7 @@ from genlab.compress import compress
 from genlab.compress.distill_diffusion import (Student, ab_at, ddim_x0_target, distill_diffusion_run, stage_grid,
                                                teacher_steps)
 from genlab.engine import checkpoint as ckpt
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, DataError
 from genlab.models.diffusion import schedules as sch
 from genlab.models.diffusion.ddpm import Diffusion, DiffusionConfig, ddim_step
 from tests.test_diffusion import TINY_DIFFUSION, small_mnist
@@ -221,6 +221,24 @@ def test_eps_teacher_is_refused(runs):
     run.cfg = dataclasses.replace(run.cfg, model=dataclasses.replace(run.cfg.model, prediction="eps"))
     with pytest.raises(ConfigError, match=r"predicts eps, which cannot give x0 .* model.prediction=v"):
         distill_diffusion_run(run, steps=1)
+
+
+def test_a_teacher_whose_data_is_missing_is_refused_not_switched_to_other_data(runs, tmp_path):
+    # MNIST absent: a new run would fall back to the 8x8 digits; a student must not learn from them
+    run = genlab.load(runs["teacher"])
+    run.cfg = dataclasses.replace(run.cfg, data=dataclasses.replace(run.cfg.data, dataset="mnist", path=None))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="mnist"):
+        distill_diffusion_run(run, steps=1, sampling_steps=1, stages=1, data_root=tmp_path / "empty")
+
+
+def test_resuming_a_distilled_sampler_is_refused(runs, capsys):
+    from tests.conftest import main_fails_in_one_line
+
+    before = sorted(p.name for p in (runs["student"] / "checkpoints").iterdir())
+    main_fails_in_one_line(capsys, ["train", "--resume", str(runs["student"]), "--steps", "20"],
+                           "is a distilled 1-step sampler, which ordinary training would undo")
+    assert sorted(p.name for p in (runs["student"] / "checkpoints").iterdir()) == before
 
 
 def test_gpt_teacher_refuses_diffusion_options(tmp_path):

@@ -11,7 +11,7 @@ from torch import nn
 
 import genlab
 from genlab.apply import apply
-from genlab.config import DATASETS, DataConfig
+from genlab.config import DATASETS, PAIRED_DATASETS, TRANSLATION_DATASETS, DataConfig, resolve
 from genlab.data import paired
 from genlab.data.paired import PairedData, edge_map, read_paired_folder
 from genlab.data.transforms import BatchPipeline
@@ -70,7 +70,23 @@ def runs(tmp_path_factory, folders) -> dict[str, Path]:
 
 
 def test_translation_datasets_are_known_to_the_config():
-    assert set(paired.DATASETS) <= set(DATASETS)
+    # the loader reads exactly the datasets the config names, paired ones as pairs
+    assert {*paired.EDGE_SOURCES, *paired.UNPAIRED_SOURCES, *paired.FOLDERS} == set(TRANSLATION_DATASETS)
+    assert {*paired.EDGE_SOURCES, *(d for d, p in paired.FOLDERS.items() if p)} == set(PAIRED_DATASETS)
+    assert set(TRANSLATION_DATASETS) <= set(DATASETS)
+
+
+@pytest.mark.parametrize("preset, dataset, match", [
+    ("cvae-mnist", "mnist-edges", "holds two image domains, for pix2pix or cyclegan"),
+    ("ddpm-mnist", "mnist-fashion", "holds two image domains"),
+    ("pix2pix-mnist-edges", "mnist", "set data.dataset to one of mnist-edges, fashion-edges, paired-folder$"),
+    ("pix2pix-mnist-edges", "mnist-fashion", "pix2pix learns from pairs"),
+    ("cyclegan-mnist-fashion", "fashion-mnist", "one of mnist-edges, .*unpaired-folder$"),
+])
+def test_a_dataset_must_fit_the_model(preset, dataset, match):
+    # checked with the config, before any data is read (a one-domain model would fail on batch["x"])
+    with pytest.raises(ConfigError, match=match):
+        resolve(preset, [f"data.dataset={dataset}"])
 
 
 def test_edge_map_outlines_a_square():
@@ -132,7 +148,7 @@ def test_patchgan_receptive_field_is_what_the_config_says(n_layers, expected):
     """The input region that reaches one output score, by its gradient, is the computed square."""
     assert receptive_field(patchgan_layers(n_layers)) == expected
     torch.manual_seed(0)
-    model = Pix2Pix(Pix2PixConfig(base_channels=4, d_channels=4, n_layers=n_layers, depth=1, channels=1, image_size=8))
+    model = Pix2Pix(Pix2PixConfig(base_channels=4, d_channels=4, n_layers=n_layers, depth=1, channels=1, image_size=24))
     d = model.discriminator.eval()  # batch norm from running statistics: no mixing across pixels
     x = torch.randn(1, 2, expected + 12, expected + 12, requires_grad=True)
     out = d(x)
@@ -144,9 +160,17 @@ def test_patchgan_receptive_field_is_what_the_config_says(n_layers, expected):
     assert seen.sum() == expected ** 2  # a full square
 
 
+@pytest.mark.parametrize("size, deepest", [(28, 3), (24, 3), (8, 1), (16, 2)])
+def test_a_patchgan_too_deep_for_the_image_is_refused(size, deepest):
+    Pix2Pix(Pix2PixConfig(base_channels=4, d_channels=4, n_layers=deepest, depth=1, channels=1, image_size=size))
+    with pytest.raises(ConfigError, match=f"n_layers={deepest + 1} is too deep .*model.n_layers <= {deepest}$"):
+        Pix2Pix(Pix2PixConfig(base_channels=4, d_channels=4, n_layers=deepest + 1, depth=1, channels=1,
+                              image_size=size))
+
+
 def test_unet_output_has_the_input_shape():
     for size, depth, c in ((28, 2, 1), (32, 3, 3), (8, 1, 3)):
-        m = Pix2Pix(Pix2PixConfig(base_channels=4, depth=depth, d_channels=4, channels=c, image_size=size))
+        m = Pix2Pix(Pix2PixConfig(base_channels=4, depth=depth, d_channels=4, n_layers=1, channels=c, image_size=size))
         x = torch.randn(2, c, size, size)
         y = m.generator(x)
         assert y.shape == x.shape and y.abs().max() <= 1
@@ -169,10 +193,10 @@ def test_cycle_loss_of_an_identity_pair_is_zero():
 def test_image_pool_fills_then_swaps():
     torch.manual_seed(0)
     m = CycleGAN(CycleGANConfig(g_channels=4, n_blocks=0, d_channels=4, n_layers=1, pool_size=4, channels=1,
-                                image_size=4))
-    first = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 4, 4)
+                                image_size=8))
+    first = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 8, 8)
     assert torch.equal(m.pool_a.query(first), first) and int(m.pool_a.count) == 4
-    new = torch.full((64, 1, 4, 4), 9.0)
+    new = torch.full((64, 1, 8, 8), 9.0)
     shown = m.pool_a.query(new)
     old = (shown[:, 0, 0, 0] < 9).sum()
     assert 0 < old < 64  # about half come from the pool
@@ -196,7 +220,7 @@ def test_a_few_steps_lower_the_l1_term():
 
 
 def test_translation_models_need_two_domains():
-    m = Pix2Pix(Pix2PixConfig(base_channels=4, depth=1, d_channels=4, channels=1, image_size=8))
+    m = Pix2Pix(Pix2PixConfig(base_channels=4, depth=1, d_channels=4, n_layers=1, channels=1, image_size=8))
     with pytest.raises(ConfigError, match="set data.dataset to one of mnist-edges"):
         m.loss({"x": torch.zeros(2, 1, 8, 8)}, "generator")
     with pytest.raises(ConfigError, match="translates given images"):
@@ -262,6 +286,32 @@ def test_translate_refuses_bad_inputs_in_one_line(runs, tmp_path, capsys):
     np.savez(tmp_path / "grey.npz", images=np.zeros((2, 1, 16, 16), np.uint8))
     with pytest.raises(ShapeError, match=r"'images' must be uint8 N x 3 x H x W"):
         apply(p2p, "translate", input=tmp_path / "grey.npz", out=tmp_path / "y.npz")
+
+
+def test_serve_translates_as_the_cli_and_keeps_its_refusals(runs, tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[test]'")
+    pytest.importorskip("multipart", reason="python-multipart is missing: pip install -e '.[test]'")
+    from fastapi.testclient import TestClient
+
+    from genlab.apply import TASKS
+    from genlab.serve import create_app
+    from genlab.serve.schemas import TASK_NAMES
+
+    assert set(TASK_NAMES) == set(TASKS)  # every apply task has its route
+    client = TestClient(create_app([runs["pix2pix"], runs["cyclegan"]]))
+    models = {m["id"]: m for m in client.get("/v1/models").json()["models"]}
+    assert models["pix2pix"]["tasks"] == ["translate"] and models["cyclegan"]["tasks"] == ["translate"]
+    r = client.post("/v1/generate", json={"model": "pix2pix", "n": 1})
+    assert r.status_code == 404 and "transforms given images (POST /v1/apply/translate)" in r.json()["detail"]
+    _png(tmp_path / "x.png", np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    r = client.post("/v1/apply/translate", data={"model": "pix2pix"},
+                    files={"image": ("x.png", (tmp_path / "x.png").read_bytes())})
+    assert r.status_code == 200, r.text
+    assert r.content == apply(runs["pix2pix"], "translate", input=tmp_path / "x.png", out=tmp_path / "y.png").read_bytes()
+    _png(tmp_path / "grey.png", np.zeros((16, 16), np.uint8))  # the CLI refuses it; so does the server
+    r = client.post("/v1/apply/translate", data={"model": "pix2pix"},
+                    files={"image": ("grey.png", (tmp_path / "grey.png").read_bytes())})
+    assert r.status_code == 400 and "image is greyscale but the run makes RGB images" in r.json()["detail"]
 
 
 def test_evaluate_reports_the_metrics_that_apply(runs, tmp_path):

@@ -25,11 +25,16 @@ import yaml
 from genlab.errors import ConfigError
 
 
-# The last five hold two image domains, for translation models (genlab.data.paired).
+# Two image domains, for the translation models (genlab.data.paired reads them): paired
+# (pix2pix or CycleGAN) and unpaired (CycleGAN only).
+PAIRED_DATASETS = ("mnist-edges", "fashion-edges", "paired-folder")
+UNPAIRED_DATASETS = ("mnist-fashion", "unpaired-folder")
+TRANSLATION_DATASETS = PAIRED_DATASETS + UNPAIRED_DATASETS
+TRANSLATION_MODELS = ("pix2pix", "cyclegan")
 DATASETS = ("mnist", "fashion-mnist", "digits", "folder", "array", "text",
             "cora", "citeseer", "edgelist", "community", "grid", "ego", "fsdd", "audio",
-            "mnist-edges", "fashion-edges", "paired-folder", "mnist-fashion", "unpaired-folder")
-DATASETS += ("photos",)  # random crops of colour photos, the content images of style transfer (genlab.data.photos)
+            *TRANSLATION_DATASETS,
+            "photos")  # random crops of colour photos, the content images of style transfer (genlab.data.photos)
 
 
 @dataclass
@@ -368,6 +373,15 @@ def validate_run(cfg: RunConfig) -> None:
         (16 <= d.audio_length <= 10_000_000, "data.audio_length must be in 16..10000000 samples"),
         (d.vocab_size >= 257 or d.tokenizer != "bpe", "data.vocab_size must be >= 257 (256 bytes + merges)"),
         (not d.binarize or d.normalize == "zero_one", "data.binarize needs data.normalize=zero_one"),
+        (cfg.model_name in TRANSLATION_MODELS or d.dataset not in TRANSLATION_DATASETS,
+         f"data.dataset={d.dataset} holds two image domains, for pix2pix or cyclegan; a {cfg.model_name} run "
+         "needs one domain: set data.dataset=mnist (or folder/array)"),
+        (cfg.model_name not in TRANSLATION_MODELS or d.dataset in TRANSLATION_DATASETS,
+         f"{cfg.model_name} translates between two image domains; set data.dataset to one of "
+         f"{', '.join(TRANSLATION_DATASETS if cfg.model_name == 'cyclegan' else PAIRED_DATASETS)}"),
+        (cfg.model_name != "pix2pix" or d.dataset not in UNPAIRED_DATASETS,
+         f"pix2pix learns from pairs; data.dataset={d.dataset} is unpaired: use cyclegan, or one of "
+         f"{', '.join(PAIRED_DATASETS)}"),
         (d.style is None or cfg.model_name == "style",
          f"data.style is the style image of style-transfer runs; this is a {cfg.model_name} run: drop data.style"),
         (cfg.model_name != "style" or d.style,

@@ -21,6 +21,8 @@ with its surroundings; the returned pixels outside the mask are the guide's, exa
 
 from __future__ import annotations
 
+import io
+
 import math
 from pathlib import Path
 from typing import Callable
@@ -75,22 +77,25 @@ def sdedit(model, guide: torch.Tensor, strength: float, *, steps: int | None = N
                              generator=generator, x0_hook=hook)
 
 
-def check_png_channels(path: str | Path, channels: int) -> None:
-    """A ShapeError when the PNG at `path` is greyscale and the run makes colour images or the
-    other way round (image-to-image tasks keep the input's mode instead of converting it)."""
-    p = Path(path)
-    if p.suffix.lower() != ".png" or not p.is_file():
-        return  # .npz inputs are checked by their layout; a missing file by read_images
+def check_png_channels(path: str | Path | io.BytesIO, channels: int, name: str | None = None) -> None:
+    """A ShapeError when the PNG at `path` (or in an upload's bytes, called `name`) is greyscale
+    and the run makes colour images or the other way round (image-to-image tasks keep the
+    input's mode instead of converting it)."""
+    if not isinstance(path, io.BytesIO):
+        path = Path(path)
+        if path.suffix.lower() != ".png" or not path.is_file():
+            return  # .npz inputs are checked by their layout; a missing file by read_images
     from PIL import Image, UnidentifiedImageError
 
+    name = name or str(path)
     try:
-        with Image.open(p) as im:
+        with Image.open(path) as im:
             grey = Image.getmodebase(im.mode) == "L"
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read {p} as a PNG: {e}") from None
+        raise DataError(f"cannot read {name} as a PNG: {e}") from None
     if grey != (channels == 1):
         have, want = ("greyscale", "RGB") if grey else ("RGB", "greyscale")
-        raise ShapeError(f"{p} is {have} but the run makes {want} images; give a {want} PNG of the run's size")
+        raise ShapeError(f"{name} is {have} but the run makes {want} images; give a {want} PNG of the run's size")
 
 
 def run_edit(run, images: torch.Tensor, labels: torch.Tensor | None, *, strength: float = 0.5,

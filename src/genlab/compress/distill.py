@@ -141,8 +141,13 @@ def init_from_teacher(student: GPT, teacher: GPT) -> list[int] | None:
 
 def student_config(teacher_cfg: RunConfig, n_layer: int, n_embd: int, n_head: int, steps: int) -> RunConfig:
     """The teacher run's config with the student's size and `steps` as the training budget (a
-    new LR schedule over those steps, no time budget, no trackers)."""
-    model = dataclasses.replace(teacher_cfg.model, n_layer=n_layer, n_embd=n_embd, n_head=n_head)
+    new LR schedule over those steps, no time budget, no trackers). A teacher's explicit head
+    size (a shrunk teacher's) carries over only with its width and heads, its MLP width only with
+    its width; otherwise the student takes the defaults for its own shape."""
+    t = teacher_cfg.model
+    model = dataclasses.replace(t, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                                head_size=t.head_size if (n_embd, n_head) == (t.n_embd, t.n_head) else None,
+                                mlp_hidden=t.mlp_hidden if n_embd == t.n_embd else None)
     train = dataclasses.replace(teacher_cfg.train, steps=steps, schedule_steps=steps, minutes=None, trackers=())
     return dataclasses.replace(teacher_cfg, model=model, train=train, preset=None)
 

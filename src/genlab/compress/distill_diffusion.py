@@ -265,6 +265,7 @@ def distill_diffusion_run(source, steps: int | None = None, sampling_steps: int 
     for c in cfgs:
         validate_run(c)
     data_root = data_root or recorded_data_root(source.run_dir)
+    source.data(data_root)  # the teacher's own data, or a DataError: stages must not fall back to other data
     record_stages, extra = [], {}
     with tempfile.TemporaryDirectory(prefix="genlab-distill-") as work:
         for k, cfg in enumerate(cfgs):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genlab.config import DataConfig
+from genlab.config import TRANSLATION_DATASETS, DataConfig
 from genlab.data.datasets import (
     IMAGE_EXTENSIONS,
     BatchOrder,
@@ -45,7 +45,7 @@ log = logging.getLogger("genlab")
 EDGE_SOURCES = {"mnist-edges": "mnist", "fashion-edges": "fashion-mnist"}  # paired: edges -> image
 UNPAIRED_SOURCES = {"mnist-fashion": ("mnist", "fashion-mnist")}  # unpaired: (domain A, domain B)
 FOLDERS = {"paired-folder": True, "unpaired-folder": False}  # dataset -> paired
-DATASETS = (*EDGE_SOURCES, *UNPAIRED_SOURCES, *FOLDERS)
+DATASETS = TRANSLATION_DATASETS  # named in genlab.config, which checks them against the model
 
 
 # --------------------------------------------------------------------------- edge maps (pure)

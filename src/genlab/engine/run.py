@@ -262,12 +262,17 @@ def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, 
 
 def check_resumable(run_dir: str | os.PathLike) -> None:
     """A ConfigError for runs that `train --resume` must not touch: shipped demos (read-only) and
-    quantised runs (their int8 weights do not train)."""
+    quantised runs (their int8 weights do not train), distilled few-step diffusion samplers (the
+    ordinary diffusion loss would undo the distillation)."""
     demos.refuse_write(run_dir, "train a new run from its config instead (genlab presets --show NAME)")
     record = _read_json(Path(run_dir) / "compression.json")
     if record and record.get("method") == "quantize":
         raise ConfigError(f"{run_dir} holds quantised weights, which do not train; continue its source run "
                           f"({record['source']['run']}) and quantise again")
+    if record and record.get("method") == "distill" and "sampling_steps" in record.get("student", {}):
+        raise ConfigError(f"{run_dir} is a distilled {record['student']['sampling_steps']}-step sampler, which "
+                          "ordinary training would undo; distil again from its teacher "
+                          f"({record['teacher']['run']}) with more --steps")
 
 
 def check_budgets(steps: int | None, minutes: float | None) -> None:

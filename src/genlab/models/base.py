@@ -29,6 +29,8 @@ class GenerativeModel(nn.Module):
     # False for models whose loss says nothing about quality (GANs): no validation loss,
     # no best-by-loss checkpoint, no early stopping on it.
     validation_loss: bool = True
+    # False for models that transform given images (translation, style transfer): no `sample`.
+    draws_samples: bool = True
 
     def optimizers(self) -> dict[str, list[nn.Parameter]]:
         return {"model": [p for p in self.parameters() if p.requires_grad]}

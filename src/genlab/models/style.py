@@ -82,6 +82,8 @@ class ResBlock(nn.Module):
 class StyleNet(GenerativeModel):
     """Images in [0, 1] (B, 3, H, W) -> their stylisation (B, 3, H, W) in [0, 1]."""
 
+    draws_samples = False
+
     def __init__(self, cfg: StyleConfig):
         super().__init__()
         if cfg.channels not in (None, 3):

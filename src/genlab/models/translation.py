@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.config import TRANSLATION_DATASETS
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel, check_image_fields
 from genlab.registry import register
@@ -105,6 +106,16 @@ def receptive_field(layers: list[tuple[int, int]]) -> int:
     for k, s in reversed(layers):
         r = (r - 1) * s + k
     return r
+
+
+def check_patchgan_fits(n_layers: int, image_size: int) -> None:
+    """A PatchGAN with `n_layers` stride-2 layers must leave at least one score per image: each
+    halves the side (floor), then the two 4x4 stride-1 ones take 1 px each."""
+    side = image_size // 2 ** n_layers - 2
+    if side < 1:
+        deepest = max(n for n in range(image_size.bit_length()) if image_size // 2 ** n >= 3)
+        raise ConfigError(f"model.n_layers={n_layers} is too deep for {image_size}x{image_size} images (the "
+                          f"PatchGAN would have no output left); use model.n_layers <= {deepest}")
 
 
 def adversarial(kind: str, score: torch.Tensor, real: bool) -> torch.Tensor:
@@ -257,6 +268,7 @@ class TranslationModel(GenerativeModel):
     sampling of their own."""
 
     validation_loss = False  # GAN losses say nothing about quality: `genlab evaluate` measures it
+    draws_samples = False
 
     def translators(self) -> dict[str, nn.Module]:
         """direction ("AtoB", "BtoA") -> the generator that translates that way."""
@@ -280,7 +292,7 @@ class TranslationModel(GenerativeModel):
     def _check_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if "a" not in batch or "b" not in batch:
             raise ConfigError(f"{type(self).__name__} trains on two image domains; set data.dataset to one of "
-                              "mnist-edges, fashion-edges, paired-folder, mnist-fashion, unpaired-folder")
+                              f"{', '.join(TRANSLATION_DATASETS)}")
         return batch["a"], batch["b"]
 
     def _train_only(self, opt: str) -> None:
@@ -311,6 +323,7 @@ class Pix2Pix(TranslationModel):
     def __init__(self, cfg: Pix2PixConfig):
         super().__init__()
         check_image_fields(cfg, "pix2pix U-Net", 2 ** cfg.depth)
+        check_patchgan_fits(cfg.n_layers, cfg.image_size)
         self.cfg = cfg
         C = cfg.channels
         self.generator = UNet(C, C, cfg.base_channels, cfg.depth, cfg.norm, cfg.dropout)
@@ -349,6 +362,7 @@ class CycleGAN(TranslationModel):
         super().__init__()
         resnet = cfg.generator == "resnet"
         check_image_fields(cfg, f"cyclegan {cfg.generator} generator", 4 if resnet else 2 ** cfg.depth)
+        check_patchgan_fits(cfg.n_layers, cfg.image_size)
         self.cfg = cfg
         C, S = cfg.channels, cfg.image_size
 

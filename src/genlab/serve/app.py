@@ -35,7 +35,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from genlab.apply import TASKS, result_bytes, run_task, supported_tasks, task_problem
+from genlab.apply import SAME_MODE, TASKS, result_bytes, run_task, supported_tasks, task_problem
+from genlab.apply.edit import check_png_channels
 from genlab.apply.inpaint import decode_mask
 from genlab.apply.io import decode_images
 from genlab.engine.run import Run, load
@@ -84,8 +85,8 @@ def load_runs(run_dirs: list) -> dict[str, Run]:
 def model_info(rid: str, run: Run) -> dict:
     image, audio = run.family == "image", run.family == "audio"
     conditional = bool(getattr(run.model, "conditional", False))
-    if image:
-        tasks = ["generate", *supported_tasks(run)]
+    if image:  # translation and style runs transform given images and draw none of their own
+        tasks = ["generate"] * run.model.draws_samples + supported_tasks(run)
     elif run.family == "text":
         tasks = ["text"]
     elif audio:
@@ -174,7 +175,10 @@ def apply_work(run: Run, rid: str, task: str, image: bytes | None, mask: bytes |
     y.png|y.npz` writes. Runs in the model's worker."""
     batch = None
     if image is not None:
-        batch = decode_images(io.BytesIO(image), upload_kind(image, "image"), run.meta["channels"], "image")
+        kind = upload_kind(image, "image")
+        if kind == "png" and task in SAME_MODE:  # as the CLI: translate and edit keep the input's mode
+            check_png_channels(io.BytesIO(image), run.meta["channels"], "image")
+        batch = decode_images(io.BytesIO(image), kind, run.meta["channels"], "image")
         if len(batch.images) > S.MAX_N:
             raise DataError(f"image: at most {S.MAX_N} images per request, got {len(batch.images)}")
     elif task != "interpolate":
@@ -429,8 +433,9 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
         if run.family == "text":
             raise ConfigError(f"model: {req.model} is a text model; use POST /v1/text/generate")
         if "generate" not in s.info["tasks"]:
-            raise _json_error(404, f"model {req.model} is a {run.cfg.model_name} run: it predicts links and "
-                                   "draws no graphs")
+            does = (f"it transforms given images (POST /v1/apply/{s.info['tasks'][0]})" if run.family == "image"
+                    else "it predicts links")
+            raise _json_error(404, f"model {req.model} is a {run.cfg.model_name} run: {does} and draws none")
         opts = {k: v for k, v in (("sampler", req.sampler), ("steps", req.sampling_steps),
                                   ("guidance", req.guidance), ("eta", req.eta)) if v is not None}
         check_diffusion_options(run, ["sampling_steps" if k == "steps" else k for k in opts], req.model)

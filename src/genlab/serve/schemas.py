@@ -29,7 +29,7 @@ Int = Annotated[int, BeforeValidator(_integral)]
 ModelId = Annotated[str, Field(min_length=1, max_length=200, description="a model id from GET /v1/models")]
 Seed = Annotated[Int, Field(ge=0, le=SEED_MAX, description="the request's random seed (same seed, same answer)")]
 Sampler = Literal["ddpm", "ddim", "dpmpp"]
-TASK_NAMES = ("inpaint", "denoise", "upscale", "interpolate", "edit", "translate")
+TASK_NAMES = ("inpaint", "denoise", "upscale", "interpolate", "edit", "translate", "style")
 MASK_NAMES = ("center", "left-half", "bottom-half", "boxes")
 
 
@@ -118,7 +118,8 @@ class ModelInfo(BaseModel):
     preset: str | None
     conditional: bool
     num_classes: int | None
-    tasks: list[str] = Field(description="generate, inpaint, denoise, upscale, interpolate (image), text, or none")
+    tasks: list[str] = Field(description="generate, inpaint, denoise, upscale, interpolate, edit, translate, style "
+                             "(image), text, or none")
     image_size: int | None
     channels: int | None
     sample_rate: int | None = Field(None, description="audio models: samples per second")

@@ -15,6 +15,13 @@ from genlab.data.datasets import resolve_data_root
 ROOT = Path(__file__).resolve().parents[1]
 DATA = resolve_data_root()
 
+# The cores are shared among pytest-xdist workers (`-n 2`): each worker and the CLI processes it
+# starts get their share of threads, so that no core runs two busy threads that wait on each other.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, len(os.sched_getaffinity(0)) // WORKERS))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
 # A small MLP VAE on real MNIST: fast enough for tens of steps per test.
 TINY_VAE = ["model.hidden=64", "model.latent_dim=8", "train.batch_size=32", "train.amp=off",
             "train.log_every=5", "train.eval_every=1000", "train.sample_every=1000", "train.ckpt_every=1000",
@@ -24,7 +31,7 @@ TINY_VAE = ["model.hidden=64", "model.latent_dim=8", "train.batch_size=32", "tra
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GENLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture

@@ -180,28 +180,28 @@ def diffusion_run(tmp_path_factory, data_root):
 
 
 def test_genlab_sample_writes_progress_to_a_non_terminal_stderr(diffusion_run, tmp_path):
-    # 1,000 tiny images at 50 steps: seconds even on a fast machine, so many lines at 0.1 s
-    rc, got = _timed_stderr(["sample", str(diffusion_run), "--n", "1000", "--sampling-steps", "50",
-                             "--out", str(tmp_path / "s.npz")], interval=0.1)
+    # 1,000 tiny images at 10 steps: a second even on a fast machine, so many lines at 0.02 s
+    rc, got = _timed_stderr(["sample", str(diffusion_run), "--n", "1000", "--sampling-steps", "10",
+                             "--out", str(tmp_path / "s.npz")], interval=0.02)
     assert rc == 0, got
-    lines = _check_progress(got, r"genlab: sampling ([\d,]+)/1,000 images", 1000, 0.1)
+    lines = _check_progress(got, r"genlab: sampling ([\d,]+)/1,000 images", 1000, 0.02)
     assert re.search(r"\d+(\.\d+)? images/s", lines[0])
     assert got[-1][1].startswith("genlab: wrote 1000 images")
 
 
 def test_quiet_flag_keeps_stderr_free_of_progress(diffusion_run, tmp_path):
-    rc, got = _timed_stderr(["sample", str(diffusion_run), "-q", "--n", "120", "--sampling-steps", "40",
-                             "--out", str(tmp_path / "s.npz")], interval=0.05)
+    rc, got = _timed_stderr(["sample", str(diffusion_run), "-q", "--n", "120", "--sampling-steps", "20",
+                             "--out", str(tmp_path / "s.npz")], interval=0.02)
     assert rc == 0 and got == [], got  # the same job writes many lines without -q (test above)
     assert np.load(tmp_path / "s.npz")["images"].shape[0] == 120
 
 
 def test_genlab_train_writes_progress_to_a_non_terminal_stderr(tmp_path, data_root):
-    # 600 tiny steps: a few seconds even on a fast machine, so many lines at 0.1 s
-    rc, got = _timed_stderr(["train", "vae-mnist", "--steps", "600", "--out", str(tmp_path / "vae"),
-                             "--data-root", str(data_root), "--set", *TINY_VAE], interval=0.1)
+    # 200 tiny steps: a second even on a fast machine, so many lines at 0.02 s
+    rc, got = _timed_stderr(["train", "vae-mnist", "--steps", "200", "--out", str(tmp_path / "vae"),
+                             "--data-root", str(data_root), "--set", *TINY_VAE], interval=0.02)
     assert rc == 0, got
-    lines = _check_progress(got, r"genlab: training ([\d,]+)/600 steps", 600, 0.1)
+    lines = _check_progress(got, r"genlab: training ([\d,]+)/200 steps", 200, 0.02)
     assert all(re.search(r"loss [\d.]+, [\d.]+ steps/s", s) for s in lines)
 
 
@@ -209,14 +209,14 @@ def test_genlab_apply_and_evaluate_write_progress_to_a_non_terminal_stderr(diffu
     small_mnist(tmp_path, data_root, n=16)
     np.savez(tmp_path / "x.npz", images=np.load(tmp_path / "mnist16.npz")["images"])
     rc, got = _timed_stderr(["apply", str(diffusion_run), "inpaint", "--input", str(tmp_path / "x.npz"),
-                             "--out", str(tmp_path / "y.npz"), "--sampling-steps", "50", "--resample", "2"], interval=0.1)
+                             "--out", str(tmp_path / "y.npz"), "--sampling-steps", "20", "--resample", "2"], interval=0.02)
     assert rc == 0, got
-    _check_progress(got, r"genlab: inpainting ([\d,]+)/16 images", 16, 0.1)
+    _check_progress(got, r"genlab: inpainting ([\d,]+)/16 images", 16, 0.02)
     cvae = genlab.train("cvae-mnist", tmp_path / "cvae", overrides=TINY_VAE, steps=2, data_root=str(data_root))
-    rc, got = _timed_stderr(["evaluate", str(cvae.run_dir), "--n", "8000", "--metrics", "label_accuracy",
-                             "--out", str(tmp_path / "r.json")], interval=0.1)
+    rc, got = _timed_stderr(["evaluate", str(cvae.run_dir), "--n", "4000", "--metrics", "label_accuracy",
+                             "--out", str(tmp_path / "r.json")], interval=0.02)
     assert rc == 0, got
-    _check_progress(got, r"genlab: sampling ([\d,]+)/8,000 images", 8000, 0.1)
+    _check_progress(got, r"genlab: sampling ([\d,]+)/4,000 images", 4000, 0.02)
 
 
 # --------------------------------------------------------------------------- apply strips

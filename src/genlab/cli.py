@@ -171,6 +171,26 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
     au.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
 
+    xp = command("explain", "interpretability figures of a run: latent traversals, attributions (needs the "
+                            "explain extra), attention maps, nearest training images -> explain.json + "
+                            "explain.html, and a section of report.html")
+    xp.add_argument("run_dir", help=RUN_DIR_HELP)
+    xp.add_argument("--what", nargs="+", choices=["latents", "attribution", "attention", "neighbours"],
+                    help="which figures (default: every view that applies to the run): latents (VAE/GAN "
+                         "traversals), attribution (heat maps of the domain classifier, GAN discriminator, "
+                         "label evidence, audio judge), attention (GPT), neighbours (nearest training images)")
+    xp.add_argument("--out", help="folder for explain.json, explain.html and the PNGs (default RUN_DIR/explain, "
+                                  "whose figures also join RUN_DIR/report.html)")
+    xp.add_argument("--n", type=int, default=8, help="samples to explain (attribution, neighbours; default 8)")
+    xp.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    xp.add_argument("--label", type=int, help="conditional models: the class of the samples and traversals")
+    xp.add_argument("--prompt", help="attention: the text to continue (default a newline)")
+    xp.add_argument("--max-tokens", type=int, default=48, help="attention: tokens generated after the prompt "
+                                                               "(default 48)")
+    xp.add_argument("--data-root", help="folder holding the datasets (default: the run's)")
+    xp.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+    xp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
+
     c = command("compare", "one table of several runs' metrics, throughput and time")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs to compare, one row each")
     c.add_argument("--metrics", nargs="+", metavar="NAME", help="metric columns to show (default: the ones that "
@@ -513,6 +533,21 @@ def cmd_audit(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(a: argparse.Namespace) -> int:
+    from genlab.explain import explain
+
+    record = explain(a.run_dir, what=a.what, out=a.out, n=a.n, seed=a.seed, label=a.label, prompt=a.prompt,
+                     max_tokens=a.max_tokens, checkpoint=a.checkpoint, device=a.device, data_root=a.data_root)
+    for line in record["summary"]:
+        print(line)
+    for note in record["notes"]:
+        log.warning("%s", note)
+    out = Path(a.out) if a.out else Path(a.run_dir) / "explain"
+    log.info("wrote %s, %s and %d figure(s) in %.1f s", out / "explain.json", out / "explain.html",
+             len(record["figures"]), record["seconds"])
+    return 0
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     from genlab.evaluation.compare import collect, format_table, write_compare_html
 
@@ -712,7 +747,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
             "pipeline": cmd_pipeline, "apply": cmd_apply, "serve": cmd_serve,
             "presets": cmd_presets, "info": cmd_info, "audit": cmd_audit, "completion": cmd_completion,
-            "export": cmd_export, "compress": cmd_compress}
+            "export": cmd_export, "compress": cmd_compress, "explain": cmd_explain}
 
 
 def _in_run(a: argparse.Namespace, *parts: str) -> str:

@@ -24,6 +24,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn", "python_multipart"),
     "inception": ("torch_fidelity",),
     "export": ("onnx", "onnxruntime", "onnxscript"),
+    "explain": ("captum",),
 }
 
 

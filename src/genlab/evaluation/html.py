@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import re
 from pathlib import Path
 
@@ -149,9 +150,10 @@ def run_figures(run_dir: Path, final_samples: bool = True) -> dict[str, bytes]:
 
 
 def report_page(report: dict, images: dict[str, bytes] | None = None, text: str | None = None,
-                audio: list[tuple[str, bytes, bytes]] | None = None, notes: list[str] | None = None) -> str:
+                audio: list[tuple[str, bytes, bytes]] | None = None, notes: list[str] | None = None,
+                sections: str = "") -> str:
     """The HTML of a report (report.json's content): header, metric table, figures, sample
-    text and audio clips, every picture and sound embedded."""
+    text and audio clips, every picture and sound embedded; `sections` (HTML) at the end."""
     parts = [_header_line(report), "<h2>Metrics</h2>", metric_table(report.get("metrics", {})),
              "<p class='small'>↓: lower is better, ↑: higher is better. Feature-space metrics name their "
              "extractor: an FID (lenet-mnist) is not comparable with an Inception FID.</p>"]
@@ -162,6 +164,7 @@ def report_page(report: dict, images: dict[str, bytes] | None = None, text: str 
         parts += ["<h2>Sample text</h2>", f"<pre>{html.escape(text)}</pre>"]
     if audio:
         parts.append(audio_section(audio, notes))
+    parts.append(sections)
     return page(f"genlab report: {Path(str(report.get('run', 'run'))).name}", "".join(parts))
 
 
@@ -202,13 +205,15 @@ def write_report_html(report: dict, out: Path, images: dict[str, bytes] | None =
     """report.json's content as one self-contained page at `out`. `images` maps caption -> PNG
     bytes (the caller's figures, e.g. evaluation sample grids); with `run_dir`, the run's own
     figures follow (`run_figures`: training's final samples unless not `final_samples`, loss
-    curves). `audio` holds
+    curves) and the Interpretability section of `genlab explain`. `audio` holds
     (caption, WAV bytes, spectrogram PNG bytes) per clip, with `notes` above them."""
     out = Path(out)
     pics = dict(images or {})
+    sections = ""
     if run_dir is not None:
         pics.update(run_figures(Path(run_dir), final_samples))
-    atomic_write_text(out, report_page(report, pics, text, audio, notes))
+        sections = run_explain_section(Path(run_dir))  # what `genlab explain` drew, if it ran
+    atomic_write_text(out, report_page(report, pics, text, audio, notes, sections))
     _remove_old_assets(out)
     return out
 
@@ -221,3 +226,54 @@ def write_run_report_html(run_dir: Path, report: dict) -> Path:
     final_text = run_dir / "samples" / "final.txt"
     text = final_text.read_text(encoding="utf-8", errors="replace") if final_text.is_file() else None
     return write_report_html(report, run_dir / "report.html", text=text, run_dir=run_dir)
+
+
+# --------------------------------------------------------------------------- genlab explain
+
+EXPLAIN_DIR = "explain"  # the folder `genlab explain` writes into inside a run
+_EXPLAIN_SECTION = re.compile(r"<section id='explain'>.*?</section>", re.S)
+
+
+def explain_section(record: dict, folder: Path) -> str:
+    """`genlab explain`'s summary lines, notes and figures (PNG files in `folder`, listed in
+    explain.json's `record`) as an "Interpretability" section, pictures embedded; "" when
+    there is nothing to show."""
+    items = "".join(f"<li>{html.escape(str(s))}</li>" for s in record.get("summary", []))
+    notes = "".join(f"<p class='small'>{html.escape(str(n))}</p>" for n in record.get("notes", []))
+    figs = []
+    for f in record.get("figures", []):
+        try:
+            figs.append(figure(str(f.get("caption", "")), (Path(folder) / f["file"]).read_bytes(), max_width=1000))
+        except (OSError, KeyError, TypeError, AttributeError):  # a figure removed or a damaged record
+            continue
+    if not figs and not items:
+        return ""
+    head = (f"<p class='small'>genlab explain at step {fmt(record.get('step'))}, {fmt(record.get('created'))}; "
+            f"views: {fmt(', '.join(record.get('views', [])))}</p>")
+    return f"<section id='explain'><h2>Interpretability</h2>{head}<ul>{items}</ul>{notes}{''.join(figs)}</section>"
+
+
+def run_explain_section(run_dir: Path) -> str:
+    """The Interpretability section from RUN_DIR/explain/explain.json, or "" when there is none."""
+    folder = Path(run_dir) / EXPLAIN_DIR
+    try:
+        record = json.loads((folder / "explain.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return explain_section(record, folder) if isinstance(record, dict) else ""
+
+
+def explain_page(record: dict, folder: Path) -> str:
+    """explain.html: the header of the record (run, step, when, where) and its section."""
+    return page(f"genlab explain: {Path(str(record.get('run', 'run'))).name}",
+                _header_line(record) + explain_section(record, folder))
+
+
+def refresh_explain_section(report_html: Path, run_dir: Path) -> None:
+    """Replace (or add) the Interpretability section of an existing report page with what
+    RUN_DIR/explain holds now; the rest of the page stays as it was."""
+    text = _EXPLAIN_SECTION.sub("", Path(report_html).read_text(encoding="utf-8"))
+    section = run_explain_section(Path(run_dir))
+    end = text.rfind("</body>")
+    text = text[:end] + section + text[end:] if end >= 0 else text + section
+    atomic_write_text(Path(report_html), text)

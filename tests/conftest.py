@@ -18,7 +18,8 @@ DATA = resolve_data_root()
 # The cores are shared among pytest-xdist workers (`-n 2`): each worker and the CLI processes it
 # starts get their share of threads, so that no core runs two busy threads that wait on each other.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-THREADS = max(1, min(2, len(os.sched_getaffinity(0)) // WORKERS))
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+THREADS = max(1, min(2, CORES // WORKERS))
 if WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 

@@ -19,6 +19,7 @@ import genlab
 from genlab.cli import main
 from genlab.errors import ConfigError
 from genlab.explain import attribution as A
+from genlab.explain import explain
 from genlab.explain.attention import attention_maps, attention_output, next_token_probabilities
 from genlab.explain.disentanglement import discretize, entropy, mig, mutual_information
 from genlab.explain.latents import kl_per_dimension, traverse
@@ -37,10 +38,12 @@ needs_captum = pytest.mark.skipif(not HAS_CAPTUM, reason="needs the explain extr
 # --------------------------------------------------------------------------- attribution
 
 
-def _judge(forward, x: torch.Tensor, target: torch.Tensor, probability: bool = True) -> A.Judge:
+def _judge(forward, x: torch.Tensor, target: torch.Tensor, probability: bool = True, baseline: float = 0.0,
+           extra: tuple = ()) -> A.Judge:
     B = len(x)
     return A.Judge(name="toy", output="toy", forward=forward, inputs=x, target=target,
-                   baseline=torch.zeros(1, *x.shape[1:]), pictures=torch.zeros(B, 3, *x.shape[2:], dtype=torch.uint8),
+                   baseline=torch.full((1, *x.shape[1:]), baseline), extra=extra,
+                   pictures=torch.zeros(B, 3, *x.shape[2:], dtype=torch.uint8),
                    row_labels=[str(i) for i in range(B)], probability=probability)
 
 
@@ -53,16 +56,47 @@ def test_integrated_gradients_satisfy_completeness():
     forward = lambda x: torch.log_softmax(net(x), dim=1)  # noqa: E731
     x = torch.rand(4, 1, 6, 6) * 2
     target = torch.tensor([0, 1, 2, 1])
-    judge = _judge(forward, x, target)
+    # a baseline of -1 (black in a LeNet's input), not Captum's default of zeros: a call that
+    # dropped the judge's baseline would break completeness
+    judge = _judge(forward, x, target, baseline=-1.0)
     a = A.attribute(judge, "integrated_gradients")
     with torch.no_grad():
-        gap = forward(x).gather(1, target[:, None])[:, 0] - forward(torch.zeros_like(x)).gather(1, target[:, None])[:, 0]
+        gap = forward(x).gather(1, target[:, None])[:, 0] - forward(-torch.ones_like(x)).gather(1, target[:, None])[:, 0]
     assert a.shape == x.shape
     assert torch.allclose(a.flatten(1).sum(1), gap, atol=1e-4, rtol=1e-3), (a.flatten(1).sum(1), gap)
     assert gap.abs().min() > 0.01  # not trivially zero
     for m in ("occlusion", "gradient_shap"):
         first, again = A.attribute(judge, m, seed=3), A.attribute(judge, m, seed=3)
         assert first.shape == x.shape and torch.equal(first, again)  # seeded: the same maps twice
+
+
+@needs_captum
+def test_a_conditional_judge_gets_its_labels_and_its_baseline():
+    """f(x, y) = scale[y] * sum(x): integrated gradients of each input equal scale[y] * (x - b) per
+    pixel exactly (f is linear in x), occlusion too (windows that do not overlap)."""
+    scale = torch.tensor([1.0, -2.0, 3.0])
+    forward = lambda x, y: (scale[y] * x.flatten(1).sum(1))[:, None]  # noqa: E731
+    x = torch.rand(3, 1, 4, 4)
+    y = torch.tensor([0, 1, 2])
+    judge = _judge(forward, x, torch.zeros(3, dtype=torch.long), probability=False, baseline=0.5, extra=(y,))
+    want = scale[y].view(3, 1, 1, 1) * (x - 0.5)
+    assert torch.allclose(A.attribute(judge, "integrated_gradients"), want, atol=1e-5)
+
+
+def test_judges_take_the_asked_class_only_on_their_own_dataset(monkeypatch):
+    """A conditional run's class k is MNIST's digit k only when it trained on MNIST: on another
+    dataset the LeNet explains the class it predicts."""
+    from types import SimpleNamespace
+
+    seen = []
+    monkeypatch.setattr(A, "classifier_judge", lambda name, s, labels, device: seen.append(labels) or name)
+    monkeypatch.setattr(A, "_classifier_name", lambda run: "lenet-mnist")
+    labels = torch.tensor([3, 4])
+    for dataset, want in (("mnist", labels), ("folder", None)):
+        run = SimpleNamespace(family="image", meta={"dataset": dataset}, cfg=SimpleNamespace(model_name="vae", data=SimpleNamespace(dataset=dataset)),
+                              model=SimpleNamespace(conditional=False), device="cpu")
+        assert A.judges(run, torch.zeros(2, 1, 28, 28, dtype=torch.uint8), labels) == ["lenet-mnist"]
+        assert seen.pop() is want
 
 
 def test_deletion_curve_of_a_linear_judge_matches_hand_values():
@@ -284,6 +318,28 @@ def test_explain_a_shipped_gan_ranks_latents_and_explains_its_discriminator(tmp_
     assert len(record["latents"]["effect_per_dim"]) == 64 and record["latents"]["kind"] == "GAN"
     if HAS_CAPTUM:
         assert set(record["attribution"]["judges"]) == {"lenet-mnist", "discriminator"}
+
+
+@needs_captum
+def test_explain_given_images_with_their_labels(runs, tmp_path, capsys):
+    """--input: the judges read exactly the file's images, and a conditional run its labels."""
+    from genlab.config import DataConfig
+    from genlab.data.datasets import load_image_data
+
+    d = load_image_data(DataConfig(dataset="mnist"), DATA)
+    np.savez(tmp_path / "x.npz", images=d.test_x[:3].numpy(), labels=d.test_y[:3].numpy())
+    record = explain(runs["cvae"], what=["attribution"], out=tmp_path / "out", input=tmp_path / "x.npz")
+    lenet = record["attribution"]["judges"]["lenet-mnist"]
+    assert len(lenet["deletion"]["auc_per_input"]["integrated_gradients"]) == 3
+    assert "3 given images" in record["figures"][0]["caption"]
+    np.savez(tmp_path / "nolabels.npz", images=d.test_x[:3].numpy())
+    main_fails_in_one_line(capsys, ["explain", str(runs["cvae"]), "--what", "attribution", "--input",
+                                    str(tmp_path / "nolabels.npz"), "--out", str(tmp_path / "o2")],
+                           "is class-conditional", "--label K")
+    main_fails_in_one_line(capsys, ["explain", str(runs["cvae"]), "--what", "latents", "--input",
+                                    str(tmp_path / "x.npz"), "--out", str(tmp_path / "o3")],
+                           "only attribution explains given images")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
 
 
 def test_explain_refuses_in_one_line(runs, capsys, tmp_path, monkeypatch):

@@ -182,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     xp.add_argument("--out", help="folder for explain.json, explain.html and the PNGs (default RUN_DIR/explain, "
                                   "whose figures also join RUN_DIR/report.html)")
     xp.add_argument("--n", type=int, default=8, help="samples to explain (attribution, neighbours; default 8)")
+    xp.add_argument("--input", help="attribution: explain these images (.npz with images uint8 N x C x H x W and "
+                                    "optional labels, or a .png) instead of the run's samples")
     xp.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     xp.add_argument("--label", type=int, help="conditional models: the class of the samples and traversals")
     xp.add_argument("--prompt", help="attention: the text to continue (default a newline)")
@@ -537,7 +539,8 @@ def cmd_explain(a: argparse.Namespace) -> int:
     from genlab.explain import explain
 
     record = explain(a.run_dir, what=a.what, out=a.out, n=a.n, seed=a.seed, label=a.label, prompt=a.prompt,
-                     max_tokens=a.max_tokens, checkpoint=a.checkpoint, device=a.device, data_root=a.data_root)
+                     max_tokens=a.max_tokens, checkpoint=a.checkpoint, device=a.device, data_root=a.data_root,
+                     input=a.input)
     for line in record["summary"]:
         print(line)
     for note in record["notes"]:

@@ -375,7 +375,7 @@ def validate_run(cfg: RunConfig) -> None:
         (not d.binarize or d.normalize == "zero_one", "data.binarize needs data.normalize=zero_one"),
         (cfg.model_name in TRANSLATION_MODELS or d.dataset not in TRANSLATION_DATASETS,
          f"data.dataset={d.dataset} holds two image domains, for pix2pix or cyclegan; a {cfg.model_name} run "
-         "needs one domain: set data.dataset=mnist (or folder/array)"),
+         "reads one dataset: set data.dataset to its own (its preset: `genlab presets --show NAME`)"),
         (cfg.model_name not in TRANSLATION_MODELS or d.dataset in TRANSLATION_DATASETS,
          f"{cfg.model_name} translates between two image domains; set data.dataset to one of "
          f"{', '.join(TRANSLATION_DATASETS if cfg.model_name == 'cyclegan' else PAIRED_DATASETS)}"),

@@ -78,6 +78,11 @@ def plan(run, what: list[str] | None) -> tuple[list[str], list[str]]:
             if why is not None:
                 raise ConfigError(f"--what {w}: {why}; {run.run_dir} is a {kind}, which explain shows as: "
                                   f"{', '.join(applies)}")
+        for w in what:  # before any view is drawn: a missing extra must not waste the others' work
+            if views[w].needs:
+                from genlab.extras import require
+
+                require(views[w].needs, "explain", f"genlab explain --what {w}")
         return list(dict.fromkeys(what)), []
     notes, chosen = [], []
     for w in applies:
@@ -105,7 +110,8 @@ def _check_out_dir(out: Path) -> None:
 
 def explain(run_dir: str | os.PathLike, *, what: list[str] | None = None, out: str | os.PathLike | None = None,
             n: int = 8, seed: int = 0, label: int | None = None, prompt: str | None = None, max_tokens: int = 48,
-            checkpoint: str = "last", device: str = "cpu", data_root: str | None = None) -> dict:
+            checkpoint: str = "last", device: str = "cpu", data_root: str | None = None,
+            input: str | os.PathLike | None = None) -> dict:
     """Draw the interpretability figures of a run and write them into `out` (default
     RUN_DIR/explain): explain.json, the PNGs and explain.html. Everything is checked before work
     starts; writing into the run folder owns it meanwhile (RunLock), as `genlab evaluate` does.
@@ -132,7 +138,13 @@ def explain(run_dir: str | os.PathLike, *, what: list[str] | None = None, out: s
     _check_out_dir(out_dir)
     run = load(run_dir, checkpoint, device)
     views, notes = plan(run, what)
-    o = ExplainOptions(n=n, seed=seed, label=label, prompt=prompt, max_tokens=max_tokens, data_root=data_root)
+    if input is not None and "attribution" not in views:
+        raise ConfigError(f"--input: only attribution explains given images, and it is not drawn for {run_dir}; "
+                          "add --what attribution (it needs the explain extra), or drop --input")
+    if input is not None and not Path(input).is_file():
+        raise ConfigError(f"--input {input} not found; give an .npz (images uint8 N x C x H x W) or a .png")
+    o = ExplainOptions(n=n, seed=seed, label=label, prompt=prompt, max_tokens=max_tokens, data_root=data_root,
+                       input=None if input is None else str(input))
     owned = out_dir.resolve().is_relative_to(run_path.resolve())
     with RunLock(run_path) if owned else nullcontext():
         parts: dict[str, Part] = {}

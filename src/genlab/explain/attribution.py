@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, ShapeError
 from genlab.explain.common import ExplainOptions, Part, figure_png, heatmap_rgb, pyplot, rgb, slug
 from genlab.seed import derive_seed, make_generator
 
@@ -324,12 +324,16 @@ def reason(run) -> str | None:
 def judges(run, samples: torch.Tensor, labels: torch.Tensor | None) -> list[Judge]:
     """Every judge that applies to the run, on its samples: uint8 (B, C, H, W) images at the
     native size, or float (B, T) clips for audio runs."""
+    dataset = run.meta.get("dataset", run.cfg.data.dataset)
+    # the classes asked for are the judge's own only on the judge's own dataset (a folder's class 3
+    # is not MNIST's 3); elsewhere a judge explains the class it predicts
     if run.family == "audio":
-        return [audio_judge(samples, run.meta["sample_rate"], labels)]
+        return [audio_judge(samples, run.meta["sample_rate"], labels if dataset == "fsdd" else None)]
     out = []
     name = _classifier_name(run)
     if name:
-        out.append(classifier_judge(name, samples, labels, run.device))
+        own = {"lenet-mnist": "mnist", "lenet-fashion": "fashion-mnist"}.get(name) == dataset
+        out.append(classifier_judge(name, samples, labels if own else None, run.device))
     if run.cfg.model_name == "gan":
         out.append(discriminator_judge(run, samples, labels))
     if run.cfg.model_name in ("vae", "gan") and getattr(run.model, "conditional", False):
@@ -386,16 +390,17 @@ def explain_attribution(run, o: ExplainOptions) -> Part:
     """Maps of every judge on o.n samples drawn with o.seed (class o.label for conditional
     models), their figures and deletion curves."""
     captum_attr()  # before sampling: a missing extra is a one-line error at once
-    samples, labels = run.sample(o.n, seed=o.seed, label=o.label)
+    samples, labels = given_images(run, o) if o.input else run.sample(o.n, seed=o.seed, label=o.label)
     part = Part()
     results = {}
     for judge in judges(run, samples, labels):
         maps, rec = explain_judge(judge, o.seed)
         results[judge.name] = rec
-        what = "samples" if run.family == "image" else "clips"
+        what = ("given images" if o.input else f"samples (seed {o.seed})") if run.family == "image" else \
+            f"clips (seed {o.seed})"
         part.figures.append((
             f"attribution-{slug(judge.name)}.png",
-            f"attributions for {judge.output}, {len(judge.inputs)} {what} (seed {o.seed}); columns: the input, "
+            f"attributions for {judge.output}, {len(judge.inputs)} {what}; columns: the input, "
             + ", ".join(METHOD_NAMES[m] for m in METHODS) + "; red: evidence for the output, blue: against",
             attribution_png(judge, maps)))
         auc = rec["deletion"]["auc"]
@@ -411,6 +416,29 @@ def explain_attribution(run, o: ExplainOptions) -> Part:
                    "deletion_steps": DELETION_STEPS, "random_orders": RANDOM_ORDERS, "seed": o.seed,
                    "judges": results}
     return part
+
+
+def given_images(run, o: ExplainOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The user's images to explain (o.input: .npz with `images` uint8 N x C x H x W and optional
+    `labels`, or a .png) at the run's native size, with their classes: the file's, else o.label."""
+    from genlab.apply.io import check_size, read_images
+
+    if run.family != "image":
+        raise ConfigError(f"--input explains given images; {run.run_dir} is a {run.family} run: drop --input")
+    batch = read_images(o.input, run.meta["channels"])
+    check_size(batch.images, tuple(run.meta["native_size"]), "--input")
+    labels = batch.labels
+    if o.label is not None:
+        labels = torch.full((len(batch.images),), int(o.label), dtype=torch.long)
+    if labels is None and getattr(run.model, "conditional", False):
+        raise ConfigError(f"--input: {run.run_dir} is class-conditional, so its judges need each image's class: "
+                          "an .npz with 'labels', or --label K")
+    k = run.model.num_classes if getattr(run.model, "conditional", False) else None
+    if labels is not None and k and not bool(((labels >= 0) & (labels < k)).all()):
+        raise ShapeError(f"--input: 'labels' must be classes in 0..{k - 1} for this run")
+    if len(batch.images) > 256:
+        raise ShapeError(f"--input: at most 256 images are explained at once, got {len(batch.images)}")
+    return batch.images, labels
 
 
 def mean_auc(results: dict[str, dict]) -> dict[str, float]:

@@ -17,6 +17,7 @@ class ExplainOptions:
     prompt: str | None = None  # attention: the text to continue (default a newline)
     max_tokens: int = 48  # attention: tokens generated after the prompt
     data_root: str | None = None
+    input: str | None = None  # attribution: images to explain (.npz or .png) instead of samples
 
 
 @dataclass

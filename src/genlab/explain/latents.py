@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, DataError
 from genlab.explain.common import ExplainOptions, Part, bar_png
 from genlab.seed import derive_seed, make_generator
 
@@ -139,6 +139,9 @@ def explain_latents(run, o: ExplainOptions) -> Part:
         images, labels, idx = _test_images(run, o)
         if conditional and o.label is not None:
             keep = labels == o.label
+            if not bool(keep.any()):
+                raise DataError(f"--label {o.label}: none of the {len(labels)} test images drawn has that class; "
+                                "give a class the run's test split holds")
             images, labels, idx = images[keep], labels[keep], idx[keep]
         x = to_model_space(run, images)
         y = labels.to(run.device) if conditional else None

@@ -433,9 +433,9 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
         if run.family == "text":
             raise ConfigError(f"model: {req.model} is a text model; use POST /v1/text/generate")
         if "generate" not in s.info["tasks"]:
-            does = (f"it transforms given images (POST /v1/apply/{s.info['tasks'][0]})" if run.family == "image"
-                    else "it predicts links")
-            raise _json_error(404, f"model {req.model} is a {run.cfg.model_name} run: {does} and draws none")
+            does = (f"it transforms given images (POST /v1/apply/{s.info['tasks'][0]}) and draws none"
+                    if run.family == "image" else "it predicts links and draws no graphs")
+            raise _json_error(404, f"model {req.model} is a {run.cfg.model_name} run: {does}")
         opts = {k: v for k, v in (("sampler", req.sampler), ("steps", req.sampling_steps),
                                   ("guidance", req.guidance), ("eta", req.eta)) if v is not None}
         check_diffusion_options(run, ["sampling_steps" if k == "steps" else k for k in opts], req.model)

@@ -23,10 +23,13 @@ import fault_injection as fi  # noqa: E402
 
 
 def test_kills_then_resume_equal_to_uninterrupted_and_checkpoints_readable(tmp_path, data_root):
-    args = fi.training_args(240)
+    # 1,200 steps: a step-write kill may wait for 41 checkpoint writes (82 steps) and a timed one
+    # for about a start-up time, so the run must not finish before the third kill however fast
+    # its steps are beside the start-up (240 steps did on a loaded machine)
+    args = fi.training_args(1200)
     startup = fi.run_reference(tmp_path / "ref", args, str(data_root))
     kills = fi.inject_faults(tmp_path / "run", args, str(data_root), ["step-write", "timed", "step-write"],
-                             random.Random(0), startup, spread=0.5, steps=240)
+                             random.Random(0), startup, spread=0.5, steps=1200)
     assert len(kills) == 3 and not any(k.note.startswith("exited") for k in kills), [k.note for k in kills]
     assert any(k.during_write for k in kills), "no kill landed inside a checkpoint write"
     assert all(k.ok for k in kills), [(k.unreadable, k.info_error) for k in kills]

@@ -52,6 +52,13 @@ def data_root() -> Path:
     return DATA
 
 
+def shakespeare_corpus(folder: Path, chars: int = 5_000) -> Path:
+    """The first `chars` characters of tiny Shakespeare as folder/corpus.txt, for tiny text runs."""
+    corpus = Path(folder) / "corpus.txt"
+    corpus.write_text((DATA / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:chars], encoding="utf-8")
+    return corpus
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python -m genlab ARGS` and capture its output."""
     e = {**os.environ, **(env or {})}

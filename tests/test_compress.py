@@ -15,7 +15,7 @@ import genlab
 from genlab.compress import compress, prune, quantize
 from genlab.engine import checkpoint as ckpt
 from genlab.errors import ConfigError
-from tests.conftest import DATA, TINY_VAE
+from tests.conftest import TINY_VAE, shakespeare_corpus
 from tests.test_diffusion import TINY_DIFFUSION, small_mnist
 from tests.test_text import TINY_TEXT
 
@@ -26,8 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def runs(tmp_path_factory, data_root):
     """Tiny float runs trained 2 steps: an MLP VAE, a GPT and a conv diffusion model."""
     root = tmp_path_factory.mktemp("compress")
-    corpus = root / "corpus.txt"
-    corpus.write_text((DATA / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:5000])
+    corpus = shakespeare_corpus(root)
     return {
         "vae": genlab.train("vae-mnist", root / "vae", steps=2, data_root=str(data_root), overrides=TINY_VAE).run_dir,
         "gpt": genlab.train("gpt-shakespeare-cpu", root / "gpt", steps=2,

@@ -10,7 +10,7 @@ import pytest
 
 import genlab
 from genlab.cli import main
-from tests.conftest import TINY_VAE, main_fails_in_one_line
+from tests.conftest import TINY_VAE, main_fails_in_one_line, shakespeare_corpus
 from tests.test_text import TINY_TEXT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,8 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_root):
     base = tmp_path_factory.mktemp("compress-cli")
-    corpus = base / "corpus.txt"
-    corpus.write_text((data_root / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:5_000], encoding="utf-8")
+    corpus = shakespeare_corpus(base)
     gpt = genlab.train("gpt-shakespeare-cpu", base / "gpt", overrides=TINY_TEXT + [f"data.path={corpus}"], steps=2)
     vae = genlab.train("cvae-mnist", base / "cvae", overrides=TINY_VAE, steps=2, data_root=str(data_root))
     return {"base": base, "gpt": gpt.run_dir, "cvae": vae.run_dir}

@@ -16,7 +16,7 @@ from genlab.compress.distill import Student, init_from_teacher, soft_target_loss
 from genlab.engine import checkpoint as ckpt
 from genlab.errors import ConfigError
 from genlab.models.autoregressive.gpt import GPT, GPTConfig
-from tests.conftest import DATA
+from tests.conftest import shakespeare_corpus
 from tests.test_text import TINY_TEXT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,8 +103,7 @@ def runs(tmp_path_factory):
     """A tiny GPT teacher (1 layer, width 16, 20 steps), its distilled student (width 8, 20
     steps) and a tiny LSTM run (a non-GPT teacher)."""
     root = tmp_path_factory.mktemp("distill")
-    corpus = root / "corpus.txt"
-    corpus.write_text((DATA / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:5000], encoding="utf-8")
+    corpus = shakespeare_corpus(root)
     teacher = genlab.train("gpt-shakespeare-cpu", root / "teacher", steps=20,
                            overrides=TINY_TEXT + [f"data.path={corpus}"]).run_dir
     student = compress(teacher, "distill", root / "student", n_layer=1, n_embd=8, n_head=2, steps=20,

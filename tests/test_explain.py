@@ -26,7 +26,7 @@ from genlab.explain.latents import kl_per_dimension, traverse
 from genlab.explain.shapes import FACTORS, factor_sizes, make_shapes, render, write_shapes
 from genlab.models.autoregressive.gpt import GPT, GPTConfig
 from genlab.models.vae import VAE, VAEConfig
-from tests.conftest import DATA, TINY_VAE, main_fails_in_one_line
+from tests.conftest import DATA, TINY_VAE, main_fails_in_one_line, shakespeare_corpus
 from tests.test_graphs import TINY_RNN
 from tests.test_text import TINY_TEXT
 
@@ -269,8 +269,7 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     cvae = genlab.train("cvae-mnist", base / "cvae", overrides=TINY_VAE + ["data.train_size=2000"], steps=2,
                         data_root=str(DATA))
-    corpus = base / "corpus.txt"
-    corpus.write_text((DATA / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:5_000], encoding="utf-8")
+    corpus = shakespeare_corpus(base)
     gpt = genlab.train("gpt-shakespeare-cpu", base / "gpt", overrides=TINY_TEXT + [f"data.path={corpus}"], steps=2)
     graph = genlab.train("graphgen-grid", base / "graph", overrides=TINY_RNN, steps=2)
     return {"cvae": cvae.run_dir, "gpt": gpt.run_dir, "graph": graph.run_dir, "base": base}

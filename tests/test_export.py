@@ -23,7 +23,7 @@ from genlab.compress.onnx_backend import OnnxSession, load_onnx_backend  # noqa:
 from genlab.errors import ConfigError  # noqa: E402
 from genlab.models.autoregressive.gpt import GPT, GPTConfig  # noqa: E402
 from genlab.models.autoregressive.generation import SamplingConfig, generate  # noqa: E402
-from tests.conftest import DATA, TINY_VAE, main_fails_in_one_line  # noqa: E402
+from tests.conftest import TINY_VAE, main_fails_in_one_line, shakespeare_corpus  # noqa: E402
 from tests.test_diffusion import TINY_DIFFUSION, small_mnist  # noqa: E402
 from tests.test_gan import SMALL as SMALL_GAN  # noqa: E402
 from tests.test_text import TINY_TEXT  # noqa: E402
@@ -37,8 +37,7 @@ def runs(tmp_path_factory, data_root):
     unconditional DCGAN and a char GPT (block 16)."""
     base = tmp_path_factory.mktemp("export")
     root = str(data_root)
-    corpus = base / "corpus.txt"
-    corpus.write_text((DATA / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:5_000], encoding="utf-8")
+    corpus = shakespeare_corpus(base)
     r = {
         "diffusion": genlab.train("ddpm-cond-mnist", base / "ddpm", steps=2, data_root=root,
                                   overrides=TINY_DIFFUSION + small_mnist(base, data_root)),

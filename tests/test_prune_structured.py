@@ -19,7 +19,7 @@ from genlab.errors import ConfigError
 from genlab.models.autoregressive.gpt import GPT, GPTConfig
 from genlab.models.gan import GAN, GANConfig
 from genlab.models.vae import VAE, VAEConfig
-from tests.conftest import DATA
+from tests.conftest import shakespeare_corpus
 from tests.test_gan import SMALL as SMALL_GAN
 from tests.test_text import TINY_TEXT
 
@@ -118,8 +118,7 @@ def test_configs_without_the_width_fields_load_as_before():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_root):
     base = tmp_path_factory.mktemp("shrink")
-    corpus = base / "corpus.txt"
-    corpus.write_text((DATA / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:5_000], encoding="utf-8")
+    corpus = shakespeare_corpus(base)
     gpt = genlab.train("gpt-shakespeare-cpu", base / "gpt", overrides=TINY_TEXT + [f"data.path={corpus}"], steps=2)
     gan = genlab.train("dcgan-mnist", base / "gan", overrides=SMALL_GAN + ["train.batch_size=8", "train.ema_decay=0.9"],
                        steps=2, data_root=str(data_root))

@@ -17,7 +17,7 @@ from PIL import Image
 import genlab
 from genlab.errors import ConfigError
 from genlab.metrics import catalog
-from tests.conftest import DATA
+from tests.conftest import shakespeare_corpus
 from tests.test_text import TINY_TEXT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,8 +70,7 @@ def cvae(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gpt(tmp_path_factory):
     base = tmp_path_factory.mktemp("reports-text")
-    corpus = base / "corpus.txt"
-    corpus.write_text((DATA / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:5_000], encoding="utf-8")
+    corpus = shakespeare_corpus(base)
     sets = TINY_TEXT + [f"data.path={corpus}", "train.log_every=1"]
     return genlab.train("gpt-shakespeare-cpu", base / "gpt", overrides=sets, steps=2).run_dir
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import genlab
-from tests.conftest import DATA
+from tests.conftest import shakespeare_corpus
 from tests.test_diffusion import TINY_DIFFUSION, small_mnist
 from tests.test_text import TINY_TEXT
 
@@ -79,8 +79,7 @@ def server(tmp_path_factory, data_root):
     base = tmp_path_factory.mktemp("studio")
     digits = genlab.train("ddpm-cond-mnist", base / "digits", steps=2, data_root=str(data_root),
                           overrides=TINY_DIFFUSION + small_mnist(base, data_root, n=200)).run_dir
-    corpus = base / "corpus.txt"
-    corpus.write_text((DATA / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:5_000], encoding="utf-8")
+    corpus = shakespeare_corpus(base)
     poet = genlab.train("gpt-shakespeare-cpu", base / "poet", overrides=TINY_TEXT + [f"data.path={corpus}"],
                         steps=2).run_dir
     app = create_app([digits, poet], api_key=API_KEY)

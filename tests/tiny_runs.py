@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 import genlab
-from tests.conftest import DATA, TINY_VAE
+from tests.conftest import TINY_VAE, shakespeare_corpus
 from tests.test_diffusion import TINY_DIFFUSION, small_mnist
 from tests.test_graphs import TINY_RNN
 from tests.test_text import TINY_TEXT
@@ -19,8 +19,7 @@ def train_tiny_runs(base: Path, data_root: Path) -> dict[str, Path]:
     r = {"cvae": genlab.train("cvae-mnist", base / "cvae", overrides=TINY_VAE, steps=2, data_root=str(data_root)),
          "ddpm": genlab.train("ddpm-mnist", base / "ddpm", overrides=TINY_DIFFUSION + small_mnist(base, data_root),
                               steps=2, data_root=str(data_root))}
-    corpus = base / "corpus.txt"
-    corpus.write_text((DATA / "shakespeare" / "input.txt").read_text(encoding="utf-8")[:5_000], encoding="utf-8")
+    corpus = shakespeare_corpus(base)
     r["gpt"] = genlab.train("gpt-shakespeare-cpu", base / "gpt", overrides=TINY_TEXT + [f"data.path={corpus}"],
                             steps=2)
     r["graph"] = genlab.train("graphgen-grid", base / "graph", overrides=TINY_RNN, steps=2)

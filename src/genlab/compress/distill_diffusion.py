@@ -264,8 +264,7 @@ def distill_diffusion_run(source, steps: int | None = None, sampling_steps: int 
             for k in range(int(stages))]
     for c in cfgs:
         validate_run(c)
-    data_root = data_root or recorded_data_root(source.run_dir)
-    source.data(data_root)  # the teacher's own data, or a DataError: stages must not fall back to other data
+    data_root = data_root or recorded_data_root(source.run_dir)  # stages never fall back to other data (train)
     record_stages, extra = [], {}
     with tempfile.TemporaryDirectory(prefix="genlab-distill-") as work:
         for k, cfg in enumerate(cfgs):

@@ -164,7 +164,8 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
 
     The keyword budgets/options mirror the CLI flags and override the config. `build` makes
     the model from the final config instead of the registry's class (a distillation student:
-    its own loss, the registry model's weights, so the run loads as that model). Everything is
+    its own loss, the registry model's weights, so the run loads as that model); such a run trains
+    on its source's data or fails, never on the 8x8 digits fallback. Everything is
     checked before the run directory is touched; the directory is then owned by this process
     (RunLock) until training ends, so a second process on the same folder is refused."""
     check_budgets(steps, minutes)
@@ -207,7 +208,7 @@ def train(config: str | dict | RunConfig | None = None, out: str | os.PathLike |
             raise ConfigError(f"{run_dir} already holds a run; continue it with `genlab train --resume {run_dir}` "
                               "or choose another --out")
         return _train_in(cfg, run_dir, resume is not None, dev, dist, data_root, argv, callbacks,
-                         build or build_model)
+                         build or build_model, fallback=resume is None and build is None)
     finally:
         lock.release()
         shutdown(dist)
@@ -231,12 +232,13 @@ def _own(lock: RunLock, dist: DistInfo) -> None:
 def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, dist: DistInfo,
               data_root: str | None, argv: list[str] | None,
               callbacks: list[Callable[[Trainer], None]] | None,
-              build: Callable[[RunConfig], GenerativeModel]) -> TrainResult:
-    """train()'s second half, in a run directory this process owns."""
+              build: Callable[[RunConfig], GenerativeModel], fallback: bool) -> TrainResult:
+    """train()'s second half, in a run directory this process owns. `fallback`: the data may be
+    replaced by the digits when MNIST is missing (new runs of a registry model only)."""
     t = cfg.train
     _set_threads(t.threads, dist)
     root = resolve_data_root(data_root)
-    data = load_data(cfg, root, run_dir, fallback=not resuming)
+    data = load_data(cfg, root, run_dir, fallback=fallback)
     used = getattr(data, "dataset", cfg.data.dataset)
     if used != cfg.data.dataset:  # e.g. no MNIST anywhere: the config says what was really used
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=used))

@@ -84,6 +84,14 @@ class LatentVariableModel(GenerativeModel):
         return self.decode_latent(z, None if labels is None else labels.to(dev))
 
 
+def check_widths(field: str, widths, n: int, arch: str) -> None:
+    """A ConfigError unless `widths` (a structured shrink's hidden widths, model.<field>) is None
+    or `n` widths >= 1."""
+    if widths is not None and (len(widths) != n or min(widths) < 1):
+        raise ConfigError(f"model.{field} must be {n} widths >= 1 for arch {arch} (or null for the defaults), "
+                          f"got {list(widths)}")
+
+
 def check_image_fields(cfg, family: str, divisor: int | None = None) -> None:
     """The data-dependent fields an image model needs, with errors that say what to set.
     `divisor`: the image size must be a multiple of it (strided conv stacks)."""

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from genlab.errors import ConfigError
-from genlab.models.base import LatentVariableModel, check_image_fields
+from genlab.models.base import LatentVariableModel, check_image_fields, check_widths
 from genlab.registry import register
 
 
@@ -50,11 +50,7 @@ class GANConfig:
             raise ConfigError(f"model.loss must be bce, hinge or wgan-gp, got {self.loss!r}")
         if self.n_critic < 1 or self.latent_dim < 1:
             raise ConfigError("model.n_critic and model.latent_dim must be >= 1")
-        if self.g_widths is not None:
-            n = 3 if self.arch == "dcgan" else len(self.mlp_widths)
-            if len(self.g_widths) != n or min(self.g_widths) < 1:
-                raise ConfigError(f"model.g_widths must be {n} widths >= 1 for arch {self.arch} "
-                                  f"(or null for the defaults), got {list(self.g_widths)}")
+        check_widths("g_widths", self.g_widths, 3 if self.arch == "dcgan" else len(self.mlp_widths), self.arch)
 
     def generator_widths(self) -> tuple[int, ...]:
         """The generator's hidden widths: dcgan (4c, 2c, c) channels, mlp mlp_widths, unless g_widths."""

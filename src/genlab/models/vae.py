@@ -13,7 +13,7 @@ from torch import nn
 
 from genlab.errors import ConfigError
 from genlab.metrics.likelihood import discretized_gaussian_log_prob
-from genlab.models.base import LatentVariableModel, check_image_fields
+from genlab.models.base import LatentVariableModel, check_image_fields, check_widths
 from genlab.registry import register
 
 
@@ -43,10 +43,7 @@ class VAEConfig:
             raise ConfigError("model.latent_dim and model.hidden must be >= 1")
         if self.beta < 0:
             raise ConfigError("model.beta must be >= 0")
-        if self.dec_widths is not None and (len(self.dec_widths) != (2 if self.arch == "mlp" else 3)
-                                            or min(self.dec_widths) < 1):
-            raise ConfigError(f"model.dec_widths must be {2 if self.arch == 'mlp' else 3} widths >= 1 for arch "
-                              f"{self.arch} (or null for the defaults), got {list(self.dec_widths)}")
+        check_widths("dec_widths", self.dec_widths, 2 if self.arch == "mlp" else 3, self.arch)
 
     def decoder_widths(self) -> tuple[int, ...]:
         """The decoder's hidden widths: mlp (hidden, hidden), conv (hidden, 2c, c), unless dec_widths."""

@@ -86,7 +86,7 @@ def model_info(rid: str, run: Run) -> dict:
     image, audio = run.family == "image", run.family == "audio"
     conditional = bool(getattr(run.model, "conditional", False))
     if image:  # translation and style runs transform given images and draw none of their own
-        tasks = ["generate"] * run.model.draws_samples + supported_tasks(run)
+        tasks = (["generate"] if run.model.draws_samples else []) + supported_tasks(run)
     elif run.family == "text":
         tasks = ["text"]
     elif audio:

@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(set_tail=[])
     t.add_argument("--out", help="run directory (default: runs/PRESET-TIMESTAMP)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest valid checkpoint")
+    t.add_argument("--init-from", metavar="RUN_DIR", help="start from another run's weights (or demo:NAME): every "
+                   "tensor whose name and shape match is loaded, the rest reported in RUN/init.json "
+                   "(= --set train.init_from=RUN_DIR)")
     t.add_argument("--steps", type=int, help="total training-step budget of the run")
     t.add_argument("--minutes", type=float, help="total training-time budget of the run, in minutes")
     t.add_argument("--seed", type=int, help="random seed (default: the config's train.seed, 0)")
@@ -385,8 +388,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.resume:
         if a.config:
             raise GenlabError("--resume takes its config from the run directory; drop the preset/config argument")
-        if a.overrides:
-            raise GenlabError("--set cannot change a run being resumed; start a new run instead")
+        if a.overrides or a.init_from:
+            raise GenlabError(f"{'--set' if a.overrides else '--init-from'} cannot change a run being resumed; "
+                              "start a new run instead")
         check_resumable(a.resume)
         cfg, state = run_status(Path(a.resume))
         total = a.steps if a.steps is not None else cfg.train.steps
@@ -398,6 +402,8 @@ def cmd_train(a: argparse.Namespace) -> int:
             return 0
     elif not a.config:
         raise GenlabError("give a preset or FILE.yaml (see `genlab presets`), or --resume RUN_DIR")
+    if a.init_from:
+        a.overrides = [*a.overrides, f"train.init_from={a.init_from}"]
     res = train(a.config, a.out, overrides=a.overrides, resume=a.resume, steps=a.steps, minutes=a.minutes,
                 seed=a.seed, device=a.device, threads=a.threads, data_root=a.data_root,
                 download=a.download, argv=sys.argv)

@@ -97,6 +97,12 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_last: int = 2
     trackers: tuple[str, ...] = ()  # experiment trackers beside TensorBoard: wandb, mlflow (genlab.engine.trackers)
+    # fine-tuning (genlab.finetune): start from another run's weights, keep parts fixed, train adapters only
+    init_from: str | None = None  # a run directory (or demo:NAME) whose matching tensors start this run
+    freeze: tuple[str, ...] = ()  # parameter-name prefixes (e.g. encoder) that do not train
+    lora_rank: int = 0  # > 0: LoRA adapters of this rank on the base's layers; only they train
+    lora_alpha: float | None = None  # adapter scale alpha / rank; null = rank (scale 1)
+    lora_layers: tuple[str, ...] = ("linear", "conv")  # layer types that get adapters
 
 
 @dataclass
@@ -388,6 +394,17 @@ def validate_run(cfg: RunConfig) -> None:
          "style-transfer runs need a style image: --set data.style=IMAGE (a file, or sample:flower.jpg)"),
         (cfg.model_name != "style" or d.normalize == "zero_one",
          "style-transfer runs need data.normalize=zero_one (the feature network reads pixels in [0, 1])"),
+        (t.lora_rank >= 0, f"train.lora_rank must be >= 0 (0: no adapters), got {t.lora_rank}"),
+        (not t.lora_rank or t.init_from, "LoRA adapts a trained model: set train.init_from=RUN_DIR (--init-from) "
+         "with train.lora_rank"),
+        (not t.lora_rank or set(t.lora_layers) <= {"linear", "conv"} and t.lora_layers,
+         f"train.lora_layers must list linear and/or conv, got {list(t.lora_layers)}"),
+        (t.lora_alpha is None or (math.isfinite(t.lora_alpha) and t.lora_alpha > 0),
+         "train.lora_alpha must be a number > 0, or null for the rank"),
+        (not (t.lora_rank and cfg.privacy.enabled), "private training does not support LoRA adapters yet: drop "
+         "train.lora_rank or the privacy.* settings"),
+        (all(isinstance(f, str) and f.strip(". ") for f in t.freeze),
+         f"train.freeze must list parameter-name prefixes such as encoder, got {list(t.freeze)}"),
         (set(t.trackers) <= {"wandb", "mlflow"} and len(set(t.trackers)) == len(t.trackers),
          f"train.trackers must list wandb and/or mlflow (each once), got {list(t.trackers)}"),
     ]

@@ -245,6 +245,10 @@ def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, 
     cfg = resolve_data_fields(cfg, data)
     seed_everything(t.seed)  # the initial weights are a function of the seed
     model = build(cfg)
+    if t.init_from or t.lora_rank or t.freeze:  # another run's weights, adapters, frozen parts
+        from genlab.finetune import prepare
+
+        prepare(model, cfg, run_dir, resuming=resuming, write=dist.is_main)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         ckpt.atomic_write_json(run_dir / "data.json", data.meta())
@@ -364,6 +368,9 @@ class Run:
             if c.state.get("compression"):  # written by `genlab compress`: int8/bf16 weights, quantised layers
                 from genlab.compress import load_compressed
                 load_compressed(self.model, sd, c.state["compression"], self.device)
+            elif self.cfg.train.lora_rank:  # adapters only: the pinned base run's weights, adapters merged in
+                from genlab.finetune import load_adapted
+                load_adapted(self.model, self.cfg, self.run_dir, sd)
             else:
                 self.model.load_state_dict(sd)
         except RuntimeError as e:

@@ -44,6 +44,7 @@ from genlab.engine.logs import RunLog, is_total_loss
 from genlab.engine.optim import EMA, build_optimizer, lr_at
 from genlab.engine.privacy import PrivateTraining, privacy_summary
 from genlab.errors import ConfigError, TrainingDiverged
+from genlab.finetune import checkpoint_keys
 from genlab.models.base import GenerativeModel
 from genlab.seed import derive_seed
 
@@ -64,6 +65,18 @@ class TrainState:
     stop_reason: str | None = None  # steps | minutes | early_stop, once finished
 
 
+def trainable_groups(model: GenerativeModel) -> dict[str, list[nn.Parameter]]:
+    """The model's optimiser groups without the parameters that do not train (train.freeze,
+    a LoRA base); a ConfigError when that leaves an optimiser nothing to train."""
+    groups = {}
+    for name, params in model.optimizers().items():
+        groups[name] = [p for p in params if p.requires_grad]
+        if not groups[name]:
+            raise ConfigError(f"optimiser {name!r} has nothing left to train (train.freeze or LoRA fixed all its "
+                              "parameters); freeze less")
+    return groups
+
+
 class Trainer:
     """Trains `model` on `data` as `cfg.train` says, writing checkpoints/logs/samples to `run_dir`."""
 
@@ -76,7 +89,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.callbacks = callbacks or []
-        self.groups = model.optimizers()
+        self.groups = trainable_groups(model)
+        self.saved_keys = checkpoint_keys(model)  # None: the whole model; a LoRA run: adapters and buffers
         self.opts = {name: build_optimizer(params, self.t) for name, params in self.groups.items()}
         self.plan = model.schedule()
         self.ema = EMA(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
@@ -107,9 +121,10 @@ class Trainer:
         return self.ema.module if self.ema else self.model
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        keep = self.saved_keys
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items() if keep is None or k in keep}
         if self.ema:
-            out.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
+            out.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items() if keep is None or k in keep})
         return out
 
     def save(self, name: str | None = None) -> None:
@@ -131,14 +146,20 @@ class Trainer:
             ckpt.prune(self.ckpt_dir, self.t.keep_last)
 
     def restore(self, c: ckpt.Checkpoint) -> None:
-        sd = {k[6:]: v for k, v in c.tensors.items() if k.startswith("model.")}
-        try:
-            self.model.load_state_dict(sd)
-            if self.ema:
-                self.ema.module.load_state_dict({k[4:]: v for k, v in c.tensors.items() if k.startswith("ema.")})
-        except RuntimeError as e:
-            raise ckpt.CheckpointError(f"checkpoint {c.name} does not fit this model: "
-                                       f"{str(e).splitlines()[0]}") from None
+        for prefix, module in [("model.", self.model)] + ([("ema.", self.ema.module)] if self.ema else []):
+            sd = {k[len(prefix):]: v for k, v in c.tensors.items() if k.startswith(prefix)}
+            try:
+                if self.saved_keys is None:
+                    module.load_state_dict(sd)
+                else:  # a LoRA run: the base came from its source run, the checkpoint holds the rest
+                    _, unexpected = module.load_state_dict(sd, strict=False)
+                    absent = sorted(self.saved_keys - set(sd))
+                    if unexpected or absent:
+                        raise RuntimeError(f"{'unexpected' if unexpected else 'missing'} tensor "
+                                           f"{(unexpected or absent)[0]}")
+            except RuntimeError as e:
+                raise ckpt.CheckpointError(f"checkpoint {c.name} does not fit this model: "
+                                           f"{str(e).splitlines()[0]}") from None
         for oname, opt in self.opts.items():
             ckpt.optimizer_from_flat(opt, f"optim.{oname}", c.tensors, c.state["optimizers"][oname])
         if self.private:

@@ -1,0 +1,172 @@
+"""Fine-tuning (genlab.finetune): --init-from, train.freeze, LoRA adapters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import genlab
+from genlab.config import resolve
+from genlab.engine.checkpoint import latest_valid
+from genlab.engine.run import build_model
+from genlab.errors import CheckpointError, ConfigError
+from genlab.finetune import apply_freeze, checkpoint_keys, load_matching
+from genlab.finetune.lora import LoRAConv2d, LoRALinear, add_lora, merge_lora
+from tests.conftest import TINY_VAE, assert_same_tensors, main_fails_in_one_line, weights_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+IMG = ["model.channels=1", "model.image_size=28"]
+
+
+def vae(*extra: str, classes: int = 10) -> nn.Module:
+    torch.manual_seed(len(extra) + classes)
+    return build_model(resolve("cvae-mnist", [*TINY_VAE, *IMG, f"model.num_classes={classes}", *extra]))
+
+
+# --------------------------------------------------------------------------- init-from
+
+
+def test_load_matching_loads_every_fitting_tensor_and_reports_the_rest():
+    src, dst = vae(), vae("model.latent_dim=4")
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    sd = {**src.state_dict(), "only.in.source": torch.zeros(3)}
+    r = load_matching(dst, sd, 10, 10)
+    own = dst.state_dict()
+    mismatched = {k for k, _, _ in r["mismatched"]}
+    assert set(r["loaded"]) | mismatched | set(r["new"]) == set(own)
+    assert mismatched and r["loaded"] and r["unused"] == ["only.in.source"]
+    for k in r["loaded"]:
+        assert torch.equal(own[k], sd[k]), k
+    for k in mismatched:  # another shape: the new model's own initialisation stays
+        assert sd[k].shape != own[k].shape and torch.equal(own[k], before[k]), k
+
+
+def test_new_classes_keep_the_old_rows_and_the_no_class_row_stays_last():
+    src, dst = vae(classes=10), vae(classes=12)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    r = load_matching(dst, src.state_dict(), 10, 12)
+    grown = dict(r["grown"])
+    # the one-hot label columns of the first encoder and decoder layers (the new classes come last)
+    assert set(grown) == {"encoder.body.0.weight", "decoder.net.0.weight"}
+    for k in grown:
+        new, old = dst.state_dict()[k], src.state_dict()[k]
+        assert torch.equal(new[:, :old.shape[1]], old) and torch.equal(new[:, old.shape[1]:], before[k][:, -2:])
+    # classifier-free guidance keeps a "no class" row after the classes (10 + 1 rows -> 12 + 1)
+    emb_src, emb_dst = nn.Embedding(11, 4), nn.Embedding(13, 4)
+    keep = emb_dst.weight.detach().clone()
+    r = load_matching(emb_dst, emb_src.state_dict(), 10, 12)
+    w = emb_dst.weight.detach()
+    assert r["grown"] == [("weight", [11, 4])]
+    assert torch.equal(w[:10], emb_src.weight[:10]) and torch.equal(w[12], emb_src.weight[10])
+    assert torch.equal(w[10:12], keep[10:12])
+
+
+def test_init_from_run_freezes_and_records_its_source(tmp_path, data_root):
+    base = genlab.train("cvae-mnist", tmp_path / "base", overrides=TINY_VAE, steps=6, data_root=str(data_root))
+    start = latest_valid(base.run_dir / "checkpoints")
+    ft = genlab.train("cvae-mnist", tmp_path / "ft", steps=4, data_root=str(data_root),
+                      overrides=TINY_VAE + [f"train.init_from={base.run_dir}", "data.dataset=fashion-mnist",
+                                            "train.freeze=[encoder]"])
+    init = json.loads((ft.run_dir / "init.json").read_text())
+    assert init["source"]["sha256"] == start.state["sha256"] and init["source"]["weights"] == "ema"
+    assert init["new"] == [] and init["mismatched"] == [] and len(init["loaded"]) > 4
+    w = weights_of(ft.run_dir)
+    enc = [k for k in w if k.startswith("model.encoder.")]
+    dec = [k for k in w if k.startswith("model.decoder.")]
+    assert enc and dec
+    for k in enc:  # frozen: still the base's (EMA) weights after 4 steps
+        assert torch.equal(w[k], start.tensors["ema." + k[len("model."):]]), k
+    assert any(not torch.equal(w[k], start.tensors["ema." + k[len("model."):]]) for k in dec)
+    assert not any(k.startswith("optim.") and ".encoder." in k for k in w)
+
+
+def test_init_from_errors(tmp_path, data_root, capsys):
+    src = vae()
+    with pytest.raises(ConfigError, match="no parameter of this model is under 'encodr'.*encoder"):
+        apply_freeze(src, ("encodr",))
+    with pytest.raises(ConfigError, match="nothing left to train"):
+        genlab.train("cvae-mnist", tmp_path / "all", overrides=TINY_VAE + ["train.freeze=[encoder, decoder]"],
+                     steps=1, data_root=str(data_root))
+    with pytest.raises(ConfigError, match="set train.init_from"):
+        resolve("cvae-mnist", ["train.lora_rank=4"])
+    main_fails_in_one_line(capsys, ["train", "cvae-mnist", "--init-from", str(tmp_path / "nothing"), "--steps", "1"],
+                           "train.init_from", "not found")
+    main_fails_in_one_line(capsys, ["train", "--resume", str(tmp_path / "x"), "--init-from", str(tmp_path)],
+                           "--init-from cannot change a run being resumed")
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(6, 5), nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=1),
+                                   nn.Conv2d(3, 4, 3, padding=2, dilation=2, padding_mode="reflect")])
+def test_lora_starts_equal_to_its_base_and_merges_exactly(layer):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6) if isinstance(layer, nn.Linear) else torch.randn(2, 3, 9, 9)
+    ref = layer(x).detach()
+    model = nn.Sequential(layer)
+    assert add_lora(model, rank=2, alpha=4.0) == ["0"]
+    wrapped = model[0]
+    assert isinstance(wrapped, (LoRALinear, LoRAConv2d))
+    assert torch.equal(model(x), ref)  # B = 0: exactly the base layer
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["0.lora_A", "0.lora_B"]
+    with torch.no_grad():
+        wrapped.lora_B.normal_()
+    adapted = model(x).detach()
+    assert (adapted - ref).abs().max() > 1e-2
+    merged = merge_lora(model)
+    assert type(merged[0]) is type(layer)
+    torch.testing.assert_close(merged(x), adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_run_checkpoint_holds_only_adapters_and_loads_merged(tmp_path, data_root):
+    base = genlab.train("cvae-mnist", tmp_path / "base", overrides=TINY_VAE, steps=4, data_root=str(data_root))
+    lora = genlab.train("cvae-mnist", tmp_path / "lora", steps=4, data_root=str(data_root),
+                        overrides=TINY_VAE + [f"train.init_from={base.run_dir}", "train.lora_rank=2",
+                                              "train.lora_alpha=4"])
+    w = weights_of(lora.run_dir)
+    model_keys = {k[len("model."):] for k in w if k.startswith("model.")}
+    assert model_keys and all(".lora_" in k for k in model_keys), model_keys
+    base_w = weights_of(base.run_dir)
+    assert sum(v.numel() for k, v in w.items() if k.startswith("model.")) < \
+        sum(v.numel() for k, v in base_w.items() if k.startswith("model.")) / 4
+
+    # loading = the base's EMA weights plus scale * B·A of the run's EMA adapters
+    run = genlab.load(lora.run_dir)
+    assert not any("lora" in n for n, _ in run.model.named_parameters())
+    ref = genlab.load(base.run_dir).model.state_dict()
+    k = "decoder.net.0.weight"
+    a, b = w["ema.decoder.net.0.lora_A"], w["ema.decoder.net.0.lora_B"]
+    torch.testing.assert_close(run.model.state_dict()[k], ref[k] + 2.0 * b @ a, atol=1e-6, rtol=1e-6)
+    assert not torch.equal(run.model.state_dict()[k], ref[k])
+
+    # the base is pinned to the checkpoint the adapters were trained on: still there after one
+    # more session of the base run (it keeps its last 2), gone after two
+    genlab.train(resume=base.run_dir, steps=8)
+    torch.testing.assert_close(genlab.load(lora.run_dir).model.state_dict()[k], run.model.state_dict()[k])
+    genlab.train(resume=base.run_dir, steps=12)
+    with pytest.raises(CheckpointError, match="base run of this fine-tuned run.*step-00000004"):
+        genlab.load(lora.run_dir)
+
+
+def test_checkpoint_keys_of_a_plain_model_is_everything():
+    m = vae()
+    assert checkpoint_keys(m) is None
+    add_lora(m, rank=1)
+    keys = checkpoint_keys(m)
+    assert keys and all(".lora_" in k for k in keys)
+
+
+def test_resumed_lora_run_equals_an_uninterrupted_one(tmp_path, data_root):
+    base = genlab.train("cvae-mnist", tmp_path / "base", overrides=TINY_VAE, steps=3, data_root=str(data_root))
+    over = TINY_VAE + [f"train.init_from={base.run_dir}", "train.lora_rank=2", "train.steps=6"]
+    genlab.train("cvae-mnist", tmp_path / "whole", overrides=over, data_root=str(data_root))
+    genlab.train("cvae-mnist", tmp_path / "split", overrides=over, steps=3, data_root=str(data_root))
+    genlab.train(resume=tmp_path / "split", steps=6)
+    whole, split = weights_of(tmp_path / "whole"), weights_of(tmp_path / "split")
+    assert any(k.startswith("optim.") for k in whole)
+    assert_same_tensors(whole, split)

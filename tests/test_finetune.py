@@ -170,3 +170,53 @@ def test_resumed_lora_run_equals_an_uninterrupted_one(tmp_path, data_root):
     whole, split = weights_of(tmp_path / "whole"), weights_of(tmp_path / "split")
     assert any(k.startswith("optim.") for k in whole)
     assert_same_tensors(whole, split)
+
+
+# --------------------------------------------------------------------------- incremental data
+
+
+def _write_pngs(folder, x, y, start):
+    from PIL import Image
+
+    for i, (img, label) in enumerate(zip(x, y)):
+        d = folder / str(int(label))
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(d / f"{start + i:05d}.png")
+
+
+def test_replay_trains_on_the_new_images_and_a_share_of_the_seen_ones(tmp_path, data_root):
+    import numpy as np
+
+    from genlab.config import DataConfig
+    from genlab.data.datasets import load_image_data
+    from genlab.finetune.replay import image_hashes
+
+    d = load_image_data(DataConfig(dataset="mnist"), data_root)
+    keep = d.test_y < 2
+    x, y = d.test_x[keep][:300], d.test_y[keep][:300]
+    folder = tmp_path / "digits"
+    _write_pngs(folder, x[:200], y[:200], 0)
+    over = ["model.hidden=32", "model.latent_dim=4", "train.batch_size=16", "train.amp=off", "data.dataset=folder",
+            f"data.path={folder}", "data.val_size=0.1", "train.eval_batches=1", "train.sample_every=1000"]
+    old = genlab.train("cvae-mnist", tmp_path / "old", overrides=over, steps=2).run_dir
+    seen = np.load(old / "train-hashes.npy")
+    assert len(seen) == json.loads((old / "data.json").read_text())["sizes"]["train"]
+
+    _write_pngs(folder, x[200:], y[200:], 200)  # the folder grows by 100 images
+    new = genlab.train("cvae-mnist", tmp_path / "new", steps=2,
+                       overrides=over + [f"train.init_from={old}", "train.replay=0.25"]).run_dir
+    grown = load_image_data(DataConfig(dataset="folder", path=str(folder), val_size=0.1), None)
+    h = image_hashes(grown.train_x)
+    n_new = int((~np.isin(h, seen)).sum())
+    assert 80 < n_new < 140  # ~90% of the 100 added, and old held-out images the split now puts in train
+    n_train = json.loads((new / "data.json").read_text())["sizes"]["train"]
+    assert n_train == n_new + round(0.25 / 0.75 * n_new)  # every new image, and a quarter old ones
+    # the next increment knows everything this lineage saw
+    lineage = set(np.load(new / "train-hashes.npy").tolist())
+    assert set(seen.tolist()) <= lineage and set(h[~np.isin(h, seen)].tolist()) <= lineage
+
+    with pytest.raises(ConfigError, match="nothing new to learn"):
+        genlab.train("cvae-mnist", tmp_path / "again", steps=1, overrides=over + [f"train.init_from={new}",
+                                                                                 "train.replay=0.25"])
+    with pytest.raises(ConfigError, match="set train.init_from"):
+        resolve("cvae-mnist", ["train.replay=0.3"])

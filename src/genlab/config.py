@@ -103,6 +103,7 @@ class TrainConfig:
     lora_rank: int = 0  # > 0: LoRA adapters of this rank on the base's layers; only they train
     lora_alpha: float | None = None  # adapter scale alpha / rank; null = rank (scale 1)
     lora_layers: tuple[str, ...] = ("linear", "conv")  # layer types that get adapters
+    replay: float = 0.0  # with init_from on data that grew: share of each epoch drawn from the images it saw
 
 
 @dataclass
@@ -403,6 +404,9 @@ def validate_run(cfg: RunConfig) -> None:
          "train.lora_alpha must be a number > 0, or null for the rank"),
         (not (t.lora_rank and cfg.privacy.enabled), "private training does not support LoRA adapters yet: drop "
          "train.lora_rank or the privacy.* settings"),
+        (0 <= t.replay < 1, f"train.replay must be in [0, 1), got {t.replay}"),
+        (not t.replay or t.init_from, "train.replay replays the data of the run it continues: set "
+         "train.init_from=RUN_DIR (--init-from)"),
         (all(isinstance(f, str) and f.strip(". ") for f in t.freeze),
          f"train.freeze must list parameter-name prefixes such as encoder, got {list(t.freeze)}"),
         (set(t.trackers) <= {"wandb", "mlflow"} and len(set(t.trackers)) == len(t.trackers),

@@ -40,6 +40,7 @@ from genlab.engine.lock import RunLock
 from genlab.engine.trackers import check_trackers
 from genlab.engine.trainer import Trainer, TrainState
 from genlab.errors import CheckpointError, ConfigError, RunInUseError
+from genlab.finetune.replay import GROWABLE, write_hashes
 from genlab.models.base import GenerativeModel
 from genlab.options import check_number, check_run_dir_path
 from genlab.registry import get_model, model_family
@@ -242,6 +243,10 @@ def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, 
     used = getattr(data, "dataset", cfg.data.dataset)
     if used != cfg.data.dataset:  # e.g. no MNIST anywhere: the config says what was really used
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=used))
+    if t.replay:  # grown data: the new images and a share of those the source run saw
+        from genlab.finetune.replay import with_replay
+
+        data = with_replay(data, cfg)
     cfg = resolve_data_fields(cfg, data)
     seed_everything(t.seed)  # the initial weights are a function of the seed
     model = build(cfg)
@@ -252,6 +257,8 @@ def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, 
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         ckpt.atomic_write_json(run_dir / "data.json", data.meta())
+        if isinstance(data, ImageData) and cfg.data.dataset in GROWABLE:  # what a later --init-from replays
+            write_hashes(run_dir, data, also=cfg.train.init_from if t.replay else None)
         if isinstance(data, TextData):
             ckpt.atomic_write_text(run_dir / "tokenizer.json", data.tokenizer.to_json())
         if not resuming or not (run_dir / "manifest.json").exists():

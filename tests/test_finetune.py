@@ -220,3 +220,23 @@ def test_replay_trains_on_the_new_images_and_a_share_of_the_seen_ones(tmp_path, 
                                                                                  "train.replay=0.25"])
     with pytest.raises(ConfigError, match="set train.init_from"):
         resolve("cvae-mnist", ["train.replay=0.3"])
+
+
+def test_merge_writes_a_standalone_run_equal_to_the_adapted_one(tmp_path, data_root):
+    from genlab.compress import compress
+
+    base = genlab.train("cvae-mnist", tmp_path / "base", overrides=TINY_VAE, steps=3, data_root=str(data_root))
+    lora = genlab.train("cvae-mnist", tmp_path / "lora", steps=3, data_root=str(data_root),
+                        overrides=TINY_VAE + [f"train.init_from={base.run_dir}", "train.lora_rank=2"]).run_dir
+    merged = compress(lora, "merge", tmp_path / "merged")
+    a, b = genlab.load(lora), genlab.load(merged)
+    assert b.cfg.train.lora_rank == 0
+    assert_same_tensors(a.model.state_dict(), b.model.state_dict(), atol=0)
+    import shutil
+
+    shutil.rmtree(base.run_dir)  # the merged run no longer needs its base; the adapters alone do
+    torch.testing.assert_close(genlab.load(merged).sample(4, seed=1)[0], a.sample(4, seed=1)[0])
+    with pytest.raises(CheckpointError, match="base run"):
+        genlab.load(lora)
+    with pytest.raises(ConfigError, match="no LoRA adapters"):
+        compress(merged, "merge", tmp_path / "again")

@@ -281,10 +281,11 @@ def _parser() -> argparse.ArgumentParser:
 
     cp = command("compress", "write a smaller or faster copy of a run as a new run directory")
     cp.add_argument("run_dir", help=RUN_DIR_HELP)
-    cp.add_argument("--method", required=True, choices=["quantize", "prune", "distill"],
-                    help="quantize (int8/bf16/fp16 weights), prune (magnitude sparsity, optional fine-tuning) or "
+    cp.add_argument("--method", required=True, choices=["quantize", "prune", "distill", "merge"],
+                    help="quantize (int8/bf16/fp16 weights), prune (magnitude sparsity, optional fine-tuning), "
                          "distill (a smaller student trained on the run's soft targets; diffusion runs: a student "
-                         "sampler taking a few DDIM steps, by progressive distillation)")
+                         "sampler taking a few DDIM steps, by progressive distillation) or merge (a LoRA run's "
+                         "adapters folded into its base: a standalone run that no longer needs the base)")
     cp.add_argument("--out", required=True, help="the new run directory (must not exist)")
     cp.add_argument("--dtype", choices=["int8", "bf16", "fp16"], help="quantize: weight type (default int8)")
     cp.add_argument("--scheme", choices=["auto", "dynamic", "weight-only"],

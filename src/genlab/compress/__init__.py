@@ -19,11 +19,13 @@ from torch import nn
 from genlab.compress import distill, prune, quantize
 from genlab.compress.newrun import Compressed, check_out, read_record, write_run
 from genlab.errors import ConfigError
+from genlab.finetune import merge_run
 
 METHODS = {
     "quantize": quantize.quantize_run,
     "prune": prune.prune_run,
     "distill": distill.distill_run,
+    "merge": merge_run,  # a LoRA run's adapters folded into its base weights (genlab.finetune)
 }
 
 # How a recorded compression is rebuilt at load; methods not listed load as plain float weights.

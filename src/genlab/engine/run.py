@@ -282,6 +282,9 @@ def check_resumable(run_dir: str | os.PathLike) -> None:
     if record and record.get("method") == "quantize":
         raise ConfigError(f"{run_dir} holds quantised weights, which do not train; continue its source run "
                           f"({record['source']['run']}) and quantise again")
+    if record and record.get("method") == "merge":
+        raise ConfigError(f"{run_dir} holds merged LoRA weights without optimiser state; fine-tune it further as a "
+                          f"new run: genlab train PRESET --init-from {run_dir}")
     if record and record.get("method") == "distill" and "sampling_steps" in record.get("student", {}):
         raise ConfigError(f"{run_dir} is a distilled {record['student']['sampling_steps']}-step sampler, which "
                           "ordinary training would undo; distil again from its teacher "

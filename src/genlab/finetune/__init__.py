@@ -206,3 +206,19 @@ def load_adapted(model: nn.Module, cfg, run_dir: Path, sd: dict[str, torch.Tenso
         raise CheckpointError(f"the adapter checkpoint of {run_dir} does not fit its config "
                               f"({(unexpected or absent)[0]})")
     return merge_lora(model)
+
+
+def merge_run(source):
+    """`genlab compress RUN --method merge`: the LoRA run `source` (a loaded Run, adapters already
+    merged by loading) as a standalone run: full weights, train.lora_rank 0, the base recorded."""
+    import dataclasses
+
+    from genlab.compress.newrun import Compressed
+
+    cfg = source.cfg
+    if not cfg.train.lora_rank:
+        raise ConfigError(f"{source.run_dir} has no LoRA adapters to merge (train.lora_rank is 0); it is standalone")
+    base = (read_init(source.run_dir) or {}).get("source", {})
+    plain = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lora_rank=0))
+    tensors = {f"model.{k}": v for k, v in source.model.state_dict().items()}
+    return Compressed(tensors, {"method": "merge", "base": base, "lora_rank": cfg.train.lora_rank}, config=plain)

@@ -240,3 +240,26 @@ def test_merge_writes_a_standalone_run_equal_to_the_adapted_one(tmp_path, data_r
         genlab.load(lora)
     with pytest.raises(ConfigError, match="no LoRA adapters"):
         compress(merged, "merge", tmp_path / "again")
+
+
+def test_text_fine_tuning_keeps_the_source_vocabulary(tmp_path):
+    from genlab.errors import DataError
+    from tests.conftest import shakespeare_corpus
+    from tests.test_text import TINY_TEXT
+
+    corpus = shakespeare_corpus(tmp_path)
+    base = genlab.train("gpt-shakespeare-cpu", tmp_path / "base", overrides=TINY_TEXT + [f"data.path={corpus}"],
+                        steps=2).run_dir
+    text = corpus.read_text()
+    mine = tmp_path / "mine.txt"
+    mine.write_text("".join(sorted(set(text)))[:12] * 40)  # a user's text in fewer characters
+    ft = genlab.train("gpt-shakespeare-cpu", tmp_path / "ft", steps=2,
+                      overrides=TINY_TEXT + [f"data.path={mine}", f"train.init_from={base}"]).run_dir
+    assert (ft / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()
+    init = json.loads((ft / "init.json").read_text())
+    assert init["new"] == [] and init["mismatched"] == []  # the embedding and head fit the vocabulary
+    other = tmp_path / "other.txt"
+    other.write_text("ü" * 500)
+    with pytest.raises(DataError, match="outside this run's"):
+        genlab.train("gpt-shakespeare-cpu", tmp_path / "bad", steps=1,
+                     overrides=TINY_TEXT + [f"data.path={other}", f"train.init_from={base}"])

@@ -89,6 +89,9 @@ def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None, *,
         return load_audio_data(cfg.data, root, seed=cfg.train.seed)
     if family == "text":
         tok = run_dir / "tokenizer.json" if run_dir is not None else None
+        if (tok is None or not tok.is_file()) and cfg.train.init_from:  # fine-tuning keeps its source's vocabulary
+            source_tok = demos.resolve(cfg.train.init_from) / "tokenizer.json"
+            tok = source_tok if source_tok.is_file() else tok
         return load_text_data(cfg.data, root, block_size=cfg.model.block_size, tokenizer_path=tok)
     return load_image_data(cfg.data, root, fallback=fallback)
 

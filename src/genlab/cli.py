@@ -152,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--inception-weights", help="local file of torch-fidelity's Inception weights")
     e.add_argument("--download", action="store_true", help="download the Inception weights if missing (online)")
     e.add_argument("--iw-k", type=int, help="importance samples for likelihood bounds (default 100)")
+    e.add_argument("--probe-labels", type=int, help="labelled training images (class-balanced) the linear probe "
+                   "is fitted on (--metrics probe probe_random; default 100)")
     e.add_argument("--data-root", help="folder holding the datasets (default: the run's)")
     e.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
@@ -518,7 +520,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from genlab.evaluation import evaluate
 
     opts = {k: v for k, v in (("extractor", a.extractor), ("inception_weights", a.inception_weights),
-                              ("iw_k", a.iw_k), ("data_root", a.data_root), ("download", a.download or None))
+                              ("iw_k", a.iw_k), ("probe_labels", a.probe_labels), ("data_root", a.data_root),
+                              ("download", a.download or None))
             if v is not None}
     report = evaluate(a.run_dir, n=a.n, metrics=a.metrics, out=a.out, seed=a.seed, checkpoint=a.checkpoint,
                       device=a.device, html=not a.no_html, **opts)

@@ -31,6 +31,7 @@ PAIRED_DATASETS = ("mnist-edges", "fashion-edges", "paired-folder")
 UNPAIRED_DATASETS = ("mnist-fashion", "unpaired-folder")
 TRANSLATION_DATASETS = PAIRED_DATASETS + UNPAIRED_DATASETS
 TRANSLATION_MODELS = ("pix2pix", "cyclegan")
+SEMI_SUPERVISED_MODELS = ("semivae",)  # models that take unlabelled training images (label -1)
 DATASETS = ("mnist", "fashion-mnist", "digits", "folder", "array", "text",
             "cora", "citeseer", "edgelist", "community", "grid", "ego", "fsdd", "audio",
             *TRANSLATION_DATASETS,
@@ -52,6 +53,10 @@ class DataConfig:
     crop_padding: int = 0  # random crops after zero-padding this many pixels
     val_size: float = 5000  # images held out of train for validation (a fraction if < 1)
     train_size: int | None = None  # keep only this many training images (a fixed random choice); None = all
+    # Semi-supervised runs (semivae): keep the labels of only this many training images (a class-balanced
+    # choice fixed by train.seed); the others get label -1. Val/test keep theirs. None = every label.
+    num_labels: int | None = None
+    labelled_batch: int = 32  # with num_labels: images drawn from the labelled ones, added to each batch
     train_on: str = "train"  # train | test: "test" trains on the test split (a reference model for
     #                          `genlab audit --reference`); its test split is then the training split
     test_size: float = 0.1  # for folders/arrays without a test split: fraction or count
@@ -375,6 +380,11 @@ def validate_run(cfg: RunConfig) -> None:
         (d.val_size >= 0 and d.test_size >= 0, "data.val_size and data.test_size must be >= 0"),
         (d.num_graphs >= 1, "data.num_graphs must be >= 1"),
         (d.train_size is None or d.train_size >= 1, "data.train_size must be >= 1, or null for the whole split"),
+        (d.num_labels is None or d.num_labels >= 1, "data.num_labels must be >= 1, or null for every label"),
+        (d.labelled_batch >= 1, f"data.labelled_batch must be >= 1, got {d.labelled_batch}"),
+        (d.num_labels is None or cfg.model_name in SEMI_SUPERVISED_MODELS,
+         f"data.num_labels leaves training images unlabelled, which only {', '.join(SEMI_SUPERVISED_MODELS)} "
+         f"can learn from; a {cfg.model_name} run needs every label: drop data.num_labels"),
         (d.train_on in ("train", "test"), f"data.train_on must be train or test, got {d.train_on!r}"),
         (d.sample_rate is None or 1000 <= d.sample_rate <= 192_000, "data.sample_rate must be in 1000..192000 Hz, or null"),
         (16 <= d.audio_length <= 10_000_000, "data.audio_length must be in 16..10000000 samples"),

@@ -46,6 +46,27 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# Semi-supervised M2 (Kingma et al., 2014) on binarised MNIST with 100 labels (10 per class; 600 or 1,000 by
+# --set data.num_labels=N): every batch is 128 images of the epoch order (nearly all unlabelled) plus 32
+# drawn from the labelled ones. Sized for 60 minutes on one CPU core (0.18 s a step with the core to
+# itself; 6,597 steps in 30 minutes on a shared one); the LR anneals over the time budget. The classifier q(y|x) is a small conv net trained on shifted copies of
+# the labelled images (see genlab.models.semivae); `genlab evaluate RUN --metrics classifier_accuracy`.
+PRESETS.update({
+    "semi-vae-mnist": Preset(
+        "semi-supervised VAE (M2): conv classifier q(y|x), MLP 500-500 q(z|x,y) and p(x|y,z), z50, "
+        "binarised MNIST with 100 labels",
+        {
+            "model": {"name": "semivae", "latent_dim": 50, "hidden": 500, "classifier": "conv",
+                      "classifier_width": 32, "alpha": 50.0, "shift": 2},
+            "data": {**_MNIST_BINARY, "num_labels": 100, "labelled_batch": 32},
+            "train": {"steps": 100_000, "minutes": 60, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200,
+                      "ema_decay": 0.999, "amp": "off", "log_every": 100, "eval_every": 1000,
+                      "eval_batches": 10, "sample_every": 5000, "ckpt_every": 1000},
+        },
+    ),
+})
+
+
 _MNIST_GAN = {"dataset": "mnist", "normalize": "minus_one_one"}
 _GAN_TRAIN = {"batch_size": 64, "lr": 2e-4, "betas": [0.5, 0.999], "grad_clip": None, "ema_decay": 0.999,
               "warmup_steps": 0, "min_lr_ratio": 0.25, "log_every": 100, "sample_every": 1000,
@@ -354,6 +375,32 @@ PRESETS.update({
     ),
 })
 
+
+# Self-supervised pretext tasks (genlab.models.pretext) that train vae-mnist's conv encoder without
+# labels: the encoder is the VAE's (same class and names, conv, latent 32, hidden 512, 32 channels),
+# so `genlab train vae-mnist --set model.arch=conv --init-from RUN` loads every encoder.* tensor,
+# and `genlab evaluate RUN` fits a linear probe on 100 labels. Same binarised data as vae-mnist, so
+# the encoder sees what it will see there. Five minutes on one CPU core (the LR anneals over them);
+# bf16 autocast off (slower than fp32 for these small convolutions on CPUs).
+_PRETEXT_ENCODER = {"name": "pretext", "arch": "conv", "latent_dim": 32, "hidden": 512, "base_channels": 32}
+_PRETEXT_TRAIN = {"steps": 20_000, "minutes": 5, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100,
+                  "min_lr_ratio": 0.1, "amp": "off", "log_every": 50, "eval_every": 500, "eval_batches": 10,
+                  "sample_every": 1000, "ckpt_every": 500}
+
+PRESETS.update({
+    "rotation-mnist": Preset(
+        "self-supervised rotation prediction (Gidaris et al. 2018): vae-mnist's conv encoder and a 4-way head "
+        "on all four rotations of binarised MNIST, 5 min; reuse with --init-from",
+        {"model": {**_PRETEXT_ENCODER, "task": "rotation"}, "data": dict(_MNIST_BINARY),
+         "train": dict(_PRETEXT_TRAIN)},
+    ),
+    "masked-mnist": Preset(
+        "self-supervised masked-patch prediction: vae-mnist's conv encoder and decoder rebuild a quarter of "
+        "7x7 patches zeroed in binarised MNIST, 5 min; reuse with --init-from",
+        {"model": {**_PRETEXT_ENCODER, "task": "masked", "patch": 7, "mask_ratio": 0.25},
+         "data": dict(_MNIST_BINARY), "train": dict(_PRETEXT_TRAIN)},
+    ),
+})
 
 def preset_yaml(name: str) -> str:
     """Preset `name`'s full resolved config as commented YAML that `genlab train FILE.yaml`

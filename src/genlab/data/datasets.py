@@ -270,6 +270,8 @@ class ImageData:
     class_names: list[str] | None = None
     mean: list[float] = field(default_factory=list)  # per-channel, in [0, 1] units, train split
     std: list[float] = field(default_factory=list)
+    num_labels: int | None = None  # semi-supervised runs: data.num_labels, data.labelled_batch
+    labelled_batch: int = 0
 
     @property
     def channels(self) -> int:
@@ -295,6 +297,8 @@ class ImageData:
 
     def feeder(self, pipeline, batch_size: int, seed: int) -> "ImageFeeder":
         """What the training engine draws batches from (see genlab.engine.trainer)."""
+        if self.num_labels is not None:
+            return SemiSupervisedFeeder(self, pipeline, batch_size, seed)
         return ImageFeeder(self, pipeline, batch_size, seed)
 
 
@@ -331,6 +335,7 @@ class ImageFeeder:
 
     def __init__(self, data: ImageData, pipeline, batch_size: int, seed: int):
         self.data, self.pipeline = data, pipeline
+        self.train_y = data.train_y  # the labels training sees (-1: unlabelled, SemiSupervisedFeeder)
         self.order = BatchOrder(len(data.train_x), batch_size, seed)
 
     def train_batch(self, b: int, shard: int, micro: int, device) -> dict[str, torch.Tensor]:
@@ -339,7 +344,7 @@ class ImageFeeder:
 
     def batch_at(self, idx: torch.Tensor, device) -> dict[str, torch.Tensor]:
         """The training examples `idx`, prepared (private training's Poisson batches)."""
-        y = self.data.train_y[idx] if self.data.train_y is not None else None
+        y = self.train_y[idx] if self.train_y is not None else None
         return self.pipeline(self.data.train_x[idx], y, device=device)
 
     def eval_size(self, split: str) -> int:
@@ -355,14 +360,92 @@ class ImageFeeder:
 
     @torch.no_grad()
     def write_samples(self, model, folder: Path, stem: str, seed: int) -> None:
-        """A grid from fixed noise; conditional models: one column per class."""
+        """A grid from fixed noise; conditional models: one column per class. A model that draws
+        no samples (a pretext task) shows its `gallery` of 8 held-out images instead."""
         from genlab.images import save_grid
         from genlab.sampling import draw_samples
 
+        if not getattr(model, "draws_samples", True) and hasattr(model, "gallery"):
+            return self._write_gallery(model, folder, stem, seed)
         k = model.num_classes if model.conditional else None
         nrow = k if k and k <= 16 else 8
         images, _ = draw_samples(model, self.pipeline, nrow * 8, seed=seed, native_size=self.data.native_size)
         save_grid(images, folder / f"{stem}.png", nrow=nrow)
+
+    def _write_gallery(self, model, folder: Path, stem: str, seed: int) -> None:
+        """folder/stem.png: the labelled rows of `model.gallery(x, seed)` for the first 8 images of
+        the validation split (else test, else train)."""
+        from genlab.apply.io import labelled_rows
+        from genlab.engine.checkpoint import atomic_write_bytes
+        from genlab.images import png_bytes, resize_uint8
+
+        split = next((s for s in ("val", "test") if self.eval_size(s)), "train")
+        k = min(8, self.eval_size(split))
+        batch = self.eval_batch(split, 0, k, next(model.parameters()).device)
+        was_training = model.training
+        model.eval()
+        try:
+            rows = [(label, resize_uint8(self.pipeline.to_uint8(x), self.data.native_size))
+                    for label, x in model.gallery(batch["x"], seed)]
+        finally:
+            model.train(was_training)
+        atomic_write_bytes(Path(folder) / f"{stem}.png", png_bytes(labelled_rows(rows, k)))
+
+
+def balanced_label_subset(y: torch.Tensor, num_labels: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Indices of `num_labels` training images, num_labels / num_classes of each class, a random
+    choice fixed by `seed` (sorted); the labelled set of a semi-supervised run. ConfigError when
+    the classes cannot all give their share."""
+    from genlab.errors import ConfigError
+    from genlab.seed import derive_seed, make_generator
+
+    if num_labels > len(y):
+        raise ConfigError(f"data.num_labels={num_labels} but the training split has {len(y)} images; lower it")
+    if num_labels % num_classes:
+        raise ConfigError(f"data.num_labels={num_labels} must be a multiple of the {num_classes} classes "
+                          "(the same number of labels per class)")
+    per_class = num_labels // num_classes
+    g = make_generator(derive_seed(seed, "labels"))
+    picks = []
+    for c in range(num_classes):
+        members = (y == c).nonzero().flatten()
+        if len(members) < per_class:
+            raise ConfigError(f"data.num_labels={num_labels} asks {per_class} labels of class {c}, which has only "
+                              f"{len(members)} training images; lower data.num_labels")
+        picks.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
+class SemiSupervisedFeeder(ImageFeeder):
+    """Batches for semi-supervised training (data.num_labels): only a class-balanced subset of the
+    training images keeps its labels (fixed by the run seed), the others are -1. Every micro-batch
+    is its share of the usual epoch order (mostly unlabelled) plus its share of data.labelled_batch
+    images drawn from the labelled subset with torch's global generator, which the engine seeds
+    per micro-batch: with 100 labels among 55,000 images, epoch order alone would leave most
+    batches without a single label."""
+
+    def __init__(self, data: ImageData, pipeline, batch_size: int, seed: int):
+        from genlab.errors import ConfigError
+
+        super().__init__(data, pipeline, batch_size, seed)
+        if data.train_y is None:
+            raise ConfigError("data.num_labels keeps some training labels, but this data has none; use labelled "
+                              "data (class sub-folders, an .npz with labels, MNIST) or drop data.num_labels")
+        self.labelled = balanced_label_subset(data.train_y, data.num_labels, data.num_classes, seed)
+        self.train_y = torch.full_like(data.train_y, -1)
+        self.train_y[self.labelled] = data.train_y[self.labelled]
+        self.batch_size = batch_size
+
+    def train_batch(self, b: int, shard: int, micro: int, device) -> dict[str, torch.Tensor]:
+        from genlab.errors import ConfigError
+
+        shards = self.batch_size // micro
+        if self.data.labelled_batch % shards:
+            raise ConfigError(f"data.labelled_batch={self.data.labelled_batch} must be divisible by the "
+                              f"{shards} micro-batches of a batch (train.accum x processes)")
+        pick = torch.randint(len(self.labelled), (self.data.labelled_batch // shards,))
+        idx = self.order.indices(b)[shard * micro:(shard + 1) * micro]
+        return self.batch_at(torch.cat([idx, self.labelled[pick]]), device)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -481,7 +564,7 @@ def load_image_data(cfg: DataConfig, root: str | os.PathLike | None = None, *,
         raise ShapeError(f"images are {native[0]}x{native[1]}; set data.image_size to train on squares")
     mean, std = channel_stats(tr_x)
     data = ImageData(tr_x.contiguous(), tr_y, va_x.contiguous(), va_y, te_x.contiguous(), te_y,
-                     native, source, cfg.dataset, names, mean, std)
+                     native, source, cfg.dataset, names, mean, std, cfg.num_labels, cfg.labelled_batch)
     if cfg.style is not None:  # style transfer: the style image goes with every batch (genlab.data.photos)
         from genlab.data.photos import with_style
 

@@ -22,6 +22,7 @@ from genlab.data.datasets import ImageData, cache_dir
 from genlab.data.transforms import BatchPipeline, normalize
 from genlab.engine.checkpoint import atomic_write_bytes
 from genlab.errors import ConfigError, DataError
+from genlab.evaluation.probe import PROBE_METRICS, has_image_encoder  # linear probes of an image encoder
 from genlab.images import resize_uint8
 from genlab.metrics import reconstruction as rec
 from genlab.metrics import sample_quality as sq
@@ -35,7 +36,9 @@ SAMPLE_METRICS = ("fid", "kid", "precision", "recall", "inception_score", "class
 RECON_METRICS = ("mse", "psnr", "ssim", "feature_distance")
 LIKELIHOOD_METRICS = ("nll_nats", "bits_per_dim")
 TSTR_METRICS = ("tstr",)
-IMAGE_METRICS = SAMPLE_METRICS + RECON_METRICS + LIKELIHOOD_METRICS + TSTR_METRICS
+OWN_CLASSIFIER_METRICS = ("classifier_accuracy", "classifier_error")  # a model's own q(y|x) (semivae), test split
+IMAGE_METRICS = (SAMPLE_METRICS + RECON_METRICS + LIKELIHOOD_METRICS + TSTR_METRICS + PROBE_METRICS
+                 + OWN_CLASSIFIER_METRICS)
 OPT_IN_METRICS = TSTR_METRICS  # applicable, but computed only when asked for (they train classifiers)
 _CLASSIFIER_METRICS = ("inception_score", "class_coverage", "label_accuracy")  # need the extractor's logits
 
@@ -50,6 +53,7 @@ class ImageEvalOptions:
     download: bool = False
     iw_k: int = 100  # importance samples for likelihood bounds
     data_root: str | None = None
+    probe_labels: int = 100  # labelled training images of the linear probe (class-balanced)
 
 
 def likelihood_defined(model, cfg) -> bool:
@@ -73,7 +77,7 @@ def applicable(model, extractor: str | None, conditional: bool | None = None, cf
     (the run's RunConfig, default the model's run config) decides the likelihood metrics and TSTR."""
     conditional = model.conditional if conditional is None else conditional
     out: list[str] = []
-    if extractor:
+    if extractor and getattr(model, "draws_samples", True):  # pretext models draw nothing to compare
         out += ["fid", "kid", "precision", "recall"]
         if extractor.startswith("lenet"):
             out += ["inception_score", "class_coverage"] + (["label_accuracy"] if conditional else [])
@@ -85,6 +89,10 @@ def applicable(model, extractor: str | None, conditional: bool | None = None, cf
         out += list(LIKELIHOOD_METRICS)
     if tstr_applies(conditional, cfg):
         out += list(TSTR_METRICS)
+    if hasattr(model, "classify"):
+        out += list(OWN_CLASSIFIER_METRICS)
+    if has_image_encoder(model):
+        out += list(PROBE_METRICS)
     return out
 
 
@@ -174,6 +182,13 @@ def evaluate_images(run, opts: ImageEvalOptions) -> tuple[dict[str, dict], dict]
             elif set(missing) <= set(TSTR_METRICS):
                 why = (f"TSTR trains a LeNet on 28x28 digits or clothes, and data.dataset={dataset} has no shipped "
                        f"LeNet (only {', '.join(DEFAULT_EXTRACTOR)} do)")
+            elif set(missing) <= set(PROBE_METRICS):
+                why = f"a linear probe reads an image encoder, and {run.cfg.model_name} models have none"
+            elif not getattr(run.model, "draws_samples", True):
+                why = (f"a {run.cfg.model_name} run draws no samples; it has: {', '.join(wanted)}")
+            elif set(missing) <= set(OWN_CLASSIFIER_METRICS):
+                why = ("they score the model's own classifier q(y|x), and only semi-supervised models "
+                       "(semivae) have one")
             elif not ext_name:
                 why = "no offline feature extractor fits this data; pass --extractor inception"
             else:
@@ -181,7 +196,9 @@ def evaluate_images(run, opts: ImageEvalOptions) -> tuple[dict[str, dict], dict]
             raise ConfigError(f"cannot compute {', '.join(missing)}: {why}")
         wanted = list(opts.metrics)
     else:
-        wanted = [m for m in wanted if m not in OPT_IN_METRICS]
+        # probes are opt-in beside samples; a model that draws none (pretext) is measured by them
+        opt_in = OPT_IN_METRICS + (PROBE_METRICS if getattr(run.model, "draws_samples", True) else ())
+        wanted = [m for m in wanted if m not in opt_in]
     if not opts.metrics and not ext_name:
         log.warning("no offline feature extractor for %s %s images; FID/KID skipped (use --extractor inception)",
                     dataset, "x".join(map(str, shape)))
@@ -247,6 +264,17 @@ def evaluate_images(run, opts: ImageEvalOptions) -> tuple[dict[str, dict], dict]
 
     if "tstr" in wanted:
         out["tstr"] = tstr(run, data, real, opts, artefacts)
+
+    if any(m in OWN_CLASSIFIER_METRICS for m in wanted):
+        acc, per_class, n, s = classifier_test_accuracy(run, data, opts.seed)
+        for name, v in (("classifier_accuracy", acc), ("classifier_error", 1 - acc)):
+            if name in wanted:
+                out[name] = _entry(v, None, n, opts.seed, s, per_class_accuracy=per_class)
+
+    if any(m in PROBE_METRICS for m in wanted):
+        from genlab.evaluation.probe import probe_metrics
+
+        out.update(probe_metrics(run, data, wanted, labels=opts.probe_labels, seed=opts.seed))
 
     if any(m in RECON_METRICS for m in wanted):
         t0 = time.perf_counter()
@@ -325,6 +353,25 @@ def tstr(run, data: ImageData, real_test: torch.Tensor, opts: ImageEvalOptions, 
     return _entry(acc, None, len(fake), opts.seed, seconds, real_baseline=base, n_real=n_real, n_test=len(real_test),
                   classifier="lenet", shift=shift, real_baseline_seconds=round(time.perf_counter() - t_real, 3),
                   **recipe)
+
+
+@torch.no_grad()
+def classifier_test_accuracy(run, data: ImageData, seed: int, batch_size: int = 1000
+                             ) -> tuple[float, list[float], int, float]:
+    """The accuracy of the model's own classifier (`classify(x) -> logits`, a semivae's q(y|x))
+    on the whole test split, prepared as in training (binarisation drawn from `seed`).
+    Returns (accuracy, per-class accuracies, n, seconds)."""
+    if data.test_y is None:
+        raise DataError("classifier accuracy needs the test split's labels, and the run's data has none")
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    pred = []
+    for i in range(0, len(data.test_x), batch_size):
+        batch = run.pipeline(data.test_x[i:i + batch_size], None, train=False, device=run.device)
+        pred.append(run.model.classify(batch["x"]).argmax(1).cpu())
+    pred, y = torch.cat(pred), data.test_y
+    per = [round((pred[y == c] == c).double().mean().item(), 5) for c in range(int(y.max()) + 1) if (y == c).any()]
+    return (pred == y).double().mean().item(), per, len(y), time.perf_counter() - t0
 
 
 @torch.no_grad()

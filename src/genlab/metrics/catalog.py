@@ -28,6 +28,15 @@ CATALOG: dict[str, tuple[str, str | None]] = {
     "class_coverage": ("fraction of the classes that the classifier finds among the samples", "higher"),
     "label_accuracy": ("fraction of conditional samples a classifier assigns to the class asked for", "higher"),
     "tstr": ("test accuracy of a classifier trained on samples (train on synthetic, test on real)", "higher"),
+    # images: the model's own classifier q(y|x) (semi-supervised models) on the whole test split
+    "classifier_accuracy": ("fraction of test images the model's own classifier q(y|x) labels correctly", "higher"),
+    "classifier_error": ("fraction of test images the model's own classifier q(y|x) labels wrongly", "lower"),
+    # image encoders (pretext and VAE runs): a linear probe on frozen features, few labels
+    "probe": ("test accuracy of a logistic regression on the frozen encoder's features of a few labelled "
+              "images (n of them)", "higher"),
+    "probe_random": ("the probe on a randomly initialised encoder of the same architecture (the baseline "
+                     "without training)", "higher"),
+    "accuracy": ("fraction of correct predictions of the model's own task (pretext: the rotation; semivae: the labels)", "higher"),
     # images: reconstructions of test images (or translations against their targets, pix2pix)
     "mse": ("mean squared pixel error of test-image reconstructions or translations", "lower"),
     "psnr": ("peak signal-to-noise ratio of test-image reconstructions or translations, dB", "higher"),
@@ -71,7 +80,11 @@ LOSS_TERMS: dict[str, str] = {
     "recon": "reconstruction term of the VAE objective",
     "kl": "KL divergence of the posterior from the prior (VAE)",
     "neg_elbo": "negative ELBO, a bound on the NLL (VAE)",
+    "neg_elbo_labelled": "negative ELBO of the labelled images given their labels (semivae)",
+    "neg_elbo_unlabelled": "negative ELBO of the unlabelled images, the label a latent (semivae)",
+    "classification": "cross-entropy of the classifier q(y|x) on the labelled images (semivae)",
     "mse": "unweighted denoising error (diffusion)",
+    "masked_mse": "squared error of the reconstruction on the masked pixels (masked-patch pretext task)",
     "nll": "negative log-likelihood, nats",
     "bits_per_dim": "negative log-likelihood per pixel value, bits",
     "nll_per_graph": "negative log-likelihood per graph, nats",
@@ -132,7 +145,7 @@ def arrow(name: str) -> str:
 # The figures that matter most per model family, most telling first: `genlab compare`'s
 # default columns and `genlab info`'s key metrics (those a run's report has).
 KEY_METRICS: dict[str, tuple[str, ...]] = {
-    "image": ("fid", "kid", "precision", "recall", "label_accuracy", "test_loss"),
+    "image": ("fid", "kid", "precision", "recall", "label_accuracy", "test_loss", "probe"),
     "text": ("val_loss", "perplexity", "bits_per_char", "bleu", "rouge_l", "distinct_2"),
     "graph": ("auc", "ap", "mmd_degree", "mmd_clustering", "mmd_spectral", "test_loss"),
     "audio": ("fad", "audio_is", "label_accuracy", "nll_bits_per_sample", "generation_rtf", "test_loss"),

@@ -33,7 +33,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # Moving a dependency in or out of the core install is a decision: change this set with it.
 CORE = {"torch", "torchvision", "numpy", "safetensors", "pyyaml", "pillow", "scikit-learn", "tensorboard", "tqdm",
         "torchmetrics", "matplotlib", "networkx"}
-FAMILY_EXTRAS = ("graph", "text", "audio", "privacy", "serve", "export", "explain")
+FAMILY_EXTRAS = ("graph", "text", "audio", "privacy", "serve", "export", "explain", "molecules")
 # the top-level modules of what moved out of core (scipy stays importable: scikit-learn needs it)
 BLOCKED = sorted({m for e in FAMILY_EXTRAS + ("inception",) for m in EXTRAS[e]} - {"scipy"}
                  | {"python_multipart", "starlette", "pesq", "pystoi", "wandb", "mlflow"})

@@ -571,6 +571,26 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_molecules(run, a: argparse.Namespace) -> int:
+    """--n molecules of a SMILES/SELFIES run, one SMILES a line (invalid ones as generated, an
+    unfinished one as an empty line), to stdout and to --out FILE.smi/.txt."""
+    from genlab.data.molecules import sample_molecules
+    from genlab.engine.checkpoint import atomic_write_text
+    from genlab.options import check_number, check_output
+
+    if a.out:
+        check_output(a.out, (".smi", ".txt"))
+    n = 64 if a.n is None else a.n
+    check_number("--n", n, lo=1, integer=True)
+    mols = sample_molecules(run.model, run.tokenizer, n, seed=a.seed, temperature=a.temperature)
+    text = "".join(m + "\n" for m in mols)
+    sys.stdout.write(text)
+    if a.out:
+        atomic_write_text(Path(a.out), text)
+        log.info("wrote %d molecules to %s", n, a.out)
+    return 0
+
+
 def _sample_text(run, a: argparse.Namespace) -> int:
     """Stream a continuation to stdout as it is generated; --out also writes prompt + text,
     also when the generation is interrupted (Ctrl-C): what was generated is kept."""
@@ -581,6 +601,10 @@ def _sample_text(run, a: argparse.Namespace) -> int:
 
     if a.label is not None or a.interpolate or a.compile:
         raise ConfigError("--label, --interpolate and --compile are image options; text runs take --prompt")
+    from genlab.data.molecules import is_molecule_config
+
+    if a.prompt is None and is_molecule_config(run.cfg.data):
+        return _sample_molecules(run, a)
     if a.out:
         check_output(a.out, (".txt",))
     prompt = "\n" if a.prompt is None else a.prompt

@@ -32,7 +32,7 @@ UNPAIRED_DATASETS = ("mnist-fashion", "unpaired-folder")
 TRANSLATION_DATASETS = PAIRED_DATASETS + UNPAIRED_DATASETS
 TRANSLATION_MODELS = ("pix2pix", "cyclegan")
 SEMI_SUPERVISED_MODELS = ("semivae",)  # models that take unlabelled training images (label -1)
-DATASETS = ("mnist", "fashion-mnist", "digits", "folder", "array", "text",
+DATASETS = ("mnist", "fashion-mnist", "digits", "folder", "array", "text", "smiles",
             "cora", "citeseer", "edgelist", "community", "grid", "ego", "fsdd", "audio",
             *TRANSLATION_DATASETS,
             "photos")  # random crops of colour photos, the content images of style transfer (genlab.data.photos)
@@ -61,7 +61,11 @@ class DataConfig:
     #                          `genlab audit --reference`); its test split is then the training split
     test_size: float = 0.1  # for folders/arrays without a test split: fraction or count
     download: bool = False  # MNIST/Fashion-MNIST: fetch with torchvision when missing
-    tokenizer: str = "char"  # text: char | bpe (byte-level BPE trained on the corpus)
+    tokenizer: str = "char"  # text: char | bpe (byte-level BPE trained on the corpus) | smiles | selfies
+    #                          (molecules: data.path is a CSV/SMI of SMILES, one molecule a line; genlab.data.molecules)
+    column: str = "SMILES"  # molecules: the CSV column holding SMILES
+    max_molecules: int | None = None  # molecules: a fixed random choice of this many lines; None = all
+    reference_size: int | None = None  # molecules: evaluate against this many reference molecules; None = all
     vocab_size: int = 1024  # text, bpe: vocabulary size (256 bytes + merges)
     features: str | None = None  # edgelist graphs: a CSV of node features (one row per node)
     num_graphs: int = 200  # synthetic small-graph families (community, grid, ego): how many to generate
@@ -363,7 +367,12 @@ def validate_run(cfg: RunConfig) -> None:
         (d.normalize in ("minus_one_one", "zero_one", "standardize"),
          f"data.normalize must be minus_one_one, zero_one or standardize, got {d.normalize!r}"),
         (d.dataset in DATASETS, f"unknown data.dataset {d.dataset!r}{close_matches(d.dataset, DATASETS)}"),
-        (d.tokenizer in ("char", "bpe"), f"data.tokenizer must be char or bpe, got {d.tokenizer!r}"),
+        (d.dataset != "smiles" or d.tokenizer in ("smiles", "selfies"),
+         f"data.dataset=smiles reads molecules: set data.tokenizer=smiles or selfies, got {d.tokenizer!r}"),
+        (d.tokenizer in ("char", "bpe", "smiles", "selfies"),
+         f"data.tokenizer must be char, bpe, smiles or selfies, got {d.tokenizer!r}"),
+        (d.max_molecules is None or d.max_molecules >= 2, "data.max_molecules must be >= 2, or null for all"),
+        (d.reference_size is None or d.reference_size >= 2, "data.reference_size must be >= 2, or null for all"),
         (d.crop_padding >= 0, "data.crop_padding must be >= 0"),
         (all(v >= 1 for v in (t.log_every, t.eval_every, t.sample_every, t.ckpt_every, t.eval_batches)),
          "train.log_every, eval_every, sample_every, ckpt_every and eval_batches must be >= 1"),

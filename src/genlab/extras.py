@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "inception": ("torch_fidelity",),
     "export": ("onnx", "onnxruntime", "onnxscript"),
     "explain": ("captum",),
+    "molecules": ("rdkit", "selfies", "fcd_torch"),
 }
 
 

@@ -208,7 +208,13 @@ def candidate_tree(cfg: PipelineConfig, cand: Candidate) -> dict:
 
 def reportable_metrics(model_cls: type, run_cfg) -> list[str]:
     """The metrics `genlab evaluate` gives a run of RunConfig `run_cfg`, known before training."""
+    from genlab.data.molecules import is_molecule_config
+
     family = model_cls.family
+    if family == "text" and is_molecule_config(run_cfg.data):  # SMILES/SELFIES runs: the MOSES metrics
+        from genlab.evaluation.molecules import METRICS
+
+        return list(METRICS)
     if family == "text":
         return list(text.METRICS)
     if family == "graph":

@@ -110,6 +110,10 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     d = json.loads(text)
     if d.get("genlab_tokenizer") == "char":
         return CharTokenizer(d["chars"])
+    if d.get("genlab_tokenizer") in ("smiles", "selfies"):  # molecule runs (genlab.data.molecules)
+        from genlab.data.molecules import MoleculeTokenizer
+
+        return MoleculeTokenizer(d["genlab_tokenizer"], d["tokens"])
     from genlab.extras import require
 
     HFTokenizer = require("tokenizers", "text", "a BPE-tokenized text run").Tokenizer
@@ -283,7 +287,10 @@ def load_text_data(cfg, root: str | os.PathLike | None, *, block_size: int,
     tokenizer at `tokenizer_path` when that file exists (a resumed run) or a new one trained
     on the training split, and split it 90/10 (or as data.val_size says)."""
     from genlab.data.datasets import resolve_data_root
+    from genlab.data.molecules import is_molecule_config, load_molecule_data
 
+    if is_molecule_config(cfg):  # data.tokenizer=smiles|selfies: a molecule file, one molecule a line
+        return load_molecule_data(cfg, root, block_size=block_size, tokenizer_path=tokenizer_path)
     root_path = resolve_data_root(root)
     p = Path(cfg.path or DEFAULT_CORPUS)
     if not p.is_absolute() and root_path is not None:

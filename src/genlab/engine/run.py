@@ -76,10 +76,10 @@ def load_data(cfg: RunConfig, root: Path | None, run_dir: Path | None = None, *,
 
     family = model_family(cfg.model_name)
     d = cfg.data.dataset
-    kind = ("text" if d == "text" else "graph" if d in GRAPH_DATASETS else "audio" if d in AUDIO_DATASETS
+    kind = ("text" if d in ("text", "smiles") else "graph" if d in GRAPH_DATASETS else "audio" if d in AUDIO_DATASETS
             else "image")
     if kind != family:
-        fix = {"text": "text", "graph": "cora, citeseer, edgelist, community, grid or ego",
+        fix = {"text": "text (or smiles)", "graph": "cora, citeseer, edgelist, community, grid or ego",
                "image": "mnist (or folder/array)", "audio": "fsdd (or audio with data.path)"}[family]
         raise ConfigError(f"model {cfg.model_name} is a{'n' if family in ('image', 'audio') else ''} {family} model but "
                           f"data.dataset={cfg.data.dataset}; set data.dataset={fix}")

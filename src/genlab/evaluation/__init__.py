@@ -42,8 +42,16 @@ def _image_family(run, *, n, seed, metrics, **opts):
 
 
 def _text_family(run, *, n, seed, metrics, **opts):
+    from genlab.data.molecules import is_molecule_config
     from genlab.evaluation.text import evaluate_text
 
+    if is_molecule_config(run.cfg.data):  # SMILES/SELFIES runs: the MOSES metrics (genlab.evaluation.molecules)
+        from genlab.evaluation.molecules import evaluate_molecules
+
+        if set(opts) - {"data_root", "reference_size"}:
+            raise ConfigError(f"option(s) {', '.join(sorted(set(opts) - {'data_root', 'reference_size'}))} "
+                              "do not apply to molecule runs")
+        return evaluate_molecules(run, n=n, seed=seed, metrics=metrics, **opts)
     if opts:
         raise ConfigError(f"option(s) {', '.join(opts)} do not apply to text runs")
     res = evaluate_text(run, n=n, seed=seed, metrics=metrics)
@@ -140,6 +148,7 @@ def _write_html(run, report: dict, out: Path, artefacts: dict) -> Path:
         k = run.model.num_classes if run.model.conditional else None
         pics[f"samples (seed {report['metrics'].get('fid', {}).get('seed', 0)})"] = png_bytes(
             make_grid(s, nrow=k if k and k <= 16 else 10))
+    pics.update(artefacts.get("figures") or {})  # caption -> PNG bytes an evaluator drew (molecule properties)
     if artefacts.get("reconstructions") is not None:
         o, r = artefacts["originals"][:10], artefacts["reconstructions"][:10]
         pics["test images (top) and reconstructions (bottom)"] = png_bytes(make_grid(torch.cat([o, r]), nrow=len(o)))

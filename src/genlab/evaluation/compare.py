@@ -25,6 +25,8 @@ def collect(run_dirs: list[str | Path], metrics: list[str] | None = None) -> tup
     `metrics`, those names in that order (a name no run has: ConfigError naming those they
     have). A metric measured with different extractors gets a column per extractor; headers
     name the extractor and the better direction ("fid (lenet-mnist) ↓")."""
+    from genlab.data.molecules import is_molecule_config
+
     runs = []
     for d in map(Path, run_dirs):
         if not (d / "config.yaml").is_file():
@@ -36,7 +38,8 @@ def collect(run_dirs: list[str | Path], metrics: list[str] | None = None) -> tup
         cfg = load_config(d / "config.yaml")
         model = cfg.preset or cfg.model_name
         found = report.get("metrics", {}) if isinstance(report.get("metrics"), dict) else {}
-        runs.append((d, model, model_family(cfg.model_name), state, rate, unit, found))
+        family = "molecules" if is_molecule_config(cfg.data) else model_family(cfg.model_name)  # MOSES columns
+        runs.append((d, model, family, state, rate, unit, found))
     have = list(dict.fromkeys(name for *_, found in runs for name in found))
     if metrics is not None:
         unknown = [m for m in metrics if m not in have]

@@ -123,7 +123,10 @@ def summary_text(run_dir: Path) -> str:
         lines.append("machine:  unknown (no manifest.json)")
     metrics = (report or {}).get("metrics")
     if isinstance(metrics, dict) and metrics:
-        names = [m for m in key_metrics(family) if m in metrics] or list(metrics)
+        from genlab.data.molecules import is_molecule_config
+
+        shown = "molecules" if is_molecule_config(cfg.data) else family  # SMILES runs: the MOSES metrics
+        names = [m for m in key_metrics(shown) if m in metrics] or list(metrics)
         step = f" at step {report['step']}" if report.get("step") is not None else ""
         more = len(metrics) - len(names[:MAX_METRICS])
         lines.append(f"metrics{step}" + (f" ({more} more in report.json):" if more > 0 else ":"))

@@ -58,6 +58,28 @@ CATALOG: dict[str, tuple[str, str | None]] = {
     "bleu": ("n-gram overlap of generated continuations with the true text (0-1)", "higher"),
     "rouge_l": ("longest-common-subsequence F-measure of continuations against the true text (0-1)", "higher"),
     "distinct_2": ("distinct word bigrams over all word bigrams of the continuations (variety)", "higher"),
+    # molecules (MOSES's metrics, genlab.metrics.molecules): generated SMILES, valid ones canonical;
+    # the reference is the MOSES test set (`*_tsf`: its scaffold test set) or the run's val molecules
+    "validity": ("fraction of generated SMILES that RDKit parses into a molecule", "higher"),
+    "unique_1k": ("fraction of distinct molecules among the first 1,000 valid ones", "higher"),
+    "unique_10k": ("fraction of distinct molecules among the first 10,000 valid ones", "higher"),
+    "novelty": ("fraction of distinct valid molecules not in the training set", "higher"),
+    "intdiv": ("internal diversity: 1 - mean Tanimoto similarity (Morgan r2, 1024 bits) over pairs of "
+               "generated molecules", "higher"),
+    "intdiv2": ("internal diversity with p=2: 1 - sqrt(mean squared Tanimoto similarity) over pairs", "higher"),
+    "filters": ("fraction of valid molecules passing MOSES's MCF, PAINS, ring, charge and atom filters", "higher"),
+    "fcd": ("Fréchet ChemNet Distance between generated and reference molecules", "lower"),
+    "snn": ("mean Tanimoto similarity of each generated molecule to its nearest reference molecule", "higher"),
+    "frag": ("cosine similarity of BRICS fragment counts, generated vs reference", "higher"),
+    "scaf": ("cosine similarity of Bemis-Murcko scaffold counts, generated vs reference", "higher"),
+    "wd_logp": ("Wasserstein distance of the logP distributions, generated vs reference", "lower"),
+    "wd_qed": ("Wasserstein distance of the QED (drug-likeness) distributions, generated vs reference", "lower"),
+    "wd_sa": ("Wasserstein distance of the synthetic-accessibility score distributions", "lower"),
+    "wd_weight": ("Wasserstein distance of the molecular-weight distributions (daltons)", "lower"),
+    "fcd_tsf": ("Fréchet ChemNet Distance to the MOSES scaffold test set (unseen scaffolds)", "lower"),
+    "snn_tsf": ("nearest-neighbour Tanimoto similarity to the MOSES scaffold test set", "higher"),
+    "frag_tsf": ("BRICS fragment cosine similarity to the MOSES scaffold test set", "higher"),
+    "scaf_tsf": ("scaffold cosine similarity to the MOSES scaffold test set (low: new scaffolds)", None),
     # graphs
     "auc": ("link prediction: ROC AUC of held-out edges against non-edges", "higher"),
     "ap": ("link prediction: average precision of held-out edges against non-edges", "higher"),
@@ -147,6 +169,7 @@ def arrow(name: str) -> str:
 KEY_METRICS: dict[str, tuple[str, ...]] = {
     "image": ("fid", "kid", "precision", "recall", "label_accuracy", "test_loss", "probe"),
     "text": ("val_loss", "perplexity", "bits_per_char", "bleu", "rouge_l", "distinct_2"),
+    "molecules": ("validity", "unique_10k", "novelty", "fcd", "snn", "frag", "scaf", "intdiv", "filters"),
     "graph": ("auc", "ap", "mmd_degree", "mmd_clustering", "mmd_spectral", "test_loss"),
     "audio": ("fad", "audio_is", "label_accuracy", "nll_bits_per_sample", "generation_rtf", "test_loss"),
 }

@@ -1,0 +1,451 @@
+"""Molecules as text: a SMILES file (the MOSES splits, the ZINC 5k file, or the user's CSV/SMI)
+read, validated and canonicalised with RDKit, tokenised atom by atom (SMILES) or symbol by
+symbol (SELFIES), and joined by "\\n" into the token corpus the text models (GPT, LSTM) already
+train on. A generated molecule is what the model writes from one "\\n" to the next.
+
+A run is a text run whose `data.tokenizer` is `smiles` or `selfies` (`is_molecule_config`):
+    data.path       CSV (.csv, .csv.gz: a header row, `data.column` names the SMILES column;
+                    default molecules/moses/train.csv.gz under the data root) or SMI/TXT
+                    (one molecule a line, the first whitespace-separated field)
+    data.column     SMILES (matched case-insensitively when the exact name is absent)
+    data.max_molecules  a fixed random choice of this many lines (seed 0), read before
+                    validation, so CPU-sized runs never parse the whole 1.58M-line file
+    data.val_size   molecules held out for the val loss (a fraction if < 1)
+Invalid lines are skipped, counted and named (log and data.json); when more than
+MAX_INVALID_SHARE of the lines are invalid the file is refused (wrong column, not SMILES).
+Canonical SMILES are cached in genlab's cache dir, keyed by the file's path, size and mtime
+(the 1.58M MOSES lines take minutes to validate once; later runs read the cache).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab.data.text import TextData
+from genlab.errors import ConfigError, DataError
+
+log = logging.getLogger("genlab")
+
+DEFAULT_MOLECULES = "molecules/moses/train.csv.gz"
+MOLECULE_TOKENIZERS = ("smiles", "selfies")
+MAX_INVALID_SHARE = 0.1  # more invalid lines than this: the wrong column or not a SMILES file
+SUBSET_SEED = 0  # data.max_molecules and the val split are fixed choices, the same for every run
+SEP = "\n"
+SHOWN_INVALID = 100  # invalid line numbers a run's data.json lists
+
+# Atom-level SMILES tokens: bracket atoms whole ([nH], [C@@H], [O-]), the two-letter organic
+# atoms before their one-letter prefixes, two-digit ring closures (%10), then single characters.
+SMILES_TOKEN = re.compile(r"\[[^\[\]]+\]|Br|Cl|%\d\d|[BCNOPSFIbcnops]|\d|[=#$:/\\\-+()~.@*]|\n")
+SELFIES_TOKEN = re.compile(r"\[[^\[\]]+\]|\.|\n")
+
+
+def is_molecule_config(data_cfg) -> bool:
+    """Whether a DataConfig describes a molecule corpus (a text run with a molecule tokenizer)."""
+    d = getattr(data_cfg, "dataset", None)
+    return d == "smiles" or (d == "text" and getattr(data_cfg, "tokenizer", None) in MOLECULE_TOKENIZERS)
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+class MoleculeTokenizer:
+    """One id per SMILES token (atoms, bonds, branches, ring closures) or SELFIES symbol seen in
+    the corpus, plus "\\n" (the molecule separator); sorted, so the same corpus gives the same ids."""
+
+    def __init__(self, kind: str, tokens: list[str]):
+        if kind not in MOLECULE_TOKENIZERS:
+            raise ConfigError(f"molecule tokenizer must be smiles or selfies, got {kind!r}")
+        self.kind = kind
+        self.tokens = list(tokens)
+        self.stoi = {t: i for i, t in enumerate(self.tokens)}
+        self.pattern = SMILES_TOKEN if kind == "smiles" else SELFIES_TOKEN
+
+    @classmethod
+    def train(cls, kind: str, text: str) -> "MoleculeTokenizer":
+        tok = cls(kind, [])
+        return cls(kind, sorted(set(tok.split(text)) | {SEP}))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def split(self, text: str) -> list[str]:
+        """The tokens of `text`; DataError naming the first character no token covers."""
+        pieces = self.pattern.findall(text)
+        if sum(map(len, pieces)) != len(text):
+            pos = 0
+            for p in self.pattern.finditer(text):
+                if p.start() != pos:
+                    break
+                pos = p.end()
+            raise DataError(f"{self.kind.upper()} text has a character no {self.kind} token covers: "
+                            f"{text[pos]!r} at position {pos} ({text[max(0, pos - 10):pos + 10]!r})")
+        return pieces
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[t] for t in self.split(text)]
+        except KeyError:
+            bad = sorted({t for t in self.split(text) if t not in self.stoi})
+            raise DataError(f"the text has {len(bad)} token(s) outside this run's {self.vocab_size}-token "
+                            f"{self.kind} vocabulary ({', '.join(map(repr, bad[:5]))})") from None
+
+    def decode(self, ids) -> str:
+        return "".join(self.tokens[i] for i in ids)
+
+    def to_smiles(self, molecule: str) -> str:
+        """A decoded molecule as SMILES (SELFIES strings are translated; an untranslatable one gives "")."""
+        if self.kind == "smiles":
+            return molecule
+        sf = _selfies()
+        try:
+            return sf.decoder(molecule) or ""
+        except Exception:  # noqa: BLE001  (selfies raises its own DecoderError and others)
+            return ""
+
+    def to_json(self) -> str:
+        return json.dumps({"genlab_tokenizer": self.kind, "tokens": self.tokens}, ensure_ascii=False)
+
+
+def _selfies():
+    from genlab.extras import require
+
+    return require("selfies", "molecules", "data.tokenizer=selfies")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz" else \
+        open(path, encoding="utf-8", newline="")
+
+
+def read_smiles_lines(path: Path, column: str) -> tuple[list[str], list[int]]:
+    """(strings, 1-based file line numbers) of a CSV's `column` or of an SMI file's first field.
+    Blank SMI lines are skipped; an empty CSV cell is kept (it is counted invalid later)."""
+    if not path.is_file():
+        raise DataError(f"molecule file {path} not found; set data.path to a CSV or SMI file "
+                        "(relative to the data root) or pass --data-root")
+    stem = path.name[:-3] if path.name.endswith(".gz") else path.name
+    try:
+        with _open_text(path) as f:
+            if stem.endswith(".csv"):
+                return _read_csv(f, path, column)
+            strings, lines = [], []
+            for i, line in enumerate(f, 1):
+                fields = line.split()
+                if fields:
+                    strings.append(fields[0])
+                    lines.append(i)
+            return strings, lines
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}); give a CSV or SMI file of SMILES") from None
+    except (OSError, EOFError, csv.Error) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def _read_csv(f, path: Path, column: str) -> tuple[list[str], list[int]]:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if not header:
+        raise DataError(f"{path} is empty; a CSV of molecules needs a header row naming its SMILES column")
+    if column in header:
+        col = header.index(column)
+    else:
+        folded = [h.strip().lower() for h in header]
+        if folded.count(column.lower()) != 1:
+            raise ConfigError(f"{path} has no column {column!r} (columns: {', '.join(header[:10])}); "
+                              "set data.column to the SMILES column")
+        col = folded.index(column.lower())
+    strings, lines = [], []
+    for i, row in enumerate(reader, 2):
+        if not row:
+            continue
+        strings.append(row[col].strip() if col < len(row) else "")
+        lines.append(i)
+    return strings, lines
+
+
+@dataclass
+class MoleculeSet:
+    """The valid molecules of a file in canonical SMILES (file order), and what was refused."""
+
+    smiles: list[str]
+    read: int  # lines read (after data.max_molecules)
+    invalid: list[tuple[int, str]] = field(default_factory=list)  # (file line, text) of each invalid line
+    source: str = ""
+    seconds: float = 0.0  # validation time (0 when read from the cache)
+    cached: bool = False
+
+    def summary(self) -> dict:
+        return {"file": self.source, "read": self.read, "valid": len(self.smiles), "invalid": len(self.invalid),
+                "invalid_lines": [n for n, _ in self.invalid[:SHOWN_INVALID]]}
+
+
+def _cache_key(path: Path, column: str, limit: int | None) -> str:
+    from genlab.metrics.molecules import _chem
+
+    st = path.stat()
+    rdkit = _chem().rdBase.rdkitVersion
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{column}|{limit}|{SUBSET_SEED}|rdkit {rdkit}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def load_molecules(path: str | os.PathLike, column: str = "SMILES", *, max_molecules: int | None = None,
+                   use_cache: bool = True) -> MoleculeSet:
+    """Read, validate and canonicalise the molecules of a CSV/SMI file (see the module docstring).
+
+    Args:
+        path: the file (.csv, .csv.gz, .smi, .txt, optionally gzipped).
+        column: the CSV column holding SMILES.
+        max_molecules: keep a fixed random choice of this many lines (file order kept); None = all.
+        use_cache: read/write the canonical list in genlab's cache dir.
+
+    Returns:
+        A MoleculeSet; DataError when no line or too many lines are valid, naming the first bad line.
+    """
+    from genlab.data.datasets import cache_dir
+    from genlab.extras import require
+    from genlab.metrics.molecules import quiet_rdkit, to_mol
+
+    Chem = require("rdkit.Chem", "molecules", "molecule data (data.tokenizer=smiles or selfies)")
+    path = Path(path)
+    if not path.is_file():
+        read_smiles_lines(path, column)  # raises the not-found DataError
+    key = _cache_key(path, column, max_molecules)
+    cached = cache_dir() / "molecules" / f"{key}.json"
+    if use_cache and cached.is_file():
+        try:
+            d = json.loads(cached.read_text(encoding="utf-8"))
+            return MoleculeSet(d["smiles"], d["read"], [tuple(x) for x in d["invalid"]], str(path), cached=True)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is rebuilt
+    t0 = time.perf_counter()
+    strings, lines = read_smiles_lines(path, column)
+    if max_molecules is not None and max_molecules < len(strings):
+        keep = np.sort(np.random.default_rng(SUBSET_SEED).choice(len(strings), max_molecules, replace=False))
+        strings, lines = [strings[i] for i in keep], [lines[i] for i in keep]
+    if not strings:
+        raise DataError(f"{path} holds no molecules")
+    out, invalid = [], []
+    with quiet_rdkit():
+        for s, n in zip(strings, lines):
+            mol = to_mol(s)
+            if mol is None:
+                invalid.append((n, s))
+            else:
+                out.append(Chem.MolToSmiles(mol))
+    mols = MoleculeSet(out, len(strings), invalid, str(path), time.perf_counter() - t0)
+    check_invalid(mols, path)
+    if use_cache:
+        from genlab.engine.checkpoint import atomic_write_text
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cached, json.dumps({"smiles": out, "read": len(strings), "invalid": invalid}))
+    return mols
+
+
+def check_invalid(mols: MoleculeSet, path: Path) -> None:
+    """Refuse a file with too many invalid lines (one line naming the first); warn about a few."""
+    if not mols.invalid:
+        return
+    n, text = mols.invalid[0]
+    first = f"line {n}: {text[:60]!r}" + (" (empty)" if not text else "")
+    share = len(mols.invalid) / mols.read
+    if share > MAX_INVALID_SHARE:
+        raise DataError(f"{path}: {len(mols.invalid)} of {mols.read} lines are not valid SMILES, first at {first}; "
+                        "fix the file or set data.column to the SMILES column")
+    log.warning("%s: %d of %d lines are not valid SMILES and are left out (first at %s; a run's data.json "
+                "lists the first %d line numbers)", path, len(mols.invalid), mols.read, first, SHOWN_INVALID)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def molecule_path(cfg, root: Path | None) -> Path:
+    """data.path (or the MOSES train file) resolved against the data root."""
+    p = Path(cfg.path or DEFAULT_MOLECULES)
+    return root / p if not p.is_absolute() and root is not None else p
+
+
+def moses_references(path: Path) -> dict[str, Path] | None:
+    """The MOSES test and scaffold-test files beside a MOSES train file, or None for other data
+    (whose runs are then scored against their own val molecules)."""
+    refs = {"test": path.parent / "test.csv.gz", "test_scaffolds": path.parent / "test_scaffolds.csv.gz"}
+    return refs if path.name.startswith("train.csv") and all(p.is_file() for p in refs.values()) else None
+
+
+@dataclass
+class MoleculeData(TextData):
+    """TextData whose corpus is molecules joined by "\\n", with the molecules themselves
+    (canonical SMILES of the train and val splits) for novelty and as a reference."""
+
+    train_smiles: list[str] = field(default_factory=list)
+    val_smiles: list[str] = field(default_factory=list)
+    molecules: dict = field(default_factory=dict)  # MoleculeSet.summary() and the reference files
+    family = "text"
+
+    @torch.no_grad()
+    def write_samples(self, model, folder: Path, stem: str, seed: int, max_tokens: int = 300) -> None:
+        """16 molecules drawn from "\\n" with a fixed seed, one a line."""
+        from genlab.engine.checkpoint import atomic_write_text
+
+        mols = sample_molecules(model, self.tokenizer, 16, seed=seed, max_tokens=self.max_tokens())
+        atomic_write_text(folder / f"{stem}.txt", "\n".join(mols) + "\n")
+
+    def max_tokens(self) -> int:
+        """A generation budget per molecule: the longest training molecule's tokens plus half."""
+        return int(self.molecules.get("max_tokens", 100) * 1.5) + 1
+
+    def meta(self) -> dict:
+        return {**super().meta(), "molecules": self.molecules}
+
+
+def _corpus(smiles: list[str], kind: str) -> list[str]:
+    """The molecules as the tokenizer reads them: canonical SMILES, or their SELFIES."""
+    if kind == "smiles":
+        return smiles
+    sf = _selfies()
+    out = []
+    for s in smiles:
+        try:
+            out.append(sf.encoder(s))
+        except Exception as e:  # noqa: BLE001  (selfies.EncoderError for molecules it cannot express)
+            raise DataError(f"SELFIES cannot encode {s!r} ({type(e).__name__}); use data.tokenizer=smiles") from None
+    return out
+
+
+def encode_molecules(tok: MoleculeTokenizer, molecules: list[str], chunk: int = 50_000) -> torch.Tensor:
+    """"\\n" + molecule + "\\n" + ... as int64 token ids: every molecule follows the separator, so
+    a window that starts a molecule has seen its "\\n", as generation does. Chunked, so that 1.5M
+    molecules never become one list of 50M token strings."""
+    parts = []
+    for i in range(0, len(molecules), chunk):
+        text = SEP + SEP.join(molecules[i:i + chunk])
+        parts.append(np.fromiter((tok.stoi[t] for t in tok.split(text)), dtype=np.int64))
+    return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+
+
+def load_molecule_data(cfg, root, *, block_size: int, tokenizer_path=None) -> MoleculeData:
+    """The molecule corpus `cfg` names (see the module docstring), split train/val (a fixed
+    random choice of val_size molecules), tokenised with the run's tokenizer when it has one."""
+    from genlab.data.datasets import resolve_data_root
+    from genlab.data.text import load_tokenizer
+
+    path = molecule_path(cfg, resolve_data_root(root))
+    mols = load_molecules(path, cfg.column, max_molecules=cfg.max_molecules)
+    if mols.cached:
+        log.info("molecules of %s read from the cache (%d valid, %d invalid lines)", path, len(mols.smiles),
+                 len(mols.invalid))
+    else:
+        log.info("validated %d lines of %s in %.1f s (%d invalid)", mols.read, path, mols.seconds, len(mols.invalid))
+    n = len(mols.smiles)
+    n_val = int(round(cfg.val_size * n)) if cfg.val_size < 1 else int(cfg.val_size)
+    if not 0 < n_val < n:
+        raise ConfigError(f"data.val_size={cfg.val_size} leaves no train or no val molecules of {n}; "
+                          "use a fraction below 1 or fewer molecules")
+    perm = np.random.default_rng(SUBSET_SEED).permutation(n)
+    val_idx = np.sort(perm[:n_val])
+    is_val = np.zeros(n, dtype=bool)
+    is_val[val_idx] = True
+    train_smiles = [s for s, v in zip(mols.smiles, is_val) if not v]
+    val_smiles = [s for s, v in zip(mols.smiles, is_val) if v]
+    kind = cfg.tokenizer
+    train_text, val_text = _corpus(train_smiles, kind), _corpus(val_smiles, kind)
+    if tokenizer_path is not None and Path(tokenizer_path).is_file():
+        tok = load_tokenizer(tokenizer_path)
+        if not isinstance(tok, MoleculeTokenizer) or tok.kind != kind:
+            raise ConfigError(f"the run's tokenizer is {getattr(tok, 'kind', '?')}, not {kind}; keep the run's "
+                              "data.tokenizer")
+    else:
+        tok = MoleculeTokenizer.train(kind, SEP.join(train_text + val_text))
+    t0 = time.perf_counter()
+    train_ids, val_ids = _encode_cached(tok, train_text), _encode_cached(tok, val_text)
+    log.debug("tokenised %d molecules in %.1f s", n, time.perf_counter() - t0)
+    refs = moses_references(path)
+    info = {**mols.summary(), "tokenizer": kind, "column": cfg.column, "max_molecules": cfg.max_molecules,
+            "train": len(train_smiles), "val": len(val_smiles),
+            "max_tokens": max(map(len, train_text)),  # characters: a bound on tokens, without a second pass
+            "reference": {k: str(v) for k, v in refs.items()} if refs else "val"}
+    data = MoleculeData(train_ids, val_ids, train_ids[:0], tok, block_size, f"molecules ({path})",
+                        {"train": sum(map(len, train_text)) + len(train_text),
+                         "val": sum(map(len, val_text)) + len(val_text), "test": 0},
+                        train_smiles=train_smiles, val_smiles=val_smiles, molecules=info)
+    for split in ("train", "val"):
+        if data.num_windows(split) < 1:
+            data.random_batch(split, 1)  # raises the DataError naming the split
+    return data
+
+
+def _encode_cached(tok: MoleculeTokenizer, molecules: list[str]) -> torch.Tensor:
+    """encode_molecules, cached by (molecules, tokenizer): 1.5M MOSES molecules take ~a minute."""
+    from genlab.data.datasets import cache_dir
+
+    h = hashlib.sha256(tok.to_json().encode())
+    for m in molecules:
+        h.update(m.encode())
+        h.update(b"\n")
+    path = cache_dir() / "molecules" / f"ids-{h.hexdigest()[:24]}.npy"
+    if path.is_file():
+        try:
+            return torch.from_numpy(np.load(path).astype(np.int64))
+        except (OSError, ValueError):
+            pass
+    ids = encode_molecules(tok, molecules)
+    if len(molecules) >= 10_000:  # small corpora encode faster than the cache reads
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, ids.numpy().astype(np.int16 if tok.vocab_size < 32_000 else np.int32))
+        os.replace(tmp, path)
+    return ids
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@torch.no_grad()
+def sample_molecules(model, tok: MoleculeTokenizer, n: int, *, seed: int = 0, max_tokens: int = 150,
+                     batch_size: int = 256, temperature: float = 1.0, progress=None) -> list[str]:
+    """n molecules as SMILES strings (possibly invalid, "" for an empty or unfinished one): each
+    row starts at "\\n" and is sampled (ancestral, temperature 1) until its next "\\n" or
+    max_tokens tokens; SELFIES runs are decoded to SMILES."""
+    from genlab.models.autoregressive.generation import SamplingConfig, generate_ids
+    from genlab.seed import make_generator
+
+    g = make_generator(seed)
+    sep = tok.stoi[SEP]
+    dev = next(model.parameters()).device
+    out: list[str] = []
+    while len(out) < n:
+        b = min(batch_size, n - len(out))
+        prompt = torch.full((b, 1), sep, dtype=torch.long, device=dev)  # (b, 1)
+        rows = [[] for _ in range(b)]
+        done = np.zeros(b, dtype=bool)
+        for tok_ids in generate_ids(model, prompt, max_tokens, SamplingConfig(temperature=temperature), generator=g):
+            for i, t in enumerate(tok_ids[:, 0].tolist()):
+                if not done[i]:
+                    if t == sep:
+                        done[i] = True
+                    else:
+                        rows[i].append(t)
+            if done.all():
+                break
+        # a row that hit max_tokens without "\n" is unfinished: counted as an invalid molecule
+        out += [tok.to_smiles(tok.decode(r)) if d else "" for r, d in zip(rows, done)]
+        if progress is not None:
+            progress.set(len(out))
+    return out

@@ -405,14 +405,21 @@ def balanced_label_subset(y: torch.Tensor, num_labels: int, num_classes: int, se
         raise ConfigError(f"data.num_labels={num_labels} must be a multiple of the {num_classes} classes "
                           "(the same number of labels per class)")
     per_class = num_labels // num_classes
-    g = make_generator(derive_seed(seed, "labels"))
+    return pick_per_class(y, {c: per_class for c in range(num_classes)}, make_generator(derive_seed(seed, "labels")),
+                          lambda c, want, have: ConfigError(
+                              f"data.num_labels={num_labels} asks {want} labels of class {c}, which has only {have} "
+                              "training images; lower data.num_labels"))
+
+
+def pick_per_class(y: torch.Tensor, want: dict[int, int], g: torch.Generator, too_few) -> torch.Tensor:
+    """Sorted indices of want[c] examples of each class c, a random choice drawn from `g`;
+    `too_few(c, want, have)` makes the error raised when a class has fewer examples."""
     picks = []
-    for c in range(num_classes):
+    for c, k in want.items():
         members = (y == c).nonzero().flatten()
-        if len(members) < per_class:
-            raise ConfigError(f"data.num_labels={num_labels} asks {per_class} labels of class {c}, which has only "
-                              f"{len(members)} training images; lower data.num_labels")
-        picks.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+        if len(members) < k:
+            raise too_few(c, k, len(members))
+        picks.append(members[torch.randperm(len(members), generator=g)[:k]])
     return torch.cat(picks).sort().values
 
 

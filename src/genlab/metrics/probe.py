@@ -46,16 +46,11 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     k = len(classes)
     if n < k:
         raise ConfigError(f"a linear probe needs at least one labelled image per class: {k} classes, asked {n}")
-    g = torch.Generator().manual_seed(seed)
-    picks = []
-    for i, c in enumerate(classes.tolist()):
-        want = n // k + (1 if i < n % k else 0)
-        members = (labels == c).nonzero().flatten()
-        if len(members) < want:
-            raise ConfigError(f"a linear probe with {n} labels takes {want} images of class {c}, which has "
-                              f"only {len(members)}; ask for fewer labels")
-        picks.append(members[torch.randperm(len(members), generator=g)[:want]])
-    return torch.cat(picks).sort().values
+    from genlab.data.datasets import pick_per_class
+
+    want = {c: n // k + (1 if i < n % k else 0) for i, c in enumerate(classes.tolist())}
+    return pick_per_class(labels, want, torch.Generator().manual_seed(seed), lambda c, w, have: ConfigError(
+        f"a linear probe with {n} labels takes {w} images of class {c}, which has only {have}; ask for fewer labels"))
 
 
 def fit_linear_probe(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, *, l2: float = L2,

@@ -118,7 +118,9 @@ def test_lora_starts_equal_to_its_base_and_merges_exactly(layer):
         wrapped.lora_B.normal_()
     adapted = model(x).detach()
     assert (adapted - ref).abs().max() > 1e-2
+    adapted_weight = wrapped.weight.detach().clone()  # code that reads .weight sees the adaptation
     merged = merge_lora(model)
+    assert torch.equal(merged[0].weight, adapted_weight)
     assert type(merged[0]) is type(layer)
     torch.testing.assert_close(merged(x), adapted, atol=1e-5, rtol=1e-5)
 
@@ -215,9 +217,15 @@ def test_replay_trains_on_the_new_images_and_a_share_of_the_seen_ones(tmp_path, 
     lineage = set(np.load(new / "train-hashes.npy").tolist())
     assert set(seen.tolist()) <= lineage and set(h[~np.isin(h, seen)].tolist()) <= lineage
 
+    import shutil
+
+    shutil.rmtree(old)  # the replay choice is kept in the new run: it resumes without its source
+    genlab.train(resume=new, steps=3)
+    assert json.loads((new / "data.json").read_text())["sizes"]["train"] == n_train
     with pytest.raises(ConfigError, match="nothing new to learn"):
         genlab.train("cvae-mnist", tmp_path / "again", steps=1, overrides=over + [f"train.init_from={new}",
                                                                                  "train.replay=0.25"])
+    assert not (tmp_path / "again" / "replay-indices.npy").exists()
     with pytest.raises(ConfigError, match="set train.init_from"):
         resolve("cvae-mnist", ["train.replay=0.3"])
 
@@ -263,3 +271,24 @@ def test_text_fine_tuning_keeps_the_source_vocabulary(tmp_path):
     with pytest.raises(DataError, match="outside this run's"):
         genlab.train("gpt-shakespeare-cpu", tmp_path / "bad", steps=1,
                      overrides=TINY_TEXT + [f"data.path={other}", f"train.init_from={base}"])
+
+
+def test_lora_skips_tied_weights_and_saves_what_did_not_come_from_the_base(tmp_path, data_root):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.mid, self.head = nn.Embedding(5, 4), nn.Linear(4, 4), nn.Linear(4, 5, bias=False)
+            self.head.weight = self.embed.weight  # merging into it would change the embedding too
+
+    assert add_lora(Tied(), rank=1) == ["mid"]
+
+    base = genlab.train("cvae-mnist", tmp_path / "base", overrides=TINY_VAE, steps=2, data_root=str(data_root))
+    lora = genlab.train("cvae-mnist", tmp_path / "lora", steps=2, data_root=str(data_root),
+                        overrides=TINY_VAE + [f"train.init_from={base.run_dir}", "train.lora_rank=2",
+                                              "model.latent_dim=4"]).run_dir  # the encoder head: another shape
+    saved = {k[len("model."):] for k in weights_of(lora) if k.startswith("model.")}
+    assert "encoder.head.base.weight" in saved and "encoder.body.0.base.weight" not in saved
+    a, b = genlab.load(lora).model.state_dict(), genlab.load(lora).model.state_dict()
+    assert_same_tensors(a, b, atol=0)  # nothing of the loaded model is left to a fresh random draw
+    with pytest.raises(ConfigError, match="private training does not support semi-supervised"):
+        resolve("semi-vae-mnist", ["privacy.epsilon=3"])

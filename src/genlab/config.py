@@ -389,6 +389,9 @@ def validate_run(cfg: RunConfig) -> None:
         (d.val_size >= 0 and d.test_size >= 0, "data.val_size and data.test_size must be >= 0"),
         (d.num_graphs >= 1, "data.num_graphs must be >= 1"),
         (d.train_size is None or d.train_size >= 1, "data.train_size must be >= 1, or null for the whole split"),
+        (not (cfg.privacy.enabled and (d.num_labels is not None or cfg.model_name in SEMI_SUPERVISED_MODELS)),
+         "private training does not support semi-supervised runs yet (Poisson batches would hold almost no "
+         "labels): drop the privacy.* settings"),
         (d.num_labels is None or d.num_labels >= 1, "data.num_labels must be >= 1, or null for every label"),
         (d.labelled_batch >= 1, f"data.labelled_batch must be >= 1, got {d.labelled_batch}"),
         (d.num_labels is None or cfg.model_name in SEMI_SUPERVISED_MODELS,

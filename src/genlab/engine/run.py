@@ -246,21 +246,23 @@ def _train_in(cfg: RunConfig, run_dir: Path, resuming: bool, dev: torch.device, 
     used = getattr(data, "dataset", cfg.data.dataset)
     if used != cfg.data.dataset:  # e.g. no MNIST anywhere: the config says what was really used
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=used))
-    if t.replay:  # grown data: the new images and a share of those the source run saw
+    # a run resumed before its first checkpoint starts over: it loads its source weights again
+    restarting = resuming and ckpt.latest_valid(run_dir / "checkpoints") is not None
+    if t.replay:  # grown data: the new images and a share of those the source run saw (chosen once, kept)
         from genlab.finetune.replay import with_replay
 
-        data = with_replay(data, cfg)
+        data = with_replay(data, cfg, run_dir, write=dist.is_main)
     cfg = resolve_data_fields(cfg, data)
     seed_everything(t.seed)  # the initial weights are a function of the seed
     model = build(cfg)
     if t.init_from or t.lora_rank or t.freeze:  # another run's weights, adapters, frozen parts
         from genlab.finetune import prepare
 
-        prepare(model, cfg, run_dir, resuming=resuming, write=dist.is_main)
+        prepare(model, cfg, run_dir, resuming=restarting, write=dist.is_main)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         ckpt.atomic_write_json(run_dir / "data.json", data.meta())
-        if isinstance(data, ImageData) and cfg.data.dataset in GROWABLE:  # what a later --init-from replays
+        if isinstance(data, ImageData) and cfg.data.dataset in GROWABLE and not restarting:  # for a later replay
             write_hashes(run_dir, data, also=cfg.train.init_from if t.replay else None)
         if isinstance(data, TextData):
             ckpt.atomic_write_text(run_dir / "tokenizer.json", data.tokenizer.to_json())

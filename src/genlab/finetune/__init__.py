@@ -51,8 +51,10 @@ def prepare(model: nn.Module, cfg, run_dir: Path, *, resuming: bool, write: bool
     if t.lora_rank:
         wrapped = add_lora(model, t.lora_rank, t.lora_alpha, t.lora_layers)
         if report is not None:  # tensors that did not come from the base train beside the adapters
+            fresh = set(report["new"]) | {k for k, *_ in report["grown"]} | {k for k, *_ in report["mismatched"]}
+            model.not_from_base = {n for n in model.state_dict() if unwrapped(n) in fresh}  # saved by checkpoints
             for name, p in model.named_parameters():
-                if unwrapped(name) in report["new"] + [k for k, _ in report["grown"]]:
+                if name in model.not_from_base:
                     p.requires_grad_(True)
         log.info("LoRA rank %d on %d layers: %s trainable of %s parameters", t.lora_rank, len(wrapped),
                  f"{count(model, trainable=True):,}", f"{count(model):,}")
@@ -184,7 +186,8 @@ def checkpoint_keys(model: nn.Module) -> set[str] | None:
     params = dict(model.named_parameters())
     if not any(is_adapter_key(n) for n in params):
         return None
-    keep = {n for n, p in params.items() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    keep = ({n for n, p in params.items() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+            | getattr(model, "not_from_base", set()))
     return {k for k in model.state_dict() if k in keep}
 
 
@@ -193,7 +196,9 @@ def read_init(run_dir: Path) -> dict | None:
         rec = json.loads((Path(run_dir) / INIT_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return rec if isinstance(rec, dict) and isinstance(rec.get("source"), dict) else None
+    ok = isinstance(rec, dict) and isinstance(rec.get("source"), dict) and all(
+        isinstance(rec["source"].get(k), str) for k in ("run", "checkpoint"))
+    return rec if ok else None
 
 
 def load_adapted(model: nn.Module, cfg, run_dir: Path, sd: dict[str, torch.Tensor]) -> nn.Module:

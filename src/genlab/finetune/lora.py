@@ -38,6 +38,14 @@ class LoRALinear(nn.Module):
         """scale * B·A, the change of the base weight."""
         return self.scale * self.lora_B @ self.lora_A
 
+    @property
+    def weight(self) -> torch.Tensor:  # the adapted weight, for code that reads a layer's weight directly
+        return self.base.weight + self.delta()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
 
@@ -57,6 +65,14 @@ class LoRAConv2d(nn.Module):
     def delta(self) -> torch.Tensor:
         b = self.lora_B.flatten(1)  # (out, rank)
         return self.scale * (b @ self.lora_A.flatten(1)).view_as(self.base.weight)
+
+    @property
+    def weight(self) -> torch.Tensor:  # the adapted kernel, for code that reads a layer's weight directly
+        return self.base.weight + self.delta()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.base
@@ -82,9 +98,13 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None,
         raise ConfigError(f"train.lora_layers must list linear and/or conv, got {list(layers)}")
     types = tuple(LAYER_TYPES[t] for t in layers)
     model.requires_grad_(False)
+    uses: dict[int, int] = {}  # a weight tied to another module's (an LSTM's head and embedding) is left alone:
+    for _, p in model.named_parameters(remove_duplicate=False):  # merging into it would change both
+        uses[id(p)] = uses.get(id(p), 0) + 1
     targets = [(name, m) for name, m in model.named_modules()
                if type(m) in types and not isinstance(m, (LoRALinear, LoRAConv2d))
-               and not name.endswith(".base")]
+               and not name.endswith(".base") and uses[id(m.weight)] == 1
+               and getattr(m, "groups", 1) == 1]  # grouped convolutions keep their base weights
     if not targets:
         raise ConfigError(f"this model has no {' or '.join(layers)} layer for LoRA; set train.lora_layers")
     for name, m in targets:

@@ -64,12 +64,38 @@ def seen_hashes(source: str) -> np.ndarray:
     return image_hashes(load(source).data().train_x)
 
 
-def with_replay(data, cfg):
+CHOICE_FILE = "replay-indices.npy"
+
+
+def with_replay(data, cfg, run_dir: Path | None = None, write: bool = True):
     """`data` whose training split is the images run cfg.train.init_from did not see, plus a
-    replay share cfg.train.replay of those it did (see the module docstring)."""
-    r, source = cfg.train.replay, cfg.train.init_from
+    replay share cfg.train.replay of those it did (see the module docstring). The choice is kept
+    in run_dir/replay-indices.npy, so a resumed run trains on the same images without its source."""
     if not hasattr(data, "train_x") or data.train_x.dtype != torch.uint8:
         raise ConfigError("train.replay is for image data so far; drop it")
+    kept = Path(run_dir) / CHOICE_FILE if run_dir is not None else None
+    if kept is not None and kept.is_file():
+        idx = torch.from_numpy(np.load(kept, allow_pickle=False))
+        if len(idx) and int(idx.max()) >= len(data.train_x):
+            raise ConfigError(f"{kept} names images this data no longer has (the folder shrank); restore the folder")
+    else:
+        idx = _choose(data, cfg)
+        if kept is not None and write:
+            import io
+
+            from genlab.engine.checkpoint import atomic_write_bytes
+
+            buf = io.BytesIO()
+            np.save(buf, idx.numpy())
+            atomic_write_bytes(kept, buf.getvalue())
+    y = data.train_y[idx] if data.train_y is not None else None
+    return dataclasses.replace(data, train_x=data.train_x[idx], train_y=y,
+                               source=f"{data.source}; {len(idx)} images with replay")
+
+
+def _choose(data, cfg) -> torch.Tensor:
+    """Indices (sorted) of the new images and the replayed share of the seen ones."""
+    r, source = cfg.train.replay, cfg.train.init_from
     seen = np.isin(image_hashes(data.train_x), seen_hashes(source))
     new_idx, old_idx = np.flatnonzero(~seen), np.flatnonzero(seen)
     if not len(old_idx):
@@ -86,6 +112,4 @@ def with_replay(data, cfg):
     idx = torch.from_numpy(np.sort(np.concatenate([new_idx, keep])))
     log.info("replay: %d new training images and %d of the %d that %s saw (%.0f%%)", len(new_idx), len(keep),
              len(old_idx), source, 100 * len(keep) / len(idx))
-    y = data.train_y[idx] if data.train_y is not None else None
-    return dataclasses.replace(data, train_x=data.train_x[idx], train_y=y,
-                               source=f"{data.source}; {len(new_idx)} new + {len(keep)} replayed")
+    return idx

@@ -25,18 +25,21 @@ from genlab.errors import ConfigError
 LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d}
 
 
-class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+class LoRALayer(nn.Module):
+    """What both adapters share: the frozen base layer, A (rank x the base's inputs and kernel),
+    B (the base's outputs x rank) at zero, and the adapted weight W + scale * B·A."""
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, a_shape: tuple[int, ...], b_shape: tuple[int, ...]):
         super().__init__()
         self.base, self.rank, self.scale = base.requires_grad_(False), rank, alpha / rank
         p = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=p.device, dtype=p.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=p.device, dtype=p.dtype))
+        self.lora_A = nn.Parameter(torch.empty(a_shape, device=p.device, dtype=p.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(b_shape, device=p.device, dtype=p.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def delta(self) -> torch.Tensor:
-        """scale * B·A, the change of the base weight."""
-        return self.scale * self.lora_B @ self.lora_A
+        """scale * B·A in the base weight's shape, the change of the base weight."""
+        return self.scale * (self.lora_B.flatten(1) @ self.lora_A.flatten(1)).view_as(self.base.weight)
 
     @property
     def weight(self) -> torch.Tensor:  # the adapted weight, for code that reads a layer's weight directly
@@ -46,33 +49,20 @@ class LoRALinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
+
+class LoRALinear(LoRALayer):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__(base, rank, alpha, (rank, base.in_features), (base.out_features, rank))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
 
 
-class LoRAConv2d(nn.Module):
+class LoRAConv2d(LoRALayer):
     def __init__(self, base: nn.Conv2d, rank: int, alpha: float):
-        super().__init__()
         if base.groups != 1:
             raise ConfigError(f"LoRA wraps ungrouped convolutions; this one has groups={base.groups}")
-        self.base, self.rank, self.scale = base.requires_grad_(False), rank, alpha / rank
-        p = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_channels, *base.kernel_size, device=p.device,
-                                               dtype=p.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_channels, rank, 1, 1, device=p.device, dtype=p.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-
-    def delta(self) -> torch.Tensor:
-        b = self.lora_B.flatten(1)  # (out, rank)
-        return self.scale * (b @ self.lora_A.flatten(1)).view_as(self.base.weight)
-
-    @property
-    def weight(self) -> torch.Tensor:  # the adapted kernel, for code that reads a layer's weight directly
-        return self.base.weight + self.delta()
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
+        super().__init__(base, rank, alpha, (rank, base.in_channels, *base.kernel_size), (base.out_channels, rank, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.base
@@ -102,7 +92,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None,
     for _, p in model.named_parameters(remove_duplicate=False):  # merging into it would change both
         uses[id(p)] = uses.get(id(p), 0) + 1
     targets = [(name, m) for name, m in model.named_modules()
-               if type(m) in types and not isinstance(m, (LoRALinear, LoRAConv2d))
+               if type(m) in types and not isinstance(m, LoRALayer)
                and not name.endswith(".base") and uses[id(m.weight)] == 1
                and getattr(m, "groups", 1) == 1]  # grouped convolutions keep their base weights
     if not targets:
@@ -118,7 +108,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None,
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base layer (W += scale * B·A) and put the plain layer back,
     in place: the model then has its original structure and parameter names."""
-    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAConv2d))]
+    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALayer)]
     for name, m in wrapped:
         m.base.weight += m.delta().to(m.base.weight.dtype)
         parent, _, leaf = name.rpartition(".")

@@ -311,11 +311,15 @@ def test_examples_resolve_and_cover_every_family():
 
     files = sorted((ROOT / "examples").glob("*.yaml"))
     pipeline = ROOT / "examples" / "pipeline-mnist.yaml"
-    assert pipeline in files
+    federation = ROOT / "examples" / "federated-mnist.yaml"
+    assert pipeline in files and federation in files
     load_pipeline(str(pipeline))
+    from genlab.federated.config import FederationConfig
+
+    assert resolve(FederationConfig.from_file(federation).run).model_name == "vae"
     models = {}
     for f in files:
-        if f == pipeline:
+        if f in (pipeline, federation):
             continue
         text = f.read_text(encoding="utf-8")
         assert text.startswith("#") and "\npreset: " in text, f"{f.name}: a commented file starting from a preset"

@@ -162,6 +162,26 @@ def test_two_process_torchrun_matches_one_process(tmp_path, data_root):
     assert len(steps) == 1
 
 
+def test_two_node_torchrun_matches_one_process(tmp_path, data_root):
+    """Two "nodes" on loopback (torchrun --nnodes=2, c10d rendezvous, one process each) compute
+    what one process with 2 accumulated micro-batches does: the README's two-machine recipe."""
+    common = ["vae-mnist", "--data-root", str(data_root), "--set", *TINY_VAE, "train.steps=4",
+              "train.batch_size=32"]
+    r1 = run_cli("train", *common, "--set", "train.accum=2", "--out", str(tmp_path / "one"))
+    assert r1.returncode == 0, r1.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={rank}", "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:29541",
+                               "--rdzv_id=genlab-test", "-m", "genlab", "train", *common,
+                               "--out", str(tmp_path / "two")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+             for rank in (0, 1)]
+    errs = [p.communicate(timeout=300)[1] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    assert '"world_size": 2' in (tmp_path / "two" / "manifest.json").read_text()
+    assert_same_tensors(weights_of(tmp_path / "one"), weights_of(tmp_path / "two"), atol=1e-5)
+
+
 def test_sigterm_checkpoints_and_exits_130(tmp_path, data_root):
     run = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "genlab", "train", "vae-mnist", "--data-root", str(data_root),

@@ -211,6 +211,16 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     pl.add_argument("--data-root", help="folder holding the datasets (default: $GENLAB_DATA, ../shared/data)")
 
+    fd = command("federate", "federated training with Flower: K clients train a preset on their own shards, a "
+                             "server aggregates (FedAvg/FedProx/FedAdam, SecAgg+, client-level DP); rerun to resume")
+    fd.add_argument("config", help="federation FILE.yaml (see examples/federated-mnist.yaml)")
+    fd.add_argument("--out", help="run directory (default runs/federated-NAME-TIMESTAMP); an existing federation "
+                                  "there is resumed from its last round")
+    fd.add_argument("--mode", choices=["simulation", "processes"], default="simulation",
+                    help="simulation: Flower's simulation engine in this process (default); processes: a Flower "
+                         "SuperLink and one SuperNode per client, each its own process, on loopback")
+    fd.add_argument("--data-root", help="folder holding the datasets (default: $GENLAB_DATA, ../shared/data)")
+
     ap = command("apply", "use a trained model: inpaint, denoise, upscale, interpolate, edit, translate (images); "
                           "denoise, inpaint (audio); style transfer with a style-transfer run, or without "
                           "a run: `genlab apply style --content PHOTO --style IMAGE --out OUT.png`")
@@ -729,6 +739,14 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     return 0 if outcome.passed else 1
 
 
+def cmd_federate(a: argparse.Namespace) -> int:
+    from genlab.federated import federate
+
+    run_dir = federate(a.config, a.out, mode=a.mode, data_root=a.data_root, argv=sys.argv)
+    log.info("done: %s; %s", run_dir, _written(run_dir))
+    return 0
+
+
 def cmd_presets(a: argparse.Namespace) -> int:
     from genlab.presets import PRESETS, preset_yaml
 
@@ -782,7 +800,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
-            "pipeline": cmd_pipeline, "apply": cmd_apply, "serve": cmd_serve,
+            "pipeline": cmd_pipeline, "federate": cmd_federate, "apply": cmd_apply, "serve": cmd_serve,
             "presets": cmd_presets, "info": cmd_info, "audit": cmd_audit, "completion": cmd_completion,
             "export": cmd_export, "compress": cmd_compress, "explain": cmd_explain}
 

@@ -244,5 +244,5 @@ def privacy_summary(state: dict | None) -> dict | None:
     if not p:
         return None
     return {k: p[k] for k in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate",
-                              "accountant", "target_epsilon") if k in p} | {
+                              "accountant", "target_epsilon", "level", "clip") if k in p} | {
         "updates": sum(h[2] for h in p.get("history", []))}

@@ -283,6 +283,9 @@ def check_resumable(run_dir: str | os.PathLike) -> None:
     quantised runs (their int8 weights do not train), distilled few-step diffusion samplers (the
     ordinary diffusion loss would undo the distillation)."""
     demos.refuse_write(run_dir, "train a new run from its config instead (genlab presets --show NAME)")
+    if (Path(run_dir) / "federation.yaml").is_file():
+        raise ConfigError(f"{run_dir} is a federated run; continue it with `genlab federate FED.yaml --out {run_dir}` "
+                          "(the same federation file)")
     record = _read_json(Path(run_dir) / "compression.json")
     if record and record.get("method") == "quantize":
         raise ConfigError(f"{run_dir} holds quantised weights, which do not train; continue its source run "

@@ -111,6 +111,9 @@ class Trainer:
             raise ConfigError(f"train.batch_size={self.t.batch_size} is not divisible by "
                               f"accum x processes = {self.t.accum * dist.world}")
         self.state = TrainState()
+        self.penalty: Callable[[str], torch.Tensor] | None = None  # added to each loss (FedProx's proximal term)
+        # more for every checkpoint: () -> (tensors, state entries); a federation's server state
+        self.extra_state: Callable[[], tuple[dict[str, torch.Tensor], dict]] | None = None
         self._stop_requested: str | None = None
         self.log = RunLog(self.run_dir, enabled=dist.is_main)
 
@@ -141,6 +144,10 @@ class Trainer:
                          "seed": self.t.seed}}
         if self.private:
             state["privacy"] = self.private.state()
+        if self.extra_state is not None:
+            more_tensors, more_state = self.extra_state()
+            tensors.update(more_tensors)
+            state.update(more_state)
         ckpt.save_checkpoint(self.ckpt_dir, name or f"step-{self.state.step:08d}", tensors, state)
         if name is None:
             ckpt.prune(self.ckpt_dir, self.t.keep_last)
@@ -230,21 +237,7 @@ class Trainer:
                     self.state.elapsed = elapsed0 + time.perf_counter() - t0
                     self.save()
             self.state.elapsed = elapsed0 + time.perf_counter() - t0
-            reason = self.state.stop_reason
-            if reason:
-                if self.state.last_eval_step != self.state.step:
-                    self._evaluate_and_track()
-                # Saved as unfinished first, so nothing is lost if the slow ending below fails
-                # or is killed: `train --resume` then redoes only the grid and the report.
-                self.state.stop_reason = None
-                self.save()
-                self.state.stop_reason = reason
-                self.write_grid("final.png")
-                if self.dist.is_main and self.model.validation_loss:
-                    self.write_test_report()
-            # Last: a checkpoint with a stop_reason marks the run finished, so a kill before
-            # this line leaves a run that `train --resume` completes (grid and report included).
-            self.save()
+            self.finish(self.state.stop_reason)
         finally:
             self.log.close()
             if self.private:
@@ -255,6 +248,51 @@ class Trainer:
                 except ValueError:
                     pass
         return self.state
+
+    def finish(self, reason: str | None) -> None:
+        """The end of training (`reason`: steps, minutes, early_stop, signal; None: interrupted):
+        a last validation, the final grid and the test report, then the checkpoint that marks
+        the run finished."""
+        if reason:
+            if self.state.last_eval_step != self.state.step:
+                self._evaluate_and_track()
+            # Saved as unfinished first, so nothing is lost if the slow ending below fails
+            # or is killed: `train --resume` then redoes only the grid and the report.
+            self.state.stop_reason = None
+            self.save()
+            self.state.stop_reason = reason
+            self.write_grid("final.png")
+            if self.dist.is_main and self.model.validation_loss:
+                self.write_test_report()
+        # Last: a checkpoint with a stop_reason marks the run finished, so a kill before
+        # this line leaves a run that `train --resume` completes (grid and report included).
+        self.save()
+
+    def train_steps(self, first_step: int, n: int, penalty: Callable[[str], torch.Tensor] | None = None
+                    ) -> dict[str, float]:
+        """n optimiser steps from global step `first_step`, with fresh optimiser state and no
+        checkpoint, evaluation or log: one federated client's local round (genlab.federated).
+        The learning rate, the batches and every random draw are those of the same steps of a
+        plain run (they are functions of the step). `penalty(optimiser name)` is added to each
+        loss. Returns the mean of each loss term over the n steps."""
+        if self.private:
+            raise ConfigError("privacy.* (per-example DP-SGD) is not supported in federated clients; use the "
+                              "federation's client_dp")
+        self.opts = {name: build_optimizer(params, self.t) for name, params in self.groups.items()}
+        self.steppers = dict(self.opts)
+        self.state.step = first_step
+        self.state.batches = first_step * sum(r for _, r in self.plan)
+        self.penalty, totals = penalty, {}
+        try:
+            for _ in range(n):
+                lr = lr_at(self.state.step, self.t.schedule_steps or self.t.steps, self.t.lr,
+                           warmup=self.t.warmup_steps, schedule=self.t.schedule, min_ratio=self.t.min_lr_ratio)
+                for k, v in self._train_step(lr).items():
+                    totals[k] = totals.get(k, 0.0) + v / n
+                self.state.step += 1
+        finally:
+            self.penalty = None
+        return totals
 
     def _sync_control(self, elapsed: float) -> tuple[float, bool]:
         """Agree across processes on the elapsed time and on stopping, so that every rank
@@ -307,7 +345,8 @@ class Trainer:
                         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                                             enabled=self.amp_dtype is not None):
                             out = self.model.loss(batch, oname)
-                        (out["loss"] / A).backward()
+                        loss = out["loss"] if self.penalty is None else out["loss"] + self.penalty(oname)
+                        (loss / A).backward()
                     for k, v in out.items():
                         key = f"loss_{oname}" if k == "loss" and len(self.plan) > 1 else k
                         sums[key] = sums.get(key, 0) + v.detach().float() / (A * repeats)
@@ -402,8 +441,9 @@ class Trainer:
                    for k, v in res.items()}
         report = {"run": str(self.run_dir), "step": self.state.step, "stop_reason": self.state.stop_reason,
                   "metrics": metrics}
-        if self.private:
-            report["privacy"] = privacy_summary({"privacy": self.private.state()})
+        dp = self.private.state() if self.private else (self.extra_state()[1] if self.extra_state else {}).get("privacy")
+        if dp:
+            report["privacy"] = privacy_summary({"privacy": dp})
         ckpt.atomic_write_json(self.run_dir / "report.json", report)
         # report.html from the report just written, so the page never shows an older step
         # (the figures come from the run folder)

@@ -199,6 +199,9 @@ def test_simulation_writes_a_normal_run_directory(reference):
     assert sum(c["examples"] for c in part["clients"]) == 900 - 0  # data.train_size, all shards together
     r = load(run)
     assert r.step == 6 and (run / "samples" / "final.png").is_file() and (run / "report.json").is_file()
+    from genlab.evaluation.summary import summary_text
+
+    assert "federated: round 3 of 3, 3 clients (iid), 2 local steps a round, fedavg" in summary_text(run)
     x, _ = r.sample(4, seed=0, label=3)
     assert x.shape[0] == 4
 
@@ -250,20 +253,22 @@ def test_a_killed_federation_resumes_at_its_last_round(reference, tmp_path, data
 
 
 def test_crashed_and_slow_clients_do_not_stop_a_round(tmp_path, data_root):
-    """Client 0 fails and client 1 stalls past round_timeout in every round: round 1 aggregates
+    """FedAdam; client 0 fails and client 1 stalls past round_timeout in every round: round 1 aggregates
     the other two (a stalled simulation actor may also hold up a later round, which then keeps
     the model: fewer than min_clients replies), and the federation runs to its end."""
     from genlab.engine.run import load
     from genlab.federated import federate
 
     t0 = time.time()
-    run = federate(fed_file(tmp_path, clients=4, rounds=2, crash_clients=[0], slow_clients=[1], slow_seconds=40,
+    run = federate(fed_file(tmp_path, clients=4, rounds=2, strategy="fedadam", crash_clients=[0], slow_clients=[1],
+                            slow_seconds=40,
                             round_timeout=15), tmp_path / "faults", data_root=str(data_root))
     rounds = rounds_logged(run)
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["clients_ok"] == 2 and rounds[0]["clients_failed"] == 1  # client 1: absent, not failed
     assert rounds[0]["round_seconds"] < 30  # the round did not wait for the stalled client
     assert load(run).step == 4 and time.time() - t0 < 120
+    assert "server.m_t.0" in weights_of(run) and "server.v_t.0" in weights_of(run)  # FedAdam's moments, kept
 
 
 def test_client_level_dp_clips_updates_and_adds_the_stated_noise(tmp_path, data_root):

@@ -61,6 +61,22 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def federation_line(run_dir: Path, fstate: dict, damaged: list[str]) -> str:
+    """Round R of N, the clients, the partition and the strategy of a federated run."""
+    text = f"round {fstate.get('round')} of {fstate.get('rounds')}"
+    from genlab.errors import ConfigError
+    from genlab.federated.config import FederationConfig
+
+    try:
+        f = FederationConfig.from_file(run_dir / "federation.yaml")
+    except ConfigError:  # a damaged or missing file: the summary still shows the rest
+        damaged.append("federation.yaml")
+        return text
+    part = f.partition + (f" alpha {f.alpha:g}" if f.partition == "dirichlet" else "")
+    return (f"{text}, {f.clients} clients ({part}), {f.local_steps} local steps a round, {f.strategy}"
+            + (", SecAgg+" if f.secure_aggregation else "") + (", client-level DP" if f.client_dp.enabled else ""))
+
+
 def summary_text(run_dir: Path) -> str:
     """A short human summary of a run (at most about 15 lines): a private run's guarantee
     first (`epsilon: E (delta D)`), then what, trained how long on what and where, its key
@@ -82,7 +98,8 @@ def summary_text(run_dir: Path) -> str:
     lines = []
     dp = privacy_summary(state)
     if dp:
-        lines.append(f"epsilon: {dp['epsilon']:.3g} (delta {dp['delta']:g})")
+        lines.append(f"epsilon: {dp['epsilon']:.3g} (delta {dp['delta']:g})"
+                     + (", client-level (federated)" if dp.get("level") == "client" else ""))
     family = model_family(cfg.model_name)
     what = f"{cfg.preset} ({cfg.model_name}, {family})" if cfg.preset else f"{cfg.model_name} ({family})"
     if c is not None:
@@ -105,9 +122,12 @@ def summary_text(run_dir: Path) -> str:
         if is_finished(cfg, state):
             how += f", finished ({reason})"
         else:
-            how += (f", stopped ({reason})" if reason else ", unfinished") + \
-                f"; continue with `genlab train --resume {run_dir}`"
+            again = (f"genlab federate FED.yaml --out {run_dir}" if "federation" in state
+                     else f"genlab train --resume {run_dir}")
+            how += (f", stopped ({reason})" if reason else ", unfinished") + f"; continue with `{again}`"
         lines.append(f"training: {how}")
+        if "federation" in state:
+            lines.append(f"federated: {federation_line(run_dir, state['federation'], damaged)}")
     dataset = (data or {}).get("dataset") or cfg.data.dataset
     source = (manifest or {}).get("data_source") or (data or {}).get("source")
     on = str(dataset) + (f" from {source}" if source and source != dataset else "")

@@ -20,12 +20,14 @@ def fresh_run_dir(name: str) -> Path:
     return d
 
 
-def write_results(name: str, data: dict, markdown: str) -> None:
+def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS) -> None:
+    """name.json and name.md in `folder` (smoke runs write theirs under runs/, not results/)."""
     from genlab.engine.checkpoint import atomic_write_json, atomic_write_text
 
-    atomic_write_json(RESULTS / f"{name}.json", data)
-    atomic_write_text(RESULTS / f"{name}.md", markdown)
-    print(f"wrote {RESULTS / name}.md and .json", file=sys.stderr)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / f"{name}.json", data)
+    atomic_write_text(folder / f"{name}.md", markdown)
+    print(f"wrote {folder / name}.md and .json", file=sys.stderr)
 
 
 def machine_lines(m: dict) -> str:

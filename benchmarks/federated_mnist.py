@@ -22,12 +22,10 @@ import os
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, write_results
 
 import numpy as np
-import torch
 import yaml
 
 import genlab

@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
                                  "with a spectrogram grid PNG beside; default RUN_DIR/samples/sample-seedS.wav")
     s.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     s.add_argument("--label", type=int, help="class to sample (conditional models)")
+    s.add_argument("--condition", metavar="VALUE", help="molecule runs trained with data.condition: ask for the "
+                   "property bin holding VALUE (e.g. 0.9 for qed) or bin:K")
     s.add_argument("--interpolate", action="store_true",
                    help="write a latent interpolation grid (--n rows of --frames images) instead of samples")
     s.add_argument("--frames", type=int, help="--interpolate: images per interpolation row, endpoints included "
@@ -222,7 +224,8 @@ def _parser() -> argparse.ArgumentParser:
     fd.add_argument("--data-root", help="folder holding the datasets (default: $GENLAB_DATA, ../shared/data)")
 
     ap = command("apply", "use a trained model: inpaint, denoise, upscale, interpolate, edit, translate (images); "
-                          "denoise, inpaint (audio); style transfer with a style-transfer run, or without "
+                          "denoise, inpaint (audio); interpolate (SMILES VAE molecules); style transfer with a "
+                          "style-transfer run, or without "
                           "a run: `genlab apply style --content PHOTO --style IMAGE --out OUT.png`")
     ap.add_argument("run_dir", help=RUN_DIR_HELP + "; or `style` alone (no TASK): style transfer by optimisation, "
                                                    "no run needed")
@@ -232,9 +235,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--input", "--content", help="FILE.npz (images uint8 N x C x H x W) or FILE.png; audio runs: "
                                                  "FILE.wav (mono) or FILE.npz (audio float32 N x T, sample_rate); "
                                                  "style: --content PHOTO, a colour image of any format up to 640 "
-                                                 "pixels a side, or sample:china.jpg / sample:flower.jpg")
+                                                 "pixels a side, or sample:china.jpg / sample:flower.jpg; "
+                                                 "SMILES VAE runs: FILE.smi of 2 molecules, one a line")
     ap.add_argument("--out", required=True, help="FILE.npz (same layout as the input) or FILE.png; audio runs: "
-                                                 "FILE.wav or FILE.npz")
+                                                 "FILE.wav or FILE.npz; SMILES VAE runs: FILE.smi or FILE.txt "
+                                                 "(one SMILES a frame) or FILE.png (the frames drawn)")
     ap.add_argument("--mask", help="inpaint: center | left-half | bottom-half | boxes | MASK.png "
                                    "(white = fill; default center); edit: the region to edit (default: all)")
     ap.add_argument("--sigma", type=float, help="denoise: noise std on the [0, 1] pixel scale (pixel / 255); "
@@ -442,6 +447,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
     a.n = a.n if a.n is not None else (8 if a.interpolate else 64)
     frames = a.frames or 10
     run = load(a.run_dir, a.checkpoint, a.device)
+    if a.condition is not None and run.family != "text":
+        raise ConfigError(f"--condition is for molecule runs trained with data.condition; {a.run_dir} is a "
+                          f"{run.cfg.model_name} {run.family} run (drop --condition)")
     options = diffusion_options(run, a)
     if a.backend == "onnxruntime":
         from genlab.compress.onnx_backend import load_onnx_backend
@@ -481,12 +489,15 @@ def _sample_graphs(run, a: argparse.Namespace) -> int:
     """Graph runs: --out FILE.npz (adjacency, num_nodes) or DIR/ (one edge-list CSV per graph),
     plus a PNG drawing of the first 16 beside it."""
     from genlab.data.graphs import draw_graphs, write_graphs
+    from genlab.data.molecules import is_molecule_config
     from genlab.errors import ConfigError
     from genlab.options import check_memory, check_output
     from genlab.seed import make_generator
 
     if a.label is not None or a.interpolate:
         raise ConfigError("--label and --interpolate are image options; graph runs take --n, --seed and --out")
+    if is_molecule_config(run.cfg.data):  # molecule graphs: SMILES, one a line, as SMILES runs write them
+        return _sample_molecules(run, a)
     if getattr(run.model, "task", None) != "generate":
         raise ConfigError(f"{a.run_dir} is a link-prediction run ({run.cfg.model_name}); it draws no graphs: "
                           "use `genlab evaluate` for its test AUC/AP")
@@ -592,7 +603,20 @@ def _sample_molecules(run, a: argparse.Namespace) -> int:
         check_output(a.out, (".smi", ".txt"))
     n = 64 if a.n is None else a.n
     check_number("--n", n, lo=1, integer=True)
-    mols = sample_molecules(run.model, run.tokenizer, n, seed=a.seed, temperature=a.temperature)
+    token = None
+    if a.condition is not None:  # the property bin to ask for (genlab.data.molecule_condition)
+        from genlab.data.molecule_condition import run_condition
+
+        cond = run_condition(run.meta)
+        if cond is None:
+            raise ConfigError(f"{a.run_dir} was trained without data.condition, so it has no property bins for "
+                              "--condition; drop --condition, or train with --set data.condition=qed")
+        k = cond.resolve(a.condition)
+        token = cond.tokens[k]
+        lo, hi = cond.bounds(k)
+        log.info("sampling bin %d of %s, [%.4g, %.4g) (%.1f%% of the training molecules)", k, cond.prop, lo, hi,
+                 100 * cond.base_rate(k))
+    mols = sample_molecules(run.model, run.tokenizer, n, seed=a.seed, temperature=a.temperature, condition=token)
     text = "".join(m + "\n" for m in mols)
     sys.stdout.write(text)
     if a.out:
@@ -615,6 +639,12 @@ def _sample_text(run, a: argparse.Namespace) -> int:
 
     if a.prompt is None and is_molecule_config(run.cfg.data):
         return _sample_molecules(run, a)
+    if hasattr(run.model, "sample_smiles"):  # the SMILES VAE decodes from its latent space, not from a prompt
+        raise ConfigError(f"{a.run_dir} is a {run.cfg.model_name} run: it samples whole molecules (--n N), "
+                          "not continuations of a prompt; drop --prompt")
+    if a.condition is not None:
+        raise ConfigError("--condition is for molecule runs trained with data.condition, sampled without --prompt; "
+                          "drop --condition")
     if a.out:
         check_output(a.out, (".txt",))
     prompt = "\n" if a.prompt is None else a.prompt

@@ -34,6 +34,7 @@ TRANSLATION_MODELS = ("pix2pix", "cyclegan")
 SEMI_SUPERVISED_MODELS = ("semivae",)  # models that take unlabelled training images (label -1)
 DATASETS = ("mnist", "fashion-mnist", "digits", "folder", "array", "text", "smiles",
             "cora", "citeseer", "edgelist", "community", "grid", "ego", "fsdd", "audio",
+            "molecules",  # SMILES files as atom/bond graphs, for molgraphrnn (genlab.data.molecule_graphs)
             *TRANSLATION_DATASETS,
             "photos")  # random crops of colour photos, the content images of style transfer (genlab.data.photos)
 
@@ -44,6 +45,7 @@ class DataConfig:
 
     dataset: str = "mnist"  # mnist | fashion-mnist | digits | folder | array | text | cora | citeseer | edgelist
     #                         | community | grid | ego (graphs) | fsdd | audio (a folder of WAVs)
+    #                         | molecules (SMILES files as atom/bond graphs: data.path, column, max_molecules)
     path: str | None = None  # folder or .npz/.npy (text: a UTF-8 file or folder), relative to the data root
     image_size: int | None = None  # resize to this (square); None = native size
     channels: int | None = None  # 1 or 3 for image folders; None = from the data
@@ -66,6 +68,14 @@ class DataConfig:
     column: str = "SMILES"  # molecules: the CSV column holding SMILES
     max_molecules: int | None = None  # molecules: a fixed random choice of this many lines; None = all
     reference_size: int | None = None  # molecules: evaluate against this many reference molecules; None = all
+    # text: how batches cut the corpus, set from the model (its `text_batches`), not a choice: null = windows of
+    # the token stream (GPT, LSTM); molecules = one molecule a padded row (smilesvae; genlab.data.molecules)
+    batches: str | None = None
+    # molecules, SMILES GPT/LSTM: goal-directed generation. Each molecule is prefixed by the token of its
+    # property's quantile bin (<qed:7>), so `genlab sample --condition` can ask for a bin
+    # (genlab.data.molecule_condition). None = unconditioned.
+    condition: str | None = None  # qed | logp | sa | weight
+    condition_bins: int = 10  # quantile bins of the training molecules' property
     vocab_size: int = 1024  # text, bpe: vocabulary size (256 bytes + merges)
     features: str | None = None  # edgelist graphs: a CSV of node features (one row per node)
     num_graphs: int = 200  # synthetic small-graph families (community, grid, ego): how many to generate
@@ -332,10 +342,11 @@ def build_config(tree: dict) -> RunConfig:
     name = model_tree.pop("name", None)
     if not name:
         raise ConfigError("the config has no model.name; start from a preset (genlab presets)")
-    model_cls, _ = get_model(name)
+    model_cls, net_cls = get_model(name)
     cfg = RunConfig(
         model=build_section(model_cls, model_tree, "model"),
-        data=build_section(DataConfig, tree.get("data") or {}, "data"),
+        data=build_section(DataConfig, {"batches": getattr(net_cls, "text_batches", None), **(tree.get("data") or {})},
+                           "data"),
         train=build_section(TrainConfig, tree.get("train") or {}, "train"),
         privacy=build_section(PrivacyConfig, tree.get("privacy") or {}, "privacy"),
         preset=tree.get("preset"),
@@ -346,7 +357,10 @@ def build_config(tree: dict) -> RunConfig:
 
 def validate_run(cfg: RunConfig) -> None:
     """Cross-field and range checks of a whole run config (ConfigError naming the key)."""
+    from genlab.registry import get_model
+
     t, d = cfg.train, cfg.data
+    reads = getattr(get_model(cfg.model_name)[1], "text_batches", None)  # what data.batches must be
     checks = [
         (t.steps >= 1, f"train.steps must be >= 1, got {t.steps}"),
         (t.schedule_steps is None or t.schedule_steps >= 1, "train.schedule_steps must be >= 1"),
@@ -373,6 +387,16 @@ def validate_run(cfg: RunConfig) -> None:
          f"data.tokenizer must be char, bpe, smiles or selfies, got {d.tokenizer!r}"),
         (d.max_molecules is None or d.max_molecules >= 2, "data.max_molecules must be >= 2, or null for all"),
         (d.reference_size is None or d.reference_size >= 2, "data.reference_size must be >= 2, or null for all"),
+        (d.batches == reads, f"data.batches follows the model ({cfg.model_name} reads {reads or 'windows'}): "
+         "drop data.batches"),
+        (d.batches != "molecules" or d.dataset == "smiles" or d.tokenizer in ("smiles", "selfies"),
+         f"{cfg.model_name} reads molecules: set data.dataset=smiles (a CSV/SMI of SMILES), got {d.dataset}"),
+        (d.condition in (None, "qed", "logp", "sa", "weight"),
+         f"data.condition must be qed, logp, sa or weight (or null: unconditioned), got {d.condition!r}"),
+        (d.condition is None or (d.tokenizer in ("smiles", "selfies") and cfg.model_name in ("gpt", "lstm")),
+         f"data.condition conditions a SMILES/SELFIES GPT or LSTM; this is a {cfg.model_name} run on "
+         f"data.tokenizer={d.tokenizer}: drop data.condition"),
+        (d.condition_bins >= 2, f"data.condition_bins must be >= 2, got {d.condition_bins}"),
         (d.crop_padding >= 0, "data.crop_padding must be >= 0"),
         (all(v >= 1 for v in (t.log_every, t.eval_every, t.sample_every, t.ckpt_every, t.eval_batches)),
          "train.log_every, eval_every, sample_every, ckpt_every and eval_batches must be >= 1"),

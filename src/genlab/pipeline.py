@@ -211,7 +211,7 @@ def reportable_metrics(model_cls: type, run_cfg) -> list[str]:
     from genlab.data.molecules import is_molecule_config
 
     family = model_cls.family
-    if family == "text" and is_molecule_config(run_cfg.data):  # SMILES/SELFIES runs: the MOSES metrics
+    if is_molecule_config(run_cfg.data):  # SMILES/SELFIES runs, molecule graphs: the MOSES metrics
         from genlab.evaluation.molecules import METRICS
 
         return list(METRICS)

@@ -168,7 +168,8 @@ PRESETS.update({
 # Molecules: MOSES train SMILES (1.58M, canonicalised and cached on first load; 5% held out for the
 # val loss), atom-level tokens, one molecule a line; `genlab evaluate` scores the MOSES metrics against
 # the MOSES test and scaffold-test sets (genlab.data.molecules, genlab.evaluation.molecules).
-# For a CPU check: --set data.max_molecules=20000.
+# For a CPU check: --set data.max_molecules=20000. Goal-directed generation (GPT, LSTM): --set data.condition=qed
+# prefixes each molecule by its QED bin's token; `genlab sample RUN --condition 0.9` (genlab.data.molecule_condition).
 _MOSES_SMILES = {"dataset": "smiles", "path": "molecules/moses/train.csv.gz", "column": "SMILES",
                  "tokenizer": "smiles", "val_size": 0.05}
 
@@ -193,6 +194,54 @@ PRESETS.update({
             "train": {"optimizer": "adam", "lr": 1e-3, "grad_clip": 1.0, "warmup_steps": 100, "min_lr_ratio": 0.1,
                       "steps": 10_000, "batch_size": 64, "log_every": 50, "eval_every": 1000, "eval_batches": 20,
                       "sample_every": 1000, "ckpt_every": 1000},
+        },
+    ),
+    # SMILES VAE (genlab.models.smilesvae: MOSES's VAE shape, CPU-sized), one molecule a row.
+    # Sizing, measured on core 1 of this machine's Xeon (one thread, 2026-12-02, data.max_molecules=20000;
+    # the step time does not depend on how many molecules are loaded): 0.84 s of CPU time a step (mean of
+    # 20 steps after 2 warm-up ones, 0.82 in a second measurement; batches of 128 MOSES molecules, 37
+    # tokens a row with the markers; the wall time was 2.4 s a step because other jobs shared the core).
+    # So 30 CPU minutes buy ~2,100 steps (~270k molecules, a sixth of an epoch of MOSES train) and 60
+    # minutes ~4,300 (~550k): the 3,000 steps below take ~42 CPU minutes, and the KL weight reaches 0.05
+    # after 2,000 steps (~28 minutes), so a run cut after 30 minutes of an unshared core (--minutes 30:
+    # the budget is wall time) has finished its warm-up. MOSES's shape (GRU
+    # encoder of 256, decoder of 3 x 512) measured 1.86 s of CPU a step at the same batch size: less than
+    # half as many molecules an hour.
+    "smiles-vae-moses": Preset(
+        "SMILES VAE on MOSES (bidirectional GRU encoder of 2 x 128, latent 128, GRU decoder of 2 x 384 fed z at "
+        "every token), KL weight 0 -> 0.05 over 2,000 steps; MOSES metrics in genlab evaluate, latent "
+        "interpolation with genlab apply RUN interpolate",
+        {
+            "model": {"name": "smilesvae", "n_embd": 64, "enc_hidden": 128, "bidirectional": True, "latent_dim": 128,
+                      "dec_hidden": 384, "dec_layers": 2, "block_size": 120, "kl_start": 0, "kl_warmup": 2000,
+                      "kl_w_start": 0.0, "kl_w_end": 0.05},
+            "data": dict(_MOSES_SMILES),
+            "train": {"optimizer": "adam", "lr": 1e-3, "grad_clip": 1.0, "warmup_steps": 50, "min_lr_ratio": 0.1,
+                      "steps": 3000, "batch_size": 128, "log_every": 50, "eval_every": 500, "eval_batches": 10,
+                      "sample_every": 500, "ckpt_every": 500},
+        },
+    ),
+})
+
+# The same MOSES molecules as kekulised atom/bond graphs (genlab.data.molecule_graphs) for the
+# GraphRNN-style molecule generator with its valence check (molgraphrnn): same file, column and SMILES
+# cache as the SMILES presets, and the same MOSES metrics in `genlab evaluate`. A fixed choice of
+# 250,000 molecules (canonicalised and converted to graphs once, ~2 minutes, then read from the cache),
+# ~6 epochs in the budget. Step time, batch 128, one thread on core 1 of the development machine's
+# Intel Xeon, 20 steps on the real data after 3 warm-up steps: 0.186 s (0.184 s of CPU; batching and the
+# BFS encoding 6.5 ms of it), so the 12,000 steps take ~37 minutes (longer when the core is shared).
+PRESETS.update({
+    "graphgen-moses": Preset(
+        "GraphRNN for molecules on MOSES (atom types + bond orders in BFS order, node GRU 2x128, edge GRU 32), "
+        "valence check at generation; MOSES metrics in genlab evaluate",
+        {
+            "model": {"name": "molgraphrnn", "hidden": 128, "embed": 64, "layers": 2, "out_hidden": 64,
+                      "edge_hidden": 32, "edge_embed": 16, "edge_layers": 1, "valence_check": True},
+            "data": {"dataset": "molecules", "path": "molecules/moses/train.csv.gz", "column": "SMILES",
+                     "max_molecules": 250_000, "val_size": 0.02},
+            "train": {"optimizer": "adam", "lr": 2e-3, "grad_clip": 1.0, "warmup_steps": 100, "min_lr_ratio": 0.05,
+                      "amp": "off", "steps": 12_000, "batch_size": 128, "log_every": 100, "eval_every": 1000,
+                      "eval_batches": 10, "sample_every": 2000, "ckpt_every": 1000},
         },
     ),
 })

@@ -152,7 +152,7 @@ def apply(run_dir: str | os.PathLike | None, task: str, *, input: str | os.PathL
 
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    check_output(out, (".npz", ".png", ".wav"))
+    check_output(out, (".npz", ".png", ".wav", ".smi", ".txt"))  # .smi/.txt: molecule runs
     check_options(options)  # before the (slow) load
     if task == "style":  # photos of any format and size, with a style-transfer run or none
         from genlab.apply.style import apply_style
@@ -165,8 +165,15 @@ def apply(run_dir: str | os.PathLike | None, task: str, *, input: str | os.PathL
         from genlab.apply.audio import apply_audio
 
         return apply_audio(run, task, input=input, out=out, name=str(run_dir), **options)
+    if hasattr(run.model, "encode_smiles"):  # molecule runs with a latent space (the SMILES VAE)
+        from genlab.apply.molecules import apply_molecules
+
+        return apply_molecules(run, task, input=input, out=out, name=str(run_dir), **options)
     if Path(out).suffix.lower() == ".wav":
         raise ConfigError(f"--out FILE.wav is for audio runs; {run_dir} is an image run: give FILE.npz or FILE.png")
+    if Path(out).suffix.lower() in (".smi", ".txt"):
+        raise ConfigError(f"--out FILE{Path(out).suffix.lower()} is for SMILES VAE runs; {run_dir} is a "
+                          f"{run.cfg.model_name} run: give FILE.npz or FILE.png")
     check_run(run, task, options, str(run_dir))
     if task in SAME_MODE and input is not None:
         check_png_channels(input, run.meta["channels"])

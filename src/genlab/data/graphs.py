@@ -14,6 +14,9 @@ for graph generators.
   fractions or counts; one negative pair per held-out edge), seeded by `train.seed`. Message
   passing uses the training edges only, for training and for scoring val/test pairs, and
   `check_link_split` verifies that no val/test edge leaks into it.
+- Molecules (`data.dataset=molecules`, the SMILES files and settings of the text runs: data.path,
+  data.column, data.max_molecules, data.val_size): kekulised heavy-atom graphs with atom types and
+  bond orders, for molgraphrnn (genlab.data.molecule_graphs).
 - Small-graph families (`data.dataset=community|grid|ego`, `data.num_graphs`), generated from a
   fixed seed as in GraphRNN's benchmarks: two-community graphs (two G(n, 0.7) of 6-10 nodes joined
   by sparse inter-community edges), 2-D grids (3-6 x 3-6 nodes), and radius-1 ego graphs (4-18 nodes)
@@ -46,7 +49,8 @@ log = logging.getLogger("genlab")
 PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer"}
 FAMILIES = ("community", "grid", "ego")
 LINK_DATASETS = (*PLANETOID, "edgelist")
-GRAPH_DATASETS = (*LINK_DATASETS, *FAMILIES)
+MOLECULE_DATASET = "molecules"  # molecules as atom/bond graphs (genlab.data.molecule_graphs)
+GRAPH_DATASETS = (*LINK_DATASETS, *FAMILIES, MOLECULE_DATASET)
 _PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 
@@ -599,6 +603,10 @@ def load_graph_data(cfg, root: str | os.PathLike | None, seed: int) -> LinkData 
     from genlab.data.datasets import resolve_data_root
     _check_graph_options(cfg)
     root_path = resolve_data_root(root)
+    if cfg.dataset == MOLECULE_DATASET:
+        from genlab.data.molecule_graphs import load_molecule_graphs
+
+        return load_molecule_graphs(cfg, root_path)
     if cfg.dataset in LINK_DATASETS:
         if cfg.dataset in PLANETOID:
             x, ei, source = load_planetoid(root_path, cfg.dataset)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genlab.data.molecule_condition import CONDITION_TOKEN
 from genlab.data.text import TextData
 from genlab.errors import ConfigError, DataError
 
@@ -48,14 +49,16 @@ SHOWN_INVALID = 100  # invalid line numbers a run's data.json lists
 
 # Atom-level SMILES tokens: bracket atoms whole ([nH], [C@@H], [O-]), the two-letter organic
 # atoms before their one-letter prefixes, two-digit ring closures (%10), then single characters.
-SMILES_TOKEN = re.compile(r"\[[^\[\]]+\]|Br|Cl|%\d\d|[BCNOPSFIbcnops]|\d|[=#$:/\\\-+()~.@*]|\n")
-SELFIES_TOKEN = re.compile(r"\[[^\[\]]+\]|\.|\n")
+# Both also read the property-bin tokens (<qed:7>) of conditioned runs (genlab.data.molecule_condition).
+SMILES_TOKEN = re.compile(CONDITION_TOKEN + r"|\[[^\[\]]+\]|Br|Cl|%\d\d|[BCNOPSFIbcnops]|\d|[=#$:/\\\-+()~.@*]|\n")
+SELFIES_TOKEN = re.compile(CONDITION_TOKEN + r"|\[[^\[\]]+\]|\.|\n")
 
 
 def is_molecule_config(data_cfg) -> bool:
-    """Whether a DataConfig describes a molecule corpus (a text run with a molecule tokenizer)."""
+    """Whether a DataConfig describes a molecule corpus (a text run with a molecule tokenizer, or
+    molecules as graphs, data.dataset=molecules): such runs sample SMILES and get the MOSES metrics."""
     d = getattr(data_cfg, "dataset", None)
-    return d == "smiles" or (d == "text" and getattr(data_cfg, "tokenizer", None) in MOLECULE_TOKENIZERS)
+    return d in ("smiles", "molecules") or (d == "text" and getattr(data_cfg, "tokenizer", None) in MOLECULE_TOKENIZERS)
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -81,6 +84,13 @@ class MoleculeTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.tokens)
+
+    @property
+    def condition_ids(self) -> frozenset[int]:
+        """Ids of the property-bin tokens of a conditioned run (genlab.data.molecule_condition); none otherwise."""
+        from genlab.data.molecule_condition import is_condition_token
+
+        return frozenset(i for i, t in enumerate(self.tokens) if is_condition_token(t))
 
     def split(self, text: str) -> list[str]:
         """The tokens of `text`; DataError naming the first character no token covers."""
@@ -315,6 +325,76 @@ class MoleculeData(TextData):
         return {**super().meta(), "molecules": self.molecules}
 
 
+def pad_molecules(rows: list, sep: int) -> dict[str, torch.Tensor]:
+    """Molecules as token ids (without separators) -> one padded row each:
+    {"x": (B, L + 2) int64: sep, the tokens, sep, then sep as padding; "length": (B,) tokens + 2}.
+    Models mask the padding by `length`, so its value never matters."""
+    lengths = torch.tensor([len(r) + 2 for r in rows], dtype=torch.long)  # (B,)
+    x = torch.full((len(rows), int(lengths.max()) if len(rows) else 2), sep, dtype=torch.long)  # (B, T)
+    for i, r in enumerate(rows):
+        x[i, 1:len(r) + 1] = torch.as_tensor(r, dtype=torch.long)
+    return {"x": x, "length": lengths}
+
+
+@dataclass
+class MoleculeRows(MoleculeData):
+    """MoleculeData served one molecule a row, for models whose `text_batches` is "molecules"
+    (the SMILES VAE; data.batches says so): batches are `pad_molecules` rows, and training rows
+    also carry "step" (B,), the global batch number (the step, for a single-optimiser model), so
+    a schedule inside the loss (the VAE's KL warm-up) resumes exactly without state of its own.
+    The token stream, tokenizer, cache and val split are MoleculeData's; training draws random
+    molecules from torch's global generator (which the engine seeds per micro-batch), validation
+    reads the val molecules in order. Molecules longer than block_size tokens are left out."""
+
+    unit = "molecules"
+    per_example = 1
+
+    def __post_init__(self):
+        self.rows = {name: self._spans(name) for name in ("train", "val")}  # (start, length) of each molecule
+
+    def _spans(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.split(split)
+        at = (ids == self.tokenizer.stoi[SEP]).nonzero().flatten()  # (n,): each molecule's leading "\n"
+        length = torch.cat([at[1:], torch.tensor([len(ids)])]) - at - 1  # (n,)
+        keep = length <= self.block_size
+        if not bool(keep.all()):
+            log.warning("%d of %d %s molecules are longer than model.block_size=%d tokens and are left out",
+                        int((~keep).sum()), len(at), split, self.block_size)
+        return at[keep] + 1, length[keep]
+
+    def num_windows(self, split: str) -> int:
+        return self.eval_size(split)
+
+    def _rows(self, split: str, ix: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        ids, (start, length) = self.split(split), self.rows[split]
+        batch = pad_molecules([ids[s:s + n] for s, n in zip(start[ix].tolist(), length[ix].tolist())],
+                              self.tokenizer.stoi[SEP])
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def random_batch(self, split: str, n: int, *, generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """n random molecules of a split (with replacement), drawn from `generator` (torch's global one when None)."""
+        if self.eval_size(split) < 1:
+            raise DataError(f"the {split} split has no molecule of at most {self.block_size} tokens; raise "
+                            "model.block_size or use more molecules")
+        return self._rows(split, torch.randint(0, self.eval_size(split), (n,), generator=generator), device)
+
+    def train_batch(self, b: int, shard: int, micro: int, device) -> dict[str, torch.Tensor]:
+        batch = self.random_batch("train", micro, device=device)
+        batch["step"] = torch.full((micro,), b, dtype=torch.long, device=device)
+        return batch
+
+    def eval_size(self, split: str) -> int:
+        return len(self.rows[split][0]) if split in self.rows else 0
+
+    def num_eval_batches(self, split: str, batch_size: int) -> int:
+        return -(-self.eval_size(split) // batch_size)
+
+    def eval_batch(self, split: str, i: int, batch_size: int, device) -> dict[str, torch.Tensor]:
+        return self._rows(split, torch.arange(i * batch_size, min((i + 1) * batch_size, self.eval_size(split))),
+                          device)
+
+
 def _corpus(smiles: list[str], kind: str) -> list[str]:
     """The molecules as the tokenizer reads them: canonical SMILES, or their SELFIES."""
     if kind == "smiles":
@@ -366,6 +446,9 @@ def load_molecule_data(cfg, root, *, block_size: int, tokenizer_path=None) -> Mo
     val_smiles = [s for s, v in zip(mols.smiles, is_val) if v]
     kind = cfg.tokenizer
     train_text, val_text = _corpus(train_smiles, kind), _corpus(val_smiles, kind)
+    cond, train_seq, val_seq = None, train_text, val_text
+    if getattr(cfg, "condition", None):  # a property-bin token before each molecule (genlab.data.molecule_condition)
+        cond, train_seq, val_seq = _conditioned(cfg, path, mols, is_val, train_text, val_text)
     if tokenizer_path is not None and Path(tokenizer_path).is_file():
         tok = load_tokenizer(tokenizer_path)
         if not isinstance(tok, MoleculeTokenizer) or tok.kind != kind:
@@ -373,15 +456,25 @@ def load_molecule_data(cfg, root, *, block_size: int, tokenizer_path=None) -> Mo
                               "data.tokenizer")
     else:
         tok = MoleculeTokenizer.train(kind, SEP.join(train_text + val_text))
+        if cond is not None:  # after the SMILES tokens, which keep an unconditioned run's ids
+            tok = MoleculeTokenizer(kind, tok.tokens + cond.tokens)
+    if cond is not None:
+        from genlab.data.molecule_condition import check_condition_tokens
+
+        check_condition_tokens(tok.tokens, cond, tokenizer_path)
     t0 = time.perf_counter()
-    train_ids, val_ids = _encode_cached(tok, train_text), _encode_cached(tok, val_text)
+    train_ids, val_ids = _encode_cached(tok, train_seq), _encode_cached(tok, val_seq)
     log.debug("tokenised %d molecules in %.1f s", n, time.perf_counter() - t0)
     refs = moses_references(path)
     info = {**mols.summary(), "tokenizer": kind, "column": cfg.column, "max_molecules": cfg.max_molecules,
             "train": len(train_smiles), "val": len(val_smiles),
             "max_tokens": max(map(len, train_text)),  # characters: a bound on tokens, without a second pass
             "reference": {k: str(v) for k, v in refs.items()} if refs else "val"}
-    data = MoleculeData(train_ids, val_ids, train_ids[:0], tok, block_size, f"molecules ({path})",
+    if cond is not None:
+        info["condition"] = cond.meta()
+    rows = getattr(cfg, "batches", None) == "molecules"  # one molecule a row (the SMILES VAE), not windows
+    data = (MoleculeRows if rows else MoleculeData)(train_ids, val_ids, train_ids[:0], tok, block_size,
+                                                    f"molecules ({path})",
                         {"train": sum(map(len, train_text)) + len(train_text),
                          "val": sum(map(len, val_text)) + len(val_text), "test": 0},
                         train_smiles=train_smiles, val_smiles=val_smiles, molecules=info)
@@ -389,6 +482,18 @@ def load_molecule_data(cfg, root, *, block_size: int, tokenizer_path=None) -> Mo
         if data.num_windows(split) < 1:
             data.random_batch(split, 1)  # raises the DataError naming the split
     return data
+
+
+def _conditioned(cfg, path: Path, mols: MoleculeSet, is_val: np.ndarray, train_text: list[str],
+                 val_text: list[str]):
+    """(Condition, train texts, val texts) of a data.condition run: the bins are quantiles of the
+    training molecules' property (computed once per file and cached beside its canonical SMILES),
+    and every molecule is prefixed by its bin's token."""
+    from genlab.data.molecule_condition import cached_property, fit_condition, prefix
+
+    values = cached_property(_cache_key(path, cfg.column, cfg.max_molecules), cfg.condition, mols.smiles)
+    cond = fit_condition(cfg.condition, cfg.condition_bins, values[~is_val])
+    return cond, prefix(train_text, values[~is_val], cond), prefix(val_text, values[is_val], cond)
 
 
 def _encode_cached(tok: MoleculeTokenizer, molecules: list[str]) -> torch.Tensor:
@@ -419,20 +524,35 @@ def _encode_cached(tok: MoleculeTokenizer, molecules: list[str]) -> torch.Tensor
 
 @torch.no_grad()
 def sample_molecules(model, tok: MoleculeTokenizer, n: int, *, seed: int = 0, max_tokens: int = 150,
-                     batch_size: int = 256, temperature: float = 1.0, progress=None) -> list[str]:
+                     batch_size: int = 256, temperature: float = 1.0, progress=None,
+                     condition: str | None = None) -> list[str]:
     """n molecules as SMILES strings (possibly invalid, "" for an empty or unfinished one): each
     row starts at "\\n" and is sampled (ancestral, temperature 1) until its next "\\n" or
-    max_tokens tokens; SELFIES runs are decoded to SMILES."""
+    max_tokens tokens; SELFIES runs are decoded to SMILES. A model that is not a next-token
+    language model (the SMILES VAE, a graph generator) brings its own `sample_smiles` with the
+    same arguments and contract.
+    `condition`: a property-bin token of a conditioned run (<qed:9>); rows then start at
+    "\\n<qed:9>". Without it, a conditioned run's model writes the bin token itself, and it is
+    left out of the molecule."""
+    if condition is not None and (hasattr(model, "sample_smiles") or tok.stoi.get(condition) not in tok.condition_ids):
+        raise ConfigError(f"conditioned sampling needs a SMILES GPT/LSTM run trained with the {condition} token "
+                          "(data.condition)")
+    if hasattr(model, "sample_smiles"):
+        return model.sample_smiles(n, tokenizer=tok, seed=seed, max_tokens=max_tokens, batch_size=batch_size,
+                                   temperature=temperature, progress=progress)
     from genlab.models.autoregressive.generation import SamplingConfig, generate_ids
     from genlab.seed import make_generator
 
     g = make_generator(seed)
     sep = tok.stoi[SEP]
+    cond_ids = tok.condition_ids
     dev = next(model.parameters()).device
     out: list[str] = []
     while len(out) < n:
         b = min(batch_size, n - len(out))
         prompt = torch.full((b, 1), sep, dtype=torch.long, device=dev)  # (b, 1)
+        if condition is not None:
+            prompt = torch.cat([prompt, torch.full_like(prompt, tok.stoi[condition])], dim=1)  # (b, 2)
         rows = [[] for _ in range(b)]
         done = np.zeros(b, dtype=bool)
         for tok_ids in generate_ids(model, prompt, max_tokens, SamplingConfig(temperature=temperature), generator=g):
@@ -440,6 +560,8 @@ def sample_molecules(model, tok: MoleculeTokenizer, n: int, *, seed: int = 0, ma
                 if not done[i]:
                     if t == sep:
                         done[i] = True
+                    elif condition is None and not rows[i] and t in cond_ids:
+                        pass  # the bin a conditioned run's model chose for itself: not part of the molecule
                     else:
                         rows[i].append(t)
             if done.all():

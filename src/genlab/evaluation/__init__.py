@@ -59,8 +59,11 @@ def _text_family(run, *, n, seed, metrics, **opts):
 
 
 def _graph_family(run, *, n, seed, metrics, **opts):
+    from genlab.data.molecules import is_molecule_config
     from genlab.evaluation.graphs import evaluate_graphs
 
+    if is_molecule_config(run.cfg.data):  # molecule graphs (molgraphrnn): the MOSES metrics, as SMILES runs
+        return _text_family(run, n=n, seed=seed, metrics=metrics, **opts)
     return evaluate_graphs(run, n=n, seed=seed, metrics=metrics, **opts)
 
 

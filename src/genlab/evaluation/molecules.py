@@ -199,15 +199,27 @@ def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | No
                        reference_size: int | None = None, data_root=None) -> tuple[dict[str, dict], dict]:
     """The MOSES metrics of a molecule run as report entries, and the report's artefacts (the
     first generated molecules as text)."""
+    from genlab.data.molecule_condition import run_condition
     from genlab.data.molecules import sample_molecules
+    from genlab.evaluation.molecule_condition import (CONDITION_METRICS, DEFAULT_CONDITION_METRICS, evaluate_condition,
+                                                      require_condition)
     from genlab.progress import Progress
 
-    wanted = list(metrics) if metrics else list(METRICS)
-    unknown = [m for m in wanted if m not in METRICS]
+    conditioned = run_condition(run.meta) is not None  # data.condition runs add the success rate
+    wanted = list(metrics) if metrics else list(METRICS) + list(DEFAULT_CONDITION_METRICS if conditioned else ())
+    unknown = [m for m in wanted if m not in METRICS + CONDITION_METRICS]
     if unknown:
-        raise ConfigError(f"unknown molecule metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+        raise ConfigError(f"unknown molecule metric(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(METRICS + CONDITION_METRICS)}")
+    condition = [m for m in wanted if m in CONDITION_METRICS]
+    wanted = [m for m in wanted if m not in CONDITION_METRICS]
+    if condition:
+        require_condition(run, condition)
     n = n or DEFAULT_N
     data = run.data(data_root)
+    scored = evaluate_condition(run, data, condition, n=n, seed=seed) if condition else {}
+    if not wanted:
+        return scored, {}
     reference_size = reference_size if reference_size is not None else run.cfg.data.reference_size
     refs = reference_sets(data, reference_size) if set(wanted) & set(REFERENCE_METRICS + SCAFFOLD_METRICS) else {}
     t0 = time.perf_counter()
@@ -226,6 +238,9 @@ def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | No
         out[name] = {"value": value, "extractor": "chemnet" if name.startswith("fcd") else None, "n": n,
                      "seed": seed, "seconds": round(secs + (gen_secs if name == "validity" else 0.0), 3),
                      "sampling": "temperature 1.0", **extra}
+    if "validity" in out:  # the generation alone, for a samples/second figure
+        out["validity"]["generation_seconds"] = round(gen_secs, 3)
+    out.update(scored)
     shown = "\n".join(s if s else "(unfinished)" for s in generated[:50])
     artefacts = {"text": f"first {min(50, n)} of {n} generated molecules (seed {seed}):\n{shown}"}
     grid = molecule_images(generated[:200], GRID)

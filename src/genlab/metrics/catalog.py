@@ -78,6 +78,11 @@ CATALOG: dict[str, tuple[str, str | None]] = {
     "wd_weight": ("Wasserstein distance of the molecular-weight distributions (daltons)", "lower"),
     "fcd_tsf": ("Fréchet ChemNet Distance to the MOSES scaffold test set (unseen scaffolds)", "lower"),
     "snn_tsf": ("nearest-neighbour Tanimoto similarity to the MOSES scaffold test set", "higher"),
+    # goal-directed generation of data.condition runs (genlab.evaluation.molecule_condition)
+    "condition_success": ("share of molecules sampled for the top property bin that are valid and in that bin "
+                          "(base rate beside it)", "higher"),
+    "condition_success_bins": ("mean over the property bins of the share of molecules sampled for a bin that are "
+                               "valid and in it", "higher"),
     "frag_tsf": ("BRICS fragment cosine similarity to the MOSES scaffold test set", "higher"),
     "scaf_tsf": ("scaffold cosine similarity to the MOSES scaffold test set (low: new scaffolds)", None),
     # graphs

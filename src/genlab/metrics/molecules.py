@@ -278,24 +278,36 @@ def _sascorer():
 PROPERTIES = ("logp", "qed", "sa", "weight")
 
 
-def properties(smiles: Sequence[str]) -> dict[str, np.ndarray]:
-    """Crippen logP, QED, SA score and molecular weight of each valid molecule (MOSES's four
-    property distributions), as float64 arrays."""
+def _property_functions() -> dict:
+    """{name: RDKit function of a molecule} for PROPERTIES."""
     _chem()  # the molecules extra's clear error before the imports below
     from rdkit.Chem import QED, Crippen, Descriptors
 
-    sa = _sascorer()
-    out = {k: np.zeros(len(smiles)) for k in PROPERTIES}
+    return {"logp": Crippen.MolLogP, "qed": QED.qed, "sa": _sascorer().calculateScore, "weight": Descriptors.MolWt}
+
+
+def properties(smiles: Sequence[str], names: Sequence[str] = PROPERTIES) -> dict[str, np.ndarray]:
+    """Crippen logP, QED, SA score and molecular weight of each valid molecule (MOSES's four
+    property distributions; `names` picks some of them), as float64 arrays."""
+    fns = _property_functions()
+    out = {k: np.zeros(len(smiles)) for k in names}
     with quiet_rdkit():
         for i, s in enumerate(smiles):
             mol = to_mol(s)
             if mol is None:
                 raise ValueError(f"not a valid molecule: {s!r}")
-            out["logp"][i] = Crippen.MolLogP(mol)
-            out["qed"][i] = QED.qed(mol)
-            out["sa"][i] = sa.calculateScore(mol)
-            out["weight"][i] = Descriptors.MolWt(mol)
+            for k in names:
+                out[k][i] = fns[k](mol)
     return out
+
+
+def condition_success(values: Sequence[float | None], lo: float, hi: float) -> float:
+    """Success rate of goal-directed generation: the share of ALL generated molecules (None for
+    an invalid one, which fails) whose property lies in [lo, hi). Dividing by every sample, not
+    by the valid ones, keeps a model from scoring by emitting few valid molecules."""
+    if not len(values):
+        raise ValueError("success rate of no generated molecule")
+    return sum(v is not None and lo <= v < hi for v in values) / len(values)
 
 
 def wasserstein_1d(u: np.ndarray, v: np.ndarray) -> float:

@@ -68,6 +68,39 @@ def bfs_order(adj: np.ndarray, perm: np.ndarray, start: int) -> np.ndarray:
     return np.asarray(order)
 
 
+def bfs_orders(adj: np.ndarray, n: np.ndarray, start: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """`bfs_order` for a padded batch of connected graphs at once, level by level in numpy (no
+    per-node Python): adj (B, N, N) bool, n (B,) node counts, start (B,) start nodes, rank (B, N)
+    neighbour priorities (lower first; rank[b, perm] = arange, as bfs_order ranks `perm`).
+
+    Returns:
+        order (B, N) int64: order[b, p] is the node at BFS position p; padding nodes (>= n[b])
+        follow in index order. Equal to bfs_order(adj[b], perm, start[b]) for connected graphs:
+        a node's BFS position is fixed by its level, then the position of its earliest-visited
+        neighbour in the level before (the node that dequeued it), then its rank."""
+    B, N = adj.shape[:2]
+    big = np.int64(N + 1)  # "not placed yet"
+    rows = np.arange(B)
+    pos = np.full((B, N), big, np.int64)
+    pos[rows, start] = 0
+    frontier = np.zeros((B, N), bool)
+    frontier[rows, start] = True
+    seen, placed = frontier.copy(), np.ones(B, np.int64)
+    key_rank = rank / (N + 1.0)  # in [0, 1): breaks ties between nodes of the same parent
+    while frontier.any():
+        parent = np.where(adj & frontier[:, :, None], pos[:, :, None], big).min(1)  # (B, N) earliest parent
+        new = (parent < big) & ~seen
+        key = np.where(new, parent + key_rank, np.inf)
+        r = np.empty((B, N), np.int64)
+        np.put_along_axis(r, np.argsort(key, 1, kind="stable"), np.arange(N)[None].repeat(B, 0), 1)
+        pos = np.where(new, placed[:, None] + r, pos)  # r < number of new nodes for the new ones
+        placed += new.sum(1)
+        seen |= new
+        frontier = new
+    pos = np.where(np.arange(N)[None] < n[:, None], pos, big)  # padding after the graph
+    return np.argsort(pos, 1, kind="stable")
+
+
 def encode_sequences(adj: torch.Tensor, n: torch.Tensor, max_prev: int, generator: torch.Generator | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher-forcing tensors of a padded batch (B, N, N) with node counts n (B,):

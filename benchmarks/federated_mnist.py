@@ -6,9 +6,9 @@ and TSTR accuracy (a LeNet trained on samples only, tested on the real test spli
 same recipe on as many real images); per federation the bytes sent per round (both ways,
 measured on the wire by genlab.federated.traffic) and the wall time per round.
 
-    # both cores for this process, nothing else running (Flower's simulation runs the clients as
-    # Ray actors, one thread each, two at a time; the central run uses 2 threads):
-    OMP_NUM_THREADS=1 taskset -c 0,1 .venv/bin/python benchmarks/federated_mnist.py
+    # Flower's simulation runs the clients as Ray actors, one thread each, as many at a time as
+    # the process has cores (taskset); the central run uses as many threads. On one core:
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/federated_mnist.py
     .venv/bin/python benchmarks/federated_mnist.py --smoke     # end to end in a few minutes
 
 Results: benchmarks/results/federated-mnist.json and .md (rows merged by job name).
@@ -98,7 +98,8 @@ def render(data: dict) -> str:
            f"Command: `{data['command']}`\n", machine_lines(m),
            f"- {data['clients']} clients, {data['rounds']} rounds x {data['local_steps']} local steps (batch "
            f"{data['batch_size']}); central: {data['central_steps']} steps at the same batch. Flower simulation "
-           "(Ray actors, one thread each, two at a time on the two cores); the central run uses 2 threads. "
+           f"(Ray actors, one thread each, {data['cores']} at a time on {data['cores']} core(s)); the central run "
+           f"uses {data['threads']} thread(s). "
            "EMA off everywhere (a client's EMA would restart every round).\n",
            f"- FID (lenet-mnist), label accuracy and TSTR from n = {data['n']} conditional samples (seed 0); "
            "TSTR real: the same classifier recipe on as many real training images.\n",
@@ -124,7 +125,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--local-steps", type=int, default=25)
-    p.add_argument("--threads", type=int, default=2, help="threads of the central run")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="threads of the central run (default: the cores this process may use)")
     p.add_argument("--n", type=int, default=2000, help="samples for FID, label accuracy and TSTR")
     p.add_argument("--set", nargs="*", default=[], help="extra --set overrides of the run config (every job)")
     p.add_argument("--smoke", action="store_true", help="a few rounds and small n: checks the pipeline end to end")
@@ -145,7 +147,8 @@ def main() -> None:
         print(f"== {job}", file=sys.stderr, flush=True)
         row = run_job(job, a)
         data["rows"][job] = row
-        data.update(command=command, machine=machine, clients=a.clients, rounds=a.rounds,
+        data.update(command=command, machine=machine, cores=len(os.sched_getaffinity(0)), threads=a.threads,
+                    clients=a.clients, rounds=a.rounds,
                     local_steps=a.local_steps, n=a.n, central_steps=a.rounds * a.local_steps * a.clients,
                     batch_size=resolve(PRESET, a.set).train.batch_size)
         write_results(NAME, data, render(data), folder=folder)

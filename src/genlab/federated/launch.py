@@ -127,7 +127,8 @@ def simulate(run_dir: Path, fed: FederationConfig, cores: int | None = None) -> 
             raise
 
     client_app = ClientApp(client_fn=make_client_fn(run_dir, fed), mods=[federation_mod(run_dir, fed)])
-    cores = cores or os.cpu_count() or 1
+    if cores is None:  # the cores this process may run on (taskset), one client actor each
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=fed.clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": cores, "include_dashboard": False,

@@ -30,6 +30,15 @@ def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS) 
     print(f"wrote {folder / name}.md and .json", file=sys.stderr)
 
 
+def previous_part(path: Path, key: str, part: str) -> dict:
+    """A part's value (e.g. "train") recorded for `key` in a results file by an earlier process."""
+    import json
+
+    if not path.exists() or key not in json.loads(path.read_text()).get("presets", {}):
+        raise SystemExit(f"no {part} results for {key} in {path}; run the {part} part first")
+    return json.loads(path.read_text())["presets"][key][part]["value"]
+
+
 def machine_lines(m: dict) -> str:
     return (f"- CPU: **{m['cpu_model']}**, {m['threads']} threads; torch {m['torch']}, genlab {m['genlab']} "
             f"(commit {m['git_commit']})\n"

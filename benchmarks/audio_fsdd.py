@@ -34,7 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
+from _common import (RESULTS, RUNS, fresh_run_dir, machine_lines,
+                     mean_train_throughput, previous_part, train_with_marks, write_results)
 
 import torch
 
@@ -216,7 +217,7 @@ def main() -> None:
         new: dict = {}
         if "train" not in a.skip:
             new["train"] = part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed)
-        train = new.get("train") or _previous(path, preset, "train")
+        train = new.get("train") or previous_part(path, preset, "train")
         if "eval" not in a.skip:
             new["eval"] = part_eval(preset, run_dir, train, a.n, a.seed, run_dir if a.smoke else RESULTS)
         if "apply" not in a.skip and preset.startswith("diffwave"):
@@ -230,12 +231,6 @@ def main() -> None:
             old = json.loads(path.read_text()) if path.exists() else {"benchmark": NAME}
             out = merge(old, new, preset, command, machine)
             write_results(NAME, out, markdown(out))
-
-
-def _previous(path: Path, preset: str, part: str) -> dict:
-    if not path.exists() or preset not in json.loads(path.read_text()).get("presets", {}):
-        raise SystemExit(f"no {part} results for {preset} in {path}; run the train part first")
-    return json.loads(path.read_text())["presets"][preset][part]["value"]
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, train_with_marks, write_results
+from _common import (RESULTS, RUNS, fresh_run_dir, machine_lines, previous_part, train_with_marks, write_results)
 
 import numpy as np
 
@@ -292,7 +292,7 @@ def main() -> None:
         new: dict = {}
         if "train" not in a.skip:
             new["train"] = part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed, ov)
-        train = new.get("train") or _previous(path, key, "train")
+        train = new.get("train") or previous_part(path, key, "train")
         if "eval" not in a.skip:
             new["eval"] = part_eval(key, run_dir, train, a.n, a.seed)
         print(json.dumps(new, indent=1, default=str))
@@ -314,12 +314,6 @@ def _write(path: Path, folder: Path, name: str, smoke: bool, new: dict, key: str
 def _has_reference(path: Path, n: int) -> bool:
     """Whether the results file holds the reference row for n molecules already (it is computed once)."""
     return path.exists() and json.loads(path.read_text()).get("reference", {}).get("value", {}).get("n") == n
-
-
-def _previous(path: Path, key: str, part: str) -> dict:
-    if not path.exists() or key not in json.loads(path.read_text()).get("presets", {}):
-        raise SystemExit(f"no {part} results for {key} in {path}; run the train part first")
-    return json.loads(path.read_text())["presets"][key][part]["value"]
 
 
 if __name__ == "__main__":

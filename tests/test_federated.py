@@ -202,6 +202,9 @@ def test_simulation_writes_a_normal_run_directory(reference):
     from genlab.evaluation.summary import summary_text
 
     assert "federated: round 3 of 3, 3 clients (iid), 2 local steps a round, fedavg" in summary_text(run)
+    report = json.loads((run / "report.json").read_text())
+    assert [x["round"] for x in report["federation"]["per_round"]] == [1, 2, 3]
+    assert "Federated: 3 clients (iid), 3 rounds x 2 local steps, fedavg" in (run / "report.html").read_text()
     x, _ = r.sample(4, seed=0, label=3)
     assert x.shape[0] == 4
 

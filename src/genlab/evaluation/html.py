@@ -126,11 +126,28 @@ def _header_line(report: dict) -> str:
         took = f" in {fmt(report['seconds'])} s" if report.get("seconds") is not None else ""
         parts.append(f"evaluated {fmt(report['created'])}{where}{took}")
     p = report.get("privacy")
-    line = f"<p class='small'>{', '.join(parts)}</p>"
+    line = f"<p class='small'>{', '.join(parts)}</p>" + _federation_lines(report.get("federation"))
     if isinstance(p, dict) and p.get("epsilon") is not None:
         line = (f"<p><b>Trained with differential privacy: epsilon {p['epsilon']:.3g} "
                 f"(delta {p.get('delta', float('nan')):g})</b></p>") + line
     return line
+
+
+def _federation_lines(f) -> str:
+    """A federated run's settings and its rounds (replies, seconds, bytes), or ""."""
+    if not isinstance(f, dict) or not isinstance(f.get("per_round"), list):
+        return ""
+    extras = [x for x, on in (("SecAgg+", f.get("secure_aggregation")), ("client-level DP", f.get("client_dp")))
+              if on]
+    head = (f"<p>Federated: {fmt(f.get('clients'))} clients ({fmt(f.get('partition'))}), {fmt(f.get('rounds'))} "
+            f"rounds x {fmt(f.get('local_steps'))} local steps, {fmt(f.get('strategy'))}"
+            f"{''.join(', ' + x for x in extras)}</p>")
+    cols = ("round", "clients_ok", "clients_failed", "round_seconds", "bytes_to_clients", "bytes_from_clients",
+            "client_loss", "epsilon")
+    shown = [c for c in cols if any(c in r for r in f["per_round"] if isinstance(r, dict))]
+    rows = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in shown) + "</tr>"
+                   for r in f["per_round"] if isinstance(r, dict))
+    return head + f"<table><tr>{''.join(f'<th>{c}</th>' for c in shown)}</tr>{rows}</table>"
 
 
 def run_figures(run_dir: Path, final_samples: bool = True) -> dict[str, bytes]:

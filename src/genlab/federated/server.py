@@ -19,6 +19,7 @@ The run directory is a normal genlab run: `genlab info/sample/evaluate` read it 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -151,8 +152,27 @@ class Server:
         t.save()
 
     def finish(self) -> None:
+        """The engine's ending (final grid, test report, the finishing checkpoint), then the
+        federation's rounds added to report.json and report.html."""
+        from genlab.engine.checkpoint import atomic_write_json
+        from genlab.evaluation.html import write_run_report_html
+
         self.trainer.finish("steps")
         self.trainer.log.close()
+        path = self.run_dir / "report.json"
+        report = json.loads(path.read_text()) if path.is_file() else {"run": str(self.run_dir), "metrics": {}}
+        log_path = self.run_dir / "logs" / "train.jsonl"
+        records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()] if log_path.is_file() else []
+        f = self.fed
+        report["federation"] = {
+            "clients": f.clients, "rounds": f.rounds, "local_steps": f.local_steps, "strategy": f.strategy,
+            "partition": f.partition, "secure_aggregation": f.secure_aggregation,
+            "client_dp": f.client_dp.enabled, "per_round": [
+                {k: r[k] for k in ("round", "clients_ok", "clients_failed", "round_seconds", "bytes_to_clients",
+                                   "bytes_from_clients", "client_loss", "epsilon") if k in r}
+                for r in records if r.get("kind") == "round"]}
+        atomic_write_json(path, report)
+        write_run_report_html(self.run_dir, report)
 
 
 # --------------------------------------------------------------------------- the strategy wrapper

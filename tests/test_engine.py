@@ -1,5 +1,6 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,13 +171,21 @@ def test_two_node_torchrun_matches_one_process(tmp_path, data_root):
     r1 = run_cli("train", *common, "--set", "train.accum=2", "--out", str(tmp_path / "one"))
     assert r1.returncode == 0, r1.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                               f"--node_rank={rank}", "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:29541",
+                               f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
                                "--rdzv_id=genlab-test", "-m", "genlab", "train", *common,
                                "--out", str(tmp_path / "two")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
              for rank in (0, 1)]
-    errs = [p.communicate(timeout=300)[1] for p in nodes]
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
     assert [p.returncode for p in nodes] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     assert '"world_size": 2' in (tmp_path / "two" / "manifest.json").read_text()
     assert_same_tensors(weights_of(tmp_path / "one"), weights_of(tmp_path / "two"), atol=1e-5)

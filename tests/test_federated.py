@@ -118,6 +118,37 @@ def test_federation_file_errors(tmp_path):
         FederationConfig.from_file(fed_file(tmp_path, client_dp={"clip": 1.0}))
     with pytest.raises(ConfigError, match="not found"):
         FederationConfig.from_file(tmp_path / "missing.yaml")
+    dp = {"clip": 1.0, "noise_multiplier": 1.0}
+    with pytest.raises(ConfigError, match="client_dp with fedadam"):
+        FederationConfig.from_file(fed_file(tmp_path, strategy="fedadam", client_dp=dp))
+    with pytest.raises(ConfigError, match="set fraction: 1"):
+        FederationConfig.from_file(fed_file(tmp_path, clients=4, fraction=0.5, client_dp=dp))
+
+
+def test_text_runs_are_refused_and_integer_buffers_stay_local(tmp_path, data_root):
+    from genlab.federated.client import federated_keys
+    from genlab.federated.launch import prepare
+
+    fed = FederationConfig.from_file(fed_file(tmp_path, run="gpt-shakespeare-cpu", set=[]))
+    with pytest.raises(ConfigError, match="gpt is a text model"):
+        prepare(fed, tmp_path / "text", str(data_root), argv=None)
+    assert not (tmp_path / "text").exists()
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    assert federated_keys(net) == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"]
+
+
+def test_a_round_in_which_every_client_fails_stops_the_federation(tmp_path, data_root):
+    from genlab.federated.launch import prepare
+    from genlab.federated.server import Server, build_strategy
+
+    fed = FederationConfig.from_file(fed_file(tmp_path))
+    prepare(fed, tmp_path / "run", str(data_root), argv=None)
+    rounds = build_strategy(Server(tmp_path / "run", fed), fed)
+    rounds.sampled = 3
+    boom = [RuntimeError("client 0: out of memory") for _ in range(3)]
+    with pytest.raises(ConfigError, match="round 1: every client failed .*out of memory"):
+        rounds.aggregate_fit(1, [], boom)
+    assert rounds.aggregate_fit(1, [], boom[:1]) == (None, {})  # the others were late: the model stays
 
 
 # --------------------------------------------------------------------------- the client's local round

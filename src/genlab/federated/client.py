@@ -38,6 +38,37 @@ _CLIENTS: dict[tuple[str, int], "LocalClient"] = {}
 _DATA: dict[str, object] = {}
 
 
+def federated_keys(model) -> list[str]:
+    """The tensors a federation exchanges: every floating-point parameter and buffer. Integer
+    buffers (BatchNorm's num_batches_tracked) stay local: averaging, clipping or quantising a
+    step counter means nothing, and under client DP it would swamp an update's norm."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point()]
+
+
+def get_arrays(model, keys: list[str]) -> list[np.ndarray]:
+    sd = model.state_dict()
+    return [sd[k].detach().cpu().numpy().copy() for k in keys]
+
+
+def set_arrays(model, keys: list[str], arrays: list[np.ndarray]) -> None:
+    if len(arrays) != len(keys):
+        raise ConfigError(f"got {len(arrays)} arrays for a model that exchanges {len(keys)} tensors: the server and "
+                          "the clients run different configs")
+    sd = model.state_dict()
+    model.load_state_dict({k: torch.from_numpy(np.asarray(a)).to(sd[k].dtype).reshape(sd[k].shape)
+                           for k, a in zip(keys, arrays)}, strict=False)
+
+
+def check_family(cfg) -> None:
+    """Federations split a training set by example: image and audio runs."""
+    from genlab.registry import model_family
+
+    family = model_family(cfg.model_name)
+    if family not in ("image", "audio"):
+        raise ConfigError(f"federated training splits image or audio training sets by example; {cfg.model_name} "
+                          f"is a {family} model: choose an image or audio preset")
+
+
 def subset_train(data, idx: np.ndarray):
     """`data` with only the training examples `idx` (every train_* tensor, and the speakers)."""
     t = torch.as_tensor(idx, dtype=torch.long)
@@ -58,10 +89,8 @@ def load_run_data(run_dir: Path):
     key = str(run_dir.resolve())
     if key not in _DATA:
         cfg = with_recorded_dataset(load_config(run_dir / "config.yaml"), _read_json(run_dir / "data.json"))
+        check_family(cfg)
         data = load_data(cfg, resolve_data_root(recorded_data_root(run_dir)))
-        if not hasattr(data, "train_x"):
-            raise ConfigError(f"federated training splits image or audio training sets; {cfg.model_name} reads "
-                              f"{cfg.data.dataset}: choose an image or audio preset")
         _DATA[key] = (cfg, data)
     return _DATA[key]
 
@@ -90,18 +119,13 @@ class LocalClient:
         folder = run_dir / "clients" / f"client-{cid}"
         self.trainer = Trainer(model, shard_data, build_pipeline(cfg, data.meta()), cfg, folder,
                                device=torch.device("cpu"))
-        self.keys = list(model.state_dict())
+        self.keys = federated_keys(model)
 
     def get_weights(self) -> list[np.ndarray]:
-        return [v.detach().cpu().numpy().copy() for v in self.trainer.model.state_dict().values()]
+        return get_arrays(self.trainer.model, self.keys)
 
     def set_weights(self, arrays: list[np.ndarray]) -> None:
-        if len(arrays) != len(self.keys):
-            raise ConfigError(f"client {self.cid} got {len(arrays)} arrays for a model of {len(self.keys)} tensors: "
-                              "the server and the clients run different configs")
-        sd = self.trainer.model.state_dict()
-        self.trainer.model.load_state_dict({k: torch.from_numpy(np.asarray(a)).to(sd[k].dtype).reshape(sd[k].shape)
-                                            for k, a in zip(self.keys, arrays)})
+        set_arrays(self.trainer.model, self.keys, arrays)
 
     def proximal(self, mu: float):
         """FedProx's term mu/2 ||w - w_global||^2 over the parameters an optimiser updates."""

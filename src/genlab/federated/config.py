@@ -42,8 +42,10 @@ PARTITIONS = ("iid", "dirichlet", "classes", "speaker")
 @dataclass
 class ClientDPConfig:
     """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018): each sampled client's
-    update is clipped to L2 norm `clip` and the server adds N(0, (noise_multiplier * clip / m)^2)
-    to the mean of the m updates; an RDP accountant counts the rounds (sampling rate m / K)."""
+    update is clipped to L2 norm `clip` and the server adds N(0, (noise_multiplier * clip / k)^2)
+    to the unweighted mean of the k updates that arrived; an RDP accountant counts the rounds. Every
+    client is asked in every round (fraction 1, sampling rate 1: no amplification by subsampling
+    is claimed), and FedAdam is refused (its moments would see the un-noised mean)."""
 
     clip: float | None = None
     noise_multiplier: float | None = None
@@ -130,6 +132,12 @@ class FederationConfig:
             (self.alpha > 0, f"alpha (Dirichlet concentration) must be > 0, got {self.alpha}"),
             (self.classes_per_client >= 1, f"classes_per_client must be >= 1, got {self.classes_per_client}"),
             (self.secagg_clip_range > 0, f"secagg_clip_range must be > 0, got {self.secagg_clip_range}"),
+            (not (self.client_dp.enabled and self.strategy == "fedadam"),
+             "client_dp with fedadam: Flower's DP wrapper noises the result of FedAdam's step, not its input, so "
+             "FedAdam's moments would see the un-noised mean; use fedavg or fedprox with client_dp"),
+            (not self.client_dp.enabled or self.fraction == 1,
+             f"client_dp is accounted with every client in every round (Flower samples a fixed number without "
+             f"replacement, which the Poisson accountant does not cover): set fraction: 1, got {self.fraction}"),
             (not self.secure_aggregation or self.sampled >= 3,
              f"secure aggregation (SecAgg+) needs at least 3 clients per round, got {self.sampled}: raise "
              "clients/fraction/min_clients"),

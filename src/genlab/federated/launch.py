@@ -67,7 +67,7 @@ def prepare(fed: FederationConfig, run_dir: Path, data_root: str | None, argv: l
     from genlab.engine import checkpoint as ckpt
     from genlab.engine.distributed import DistInfo
     from genlab.engine.run import load_data, manifest, resolve_data_fields
-    from genlab.federated.client import shards_of
+    from genlab.federated.client import check_family, shards_of
 
     frozen = run_dir / "federation.yaml"
     if ckpt.list_steps(run_dir / "checkpoints"):
@@ -78,11 +78,9 @@ def prepare(fed: FederationConfig, run_dir: Path, data_root: str | None, argv: l
                               "resume with the same file, or choose another --out")
         return
     cfg = run_config_of(fed)
+    check_family(cfg)
     root = resolve_data_root(data_root)
     data = load_data(cfg, root, fallback=False)
-    if not hasattr(data, "train_x"):
-        raise ConfigError(f"federated training splits image or audio training sets; {cfg.model_name} reads "
-                          f"{cfg.data.dataset}: choose an image or audio preset")
     cfg = resolve_data_fields(cfg, data)
     shards = shards_of(fed, data)  # checks the partition before anything is written
     labels = None if getattr(data, "train_y", None) is None else data.train_y.numpy()
@@ -149,9 +147,10 @@ def free_port() -> int:
 def write_flower_app(run_dir: Path, home: Path, port: int) -> Path:
     """RUN/flower-app/: a Flower app (pyproject.toml naming genlab's ServerApp and ClientApp,
     with this run directory in its run config), and FLWR_HOME's connection to the SuperLink."""
+    from genlab.engine.checkpoint import atomic_write_text
     app = run_dir / "flower-app"
     app.mkdir(exist_ok=True)
-    (app / "pyproject.toml").write_text(f"""# genlab's federation as a Flower app: `flwr run {app} local` (FLWR_HOME={home})
+    atomic_write_text(app / "pyproject.toml", f"""# genlab's federation as a Flower app: `flwr run {app} local` (FLWR_HOME={home})
 [build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
@@ -177,7 +176,7 @@ clientapp = "genlab.federated.app:clientapp"
 run-dir = {json.dumps(str(run_dir.resolve()))}
 """)
     home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text(f"""[superlink]
+    atomic_write_text(home / "config.toml", f"""[superlink]
 default = "local"
 
 [superlink.local]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from genlab.errors import ConfigError
+from genlab.federated.client import federated_keys, get_arrays, set_arrays
 from genlab.federated.config import FederationConfig
 
 log = logging.getLogger("genlab")
@@ -44,9 +45,8 @@ def client_dp_sigma(fed: FederationConfig) -> float:
         return dp.noise_multiplier
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=dp.delta,
-                                      sample_rate=fed.sampled / fed.clients, steps=fed.rounds,
-                                      accountant=dp.accountant))
+    return float(get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=dp.delta, sample_rate=1.0,
+                                      steps=fed.rounds, accountant=dp.accountant))
 
 
 def client_dp_state(fed: FederationConfig, rounds_done: int) -> dict:
@@ -54,7 +54,7 @@ def client_dp_state(fed: FederationConfig, rounds_done: int) -> dict:
     reports show it): epsilon after `rounds_done` rounds, client-level."""
     from genlab.engine.privacy import epsilon_of
 
-    dp, q, sigma = fed.client_dp, fed.sampled / fed.clients, client_dp_sigma(fed)
+    dp, q, sigma = fed.client_dp, 1.0, client_dp_sigma(fed)  # every client, every round (fraction 1)
     history = [[sigma, q, rounds_done]] if rounds_done else []
     return {"epsilon": epsilon_of(dp.accountant, history, dp.delta) if history else 0.0, "delta": dp.delta,
             "noise_multiplier": sigma, "clip": dp.clip, "sample_rate": q, "accountant": dp.accountant,
@@ -81,7 +81,7 @@ class Server:
         self.trainer = Trainer(build_model(cfg), data, build_pipeline(cfg, data.meta()), cfg, run_dir,
                                device=torch.device("cpu"))
         self.trainer.extra_state = self.checkpoint_state
-        self.keys = list(self.trainer.model.state_dict())
+        self.keys = federated_keys(self.trainer.model)
         self.round, self.strategy_state, self.seconds = 0, {}, 0.0
         latest = ckpt.latest_valid(run_dir / "checkpoints")
         if latest is not None:
@@ -101,12 +101,10 @@ class Server:
         self.traffic0 = self.traffic()
 
     def weights(self) -> list[np.ndarray]:
-        return [v.detach().cpu().numpy().copy() for v in self.trainer.model.state_dict().values()]
+        return get_arrays(self.trainer.model, self.keys)
 
     def set_weights(self, arrays: list[np.ndarray]) -> None:
-        sd = self.trainer.model.state_dict()
-        self.trainer.model.load_state_dict({k: torch.from_numpy(np.asarray(a)).to(sd[k].dtype).reshape(sd[k].shape)
-                                            for k, a in zip(self.keys, arrays)})
+        set_arrays(self.trainer.model, self.keys, arrays)
 
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, counts = {}, {}
@@ -129,7 +127,7 @@ class Server:
 
         return read_totals(self.run_dir)
 
-    def end_round(self, rnd: int, arrays: list[np.ndarray], replies: list[dict], failures: int,
+    def end_round(self, rnd: int, arrays: list[np.ndarray], replies: list[dict], failures: int, sampled: int,
                   seconds: float) -> None:
         """Round `rnd` is aggregated: validate, log and checkpoint the new global model."""
         self.set_weights(arrays)
@@ -138,7 +136,8 @@ class Server:
         t.state.step = rnd * self.fed.local_steps
         t.state.elapsed = self.seconds
         now = self.traffic()
-        values = {"round": rnd, "clients_ok": len(replies), "clients_failed": failures, "round_seconds": seconds,
+        values = {"round": rnd, "clients_sampled": sampled, "clients_ok": len(replies), "clients_failed": failures,
+                  "clients_late": max(sampled - len(replies) - failures, 0), "round_seconds": seconds,
                   "bytes_to_clients": now["down"] - self.traffic0["down"],
                   "bytes_from_clients": now["up"] - self.traffic0["up"]}
         self.traffic0 = now
@@ -196,7 +195,7 @@ def base_strategy(fed: FederationConfig, initial: list[np.ndarray], state: dict)
     return s
 
 
-def make_rounds(server: Server, inner, fed: FederationConfig):
+def make_rounds(server: Server, inner, fed: FederationConfig, dp=None):
     """`Rounds`: see the module docstring. Built in a function so flwr is imported lazily."""
     from flwr.server.strategy import Strategy
 
@@ -205,15 +204,19 @@ def make_rounds(server: Server, inner, fed: FederationConfig):
             super().__init__()
             self.offset, self.t0 = server.round, time.perf_counter()
             self.replies: list[dict] = []
-            self.failures = 0
+            self.failures, self.sampled, self.waited = 0, 0, False
 
         def initialize_parameters(self, client_manager):
             return inner.initialize_parameters(client_manager)
 
         def configure_fit(self, server_round, parameters, client_manager):
             self.t0 = time.perf_counter()
+            self.replies, self.failures = [], 0
+            if not self.waited:  # the first round waits for every client to connect (real processes start slowly)
+                self.waited = client_manager.wait_for(fed.clients, timeout=int(fed.round_timeout)) or True
             rnd = server_round + self.offset
             pairs = inner.configure_fit(rnd, parameters, client_manager)
+            self.sampled = len(pairs)
             for _, ins in pairs:
                 ins.config["round"] = rnd
                 ins.config["proximal_mu"] = fed.proximal_mu
@@ -221,12 +224,18 @@ def make_rounds(server: Server, inner, fed: FederationConfig):
 
         def aggregate_fit(self, server_round, results, failures):
             self.replies = [dict(res.metrics) for _, res in results]
-            self.failures = len(failures)
+            self.failures = len({id(f[0]) if isinstance(f, tuple) else id(f) for f in failures})
+            if not results and failures and self.failures >= self.sampled:
+                raise ConfigError(f"round {server_round + self.offset}: every client failed ({failure_reason(failures)}); "
+                                  f"see the clients' errors above")
             if len(results) < fed.min_clients:
                 log.warning("round %d: %d replies (%d failed or late), fewer than min_clients=%d: the global model "
                             "stays as it was", server_round + self.offset, len(results), len(failures),
                             fed.min_clients)
                 return None, {}
+            if dp is not None:  # noise for the k replies that came (the mean's sensitivity is clip / k); Flower's
+                dp.num_sampled_clients = len(results)  # wrapper would drop the whole round for one failure
+                failures = []
             return inner.aggregate_fit(server_round + self.offset, results, failures)
 
         def configure_evaluate(self, server_round, parameters, client_manager):
@@ -243,7 +252,7 @@ def make_rounds(server: Server, inner, fed: FederationConfig):
             from flwr.common import parameters_to_ndarrays
 
             server.end_round(server_round + self.offset, parameters_to_ndarrays(parameters), self.replies,
-                             self.failures, time.perf_counter() - self.t0)
+                             self.failures, self.sampled, time.perf_counter() - self.t0)
             return None
 
     return Rounds()
@@ -252,13 +261,22 @@ def make_rounds(server: Server, inner, fed: FederationConfig):
 def build_strategy(server: Server, fed: FederationConfig):
     inner = base_strategy(fed, server.weights(), server.strategy_state)
     server.strategy = inner
+    dp = None
     if fed.client_dp.enabled:
         from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
 
-        inner = DifferentialPrivacyClientSideFixedClipping(inner, noise_multiplier=client_dp_sigma(fed),
-                                                           clipping_norm=fed.client_dp.clip,
-                                                           num_sampled_clients=fed.sampled)
-    return make_rounds(server, inner, fed)
+        inner = dp = DifferentialPrivacyClientSideFixedClipping(inner, noise_multiplier=client_dp_sigma(fed),
+                                                                clipping_norm=fed.client_dp.clip,
+                                                                num_sampled_clients=fed.sampled)
+    return make_rounds(server, inner, fed, dp)
+
+
+def failure_reason(failures) -> str:
+    """The first failure's message, one line."""
+    f = failures[0]
+    res = f[1] if isinstance(f, tuple) else f
+    reason = getattr(getattr(res, "status", None), "message", None) or str(res)
+    return (reason.strip().splitlines() or ["unknown"])[-1][:300]
 
 
 class TimedGrid:
@@ -293,9 +311,11 @@ def server_main(grid, context, run_dir: str | Path) -> None:
                             strategy=strategy)
         fit = None
         if fed.secure_aggregation:
+            # the weights the clients send: 1 under client DP, else their example counts (at most the largest shard)
+            shards = json.loads((run_dir / "partition.json").read_text())["clients"]
+            max_weight = 1.0 if fed.client_dp.enabled else float(max(c["examples"] for c in shards))
             fit = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=0.5, clipping_range=fed.secagg_clip_range,
-                                     max_weight=float(len(server.trainer.data.train_x)) + 1.0,
-                                     timeout=fed.round_timeout)
+                                     max_weight=max_weight, timeout=fed.round_timeout)
         DefaultWorkflow(fit_workflow=fit)(TimedGrid(grid, fed.round_timeout), ctx)
     if server.round < fed.rounds:
         raise ConfigError(f"the federation stopped at round {server.round} of {fed.rounds}; rerun the same "

@@ -286,6 +286,8 @@ def main() -> None:
         print(json.dumps({"reference": reference}, indent=1, default=str))
         _write(path, folder, name, a.smoke, {}, None, reference, command)
     for preset in chosen:
+        if "train" in a.skip and "eval" in a.skip:  # the reference row alone
+            break
         key = key_of(preset, a.condition)
         ov = overrides + ([f"data.condition={a.condition}"] if a.condition else [])
         run_dir = RUNS / (preset + (f"-{a.condition}" if a.condition else "") + ("-smoke" if a.smoke else ""))

@@ -5,6 +5,7 @@ learning rate (so a round's result does not depend on how many rounds follow it)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -125,14 +126,37 @@ def test_federation_file_errors(tmp_path):
         FederationConfig.from_file(fed_file(tmp_path, clients=4, fraction=0.5, client_dp=dp))
 
 
-def test_text_runs_are_refused_and_integer_buffers_stay_local(tmp_path, data_root):
-    from genlab.federated.client import federated_keys
+def test_text_runs_split_their_token_stream_and_graph_runs_are_refused(tmp_path, data_root):
+    """A GPT federation: each client holds a contiguous stretch of the corpus and trains on it."""
+    from genlab.federated import client as C
     from genlab.federated.launch import prepare
+    from tests.conftest import shakespeare_corpus
+    from tests.test_text import TINY_TEXT
 
-    fed = FederationConfig.from_file(fed_file(tmp_path, run="gpt-shakespeare-cpu", set=[]))
-    with pytest.raises(ConfigError, match="gpt is a text model"):
-        prepare(fed, tmp_path / "text", str(data_root), argv=None)
-    assert not (tmp_path / "text").exists()
+    corpus = shakespeare_corpus(tmp_path)
+    fed = FederationConfig.from_file(fed_file(tmp_path, run="gpt-shakespeare-cpu",
+                                              set=TINY_TEXT + [f"data.path={corpus}"]))
+    prepare(fed, tmp_path / "text", str(data_root), argv=None)
+    assert (tmp_path / "text" / "tokenizer.json").is_file()
+    clients = [C.LocalClient(tmp_path / "text", fed, k) for k in range(3)]
+    pieces = [c.shard for c in clients]
+    assert all(np.array_equal(p, np.arange(p[0], p[-1] + 1)) for p in pieces)  # contiguous
+    assert_partition(pieces, sum(len(p) for p in pieces))
+    start = clients[0].get_weights()
+    new, weight, metrics = clients[1].fit(start, rnd=1, mu=0.0)
+    assert weight == len(pieces[1]) and metrics["loss"] > 0
+    assert any(not np.array_equal(a, b) for a, b in zip(new, start))
+    with pytest.raises(ConfigError, match="partition iid"):
+        C.shards_of(dataclasses.replace(fed, partition="dirichlet"), C.load_run_data(tmp_path / "text")[1])
+    graph = FederationConfig.from_file(fed_file(tmp_path, run="graphgen-grid", set=[]))
+    with pytest.raises(ConfigError, match="graphrnn is a graph model"):
+        prepare(graph, tmp_path / "graph", str(data_root), argv=None)
+    assert not (tmp_path / "graph").exists()
+
+
+def test_integer_buffers_stay_local():
+    from genlab.federated.client import federated_keys
+
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     assert federated_keys(net) == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"]
 

@@ -60,13 +60,15 @@ def set_arrays(model, keys: list[str], arrays: list[np.ndarray]) -> None:
 
 
 def check_family(cfg) -> None:
-    """Federations split a training set by example: image and audio runs."""
+    """Federations split a training set by example (image and audio runs) or a text run's token
+    stream into contiguous pieces (GPT, LSTM, also on SMILES)."""
     from genlab.registry import model_family
 
     family = model_family(cfg.model_name)
-    if family not in ("image", "audio"):
-        raise ConfigError(f"federated training splits image or audio training sets by example; {cfg.model_name} "
-                          f"is a {family} model: choose an image or audio preset")
+    if family not in ("image", "audio", "text") or getattr(cfg.data, "batches", None):
+        raise ConfigError(f"federated training splits image or audio training sets by example, or a text run's "
+                          f"token stream; {cfg.model_name} is a {family} model that reads "
+                          f"{getattr(cfg.data, 'batches', None) or 'graphs'}: choose an image, audio or text preset")
 
 
 def subset_train(data, idx: np.ndarray):
@@ -90,7 +92,7 @@ def load_run_data(run_dir: Path):
     if key not in _DATA:
         cfg = with_recorded_dataset(load_config(run_dir / "config.yaml"), _read_json(run_dir / "data.json"))
         check_family(cfg)
-        data = load_data(cfg, resolve_data_root(recorded_data_root(run_dir)))
+        data = load_data(cfg, resolve_data_root(recorded_data_root(run_dir)), run_dir)  # text: the run's tokenizer
         _DATA[key] = (cfg, data)
     return _DATA[key]
 

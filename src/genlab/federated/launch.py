@@ -92,6 +92,8 @@ def prepare(fed: FederationConfig, run_dir: Path, data_root: str | None, argv: l
     save_config(cfg, run_dir / "config.yaml")
     ckpt.atomic_write_json(run_dir / "data.json", data.meta())
     ckpt.atomic_write_json(run_dir / "partition.json", part)
+    if getattr(data, "tokenizer", None) is not None:  # text runs: every client and command reads this one
+        ckpt.atomic_write_text(run_dir / "tokenizer.json", data.tokenizer.to_json())
     ckpt.atomic_write_json(run_dir / "manifest.json",
                            {**manifest(torch.device("cpu"), DistInfo(), data, root, argv), "federation": True})
     ckpt.atomic_write_text(frozen, yaml.safe_dump(fed.to_dict(), sort_keys=False))

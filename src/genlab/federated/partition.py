@@ -10,6 +10,10 @@ of its arguments (the seed included), so a client process recomputes its own sha
   non-iid split): each class is cut into as many pieces as clients that hold it;
 - `speaker`: whole speakers per client (audio with speaker names, e.g. FSDD), so a client's
   voices never appear at another client.
+
+A text run's training split is one token stream: `iid` cuts it into K contiguous pieces (each
+client holds its own stretch of the corpus, e.g. different plays or molecules); the label-based
+partitions do not apply.
 """
 
 from __future__ import annotations
@@ -93,6 +97,12 @@ def partition(data, k: int, how: str, *, seed: int, alpha: float = 0.5, classes_
               ) -> list[np.ndarray]:
     """The K shards of `data`'s training split (an ImageData or AudioData)."""
     n = len(data.train_x)
+    if getattr(data, "family", None) == "text":
+        if how != "iid":
+            raise ConfigError(f"a text run's training split is one token stream without labels: partition iid "
+                              f"(contiguous pieces), got {how}")
+        _check(n, k)
+        return [np.asarray(p) for p in np.array_split(np.arange(n), k)]
     labels = None if getattr(data, "train_y", None) is None else data.train_y.numpy()
     if how in ("dirichlet", "classes") and labels is None:
         raise ConfigError(f"partition: {how} splits by label, and this data has none: use iid")

@@ -252,8 +252,9 @@ def _listening(port: int) -> bool:
 
 
 def federate(config: str | os.PathLike, out: str | os.PathLike | None = None, *, mode: str = "simulation",
-             data_root: str | None = None, argv: list[str] | None = None) -> Path:
-    """Run (or resume) the federation that the YAML file `config` describes; the run directory."""
+             data_root: str | None = None, argv: list[str] | None = None, cores: int | None = None) -> Path:
+    """Run (or resume) the federation that the YAML file `config` describes; the run directory.
+    `cores`: simulated clients that run at once (default: the cores this process may use)."""
     from genlab.engine.lock import RunLock
     from genlab.engine.run import default_run_dir
     from genlab.extras import require
@@ -270,7 +271,10 @@ def federate(config: str | os.PathLike, out: str | os.PathLike | None = None, *,
     lock.acquire()
     try:
         prepare(fed, run_dir, data_root, argv)
-        (simulate if mode == "simulation" else run_processes)(run_dir, fed)
+        if mode == "simulation":
+            simulate(run_dir, fed, cores)
+        else:
+            run_processes(run_dir, fed)
     finally:
         lock.release()
     return run_dir

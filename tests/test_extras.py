@@ -77,7 +77,7 @@ def test_torch_is_a_range_and_constraints_pin_the_tested_versions():
 
 def test_test_extra_installs_every_family_and_all_installs_everything():
     extras = PYPROJECT["optional-dependencies"]
-    assert set(FAMILY_EXTRAS) | {"inception", "all", "test", "bench"} == set(extras)
+    assert set(FAMILY_EXTRAS) | {"inception", "all", "test", "bench", "federated"} == set(extras)
     self_ref = [Requirement(r) for r in extras["test"] if canonicalize_name(Requirement(r).name) == "genlab"]
     assert len(self_ref) == 1 and set(self_ref[0].extras) == set(FAMILY_EXTRAS)
     assert set(Requirement(extras["all"][0]).extras) == set(EXTRAS)

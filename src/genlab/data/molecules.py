@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from genlab.data.molecule_condition import CONDITION_TOKEN
-from genlab.data.text import TextData
+from genlab.data.text import TextData, cached_ids
 from genlab.errors import ConfigError, DataError
 
 log = logging.getLogger("genlab")
@@ -505,18 +505,9 @@ def _encode_cached(tok: MoleculeTokenizer, molecules: list[str]) -> torch.Tensor
         h.update(m.encode())
         h.update(b"\n")
     path = cache_dir() / "molecules" / f"ids-{h.hexdigest()[:24]}.npy"
-    if path.is_file():
-        try:
-            return torch.from_numpy(np.load(path).astype(np.int64))
-        except (OSError, ValueError):
-            pass
-    ids = encode_molecules(tok, molecules)
-    if len(molecules) >= 10_000:  # small corpora encode faster than the cache reads
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, ids.numpy().astype(np.int16 if tok.vocab_size < 32_000 else np.int32))
-        os.replace(tmp, path)
-    return ids
+    dtype = np.int16 if tok.vocab_size < 32_000 else np.int32
+    return cached_ids(path, lambda: encode_molecules(tok, molecules).numpy().astype(dtype),
+                      save=len(molecules) >= 10_000)  # small corpora encode faster than the cache reads
 
 
 # --------------------------------------------------------------------------- generation

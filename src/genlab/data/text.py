@@ -180,17 +180,23 @@ def _encode_cached(tok: Tokenizer, text: str) -> torch.Tensor:
     from genlab.data.datasets import cache_dir
 
     key = hashlib.sha256(text.encode() + b"\0" + tok.to_json().encode()).hexdigest()[:24]
-    path = cache_dir() / "text" / f"{key}.npy"
+    return cached_ids(cache_dir() / "text" / f"{key}.npy", lambda: np.asarray(tok.encode(text), dtype=np.int32))
+
+
+def cached_ids(path: Path, compute, save: bool = True) -> torch.Tensor:
+    """Token ids (int64) from the .npy cache file `path`, or `compute()`d (an integer array, in
+    the dtype to store) and saved atomically when `save`; a damaged cache file is recomputed."""
     if path.is_file():
         try:
             return torch.from_numpy(np.load(path).astype(np.int64))
         except (OSError, ValueError):
             pass
-    ids = np.asarray(tok.encode(text), dtype=np.int32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, ids)
-    os.replace(tmp, path)
+    ids = compute()
+    if save:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, ids)
+        os.replace(tmp, path)
     return torch.from_numpy(ids.astype(np.int64))
 
 

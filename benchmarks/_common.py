@@ -30,6 +30,27 @@ def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS) 
     print(f"wrote {folder / name}.md and .json", file=sys.stderr)
 
 
+def evaluate_marks(key: str, run_dir: Path, train: dict, n: int, seed: int, extras: tuple[str, ...] = (), **kw):
+    """`genlab evaluate` of the checkpoint kept at each minute mark of `train` (train_with_marks'
+    record, as the train part stores it): yields (row, metrics), the row holding the mark, step,
+    n, evaluation seconds, every metric's value and each of `extras` recorded beside a metric."""
+    from genlab.evaluation import evaluate
+
+    for mark, ck, step in zip(train["marks"], train["checkpoints"], train["steps"]):
+        report = evaluate(run_dir, n=n, seed=seed, checkpoint=ck, out=run_dir / f"report-{ck}.json", **kw)
+        m = report["metrics"]
+        row = {"preset": key, "minutes": mark, "checkpoint": ck, "step": step, "n": n,
+               "eval_seconds": report["seconds"]}
+        for k, v in m.items():
+            if k.startswith(("test_", "val_")):
+                continue
+            row[k] = v["value"]
+            for extra in extras:
+                if extra in v:
+                    row[f"{k}_{extra}"] = v[extra]
+        yield row, m
+
+
 def previous_part(path: Path, key: str, part: str) -> dict:
     """A part's value (e.g. "train") recorded for `key` in a results file by an earlier process."""
     import json

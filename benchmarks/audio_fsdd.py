@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import (RESULTS, RUNS, fresh_run_dir, machine_lines,
+from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines,
                      mean_train_throughput, previous_part, train_with_marks, write_results)
 
 import torch
@@ -61,22 +61,10 @@ def part_train(preset: str, run_dir: Path, marks: list[float], seed: int) -> dic
 
 
 def part_eval(preset: str, run_dir: Path, train: dict, n: int, seed: int, out: Path) -> list[dict]:
-    from genlab.evaluation import evaluate
-
     rows = []
-    for mark, ck, step in zip(train["marks"], train["checkpoints"], train["steps"]):
-        report = evaluate(run_dir, n=n, seed=seed, checkpoint=ck, out=run_dir / f"report-{ck}.json")
-        m = report["metrics"]
-        row = {"preset": preset, "minutes": mark, "checkpoint": ck, "step": step, "n": n,
-               "eval_seconds": report["seconds"]}
-        for k, v in m.items():
-            if k.startswith(("test_", "val_")):
-                continue
-            row[k] = v["value"]
-            for extra in ("judge_test_accuracy", "floor", "real_test", "std"):
-                if extra in v:
-                    row[f"{k}_{extra}"] = v[extra]
-        row["samples"] = write_samples(run_dir, ck, f"{preset}-{mark:g}min", seed, out)
+    for row, _ in evaluate_marks(preset, run_dir, train, n, seed,
+                                 extras=("judge_test_accuracy", "floor", "real_test", "std")):
+        row["samples"] = write_samples(run_dir, row["checkpoint"], f"{preset}-{row['minutes']:g}min", seed, out)
         rows.append(row)
     return rows
 

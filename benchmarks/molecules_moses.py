@@ -43,7 +43,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from _common import (RESULTS, RUNS, fresh_run_dir, machine_lines, previous_part, train_with_marks, write_results)
+from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, previous_part, train_with_marks,
+                     write_results)
 
 import numpy as np
 
@@ -116,18 +117,8 @@ def part_train(preset: str, run_dir: Path, marks: list[float], seed: int, overri
 
 
 def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int) -> list[dict]:
-    from genlab.evaluation import evaluate
-
     rows = []
-    for mark, ck, step in zip(train["marks"], train["checkpoints"], train["steps"]):
-        report = evaluate(run_dir, n=n, seed=seed, checkpoint=ck, out=run_dir / f"report-{ck}.json", html=False)
-        m = report["metrics"]
-        row = {"preset": key, "minutes": mark, "checkpoint": ck, "step": step, "n": n,
-               "eval_seconds": report["seconds"]}
-        for k, v in m.items():
-            if k.startswith(("test_", "val_")):
-                continue
-            row[k] = v["value"]
+    for row, m in evaluate_marks(key, run_dir, train, n, seed, html=False):
         v = m.get("validity", {})
         gen = v.get("generation_seconds")
         row["molecules_per_s"] = round(n / gen, 1) if gen else None

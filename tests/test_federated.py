@@ -19,13 +19,10 @@ import pytest
 import torch
 import yaml
 
+from genlab.errors import ConfigError
+from genlab.federated import partition as P
+from genlab.federated.config import FederationConfig
 from tests.conftest import ROOT, assert_same_tensors, weights_of
-
-flwr = pytest.importorskip("flwr")
-
-from genlab.errors import ConfigError  # noqa: E402
-from genlab.federated import partition as P  # noqa: E402
-from genlab.federated.config import FederationConfig  # noqa: E402
 
 TINY = ["model.hidden=32", "model.latent_dim=4", "train.batch_size=16", "train.amp=off", "train.schedule=constant",
         "train.warmup_steps=0", "train.eval_batches=2", "train.keep_last=10", "data.train_size=900",

@@ -13,8 +13,6 @@ import torch
 from tests.conftest import weights_of
 from tests.test_federated import fed_file, model_tensors, rounds_logged
 
-flwr = pytest.importorskip("flwr")
-
 
 @pytest.fixture(autouse=True)
 def _flower_home(tmp_path, monkeypatch):

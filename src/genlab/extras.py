@@ -26,6 +26,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "export": ("onnx", "onnxruntime", "onnxscript"),
     "explain": ("captum",),
     "molecules": ("rdkit", "selfies", "fcd_torch"),
+    "federated": ("flwr",),
 }
 
 

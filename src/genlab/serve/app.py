@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Security, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Security, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -501,21 +501,17 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
 
     @v1.post("/apply/{task}", responses={200: {"content": {"image/png": {}, "application/octet-stream": {}}}})
     async def apply_task(task: Annotated[str, PathParam(json_schema_extra={"enum": list(S.TASK_NAMES)})],
-                         form: Annotated[S.ApplyForm, Form()],
-                         image: Annotated[UploadFile | None, File(description=".png or .npz (images uint8 N x C "
-                                                                              "x H x W), as genlab apply --input")]
-                         = None,
-                         mask: Annotated[UploadFile | None, File(description="inpaint: PNG, white = fill")] = None):
+                         form: Annotated[S.ApplyForm, Form()]):
         if task not in TASKS:
             raise _json_error(404, f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         s = get(form.model)
         problem = task_problem(s.run, task, name=f"model {form.model}")
         if problem:
             raise _json_error(404, field_message(problem))
-        if mask is not None and form.mask_name is not None:
+        if form.mask is not None and form.mask_name is not None:
             raise ConfigError("mask, mask_name: send a mask file or a mask_name, not both")
-        image_bytes = await read_upload(image, "image")
-        mask_bytes = await read_upload(mask, "mask")
+        image_bytes = await read_upload(form.image, "image")
+        mask_bytes = await read_upload(form.mask, "mask")
         options = {"mask": form.mask_name, "sigma": form.sigma, "seeds": form.seed_pair(), "steps": form.steps,
                    "label": form.label, "sampling_steps": form.sampling_steps, "guidance": form.guidance,
                    "strength": form.strength, "direction": form.direction}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from fastapi import UploadFile
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 SEED_MAX = 2**63 - 1
@@ -77,9 +78,14 @@ class TextRequest(_Strict):
 
 
 class ApplyForm(BaseModel):
-    """The multipart fields of POST /v1/apply/{task} besides the `image` and `mask` files."""
+    """The multipart fields of POST /v1/apply/{task}, the `image` and `mask` files among them (one
+    form model: FastAPI 0.138, which Flower pins, does not mix a form model with separate File
+    parameters)."""
 
     model: ModelId
+    image: UploadFile | None = Field(None, description=".png or .npz (images uint8 N x C x H x W), as "
+                                                       "genlab apply --input")
+    mask: UploadFile | None = Field(None, description="inpaint: PNG, white = fill")
     mask_name: Literal["center", "left-half", "bottom-half", "boxes"] | None = Field(
         None, description="inpaint: a named mask (default center when no mask file is sent)")
     sigma: float | None = Field(None, gt=0, le=100, description="denoise: noise std on the [0, 1] pixel scale")

@@ -204,16 +204,12 @@ PRESETS.update({
         },
     ),
     # SMILES VAE (genlab.models.smilesvae: MOSES's VAE shape, CPU-sized), one molecule a row.
-    # Sizing, measured on core 1 of this machine's Xeon (one thread, 2026-12-02, data.max_molecules=20000;
-    # the step time does not depend on how many molecules are loaded): 0.84 s of CPU time a step (mean of
-    # 20 steps after 2 warm-up ones, 0.82 in a second measurement; batches of 128 MOSES molecules, 37
-    # tokens a row with the markers; the wall time was 2.4 s a step because other jobs shared the core).
-    # So 30 CPU minutes buy ~2,100 steps (~270k molecules, a sixth of an epoch of MOSES train) and 60
-    # minutes ~4,300 (~550k): the 3,000 steps below take ~42 CPU minutes, and the KL weight reaches 0.05
-    # after 2,000 steps (~28 minutes), so a run cut after 30 minutes of an unshared core (--minutes 30:
-    # the budget is wall time) has finished its warm-up. MOSES's shape (GRU
-    # encoder of 256, decoder of 3 x 512) measured 1.86 s of CPU a step at the same batch size: less than
-    # half as many molecules an hour.
+    # Step time, batches of 128 MOSES molecules (37 tokens a row with the markers), one thread: 0.84 s
+    # of CPU on the Xeon without bf16 autocast (2026-12-02), 0.42 s with bf16 on the Xeon with AMX
+    # (2.4 steps/s, 2026-12-03). The 10,000 steps are more than an hour buys on either: a run with a
+    # time budget (--minutes, the benchmark's 30 and 60) anneals the learning rate by the clock. The
+    # KL weight reaches 0.05 after 2,000 steps. MOSES's own shape (GRU encoder of 256, decoder of
+    # 3 x 512) measured 1.86 s of CPU a step without autocast: less than half as many molecules an hour.
     "smiles-vae-moses": Preset(
         "SMILES VAE on MOSES (bidirectional GRU encoder of 2 x 128, latent 128, GRU decoder of 2 x 384 fed z at "
         "every token), KL weight 0 -> 0.05 over 2,000 steps; MOSES metrics in genlab evaluate, latent "
@@ -224,8 +220,8 @@ PRESETS.update({
                       "kl_w_start": 0.0, "kl_w_end": 0.05},
             "data": dict(_MOSES_SMILES),
             "train": {"optimizer": "adam", "lr": 1e-3, "grad_clip": 1.0, "warmup_steps": 50, "min_lr_ratio": 0.1,
-                      "steps": 3000, "batch_size": 128, "log_every": 50, "eval_every": 500, "eval_batches": 10,
-                      "sample_every": 500, "ckpt_every": 500},
+                      "steps": 10_000, "batch_size": 128, "log_every": 50, "eval_every": 500, "eval_batches": 10,
+                      "sample_every": 1000, "ckpt_every": 500},
         },
     ),
 })

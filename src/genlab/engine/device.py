@@ -10,6 +10,7 @@ import platform
 import shutil
 import time
 from functools import lru_cache
+from typing import Callable
 
 import torch
 
@@ -100,6 +101,42 @@ def cpu_bf16_is_fast() -> bool:
 
         atomic_write_json(path, known)
     return bool(known[key]["fast"])
+
+
+def faster_precision(step: Callable[[torch.dtype | None], None], key: str, reps: int = 3) -> dict:
+    """Whether one model's training step runs faster under bf16 autocast than in fp32 on this CPU.
+
+    `step(dtype)` runs the step (forward and backward; dtype None = fp32); it is timed both ways,
+    alternating, best of `reps` each after one warm-up of each. bf16 is chosen only when at least
+    10% faster: small models often lose (the casts and the elementwise ops cost more than the
+    matmuls save), large ones gain several-fold where the CPU has AMX. The answer is cached under
+    `key` (the model and batch shapes) with the CPU model, torch version and thread count, so
+    every run of one configuration on one machine trains in the same precision.
+
+    Returns {"choice": "bf16" | "off", "fp32_s": seconds, "bf16_s": seconds}.
+    """
+    from genlab.data.datasets import cache_dir
+    from genlab.engine.checkpoint import atomic_write_json
+
+    path = cache_dir() / "amp_probe.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    full = f"{cpu_model()}|{torch.__version__}|{torch.get_num_threads()}|{key}"
+    if full not in known:
+        times: dict[str, list[float]] = {"off": [], "bf16": []}
+        for dtype in (None, torch.bfloat16):
+            step(dtype)
+        for _ in range(reps):
+            for name, dtype in (("off", None), ("bf16", torch.bfloat16)):
+                t0 = time.perf_counter()
+                step(dtype)
+                times[name].append(time.perf_counter() - t0)
+        f32, bf16 = min(times["off"]), min(times["bf16"])
+        known[full] = {"choice": "bf16" if bf16 < 0.9 * f32 else "off", "fp32_s": f32, "bf16_s": bf16}
+        atomic_write_json(path, known)
+    return known[full]
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:

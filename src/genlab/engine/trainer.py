@@ -23,6 +23,8 @@ Private training (privacy.*, image runs): the optimisers that read data draw Poi
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import signal
@@ -38,7 +40,7 @@ from genlab.config import RunConfig
 from genlab.data.datasets import BatchOrder, ImageData  # noqa: F401  (BatchOrder: re-exported)
 from genlab.data.transforms import BatchPipeline
 from genlab.engine import checkpoint as ckpt
-from genlab.engine.device import autocast_dtype
+from genlab.engine.device import autocast_dtype, faster_precision
 from genlab.engine.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_module
 from genlab.engine.logs import RunLog, is_total_loss
 from genlab.engine.optim import EMA, build_optimizer, lr_at
@@ -63,6 +65,7 @@ class TrainState:
     evals_since_best: int = 0
     last_eval_step: int | None = None  # step of the latest validation (none twice at one step)
     stop_reason: str | None = None  # steps | minutes | early_stop, once finished
+    amp: str | None = None  # the precision the run trains in (bf16 | off), chosen at its start (Trainer.choose_precision)
 
 
 def trainable_groups(model: GenerativeModel) -> dict[str, list[nn.Parameter]]:
@@ -173,6 +176,52 @@ class Trainer:
             self.private.restore(c.state.get("privacy"), c.name)
         self.state = TrainState(**c.state["state"])
 
+    # ------------------------------------------------------------------ precision
+    def choose_precision(self) -> None:
+        """train.amp=auto on a CPU whose bf16 matmuls are fast: bf16 autocast only if this model's
+        own training step is faster in it (genlab.engine.device.faster_precision), decided once
+        at the start of the run and kept in its checkpoints, so a resumed run continues in the
+        precision it began in. bf16 / off (and auto elsewhere) are taken as they are."""
+        if self.t.amp != "auto" or self.amp_dtype is None or self.device.type != "cpu":
+            self.state.amp = "off" if self.amp_dtype is None else "bf16"
+        elif self.state.amp is None:
+            self.state.amp = self._probe_precision()
+        self.amp_dtype = torch.bfloat16 if self.state.amp == "bf16" else None
+
+    def _probe_precision(self) -> str:
+        """Time one forward and backward of the first optimiser's loss on a training batch in fp32
+        and in bf16; the weights, buffers (e.g. batch-norm statistics), gradients and the random
+        state are as before afterwards. Every process probes; bf16 only if all of them chose it."""
+        oname = self.plan[0][0]
+        saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+        rng = torch.get_rng_state()
+        torch.manual_seed(derive_seed(self.t.seed, "precision"))
+        batch = self.feeder.train_batch(0, 0, self.micro, self.device)
+        shape = {k: list(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        cfg = self.cfg.to_dict()
+        key = hashlib.sha256(json.dumps([type(self.model).__name__, cfg["model"], cfg["data"], oname, shape],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+        def step(dtype: torch.dtype | None) -> None:
+            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                out = self.model.loss(batch, oname)
+            out["loss"].backward()
+
+        self.model.train()
+        try:
+            found = faster_precision(step, key)
+        finally:
+            self.model.load_state_dict(saved)
+            for p in self.model.parameters():
+                p.grad = None
+            torch.set_rng_state(rng)
+        votes = all_reduce_sum(torch.tensor([float(found["choice"] == "bf16")]), self.dist)
+        choice = "bf16" if votes.item() == self.dist.world else "off"
+        log.info("precision: %s (this model's training step measured fp32 %.1f ms, bf16 %.1f ms; "
+                 "train.amp=bf16 or off to choose)", "bf16 autocast" if choice == "bf16" else "fp32",
+                 found["fp32_s"] * 1e3, found["bf16_s"] * 1e3)
+        return choice
+
     def request_stop(self, reason: str = "signal") -> None:
         """Finish the current step, checkpoint and return (used by signal handlers and tests)."""
         self._stop_requested = reason
@@ -186,6 +235,7 @@ class Trainer:
                      self.state.elapsed / 60)
             self.log.truncate_after(self.state.step)
         broadcast_module(self.model, self.dist)
+        self.choose_precision()
         if self.ema and latest is None:
             self.ema.module.load_state_dict(self.model.state_dict())
         self.state.stop_reason = None
@@ -280,6 +330,7 @@ class Trainer:
                               "federation's client_dp")
         self.opts = {name: build_optimizer(params, self.t) for name, params in self.groups.items()}
         self.steppers = dict(self.opts)
+        self.choose_precision()
         self.state.step = first_step
         self.state.batches = first_step * sum(r for _, r in self.plan)
         self.penalty, totals = penalty, {}

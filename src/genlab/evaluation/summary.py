@@ -118,6 +118,8 @@ def summary_text(run_dir: Path) -> str:
             budget += f" (or {cfg.train.minutes:g} min)"
         secs = s.get("elapsed", 0)
         how = f"{budget}, " + (f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.1f} s") + " of training"
+        if s.get("amp"):  # the precision it trained in (train.amp=auto: chosen by timing the model's step)
+            how += " in bf16 autocast" if s["amp"] == "bf16" else " in fp32"
         reason = s.get("stop_reason")
         if is_finished(cfg, state):
             how += f", finished ({reason})"

@@ -81,26 +81,34 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: fl
     return 2 * n**3 / best / 1e9
 
 
-@lru_cache(maxsize=None)
-def cpu_bf16_is_fast() -> bool:
-    """True when bf16 matmuls run clearly faster than fp32 on this CPU (e.g. AMX on recent
-    Xeons); the answer is cached per CPU model and torch version in genlab's cache."""
+def _measured_once(file: str, key: str, measure: Callable[[], dict]) -> dict:
+    """`measure()` for this machine (CPU model, torch version, thread count) and `key`, kept in
+    genlab's cache file `file`: measured the first time, read back after."""
     from genlab.data.datasets import cache_dir
+    from genlab.engine.checkpoint import atomic_write_json
 
-    key = f"{cpu_model()}|{torch.__version__}|{torch.get_num_threads()}"
-    path = cache_dir() / "bf16_probe.json"
+    path = cache_dir() / file
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
-    if key not in known:
+    full = "|".join(k for k in (cpu_model(), torch.__version__, str(torch.get_num_threads()), key) if k)
+    if full not in known:
+        known[full] = measure()
+        atomic_write_json(path, known)
+    return known[full]
+
+
+@lru_cache(maxsize=None)
+def cpu_bf16_is_fast() -> bool:
+    """True when bf16 matmuls run clearly faster than fp32 on this CPU (e.g. AMX on recent
+    Xeons); the answer is cached per CPU model and torch version in genlab's cache."""
+    def measure() -> dict:
         f32 = matmul_gflops(torch.float32, 512, 0.2)
         bf16 = matmul_gflops(torch.bfloat16, 512, 0.2)
-        known[key] = {"fp32_gflops": f32, "bf16_gflops": bf16, "fast": bf16 > 1.5 * f32}
-        from genlab.engine.checkpoint import atomic_write_json
+        return {"fp32_gflops": f32, "bf16_gflops": bf16, "fast": bf16 > 1.5 * f32}
 
-        atomic_write_json(path, known)
-    return bool(known[key]["fast"])
+    return bool(_measured_once("bf16_probe.json", "", measure)["fast"])
 
 
 def faster_precision(step: Callable[[torch.dtype | None], None], key: str, reps: int = 3) -> dict:
@@ -115,16 +123,7 @@ def faster_precision(step: Callable[[torch.dtype | None], None], key: str, reps:
 
     Returns {"choice": "bf16" | "off", "fp32_s": seconds, "bf16_s": seconds}.
     """
-    from genlab.data.datasets import cache_dir
-    from genlab.engine.checkpoint import atomic_write_json
-
-    path = cache_dir() / "amp_probe.json"
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    full = f"{cpu_model()}|{torch.__version__}|{torch.get_num_threads()}|{key}"
-    if full not in known:
+    def measure() -> dict:
         times: dict[str, list[float]] = {"off": [], "bf16": []}
         for dtype in (None, torch.bfloat16):
             step(dtype)
@@ -134,9 +133,9 @@ def faster_precision(step: Callable[[torch.dtype | None], None], key: str, reps:
                 step(dtype)
                 times[name].append(time.perf_counter() - t0)
         f32, bf16 = min(times["off"]), min(times["bf16"])
-        known[full] = {"choice": "bf16" if bf16 < 0.9 * f32 else "off", "fp32_s": f32, "bf16_s": bf16}
-        atomic_write_json(path, known)
-    return known[full]
+        return {"choice": "bf16" if bf16 < 0.9 * f32 else "off", "fp32_s": f32, "bf16_s": bf16}
+
+    return _measured_once("amp_probe.json", key, measure)
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:

@@ -4,6 +4,15 @@ bigger `gpt-shakespeare` reaches in 30 CPU minutes.
     .venv/bin/python benchmarks/gpt_shakespeare.py                  # both parts
     .venv/bin/python benchmarks/gpt_shakespeare.py --part cpu       # gpt-shakespeare-cpu only
     .venv/bin/python benchmarks/gpt_shakespeare.py --part 30min     # gpt-shakespeare, 30 CPU minutes
+    .venv/bin/python benchmarks/gpt_shakespeare.py --compare-nanogpt PATH   # nanoGPT back to back
+
+--compare-nanogpt PATH (a nanoGPT checkout, or its bare git directory; also $NANOGPT) runs, one
+after another on this machine: nanoGPT's documented CPU command (train.py with its README's
+flags, on a temporary copy of the checkout, with tiny Shakespeare from GENLAB_DATA), then
+`genlab train gpt-shakespeare-muon` and `genlab train gpt-shakespeare-cpu`, each as its own
+process, timing the whole command. All three final models are then scored on the same 2,048
+val windows of 65 characters (nanoGPT's with its own model code, benchmarks/_nanogpt_driver.py),
+and generate 500 characters at batch 1 (nanoGPT: `model.generate` as its sample.py calls it).
 
 Writes benchmarks/results/gpt-shakespeare.{json,md} (a part run alone keeps the other part's
 figures). Validation loss: mean next-token cross-entropy (nats/token) over 2,048 random
@@ -20,7 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -112,6 +128,114 @@ def part_30min(seed: int, threads: int | None, minutes: float) -> dict:
     }
 
 
+def nanogpt_copy(path: Path, into: Path) -> Path:
+    """A scratch copy of the user's nanoGPT (a checkout or a bare git directory) with tiny
+    Shakespeare prepared by its own prepare.py from genlab's data folder."""
+    tree = into / "nanoGPT"
+    if (path / "train.py").is_file():
+        shutil.copytree(path, tree, ignore=shutil.ignore_patterns(".git", "out*", "*.bin"))
+    elif (path / "HEAD").is_file():  # a bare repository: its newest commit
+        tree.mkdir()
+        archive = subprocess.run(["git", "--git-dir", str(path), "archive", "HEAD"], check=True, capture_output=True)
+        subprocess.run(["tar", "x", "-C", str(tree)], input=archive.stdout, check=True)
+    else:
+        sys.exit(f"--compare-nanogpt: {path} is neither a nanoGPT checkout (no train.py) nor a git directory")
+    from genlab.data.datasets import resolve_data_root
+
+    src = (resolve_data_root() or Path("../shared/data")) / "shakespeare" / "input.txt"
+    if not src.is_file():
+        sys.exit(f"--compare-nanogpt: {src} not found (set GENLAB_DATA to the shared data folder)")
+    shutil.copy(src, tree / "data" / "shakespeare_char" / "input.txt")  # prepare.py downloads only without it
+    subprocess.run([sys.executable, "data/shakespeare_char/prepare.py"], cwd=tree, check=True, capture_output=True)
+    return tree
+
+
+NANOGPT_CPU_FLAGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+                     "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+                     "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
+
+
+def val_windows(text: str, n: int = 2048, length: int = 65, seed: int = 0) -> list[str]:
+    """n random windows of `length` characters of the val split (the last 10%), fixed by seed."""
+    val = text[int(len(text) * 0.9):]
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(val) - length, (n,), generator=g).tolist()
+    return [val[s:s + length] for s in starts]
+
+
+@torch.no_grad()
+def window_loss(model, tokenizer, windows: list[str]) -> float:
+    """Mean next-token cross-entropy (nats/token) of a genlab text model over the windows."""
+    ids = torch.tensor([tokenizer.encode(w) for w in windows])
+    total, count = 0.0, 0
+    model.eval()
+    for i in range(0, len(ids), 64):
+        chunk = ids[i:i + 64]
+        total += float(model.loss({"x": chunk[:, :-1], "y": chunk[:, 1:]})["loss"]) * chunk[:, 1:].numel()
+        count += chunk[:, 1:].numel()
+    return total / count
+
+
+def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
+    """Run a command to completion; (wall seconds, its output). A failure stops the benchmark."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    return wall, r.stdout + r.stderr
+
+
+def part_nanogpt(path: Path, seed: int) -> dict:
+    """nanoGPT's CPU run and genlab's two presets, back to back, scored on the same windows."""
+    m = machine_info()
+    with tempfile.TemporaryDirectory(prefix="genlab-nanogpt-") as tmp:
+        tree = nanogpt_copy(path, Path(tmp))
+        text_path = tree / "data" / "shakespeare_char" / "input.txt"
+        windows = val_windows(text_path.read_text(), seed=seed)
+        load0 = load_avg()
+        wall, out = timed([sys.executable, "train.py", *NANOGPT_CPU_FLAGS], cwd=tree)
+        iter_ms = [float(x) for x in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", out, re.M)]
+        evals = re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", out, re.M)
+        spec = Path(tmp) / "windows.json"
+        spec.write_text(json.dumps({"windows": windows, "prompt": "\n", "new_tokens": 500}))
+        res = Path(tmp) / "nanogpt.json"
+        subprocess.run([sys.executable, str(Path(__file__).parent / "_nanogpt_driver.py"), "out-shakespeare-char",
+                        str(spec), str(res)], cwd=tree, check=True)
+        ng = json.loads(res.read_text())
+    c = NANOGPT_CPU_FLAGS
+    T, L, C = 64, 4, 128
+    ng_tokens_per_s = 12 * T / (statistics.median(iter_ms[1:]) / 1000)
+    ng_fpt = 6 * ng["params_without_positions"] + 12 * L * T * C
+    nano = {"command": "python train.py " + " ".join(c), "wall_seconds": round(wall, 1),
+            "val_loss_windows": ng["val_loss"], "own_val_estimate": float(evals[-1][2]) if evals else None,
+            "checkpoint_iter": ng["iter_num"], "median_ms_per_iter": statistics.median(iter_ms[1:]),
+            "train_tokens_per_s": round(ng_tokens_per_s), "flops_per_token": ng_fpt,
+            "mfu": ng_tokens_per_s * ng_fpt / (m["matmul_fp32_gflops"] * 1e9),
+            "gen_tokens_per_s": round(ng["gen_tokens_per_s"]), "params": ng["params"], "load_before": load0}
+    runs = {}
+    for preset in ("gpt-shakespeare-muon", "gpt-shakespeare-cpu"):
+        run_dir = fresh_run_dir(f"nanogpt-compare-{preset}")
+        load0 = load_avg()
+        wall, _ = timed([sys.executable, "-m", "genlab", "train", preset, "--out", str(run_dir), "--seed", str(seed)])
+        run = genlab.load(run_dir)
+        st = run.checkpoint.state["state"]
+        tps = mean_train_throughput(run_dir)
+        fpt = flops_per_token(run.model)
+        runs[preset] = {
+            "command": f"genlab train {preset}", "wall_seconds": round(wall, 1), "steps": st["step"],
+            "train_seconds": round(st["elapsed"], 1), "precision": st.get("amp"),
+            "val_loss_windows": window_loss(run.model, run.tokenizer, windows),
+            "train_tokens_per_s": round(tps), "flops_per_token": fpt,
+            "mfu": tps * fpt / (m["matmul_fp32_gflops"] * 1e9),
+            "gen_tokens_per_s": {k: round(generation_rate(run.model, run.tokenizer, 500, use_cache=k == "kv_cache"))
+                                 for k in ("kv_cache", "no_cache")},
+            "optimizer": run.cfg.train.optimizer, "batch_size": run.cfg.train.batch_size, "load_before": load0,
+        }
+    return {"machine": m, "seed": seed, "threads": torch.get_num_threads(), "windows": len(windows),
+            "nanogpt": nano, "genlab": runs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=["cpu", "30min", "both"], default="both")
@@ -119,6 +243,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's, all cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
+    ap.add_argument("--compare-nanogpt", metavar="PATH", default=os.environ.get("NANOGPT"),
+                    help="a nanoGPT checkout (or $NANOGPT): run it and genlab back to back (this part only)")
     a = ap.parse_args()
     path = RESULTS / "gpt-shakespeare.json"
     d = json.loads(path.read_text()) if path.is_file() else {"benchmark": "gpt-shakespeare"}
@@ -126,9 +252,11 @@ def main() -> None:
         if a.threads:
             torch.set_num_threads(a.threads)
         new = {}
-        if a.part in ("cpu", "both"):
+        if a.compare_nanogpt:
+            new["nanogpt_compare"] = part_nanogpt(Path(a.compare_nanogpt), a.seed)
+        elif a.part in ("cpu", "both"):
             new["cpu"] = part_cpu(a.seed, a.threads)
-        if a.part in ("30min", "both"):
+        if a.part in ("30min", "both") and not a.compare_nanogpt:
             new["30min"] = part_30min(a.seed, a.threads, a.minutes)
         # re-read: the parts may run as two processes at once, each keeping the other's figures
         d = json.loads(path.read_text()) if path.is_file() else {"benchmark": "gpt-shakespeare"}
@@ -140,6 +268,9 @@ def render(d: dict) -> str:
     """The results page, from the JSON alone."""
     out = ["# gpt-shakespeare benchmark\n",
            "Command: `.venv/bin/python benchmarks/gpt_shakespeare.py` (parts: `--part cpu`, `--part 30min`)\n"]
+    cmp_ = d.get("nanogpt_compare")
+    if cmp_:
+        out.append(render_compare(cmp_))
     c = d.get("cpu")
     ref = d.get("nanogpt", NANOGPT)
     if c:
@@ -201,3 +332,42 @@ ROMEO:{t['sample']}
 
 if __name__ == "__main__":
     main()
+
+
+def render_compare(c: dict) -> str:
+    """The back-to-back table of --compare-nanogpt."""
+    n, g = c["nanogpt"], c["genlab"]
+    fast, same = g["gpt-shakespeare-muon"], g["gpt-shakespeare-cpu"]
+    m = c["machine"]
+    rows = [("nanoGPT, its README's CPU command (AdamW, batch 12, 2,000 iterations)", n, n["gen_tokens_per_s"], None),
+            ("genlab `gpt-shakespeare-muon` (Muon, batch 16, 400 steps)", fast, fast["gen_tokens_per_s"]["kv_cache"],
+             fast["gen_tokens_per_s"]["no_cache"]),
+            ("genlab `gpt-shakespeare-cpu` (nanoGPT's recipe: AdamW, batch 12, 2,000 steps)", same,
+             same["gen_tokens_per_s"]["kv_cache"], same["gen_tokens_per_s"]["no_cache"])]
+    lines = [f"""## Back to back with nanoGPT (`--compare-nanogpt PATH`)
+
+One process after another on this machine, nothing else running, {c['threads']} torch threads each; the wall
+time is the whole command (imports, data, training, periodic validation, checkpoints; genlab also writes its
+report and sample grid). All models have nanoGPT's CPU shape (4 layers, 4 heads, 128 wide, block 64; genlab
+uses rotary positions, nanoGPT a learned table). Validation loss: mean next-token cross-entropy over the same
+{c['windows']:,} random val windows of 64 predicted characters for all three (nanoGPT's model scored by its own
+code). Generation: 500 characters at batch 1 from a newline, temperature 0.8, best of 3 (nanoGPT:
+`model.generate` with top_k 200, as its sample.py, recomputing the context window for every character).
+MFU: model FLOPs (6N + 12LTC per token, nanoGPT's estimate_mfu) at the mean training throughput, against the
+fp32 matmul peak measured in the same run ({m['matmul_fp32_gflops']:.0f} GFLOP/s; all three train in fp32).
+
+{machine_lines(m)}
+| run | wall time | vs nanoGPT | val loss | training tokens/s | MFU | generation tokens/s (batch 1) |
+|---|---|---|---|---|---|---|"""]
+    for name, r, gen, nocache in rows:
+        ratio = r["wall_seconds"] / n["wall_seconds"]
+        gen_s = f"{gen:,} ({gen / n['gen_tokens_per_s']:.1f}x)" + (f"; {nocache:,} without cache" if nocache else "")
+        lines.append(f"| {name} | {r['wall_seconds']:.1f} s | {ratio:.2f}x | {r['val_loss_windows']:.4f} | "
+                     f"{r['train_tokens_per_s']:,} | {100 * r['mfu']:.1f}% | {gen_s} |")
+    lines.append(f"""
+nanoGPT's own estimate of its val loss at iteration {n['checkpoint_iter']} (20 x 12 windows): {n['own_val_estimate']}.
+nanoGPT command (in a scratch copy of the checkout): `{n['command']}`; its training throughput is from its
+median iteration time ({n['median_ms_per_iter']:.1f} ms, evaluation excluded). genlab's from its training log.
+Command: `.venv/bin/python benchmarks/gpt_shakespeare.py --compare-nanogpt PATH` (seed {c['seed']}).
+""")
+    return "\n".join(lines)

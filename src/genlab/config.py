@@ -95,8 +95,9 @@ class TrainConfig:
     schedule_steps: int | None = None
     batch_size: int = 128
     accum: int = 1  # gradient accumulation micro-batches per step
-    optimizer: str = "adam"  # adam | adamw
+    optimizer: str = "adam"  # adam | adamw | muon (Muon for Linear/Conv weights, AdamW for the rest)
     lr: float = 1e-3
+    muon_lr: float = 0.02  # the Muon matrices' learning rate (train.optimizer=muon), scheduled like lr
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     schedule: str = "cosine"  # cosine | constant
@@ -373,7 +374,8 @@ def validate_run(cfg: RunConfig) -> None:
         (t.lr > 0, "train.lr must be > 0"),
         (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
         (t.keep_last >= 1, "train.keep_last must be >= 1"),
-        (t.optimizer in ("adam", "adamw"), f"train.optimizer must be adam or adamw, got {t.optimizer!r}"),
+        (t.optimizer in ("adam", "adamw", "muon"), f"train.optimizer must be adam, adamw or muon, got {t.optimizer!r}"),
+        (t.muon_lr > 0, "train.muon_lr must be > 0"),
         (t.schedule in ("cosine", "constant"), f"train.schedule must be cosine or constant, got {t.schedule!r}"),
         (t.amp in ("auto", "bf16", "off"), f"train.amp must be auto, bf16 or off, got {t.amp!r}"),
         (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),

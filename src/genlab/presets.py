@@ -141,6 +141,19 @@ PRESETS.update({
                       "eval_batches": 20, "sample_every": 1000, "ckpt_every": 500},
         },
     ),
+    "gpt-shakespeare-muon": Preset(
+        "gpt-shakespeare-cpu's model trained for speed: Muon on the weight matrices (AdamW on embeddings "
+        "and gains), batch 16, 400 steps",
+        {
+            "model": {"name": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0,
+                      "position": "rope"},
+            "data": dict(_SHAKESPEARE_CHAR),
+            # lr (embeddings, AdamW) and muon_lr from a short sweep (benchmarks/results/gpt-shakespeare.md)
+            "train": {**_NANOGPT_TRAIN, "optimizer": "muon", "lr": 6e-3, "muon_lr": 0.04, "warmup_steps": 20,
+                      "steps": 400, "batch_size": 16, "log_every": 50, "eval_every": 200, "eval_batches": 20,
+                      "sample_every": 400, "ckpt_every": 200},
+        },
+    ),
     "gpt-shakespeare": Preset(
         "char GPT as nanoGPT's shakespeare_char (6 layers, 6 heads, 384 wide, block 256, batch 64, dropout 0.2), "
         "rotary positions",

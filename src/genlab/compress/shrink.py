@@ -36,7 +36,7 @@ from torch import nn
 
 from genlab.compress.newrun import Compressed
 from genlab.engine import checkpoint as ckpt
-from genlab.engine.optim import build_optimizer
+from genlab.engine.optim import build_optimizer, muon_matrices
 from genlab.errors import ConfigError, ShapeError
 
 PRODUCERS = (nn.Linear, nn.modules.conv._ConvNd)
@@ -273,7 +273,8 @@ def _fresh_optimizers(model: nn.Module, train_cfg) -> tuple[dict[str, torch.Tens
     """Empty optimiser states for `model` (moments start at zero), as a checkpoint holds them."""
     tensors, meta = {}, {}
     for name, params in model.optimizers().items():
-        t, meta[name] = ckpt.optimizer_to_flat(build_optimizer(params, train_cfg), f"optim.{name}")
+        opt = build_optimizer(params, train_cfg, muon_matrices(model))
+        t, meta[name] = ckpt.optimizer_to_flat(opt, f"optim.{name}")
         tensors.update(t)
     return tensors, meta
 

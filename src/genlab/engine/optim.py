@@ -7,8 +7,11 @@ import math
 
 import torch
 from torch import nn
+from torch.optim.adamw import adamw
 
 from genlab.config import TrainConfig
+from genlab.engine.device import cpu_bf16_is_fast
+from genlab.errors import ConfigError
 
 
 def lr_at(step: int, total_steps: int, base_lr: float, *, warmup: int = 0, schedule: str = "cosine",
@@ -25,15 +28,109 @@ def lr_at(step: int, total_steps: int, base_lr: float, *, warmup: int = 0, sched
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig, matrices: set[int] = frozenset()
+                    ) -> torch.optim.Optimizer:
+    """The optimiser of `params` that cfg.optimizer names. `matrices`: ids of the parameters Muon
+    orthogonalises (`muon_matrices(model)`); with adam/adamw it is unused."""
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    if cfg.optimizer != "muon":
+        matrices = frozenset()
     groups: list = params
-    if cfg.weight_decay > 0:
+    if cfg.weight_decay > 0 or cfg.optimizer == "muon":
         # Decay weight matrices and embeddings only, not biases or norm gains (as nanoGPT, minGPT).
-        groups = [g for g in ({"params": [p for p in params if p.dim() >= 2]},
+        groups = [g for g in ({"params": [p for p in params if p.dim() >= 2 and id(p) not in matrices]},
                               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}) if g["params"]]
+    if cfg.optimizer == "muon":
+        hidden = [p for p in params if id(p) in matrices]
+        if not hidden:
+            raise ConfigError("train.optimizer=muon found no weight matrix of a Linear or Conv layer to orthogonalise; "
+                              "use train.optimizer=adamw")
+        groups.append({"params": hidden, "muon": True, "lr_ratio": cfg.muon_lr / cfg.lr, "weight_decay": 0.0})
+        return Muon(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     # fused=True: one kernel for the whole update (CPU and CUDA), faster than foreach.
     return cls(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
+
+
+def muon_matrices(model: nn.Module) -> set[int]:
+    """ids of the weights Muon updates: those of Linear and Conv layers (2-D or more), except in
+    modules whose names start with one of the model's `muon_exclude` prefixes (an output layer
+    that is not tied to an embedding). Embeddings, biases and norm gains stay with AdamW."""
+    exclude = tuple(getattr(model, "muon_exclude", ()))
+    out = set()
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and not (exclude and name.startswith(exclude)):
+            if m.weight.requires_grad:
+                out.add(id(m.weight))
+    return out
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """An approximately orthogonal matrix with g's singular vectors (U S' V^T, S' ~ 0.7-1.2):
+    Muon's quintic Newton-Schulz iteration (coefficients 3.4445, -4.7750, 2.0315, Jordan et al.
+    2024) on a stack of matrices g (n, A, B), in g's dtype."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    tall = g.shape[-2] > g.shape[-1]
+    x = g.mT if tall else g  # (n, short, long): the Gram matrix is the small one
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # (aI + bG + cG^2) x
+    return x.mT if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (momentum orthogonalised by Newton-Schulz; Jordan et al. 2024) for the groups marked
+    `muon`, AdamW for the others (embeddings, gains, biases), in one optimiser the engine steps,
+    schedules and checkpoints like any other.
+
+    A Muon group's learning rate is the scheduled lr times its `lr_ratio` (train.muon_lr /
+    train.lr), scaled per matrix by sqrt(max(1, rows / cols)) as in the reference (torch.optim.Muon's
+    "original"); its weight decay, if a group sets one, is decoupled, p *= 1 - lr * weight_decay
+    (build_optimizer sets none, as the reference Muon). Momentum 0.95, Nesterov.
+    Matrices of one shape are orthogonalised together (one batched matmul per iteration), in
+    bfloat16 as the reference, except on CPUs where bfloat16 matmuls are not faster (float32)."""
+
+    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 weight_decay: float = 0.0, momentum: float = 0.95, ns_steps: int = 5, eps: float = 1e-8):
+        super().__init__(groups, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, momentum=momentum,
+                                      ns_steps=ns_steps, eps=eps, muon=False, lr_ratio=1.0))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for g in self.param_groups:
+            ps = [p for p in g["params"] if p.grad is not None]
+            if ps:
+                (self._muon if g["muon"] else self._adamw)(g, ps)
+
+    def _adamw(self, g: dict, ps: list[torch.Tensor]) -> None:
+        for p in ps:
+            if not self.state[p]:
+                self.state[p] = {"step": torch.zeros((), dtype=torch.float32), "exp_avg": torch.zeros_like(p),
+                                 "exp_avg_sq": torch.zeros_like(p)}
+        st = [self.state[p] for p in ps]
+        adamw(ps, [p.grad for p in ps], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                                [], [s["step"] for s in st], fused=True, amsgrad=False, beta1=g["betas"][0],
+                                beta2=g["betas"][1], lr=g["lr"], weight_decay=g["weight_decay"], eps=g["eps"],
+                                maximize=False)
+
+    def _muon(self, g: dict, ps: list[torch.Tensor]) -> None:
+        lr, mu = g["lr"] * g["lr_ratio"], g["momentum"]
+        by_shape: dict[tuple, list[torch.Tensor]] = {}
+        for p in ps:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            by_shape.setdefault(tuple(p.shape), []).append(p)
+        for shape, same in by_shape.items():
+            bufs = [self.state[p]["momentum_buffer"] for p in same]
+            grads = [p.grad for p in same]
+            torch._foreach_lerp_(bufs, grads, 1 - mu)
+            upd = torch.stack([gr.lerp(b, mu).flatten(1) for gr, b in zip(grads, bufs)])  # Nesterov, (n, A, B)
+            dtype = torch.bfloat16 if upd.is_cuda or cpu_bf16_is_fast() else torch.float32
+            upd = newton_schulz(upd.to(dtype), g["ns_steps"]).to(same[0].dtype)
+            scale = lr * math.sqrt(max(1.0, upd.shape[1] / upd.shape[2]))
+            if g["weight_decay"]:
+                torch._foreach_mul_(same, 1 - lr * g["weight_decay"])
+            torch._foreach_add_(same, [u.view(shape) for u in upd.unbind(0)], alpha=-scale)
 
 
 def ema_decay_at(step: int, decay: float) -> float:

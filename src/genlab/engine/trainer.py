@@ -43,7 +43,7 @@ from genlab.engine import checkpoint as ckpt
 from genlab.engine.device import autocast_dtype, faster_precision
 from genlab.engine.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_module
 from genlab.engine.logs import RunLog, is_total_loss
-from genlab.engine.optim import EMA, build_optimizer, lr_at
+from genlab.engine.optim import EMA, build_optimizer, lr_at, muon_matrices
 from genlab.engine.privacy import PrivateTraining, privacy_summary
 from genlab.errors import ConfigError, TrainingDiverged
 from genlab.finetune import checkpoint_keys
@@ -94,7 +94,8 @@ class Trainer:
         self.callbacks = callbacks or []
         self.groups = trainable_groups(model)
         self.saved_keys = checkpoint_keys(model)  # None: the whole model; a LoRA run: adapters and buffers
-        self.opts = {name: build_optimizer(params, self.t) for name, params in self.groups.items()}
+        self.opts = {name: build_optimizer(params, self.t, muon_matrices(model))
+                     for name, params in self.groups.items()}
         self.plan = model.schedule()
         self.ema = EMA(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
         self.feeder = data.feeder(pipeline, self.t.batch_size, self.t.seed)
@@ -328,7 +329,8 @@ class Trainer:
         if self.private:
             raise ConfigError("privacy.* (per-example DP-SGD) is not supported in federated clients; use the "
                               "federation's client_dp")
-        self.opts = {name: build_optimizer(params, self.t) for name, params in self.groups.items()}
+        self.opts = {name: build_optimizer(params, self.t, muon_matrices(self.model))
+                     for name, params in self.groups.items()}
         self.steppers = dict(self.opts)
         self.choose_precision()
         self.state.step = first_step

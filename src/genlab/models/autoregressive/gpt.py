@@ -69,7 +69,8 @@ def rope_tables(positions: torch.Tensor, head_size: int, base: float = 10000.0) 
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of x (B, nh, T, hs) by the angles of each position."""
+    """Rotate pairs (first half, second half) of x (..., T, hs) by the angles of each position
+    (cos, sin: (T, hs/2)); x may hold queries and keys together, (2, B, nh, T, hs)."""
     x1, x2 = x.float().chunk(2, dim=-1)  # 2 x (B, nh, T, hs/2)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
@@ -91,12 +92,11 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         hs = self.head_size
         A = self.n_head * hs
-        q, k, v = self.c_attn(x).split(A, dim=2)  # 3 x (B, T, A)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if rope is not None:  # keys are cached already rotated
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qk, v = self.c_attn(x).view(B, T, 3, self.n_head, hs).permute(2, 0, 3, 1, 4).split([2, 1])
+        if rope is not None:  # queries and keys rotated at once (keys are cached already rotated)
+            qk = apply_rope(qk, *rope)  # (2, B, nh, T, hs)
+        q, k = qk.unbind(0)  # 2 x (B, nh, T, hs)
+        v = v[0]  # (B, nh, T, hs)
         past = cache.length if cache is not None else 0
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, nh, past+T, hs)
@@ -160,6 +160,7 @@ class GPT(GenerativeModel):
         self.context_limit = cfg.block_size
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        self._rope: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # rotary tables per device
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -170,6 +171,13 @@ class GPT(GenerativeModel):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _rope_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (block_size, hs/2) of every position, made once per device and kept out of
+        the state dict and of `.to(dtype)` (they stay float32 whatever the weights are)."""
+        if device not in self._rope:
+            self._rope[device] = rope_tables(torch.arange(self.cfg.block_size, device=device), self.cfg.head_dim)
+        return self._rope[device]
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -186,13 +194,13 @@ class GPT(GenerativeModel):
         past = cache.length if cache is not None else 0
         if past + T > self.cfg.block_size:
             raise ConfigError(f"{past + T} tokens exceed the context of {self.cfg.block_size}")
-        pos = torch.arange(past, past + T, device=idx.device)  # (T,)
         x = self.wte(idx)  # (B, T, C)
         rope = None
         if self.wpe is not None:
-            x = x + self.wpe(pos)
+            x = x + self.wpe(torch.arange(past, past + T, device=idx.device))
         else:
-            rope = rope_tables(pos, self.cfg.head_dim)
+            cos, sin = self._rope_tables(idx.device)
+            rope = cos[past:past + T], sin[past:past + T]  # 2 x (T, hs/2)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, rope)

@@ -330,10 +330,6 @@ ROMEO:{t['sample']}
     return "\n".join(out)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def render_compare(c: dict) -> str:
     """The back-to-back table of --compare-nanogpt."""
     n, g = c["nanogpt"], c["genlab"]
@@ -371,3 +367,8 @@ median iteration time ({n['median_ms_per_iter']:.1f} ms, evaluation excluded). g
 Command: `.venv/bin/python benchmarks/gpt_shakespeare.py --compare-nanogpt PATH` (seed {c['seed']}).
 """)
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
+

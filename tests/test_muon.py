@@ -1,14 +1,17 @@
 """train.optimizer=muon: the Newton-Schulz orthogonalisation, the update against torch.optim.Muon and
 AdamW, and Muon runs on the engine (learning, exact resume)."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
 import genlab
-from genlab.engine import optim as optim_mod
-from genlab.engine.optim import Muon, build_optimizer, muon_matrices, newton_schulz
 from genlab.config import TrainConfig
+from genlab.engine import optim as optim_mod
+from genlab.engine.logs import read_log
+from genlab.engine.optim import Muon, build_optimizer, muon_matrices, newton_schulz
 from genlab.errors import ConfigError
 from tests.conftest import assert_same_tensors, weights_of
 from tests.test_text import TINY_TEXT, corpus  # noqa: F401  (the fixture)
@@ -76,6 +79,26 @@ def test_muon_matches_torch_muon_and_adamw(monkeypatch):
     assert min(moved) > 1e-3  # every parameter was updated
 
 
+def test_muon_matrices_are_every_trainable_matrix_but_embeddings():
+    from genlab.finetune.lora import LoRALinear
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.up = nn.Embedding(10, 8), nn.ConvTranspose2d(8, 4, 2)
+            self.sn = nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8))
+            self.lora = LoRALinear(nn.Linear(8, 8), rank=2, alpha=2.0)
+            self.norm = nn.LayerNorm(8)
+            self.head = nn.Linear(8, 10)
+            self.head.weight = self.emb.weight  # tied: stays with AdamW as the embedding
+
+    m = Tied()
+    names = {n for n, p in m.named_parameters() if id(p) in muon_matrices(m)}
+    assert names == {"up.weight", "sn.parametrizations.weight.original", "lora.lora_A", "lora.lora_B"}, names
+    m.muon_exclude = ("up",)
+    assert "up.weight" not in {n for n, p in m.named_parameters() if id(p) in muon_matrices(m)}
+
+
 def test_muon_needs_a_matrix_and_a_positive_lr():
     with pytest.raises(ConfigError, match="no weight matrix"):
         build_optimizer([nn.Parameter(torch.ones(3))], TrainConfig(optimizer="muon"), set())
@@ -84,10 +107,14 @@ def test_muon_needs_a_matrix_and_a_positive_lr():
 
 
 def test_muon_run_learns_and_resumes_exactly(tmp_path, corpus):  # noqa: F811  (the fixture)
-    common = dict(overrides=TINY_TEXT + [f"data.path={corpus}", "train.steps=16", "train.optimizer=muon",
+    common = dict(overrides=TINY_TEXT + [f"data.path={corpus}", "train.steps=30", "train.optimizer=muon",
                                          "train.ckpt_every=1000"])
     full = genlab.train("gpt-shakespeare-muon", tmp_path / "full", **common)
-    assert full.finished and full.state.step == 16
+    assert full.finished and full.state.step == 30
+    losses = [r["loss"] for r in read_log(tmp_path / "full") if r["kind"] == "train"]
+    assert losses[-1] < losses[0] - 0.3, losses
+    state = json.loads(max((tmp_path / "full" / "checkpoints").glob("step-*.json")).read_text())
+    assert "muon" in json.dumps(state)  # the run's optimiser was Muon, with its precision recorded
 
     def stop_at_7(tr):
         if tr.state.step == 7:
@@ -96,5 +123,18 @@ def test_muon_run_learns_and_resumes_exactly(tmp_path, corpus):  # noqa: F811  (
     part = genlab.train("gpt-shakespeare-muon", tmp_path / "part", callbacks=[stop_at_7], **common)
     assert not part.finished and part.state.step == 7
     resumed = genlab.train(resume=tmp_path / "part")
-    assert resumed.finished and resumed.state.step == 16
+    assert resumed.finished and resumed.state.step == 30
     assert_same_tensors(weights_of(tmp_path / "full"), weights_of(tmp_path / "part"), atol=1e-6)
+
+
+def test_gpt_trains_after_an_inference_mode_forward():
+    """The rotary tables a first forward caches must be ordinary tensors even when that forward
+    ran under inference_mode (as serving does): a later training step saves them for backward."""
+    from genlab.models.autoregressive.gpt import GPT, GPTConfig
+
+    m = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, block_size=8, dropout=0.0, position="rope"))
+    x = torch.randint(0, 11, (2, 8))
+    with torch.inference_mode():
+        m(x)
+    m.loss({"x": x, "y": x})["loss"].backward()
+    assert m.blocks[0].attn.c_attn.weight.grad is not None

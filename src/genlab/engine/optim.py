@@ -45,23 +45,29 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig, matrices: set[
         if not hidden:
             raise ConfigError("train.optimizer=muon found no weight matrix of a Linear or Conv layer to orthogonalise; "
                               "use train.optimizer=adamw")
-        groups.append({"params": hidden, "muon": True, "lr_ratio": cfg.muon_lr / cfg.lr, "weight_decay": 0.0})
+        # the Newton-Schulz precision is fixed here and kept in checkpoints (a resumed run never switches)
+        bf16 = any(p.is_cuda for p in hidden) or cpu_bf16_is_fast()
+        groups.append({"params": hidden, "muon": True, "lr_ratio": cfg.muon_lr / cfg.lr, "weight_decay": 0.0,
+                       "ns_bf16": bf16})
         return Muon(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     # fused=True: one kernel for the whole update (CPU and CUDA), faster than foreach.
     return cls(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
 
 
 def muon_matrices(model: nn.Module) -> set[int]:
-    """ids of the weights Muon updates: those of Linear and Conv layers (2-D or more), except in
-    modules whose names start with one of the model's `muon_exclude` prefixes (an output layer
-    that is not tied to an embedding). Embeddings, biases and norm gains stay with AdamW."""
+    """ids of the weights Muon updates: every trainable parameter of 2 or more dimensions
+    (Linear, Conv and ConvTranspose weights, spectral norm's weight_orig, LoRA adapters, RNN
+    matrices) except embeddings and parameters under the model's `muon_exclude` name prefixes (an
+    output layer not tied to an embedding, if a model wants it on AdamW). Biases and norm gains
+    (1-D) stay with AdamW."""
     exclude = tuple(getattr(model, "muon_exclude", ()))
     out = set()
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and not (exclude and name.startswith(exclude)):
-            if m.weight.requires_grad:
-                out.add(id(m.weight))
-    return out
+        if isinstance(m, nn.Embedding) or (exclude and name.startswith(exclude)):
+            continue
+        out.update(id(p) for p in m.parameters(recurse=False) if p.dim() >= 2 and p.requires_grad)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return out - embeddings  # a weight tied to an embedding is the embedding
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
@@ -88,12 +94,14 @@ class Muon(torch.optim.Optimizer):
     "original"); its weight decay, if a group sets one, is decoupled, p *= 1 - lr * weight_decay
     (build_optimizer sets none, as the reference Muon). Momentum 0.95, Nesterov.
     Matrices of one shape are orthogonalised together (one batched matmul per iteration), in
-    bfloat16 as the reference, except on CPUs where bfloat16 matmuls are not faster (float32)."""
+    bfloat16 as the reference (`ns_bf16`), except on CPUs where bfloat16 matmuls are not faster:
+    build_optimizer decides once and the group, saved in checkpoints, keeps the choice."""
 
     def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, momentum: float = 0.95, ns_steps: int = 5, eps: float = 1e-8):
+        # fused=True: load_state_dict then keeps AdamW's `step` on the parameters' device, as the fused kernel needs
         super().__init__(groups, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, momentum=momentum,
-                                      ns_steps=ns_steps, eps=eps, muon=False, lr_ratio=1.0))
+                                      ns_steps=ns_steps, eps=eps, muon=False, lr_ratio=1.0, ns_bf16=True, fused=True))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -104,14 +112,14 @@ class Muon(torch.optim.Optimizer):
 
     def _adamw(self, g: dict, ps: list[torch.Tensor]) -> None:
         for p in ps:
-            if not self.state[p]:
-                self.state[p] = {"step": torch.zeros((), dtype=torch.float32), "exp_avg": torch.zeros_like(p),
+            if not self.state[p]:  # step on the parameter's device, as torch's fused AdamW keeps it
+                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                 "exp_avg": torch.zeros_like(p),
                                  "exp_avg_sq": torch.zeros_like(p)}
         st = [self.state[p] for p in ps]
-        adamw(ps, [p.grad for p in ps], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
-                                [], [s["step"] for s in st], fused=True, amsgrad=False, beta1=g["betas"][0],
-                                beta2=g["betas"][1], lr=g["lr"], weight_decay=g["weight_decay"], eps=g["eps"],
-                                maximize=False)
+        adamw(ps, [p.grad for p in ps], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [],
+              [s["step"] for s in st], fused=True, amsgrad=False, beta1=g["betas"][0], beta2=g["betas"][1],
+              lr=g["lr"], weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
 
     def _muon(self, g: dict, ps: list[torch.Tensor]) -> None:
         lr, mu = g["lr"] * g["lr_ratio"], g["momentum"]
@@ -125,7 +133,7 @@ class Muon(torch.optim.Optimizer):
             grads = [p.grad for p in same]
             torch._foreach_lerp_(bufs, grads, 1 - mu)
             upd = torch.stack([gr.lerp(b, mu).flatten(1) for gr, b in zip(grads, bufs)])  # Nesterov, (n, A, B)
-            dtype = torch.bfloat16 if upd.is_cuda or cpu_bf16_is_fast() else torch.float32
+            dtype = torch.bfloat16 if g["ns_bf16"] else torch.float32
             upd = newton_schulz(upd.to(dtype), g["ns_steps"]).to(same[0].dtype)
             scale = lr * math.sqrt(max(1.0, upd.shape[1] / upd.shape[2]))
             if g["weight_decay"]:

@@ -175,8 +175,9 @@ class GPT(GenerativeModel):
     def _rope_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (block_size, hs/2) of every position, made once per device and kept out of
         the state dict and of `.to(dtype)` (they stay float32 whatever the weights are)."""
-        if device not in self._rope:
-            self._rope[device] = rope_tables(torch.arange(self.cfg.block_size, device=device), self.cfg.head_dim)
+        if device not in self._rope:  # ordinary tensors even when first made under inference_mode
+            with torch.inference_mode(False), torch.no_grad():
+                self._rope[device] = rope_tables(torch.arange(self.cfg.block_size, device=device), self.cfg.head_dim)
         return self._rope[device]
 
     @staticmethod

@@ -96,6 +96,10 @@ class Trainer:
         self.saved_keys = checkpoint_keys(model)  # None: the whole model; a LoRA run: adapters and buffers
         self.opts = {name: build_optimizer(params, self.t, muon_matrices(model))
                      for name, params in self.groups.items()}
+        if dist.world > 1:
+            # Muon's Newton-Schulz precision is measured per machine: bf16 only if every rank chose it
+            for g in (g for opt in self.opts.values() for g in opt.param_groups if g.get("muon")):
+                g["ns_bf16"] = all_reduce_sum(torch.tensor([float(g["ns_bf16"])]), dist).item() == dist.world
         self.plan = model.schedule()
         self.ema = EMA(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
         self.feeder = data.feeder(pipeline, self.t.batch_size, self.t.seed)

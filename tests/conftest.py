@@ -87,6 +87,14 @@ def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:
     return c.tensors
 
 
+def stop_at(step: int):
+    """A training callback that asks the trainer to stop (as SIGTERM would) once it reaches `step`."""
+    def callback(tr) -> None:
+        if tr.state.step == step:
+            tr.request_stop()
+    return callback
+
+
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
     assert a.keys() == b.keys()
     for k in a:

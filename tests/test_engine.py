@@ -12,7 +12,7 @@ import genlab
 from genlab.engine import checkpoint as ckpt
 from genlab.engine.optim import lr_at
 from genlab.errors import CheckpointError, TrainingDiverged
-from tests.conftest import ROOT, TINY_VAE, assert_same_tensors, kill_while_saving, run_cli, weights_of
+from tests.conftest import ROOT, TINY_VAE, assert_same_tensors, kill_while_saving, run_cli, stop_at, weights_of
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -31,11 +31,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, data_root):
     full = genlab.train("vae-mnist", tmp_path / "full", **common)
     assert full.finished and full.state.step == 24
 
-    def stop_at_10(tr):
-        if tr.state.step == 10:
-            tr.request_stop()
-
-    part = genlab.train("vae-mnist", tmp_path / "part", callbacks=[stop_at_10], **common)
+    part = genlab.train("vae-mnist", tmp_path / "part", callbacks=[stop_at(10)], **common)
     assert not part.finished and part.state.step == 10
     resumed = genlab.train(resume=tmp_path / "part")
     assert resumed.finished and resumed.state.step == 24

@@ -13,7 +13,7 @@ from genlab.engine import optim as optim_mod
 from genlab.engine.logs import read_log
 from genlab.engine.optim import Muon, build_optimizer, muon_matrices, newton_schulz
 from genlab.errors import ConfigError
-from tests.conftest import assert_same_tensors, weights_of
+from tests.conftest import assert_same_tensors, stop_at, weights_of
 from tests.test_text import TINY_TEXT, corpus  # noqa: F401  (the fixture)
 
 
@@ -116,11 +116,7 @@ def test_muon_run_learns_and_resumes_exactly(tmp_path, corpus):  # noqa: F811  (
     state = json.loads(max((tmp_path / "full" / "checkpoints").glob("step-*.json")).read_text())
     assert "muon" in json.dumps(state)  # the run's optimiser was Muon, with its precision recorded
 
-    def stop_at_7(tr):
-        if tr.state.step == 7:
-            tr.request_stop()
-
-    part = genlab.train("gpt-shakespeare-muon", tmp_path / "part", callbacks=[stop_at_7], **common)
+    part = genlab.train("gpt-shakespeare-muon", tmp_path / "part", callbacks=[stop_at(7)], **common)
     assert not part.finished and part.state.step == 7
     resumed = genlab.train(resume=tmp_path / "part")
     assert resumed.finished and resumed.state.step == 30

@@ -11,7 +11,7 @@ import torch
 import genlab
 from genlab.engine import device as D
 from genlab.engine import trainer as T
-from tests.conftest import assert_same_tensors, weights_of
+from tests.conftest import assert_same_tensors, stop_at, weights_of
 from tests.test_gan import SMALL as SMALL_GAN
 
 
@@ -72,13 +72,9 @@ def test_the_choice_is_kept_by_checkpoints_and_resume(tmp_path, data_root, probe
 
     probe.choice = "bf16"
 
-    def stop_at_3(tr):
-        if tr.state.step == 3:
-            tr.request_stop()
-
     over = SMALL_GAN + ["train.batch_size=16", "train.steps=6", "train.amp=auto", "train.ckpt_every=3"]
     part = genlab.train("dcgan-mnist", tmp_path / "r", overrides=over, data_root=str(data_root),
-                        callbacks=[stop_at_3])
+                        callbacks=[stop_at(3)])
     assert part.state.amp == "bf16" and probe.steps == 4
     assert latest_valid(tmp_path / "r" / "checkpoints").state["state"]["amp"] == "bf16"
     probe.choice = "off"  # a new probe would now say fp32: the resumed run keeps bf16 and does not probe

@@ -16,7 +16,7 @@ from genlab.engine.privacy import epsilon_of
 from genlab.engine.run import build_model, build_pipeline, resolve_data_fields
 from genlab.engine.trainer import Trainer
 from genlab.errors import ConfigError
-from tests.conftest import run_cli, weights_of
+from tests.conftest import run_cli, stop_at, weights_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,10 +150,7 @@ def test_resume_keeps_the_accountant_and_equals_an_uninterrupted_run(tmp_path, m
     genlab.train("cvae-mnist", full, overrides=sets, steps=6)
     part = tmp_path / "part"
 
-    def stop_at_3(trainer):
-        if trainer.state.step == 3:
-            trainer.request_stop()
-    genlab.train("cvae-mnist", part, overrides=sets, steps=6, callbacks=[stop_at_3])
+    genlab.train("cvae-mnist", part, overrides=sets, steps=6, callbacks=[stop_at(3)])
     assert json.loads((part / "checkpoints" / "step-00000003.json").read_text())["privacy"]["history"][0][2] == 3
     genlab.train(resume=part)
     a, b = weights_of(full), weights_of(part)

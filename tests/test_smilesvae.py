@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from genlab.errors import ConfigError, DataError
+from tests.conftest import stop_at
 
 pytest.importorskip("rdkit")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -234,11 +235,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     common = {"overrides": TINY_VAE + [f"data.path={path}", "train.steps=6"]}
     genlab.train("smiles-vae-moses", tmp_path / "full", **common)
 
-    def stop_at_3(tr):
-        if tr.state.step == 3:
-            tr.request_stop()
-
-    part = genlab.train("smiles-vae-moses", tmp_path / "part", callbacks=[stop_at_3], **common)
+    part = genlab.train("smiles-vae-moses", tmp_path / "part", callbacks=[stop_at(3)], **common)
     assert not part.finished and part.state.step == 3
     assert genlab.train(resume=tmp_path / "part").state.step == 6
     assert_same_tensors(weights_of(tmp_path / "full"), weights_of(tmp_path / "part"), atol=0)

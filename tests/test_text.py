@@ -13,7 +13,7 @@ from genlab.models.autoregressive.generation import (SamplingConfig, apply_repet
                                                      stream_text, top_k_filter, top_p_filter)
 from genlab.models.autoregressive.gpt import GPT, GPTConfig
 from genlab.models.autoregressive.lstm import LSTM, LSTMConfig
-from tests.conftest import DATA, TINY_VAE, assert_same_tensors, run_cli, weights_of
+from tests.conftest import DATA, TINY_VAE, assert_same_tensors, run_cli, stop_at, weights_of
 
 UNICODE = "Crème brûlée, naïve café — 日本語のテキスト, emoji 🎭🗡️, Ελληνικά, кириллица.\n"
 # A tiny GPT/LSTM on a tiny corpus: seconds per run.
@@ -226,11 +226,7 @@ def test_resumed_text_run_equals_uninterrupted(tmp_path, corpus, preset, extra):
     common = dict(overrides=over + [f"data.path={corpus}", "train.steps=16"])
     genlab.train(preset, tmp_path / "full", **common)
 
-    def stop_at_7(tr):
-        if tr.state.step == 7:
-            tr.request_stop()
-
-    part = genlab.train(preset, tmp_path / "part", callbacks=[stop_at_7], **common)
+    part = genlab.train(preset, tmp_path / "part", callbacks=[stop_at(7)], **common)
     assert not part.finished and part.state.step == 7
     assert genlab.train(resume=tmp_path / "part").state.step == 16
     assert_same_tensors(weights_of(tmp_path / "full"), weights_of(tmp_path / "part"), atol=0)

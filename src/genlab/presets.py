@@ -127,13 +127,16 @@ _SHAKESPEARE_CHAR = {"dataset": "text", "path": "shakespeare/input.txt", "tokeni
 _NANOGPT_TRAIN = {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1, "grad_clip": 1.0,
                   "warmup_steps": 100, "min_lr_ratio": 0.1, "schedule": "cosine"}
 
+# nanoGPT's CPU shape (its README's command), with rotary positions
+_GPT_CPU_MODEL = {"name": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0,
+                  "position": "rope"}
+
 PRESETS.update({
     "gpt-shakespeare-cpu": Preset(
         "char GPT in nanoGPT's documented CPU shape (4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 steps), "
         "rotary positions",
         {
-            "model": {"name": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0,
-                      "position": "rope"},
+            "model": dict(_GPT_CPU_MODEL),
             "data": dict(_SHAKESPEARE_CHAR),
             # 20 warmup steps instead of nanoGPT's 100: 2,000 steps leave no time to spare
             "train": {**_NANOGPT_TRAIN, "warmup_steps": 20, "steps": 2000, "batch_size": 12, "log_every": 50,
@@ -145,8 +148,7 @@ PRESETS.update({
         "gpt-shakespeare-cpu's model trained for speed: Muon on the weight matrices (AdamW on embeddings "
         "and gains), batch 16, 400 steps",
         {
-            "model": {"name": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0,
-                      "position": "rope"},
+            "model": dict(_GPT_CPU_MODEL),
             "data": dict(_SHAKESPEARE_CHAR),
             # lr (embeddings, AdamW) and muon_lr from a short sweep (benchmarks/results/gpt-shakespeare.md)
             "train": {**_NANOGPT_TRAIN, "optimizer": "muon", "lr": 6e-3, "muon_lr": 0.04, "warmup_steps": 20,

@@ -90,6 +90,8 @@ class DiffusionConfig(ProcessConfig):
     dropout: float = 0.0
     groups: int = 8
     patch: int = 2  # pixel-unshuffle stem: 28x28x1 -> 14x14x4 (4x fewer convolution FLOPs)
+    # unet (genlab's) | diffusers (UNet2DModel) | ddpm-pytorch (lucidrains' Unet): see backbones.py
+    backbone: str = "unet"
     noise_draws: int = 1  # (t, noise) draws per image in a training step (DPDM's noise multiplicity)
     # Filled in from the data when left None (and ProcessConfig.num_classes).
     channels: int | None = None
@@ -99,6 +101,10 @@ class DiffusionConfig(ProcessConfig):
         super().validate()
         if self.noise_draws < 1:
             raise ConfigError(f"model.noise_draws must be >= 1, got {self.noise_draws}")
+        from genlab.models.diffusion.backbones import BACKBONES
+
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"model.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         if self.base_channels % self.heads or self.patch < 1:
             raise ConfigError("model.base_channels must be divisible by model.heads, and model.patch >= 1")
 
@@ -295,7 +301,11 @@ class Diffusion(GaussianDiffusion):
         check_image_fields(cfg, "diffusion model", cfg.patch if cfg.patch > 1 else None)
         super().__init__(cfg)
 
-    def build_net(self, cfg: DiffusionConfig) -> UNet:
+    def build_net(self, cfg: DiffusionConfig) -> torch.nn.Module:
+        if cfg.backbone != "unet":
+            from genlab.models.diffusion.backbones import build_backbone
+
+            return build_backbone(cfg)
         return UNet(UNetConfig(
             in_channels=cfg.channels, out_channels=cfg.channels, image_size=cfg.image_size,
             base_channels=cfg.base_channels, channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,

@@ -1,0 +1,123 @@
+"""Diffusion UNets at matched work: genlab's ddpm-mnist UNet, diffusers' UNet2DModel and
+denoising-diffusion-pytorch's Unet (`model.backbone`, genlab.models.diffusion.backbones), each
+trained by genlab's engine on MNIST with everything else equal (ddpm-mnist's v-prediction, cosine
+schedule, batch, optimiser, learning-rate schedule, EMA, and its DPM-Solver++ 20-step sampler) for
+the same CPU minutes. Per backbone: parameters, training FLOPs per step (forward and backward of one
+batch, counted by torch.utils.flop_counter), ms per step (the training log's mean), and FID
+(lenet-mnist, --n samples) at each minute mark.
+
+    .venv/bin/python benchmarks/diffusion_backbones.py                     # 15 and 30 min, three backbones
+    .venv/bin/python benchmarks/diffusion_backbones.py --backbones diffusers --minutes 15 30
+    .venv/bin/python benchmarks/diffusion_backbones.py --smoke             # end to end in about 2 minutes
+
+Needs `pip install -e '.[bench]'` (diffusers, denoising-diffusion-pytorch). Run it alone on the
+machine (training time is the budget: other work on the cores costs the trained network steps).
+Each backbone's rows replace its older ones in benchmarks/results/diffusion-backbones.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from _common import RESULTS, evaluate_marks, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, \
+    write_results
+
+from genlab.bench import machine_info
+
+NAMES = {"unet": "genlab UNet (ddpm-mnist)", "diffusers": "diffusers UNet2DModel",
+         "ddpm-pytorch": "denoising-diffusion-pytorch Unet"}
+
+
+def train_flops(overrides: list[str], batch_size: int) -> tuple[int, int]:
+    """(FLOPs of one training step's forward and backward at batch_size, parameters), counted on
+    MNIST-shaped random images with the run's own loss."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from genlab.config import resolve
+    from genlab.engine.run import build_model
+
+    cfg = resolve("ddpm-mnist", overrides=overrides + ["model.channels=1", "model.image_size=28"])
+    model = build_model(cfg)
+    x = torch.rand(batch_size, 1, 28, 28) * 2 - 1
+    with FlopCounterMode(display=False) as fc:
+        model.loss({"x": x})["loss"].backward()
+    return fc.get_total_flops(), sum(p.numel() for p in model.parameters())
+
+
+def run_backbone(backbone: str, marks: list[float], n: int, seed: int, smoke: bool) -> dict:
+    over = [f"model.backbone={backbone}"] + (["train.batch_size=16"] if smoke else [])
+    run_dir = fresh_run_dir(f"ddpm-mnist-{backbone}")
+    t0 = time.time()
+    res, ckpts, steps = train_with_marks("ddpm-mnist", run_dir, marks, seed, overrides=over)
+    train = {"marks": marks, "checkpoints": ckpts, "steps": steps, "train_seconds": round(res.state.elapsed, 1),
+             "wall_seconds": round(time.time() - t0, 1)}
+    from genlab.engine.run import load
+
+    batch = load(run_dir).cfg.train.batch_size
+    flops, params = train_flops(over, batch)
+    ips = mean_train_throughput(run_dir)
+    rows = [{"minutes": row["minutes"], "step": row["step"], "fid": row["fid"], "n": n}
+            for row, _ in evaluate_marks(backbone, run_dir, train, n, seed, metrics=["fid"], extractor="lenet-mnist")]
+    return {"backbone": backbone, "params": params, "batch_size": batch, "train_flops_per_step": flops,
+            "ms_per_step": 1000 * batch / ips, "images_per_s": ips, "train": train, "fid": rows,
+            "overrides": over}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backbones", nargs="+", choices=list(NAMES), default=list(NAMES))
+    ap.add_argument("--minutes", nargs="+", type=float, default=[15.0, 30.0])
+    ap.add_argument("--n", type=int, default=10_000, help="samples per FID")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="0.2-minute budgets and 200 samples, to benchmarks/runs")
+    ap.add_argument("--render-only", action="store_true")
+    a = ap.parse_args()
+    name = "diffusion-backbones-smoke" if a.smoke else "diffusion-backbones"
+    path = RESULTS / f"{name}.json"
+    d = json.loads(path.read_text()) if path.is_file() else {"benchmark": "diffusion-backbones", "rows": {}}
+    if not a.render_only:
+        marks, n = ([0.1, 0.2], 200) if a.smoke else (sorted(a.minutes), a.n)
+        m = machine_info()
+        for b in a.backbones:
+            row = run_backbone(b, marks, n, a.seed, a.smoke)
+            row["machine"] = m
+            d = json.loads(path.read_text()) if path.is_file() else d  # another process may have added rows
+            d["rows"][b] = row
+            write_results(name, d, render(d))
+    write_results(name, d, render(d))
+
+
+def render(d: dict) -> str:
+    rows = [d["rows"][b] for b in NAMES if b in d["rows"]]
+    if not rows:
+        return "# diffusion backbones at matched work\n\n(no rows yet)\n"
+    marks = sorted({r["minutes"] for row in rows for r in row["fid"]})
+    base = d["rows"].get("unet")
+    head = " | ".join(f"FID at {m:g} min" for m in marks)
+    out = ["# Diffusion UNets at matched work\n",
+           "Command: `.venv/bin/python benchmarks/diffusion_backbones.py` (see its docstring). Every network is "
+           "trained by genlab's engine with ddpm-mnist's settings (v-prediction, cosine schedule, batch, optimiser, "
+           "EMA) and sampled with its DPM-Solver++ 20 steps; only `model.backbone` differs. FID: lenet-mnist "
+           "features against the MNIST test set. diffusers' network sees the images zero-padded to 32x32 (its "
+           "three levels need a multiple of 8); the others 28x28. FLOPs: forward and backward of one training "
+           "batch, counted by torch.utils.flop_counter.\n",
+           f"| backbone | parameters | training GFLOP per step | ms per step | GFLOP/s | {head} |",
+           "|---|---|---|---|---|" + "---|" * len(marks)]
+    for r in rows:
+        fids = {f["minutes"]: f for f in r["fid"]}
+        cells = " | ".join(f"{fids[m]['fid']:.2f} (step {fids[m]['step']:,})" if m in fids else "-" for m in marks)
+        rel = f" ({r['train_flops_per_step'] / base['train_flops_per_step']:.2f}x)" if base and r is not base else ""
+        out.append(f"| {NAMES[r['backbone']]} | {r['params']:,} | {r['train_flops_per_step'] / 1e9:.2f}{rel} | "
+                   f"{r['ms_per_step']:.0f} | {r['train_flops_per_step'] / r['ms_per_step'] / 1e6:.1f} | {cells} |")
+    out.append("")
+    for r in rows:
+        out.append(f"### {NAMES[r['backbone']]}\n\n{machine_lines(r['machine'])}- batch {r['batch_size']}, "
+                   f"{r['train']['train_seconds'] / 60:.1f} min of training, overrides {' '.join(r['overrides'])}\n")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

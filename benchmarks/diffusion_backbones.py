@@ -22,18 +22,22 @@ import json
 import time
 
 import torch
-from _common import RESULTS, evaluate_marks, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, \
+from _common import RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, \
     write_results
 
 from genlab.bench import machine_info
 
-NAMES = {"unet": "genlab UNet (ddpm-mnist)", "diffusers": "diffusers UNet2DModel",
-         "ddpm-pytorch": "denoising-diffusion-pytorch Unet"}
+NAMES = {"unet": "genlab UNet (ddpm-mnist: 2x2 patch stem, attention at 7x7)",
+         "unet-patch1": "genlab UNet without the patch stem (model.patch=1)",
+         "diffusers": "diffusers UNet2DModel", "ddpm-pytorch": "denoising-diffusion-pytorch Unet"}
+OVERRIDES = {"unet": [], "unet-patch1": ["model.patch=1"], "diffusers": ["model.backbone=diffusers"],
+             "ddpm-pytorch": ["model.backbone=ddpm-pytorch"]}
 
 
 def train_flops(overrides: list[str], batch_size: int) -> tuple[int, int]:
     """(FLOPs of one training step's forward and backward at batch_size, parameters), counted on
     MNIST-shaped random images with the run's own loss."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     from genlab.config import resolve
@@ -42,23 +46,24 @@ def train_flops(overrides: list[str], batch_size: int) -> tuple[int, int]:
     cfg = resolve("ddpm-mnist", overrides=overrides + ["model.channels=1", "model.image_size=28"])
     model = build_model(cfg)
     x = torch.rand(batch_size, 1, 28, 28) * 2 - 1
-    with FlopCounterMode(display=False) as fc:
+    # the math attention kernel: the flop counter does not know the CPU flash kernel (it would count 0)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
         model.loss({"x": x})["loss"].backward()
     return fc.get_total_flops(), sum(p.numel() for p in model.parameters())
 
 
 def run_backbone(backbone: str, marks: list[float], n: int, seed: int, smoke: bool) -> dict:
-    over = [f"model.backbone={backbone}"] + (["train.batch_size=16"] if smoke else [])
-    run_dir = fresh_run_dir(f"ddpm-mnist-{backbone}")
+    over = OVERRIDES[backbone] + (["train.batch_size=16", "train.log_every=5"] if smoke else [])
+    from genlab.config import resolve
+
+    batch = resolve("ddpm-mnist", overrides=over).train.batch_size
+    flops, params = train_flops(over, batch)  # before training: a failure here costs no training time
+    run_dir = fresh_run_dir(f"ddpm-mnist-{backbone}{'-smoke' if smoke else ''}")
     t0 = time.time()
     res, ckpts, steps = train_with_marks("ddpm-mnist", run_dir, marks, seed, overrides=over)
     train = {"marks": marks, "checkpoints": ckpts, "steps": steps, "train_seconds": round(res.state.elapsed, 1),
              "wall_seconds": round(time.time() - t0, 1)}
-    from genlab.engine.run import load
-
-    batch = load(run_dir).cfg.train.batch_size
-    flops, params = train_flops(over, batch)
-    ips = mean_train_throughput(run_dir)
+    ips = mean_train_throughput(run_dir) or batch * res.state.step / res.state.elapsed
     rows = [{"minutes": row["minutes"], "step": row["step"], "fid": row["fid"], "n": n}
             for row, _ in evaluate_marks(backbone, run_dir, train, n, seed, metrics=["fid"], extractor="lenet-mnist")]
     return {"backbone": backbone, "params": params, "batch_size": batch, "train_flops_per_step": flops,
@@ -72,11 +77,12 @@ def main() -> None:
     ap.add_argument("--minutes", nargs="+", type=float, default=[15.0, 30.0])
     ap.add_argument("--n", type=int, default=10_000, help="samples per FID")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smoke", action="store_true", help="0.2-minute budgets and 200 samples, to benchmarks/runs")
+    ap.add_argument("--smoke", action="store_true", help="0.2-minute budgets and 200 samples; results to benchmarks/runs")
     ap.add_argument("--render-only", action="store_true")
     a = ap.parse_args()
     name = "diffusion-backbones-smoke" if a.smoke else "diffusion-backbones"
-    path = RESULTS / f"{name}.json"
+    folder = RUNS if a.smoke else RESULTS
+    path = folder / f"{name}.json"
     d = json.loads(path.read_text()) if path.is_file() else {"benchmark": "diffusion-backbones", "rows": {}}
     if not a.render_only:
         marks, n = ([0.1, 0.2], 200) if a.smoke else (sorted(a.minutes), a.n)
@@ -86,8 +92,8 @@ def main() -> None:
             row["machine"] = m
             d = json.loads(path.read_text()) if path.is_file() else d  # another process may have added rows
             d["rows"][b] = row
-            write_results(name, d, render(d))
-    write_results(name, d, render(d))
+            write_results(name, d, render(d), folder)
+    write_results(name, d, render(d), folder)
 
 
 def render(d: dict) -> str:
@@ -101,9 +107,9 @@ def render(d: dict) -> str:
            "Command: `.venv/bin/python benchmarks/diffusion_backbones.py` (see its docstring). Every network is "
            "trained by genlab's engine with ddpm-mnist's settings (v-prediction, cosine schedule, batch, optimiser, "
            "EMA) and sampled with its DPM-Solver++ 20 steps; only `model.backbone` differs. FID: lenet-mnist "
-           "features against the MNIST test set. diffusers' network sees the images zero-padded to 32x32 (its "
-           "three levels need a multiple of 8); the others 28x28. FLOPs: forward and backward of one training "
-           "batch, counted by torch.utils.flop_counter.\n",
+           "features against the MNIST test set. All see 28x28 images; genlab's ddpm-mnist UNet works at 14x14 after "
+           "its 2x2 patch stem (the patch-1 row is the same UNet without it). FLOPs: forward and backward of one "
+           "training batch, counted by torch.utils.flop_counter with the math attention kernel.\n",
            f"| backbone | parameters | training GFLOP per step | ms per step | GFLOP/s | {head} |",
            "|---|---|---|---|---|" + "---|" * len(marks)]
     for r in rows:

@@ -47,13 +47,34 @@ def test_backbone_maps_images_to_images_and_learns(backbone):
 
 def test_diffusers_backbone_pads_crops_and_conditions():
     pytest.importorskip("diffusers")
-    net = DiffusersUNet(1, 28, 8, (1, 2, 2), 1, 4, num_classes=10)
-    assert net.size == 32  # three levels: a multiple of 8
-    x, t = torch.randn(3, 1, 28, 28), torch.tensor([5, 5, 5])
+    net = DiffusersUNet(1, 28, 8, (1, 2, 2), 1, 4, num_classes=10, heads=2)
+    assert net.size == 28  # the last of three levels does not downsample: 28 -> 14 -> 7 as is
+    seen = []
+    net.net.time_proj.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([5, 17, 999])
     a, b = net(x, t, torch.tensor([1, 2, 10])), net(x, t, None)
+    assert torch.equal(seen[0], t)  # the integer steps reach the time embedding unscaled
     assert a.shape == (3, 1, 28, 28)
     assert torch.allclose(a[2], b[2], atol=1e-5)  # no label = the null class 10
     assert not torch.allclose(a[0], b[0], atol=1e-4)  # a label changes the prediction
+    # a size its levels cannot halve is padded at the right and bottom, and the output cropped back there
+    odd = DiffusersUNet(1, 30, 8, (1, 2, 2), 1, 4, num_classes=None, heads=2)
+    assert odd.size == 32
+    x = torch.randn(1, 1, 30, 30)
+    out = odd(x, torch.tensor([3]))
+    full = odd.net(torch.nn.functional.pad(x, (0, 2, 0, 2)), torch.tensor([3])).sample  # (1, 1, 32, 32)
+    assert out.shape == (1, 1, 30, 30) and torch.equal(out, full[..., :30, :30])
+
+
+def test_ddpm_pytorch_run_trains_and_samples(tmp_path, data_root):
+    pytest.importorskip("denoising_diffusion_pytorch")
+    over = SMALL[:3] + small_mnist(tmp_path, data_root, n=160, size=28) + [
+        "model.backbone=ddpm-pytorch", "train.batch_size=8", "train.amp=off", "train.eval_every=1000",
+        "train.sample_every=1000", "train.ckpt_every=1000", "train.log_every=2", "model.sampling_steps=4"]
+    res = genlab.train("ddpm-mnist", tmp_path / "r", overrides=over, steps=4)
+    assert res.finished
+    imgs, _ = genlab.load(tmp_path / "r").sample(2, seed=0)
+    assert imgs.shape == (2, 1, 28, 28) and torch.isfinite(imgs).all()
 
 
 def test_backbone_errors():

@@ -212,7 +212,8 @@ def test_config_errors_name_the_key():
 IMAGE_CONFIG_FIELDS = {
     "schedule": "cosine", "timesteps": 1000, "prediction": "v", "loss_weight": "min_snr", "snr_gamma": 5.0,
     "base_channels": 32, "channel_mults": (1, 2, 2), "num_res_blocks": 2, "attention_resolutions": (7,),
-    "heads": 4, "dropout": 0.0, "groups": 8, "patch": 2, "noise_draws": 1, "conditional": False, "label_dropout": 0.1,
+    "heads": 4, "dropout": 0.0, "groups": 8, "patch": 2, "backbone": "unet", "noise_draws": 1, "conditional": False,
+    "label_dropout": 0.1,
     "sampler": "dpmpp", "sampling_steps": 20, "guidance": 1.0, "eta": 0.0, "clip_denoised": 1.0,
     "channels": None, "image_size": None, "num_classes": None}
 TINY_IMAGE_KEYS = """

@@ -43,8 +43,8 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig, matrices: set[
     if cfg.optimizer == "muon":
         hidden = [p for p in params if id(p) in matrices]
         if not hidden:
-            raise ConfigError("train.optimizer=muon found no weight matrix of a Linear or Conv layer to orthogonalise; "
-                              "use train.optimizer=adamw")
+            raise ConfigError("train.optimizer=muon found no weight matrix to orthogonalise (a trainable parameter of 2 "
+                              "or more dimensions that is not an embedding); use train.optimizer=adamw")
         # the Newton-Schulz precision is fixed here and kept in checkpoints (a resumed run never switches)
         bf16 = any(p.is_cuda for p in hidden) or cpu_bf16_is_fast()
         groups.append({"params": hidden, "muon": True, "lr_ratio": cfg.muon_lr / cfg.lr, "weight_decay": 0.0,
@@ -63,11 +63,10 @@ def muon_matrices(model: nn.Module) -> set[int]:
     exclude = tuple(getattr(model, "muon_exclude", ()))
     out = set()
     for name, m in model.named_modules():
-        if isinstance(m, nn.Embedding) or (exclude and name.startswith(exclude)):
-            continue
-        out.update(id(p) for p in m.parameters(recurse=False) if p.dim() >= 2 and p.requires_grad)
+        if not (exclude and name.startswith(exclude)):
+            out.update(id(p) for p in m.parameters(recurse=False) if p.dim() >= 2 and p.requires_grad)
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    return out - embeddings  # a weight tied to an embedding is the embedding
+    return out - embeddings  # embedding tables, and any weight tied to one, stay with AdamW
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:

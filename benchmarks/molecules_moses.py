@@ -116,9 +116,9 @@ def part_train(preset: str, run_dir: Path, marks: list[float], seed: int, overri
             "run_dir": os.path.relpath(run_dir.resolve(), RUNS.parent.parent)}
 
 
-def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int) -> list[dict]:
+def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int, temperature: float = 1.0) -> list[dict]:
     rows = []
-    for row, m in evaluate_marks(key, run_dir, train, n, seed, html=False):
+    for row, m in evaluate_marks(key, run_dir, train, n, seed, html=False, temperature=temperature):
         v = m.get("validity", {})
         gen = v.get("generation_seconds")
         row["molecules_per_s"] = round(n / gen, 1) if gen else None
@@ -155,14 +155,15 @@ def part_reference(preset: str, overrides: list[str], n: int, seed: int) -> dict
 # --------------------------------------------------------------------------- results
 
 
-def merge(old: dict, new: dict, key: str | None, reference: dict | None, command: str, machine: dict) -> dict:
+def merge(old: dict, new: dict[str, dict], reference: dict | None, command: str, machine: dict) -> dict:
+    """old results + this process's parts ({row key: {part: value}}) and reference row, cited by a new run id."""
     out = dict(old)
     runs = out.setdefault("runs", {})
     rid = str(max([0, *map(int, runs)]) + 1)
     runs[rid] = {"command": command, "machine": machine}
-    if key is not None:
+    for key, parts in new.items():
         entry = out.setdefault("presets", {}).setdefault(key, {})
-        for part, value in new.items():
+        for part, value in parts.items():
             entry[part] = {"run": rid, "value": value}
     if reference is not None:
         out["reference"] = {"run": rid, "value": reference}
@@ -251,6 +252,9 @@ def main() -> None:
     ap.add_argument("--condition", choices=("qed", "logp", "sa", "weight"),
                     help="train with data.condition=PROP: the conditioned row")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="sampling temperature of the evaluation (MOSES: 1); other values are rows of their own, "
+                         "e.g. `--skip train --temperature 0.8` re-scores a trained run")
     ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
     ap.add_argument("--smoke", action="store_true", help="tiny budgets and counts: checks the script end to end")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
@@ -275,24 +279,26 @@ def main() -> None:
     if "reference" not in a.skip and not _has_reference(path, a.n):
         reference = part_reference(chosen[0], overrides, a.n, a.seed)
         print(json.dumps({"reference": reference}, indent=1, default=str))
-        _write(path, folder, name, a.smoke, {}, None, reference, command)
+        _write(path, folder, name, a.smoke, {}, reference, command)
     for preset in chosen:
         if "train" in a.skip and "eval" in a.skip:  # the reference row alone
             break
         key = key_of(preset, a.condition)
+        ekey = key + (f" (temperature {a.temperature:g})" if a.temperature != 1 else "")  # rows sampled at T
         ov = overrides + ([f"data.condition={a.condition}"] if a.condition else [])
         run_dir = RUNS / (preset + (f"-{a.condition}" if a.condition else "") + ("-smoke" if a.smoke else ""))
         new: dict = {}
         if "train" not in a.skip:
-            new["train"] = part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed, ov)
-        train = new.get("train") or previous_part(path, key, "train")
+            new[key] = {"train": part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed, ov)}
+            _write(path, folder, name, a.smoke, new, None, command)  # kept if the evaluation fails
+        train = new[key]["train"] if new else previous_part(path, key, "train")
         if "eval" not in a.skip:
-            new["eval"] = part_eval(key, run_dir, train, a.n, a.seed)
+            new = {ekey: {"eval": part_eval(ekey, run_dir, train, a.n, a.seed, a.temperature)}}
+            _write(path, folder, name, a.smoke, new, None, command)
         print(json.dumps(new, indent=1, default=str))
-        _write(path, folder, name, a.smoke, new, key, None, command)
 
 
-def _write(path: Path, folder: Path, name: str, smoke: bool, new: dict, key: str | None, reference: dict | None,
+def _write(path: Path, folder: Path, name: str, smoke: bool, new: dict[str, dict], reference: dict | None,
            command: str) -> None:
     """Merge one process's rows into the results file under a lock (the other core's process merges too)."""
     machine = machine_info()
@@ -300,7 +306,7 @@ def _write(path: Path, folder: Path, name: str, smoke: bool, new: dict, key: str
     with open(RUNS / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text()) if path.exists() else {"benchmark": NAME}
-        out = merge(old, new, key, reference, command, machine)
+        out = merge(old, new, reference, command, machine)
         write_results(name, out, markdown(out, smoke), folder)
 
 

@@ -157,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--probe-labels", type=int, help="labelled training images (class-balanced) the linear probe "
                    "is fitted on (--metrics probe probe_random; default 100)")
     e.add_argument("--data-root", help="folder holding the datasets (default: the run's)")
+    e.add_argument("--temperature", type=float, help="molecule runs: sampling temperature (default 1, as MOSES; "
+                                                     "lower trades diversity for validity)")
     e.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     e.add_argument("--no-html", action="store_true", help="write report.json only")
@@ -542,7 +544,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     opts = {k: v for k, v in (("extractor", a.extractor), ("inception_weights", a.inception_weights),
                               ("iw_k", a.iw_k), ("probe_labels", a.probe_labels), ("data_root", a.data_root),
-                              ("download", a.download or None))
+                              ("download", a.download or None), ("temperature", a.temperature))
             if v is not None}
     report = evaluate(a.run_dir, n=a.n, metrics=a.metrics, out=a.out, seed=a.seed, checkpoint=a.checkpoint,
                       device=a.device, html=not a.no_html, **opts)

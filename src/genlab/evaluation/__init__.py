@@ -48,8 +48,9 @@ def _text_family(run, *, n, seed, metrics, **opts):
     if is_molecule_config(run.cfg.data):  # SMILES/SELFIES runs: the MOSES metrics (genlab.evaluation.molecules)
         from genlab.evaluation.molecules import evaluate_molecules
 
-        if set(opts) - {"data_root", "reference_size"}:
-            raise ConfigError(f"option(s) {', '.join(sorted(set(opts) - {'data_root', 'reference_size'}))} "
+        allowed = {"data_root", "reference_size", "temperature"}
+        if set(opts) - allowed:
+            raise ConfigError(f"option(s) {', '.join(sorted(set(opts) - allowed))} "
                               "do not apply to molecule runs")
         return evaluate_molecules(run, n=n, seed=seed, metrics=metrics, **opts)
     if opts:

@@ -21,14 +21,14 @@ CONDITION_METRICS = ("condition_success", "condition_success_bins")
 DEFAULT_CONDITION_METRICS = ("condition_success",)  # in a conditioned run's default report
 
 
-def bin_scores(run, data, cond, k: int, n: int, seed: int) -> dict:
+def bin_scores(run, data, cond, k: int, n: int, seed: int, temperature: float = 1.0) -> dict:
     """Sample n molecules of bin k and score them: success rate, base rate, validity, in-bin share."""
     from genlab.data.molecules import sample_molecules
     from genlab.metrics.molecules import canonical, condition_success, properties
 
     t0 = time.perf_counter()
     generated = sample_molecules(run.model.eval(), data.tokenizer, n, seed=seed, max_tokens=data.max_tokens(),
-                                 condition=cond.tokens[k])
+                                 temperature=temperature, condition=cond.tokens[k])
     valid = [canonical(s) for s in generated]
     kept = [s for s in valid if s is not None]
     props = iter(properties(kept, names=(cond.prop,))[cond.prop]) if kept else iter(())
@@ -53,20 +53,21 @@ def require_condition(run, wanted: list[str]):
     return cond
 
 
-def evaluate_condition(run, data, wanted: list[str], *, n: int, seed: int) -> dict[str, dict]:
+def evaluate_condition(run, data, wanted: list[str], *, n: int, seed: int,
+                       temperature: float = 1.0) -> dict[str, dict]:
     """The condition metrics of `wanted` as report entries (ConfigError for an unconditioned run)."""
     cond = require_condition(run, wanted)
     out = {}
     top = cond.bins - 1
     common = {"extractor": None, "n": n, "seed": seed, "property": cond.prop, "bins": cond.bins,
-              "sampling": "temperature 1.0"}
+              "sampling": f"temperature {temperature:g}"}
     if "condition_success" in wanted:
-        s = bin_scores(run, data, cond, top, n, seed)
+        s = bin_scores(run, data, cond, top, n, seed, temperature)
         out["condition_success"] = {"value": s.pop("success"), **common, **s,
                                     "threshold": f"{cond.prop} >= {cond.edges[top]:.4g} (the top bin)"}
     if "condition_success_bins" in wanted:
         t0 = time.perf_counter()
-        per_bin = [bin_scores(run, data, cond, k, n, seed) for k in range(cond.bins)]
+        per_bin = [bin_scores(run, data, cond, k, n, seed, temperature) for k in range(cond.bins)]
         out["condition_success_bins"] = {"value": sum(b["success"] for b in per_bin) / cond.bins, **common,
                                          "seconds": round(time.perf_counter() - t0, 3), "per_bin": per_bin,
                                          "base_rate_mean": 1.0 / cond.bins}

@@ -196,9 +196,11 @@ def score_molecules(generated: list[str], train: list[str], references: dict[str
 
 
 def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | None,
-                       reference_size: int | None = None, data_root=None) -> tuple[dict[str, dict], dict]:
+                       reference_size: int | None = None, data_root=None,
+                       temperature: float = 1.0) -> tuple[dict[str, dict], dict]:
     """The MOSES metrics of a molecule run as report entries, and the report's artefacts (the
-    first generated molecules as text)."""
+    first generated molecules as text). `temperature`: the sampling temperature (MOSES samples at
+    1; lower trades diversity for validity), recorded with every metric."""
     from genlab.data.molecule_condition import run_condition
     from genlab.data.molecules import sample_molecules
     from genlab.evaluation.molecule_condition import (CONDITION_METRICS, DEFAULT_CONDITION_METRICS, evaluate_condition,
@@ -215,9 +217,11 @@ def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | No
     wanted = [m for m in wanted if m not in CONDITION_METRICS]
     if condition:
         require_condition(run, condition)
+    if not temperature > 0:
+        raise ConfigError(f"--temperature must be > 0 for molecule metrics, got {temperature}")
     n = n or DEFAULT_N
     data = run.data(data_root)
-    scored = evaluate_condition(run, data, condition, n=n, seed=seed) if condition else {}
+    scored = evaluate_condition(run, data, condition, n=n, seed=seed, temperature=temperature) if condition else {}
     if not wanted:
         return scored, {}
     reference_size = reference_size if reference_size is not None else run.cfg.data.reference_size
@@ -225,7 +229,7 @@ def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | No
     t0 = time.perf_counter()
     with Progress("generating", n, unit="molecules") as bar:
         generated = sample_molecules(run.model.eval(), data.tokenizer, n, seed=seed, max_tokens=data.max_tokens(),
-                                     progress=bar)
+                                     temperature=temperature, progress=bar)
     gen_secs = time.perf_counter() - t0
     stats: dict = {}
     scores = score_molecules(generated, data.train_smiles, refs, wanted, keep=stats)
@@ -237,7 +241,7 @@ def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | No
         secs = extra.pop("seconds", 0.0)
         out[name] = {"value": value, "extractor": "chemnet" if name.startswith("fcd") else None, "n": n,
                      "seed": seed, "seconds": round(secs + (gen_secs if name == "validity" else 0.0), 3),
-                     "sampling": "temperature 1.0", **extra}
+                     "sampling": f"temperature {temperature:g}", **extra}
     if "validity" in out:  # the generation alone, for a samples/second figure
         out["validity"]["generation_seconds"] = round(gen_secs, 3)
     out.update(scored)

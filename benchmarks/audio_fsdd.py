@@ -60,19 +60,24 @@ def part_train(preset: str, run_dir: Path, marks: list[float], seed: int) -> dic
             "run_dir": os.path.relpath(run_dir.resolve(), RUNS.parent.parent)}
 
 
-def part_eval(preset: str, run_dir: Path, train: dict, n: int, seed: int, out: Path) -> list[dict]:
+def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int, out: Path,
+              options: dict | None = None) -> list[dict]:
+    """`options`: sampling options of the evaluation (guidance), recorded in each row."""
     rows = []
-    for row, _ in evaluate_marks(preset, run_dir, train, n, seed,
+    stem = key.replace(" (guidance ", "-w").replace(")", "")
+    for row, _ in evaluate_marks(key, run_dir, train, n, seed, sample_options=options or None,
                                  extras=("judge_test_accuracy", "floor", "real_test", "std")):
-        row["samples"] = write_samples(run_dir, row["checkpoint"], f"{preset}-{row['minutes']:g}min", seed, out)
+        row["samples"] = write_samples(run_dir, row["checkpoint"], f"{stem}-{row['minutes']:g}min", seed, out,
+                                       options)
+        row["sample_options"] = options or {}
         rows.append(row)
     return rows
 
 
-def write_samples(run_dir: Path, ck: str, stem: str, seed: int, out: Path) -> str:
+def write_samples(run_dir: Path, ck: str, stem: str, seed: int, out: Path, options: dict | None = None) -> str:
     """One clip per digit (seed `seed`) of checkpoint `ck` as out/audio-fsdd-STEM.wav + .png."""
     run = genlab.load(run_dir, ck)
-    clips, labels = run.sample(10, seed=seed)
+    clips, labels = run.sample(10, seed=seed, **(options or {}))
     write_audio(out / f"{NAME}-{stem}.wav", clips, labels, run.meta["sample_rate"], nrow=10)
     return f"{NAME}-{stem}.wav"
 
@@ -97,14 +102,16 @@ def part_apply(run_dir: Path, n: int, seed: int) -> dict:
 # --------------------------------------------------------------------------- results
 
 
-def merge(old: dict, new: dict, preset: str, command: str, machine: dict) -> dict:
+def merge(old: dict, new: dict[str, dict], command: str, machine: dict) -> dict:
+    """old results + this process's parts ({row key: {part: value}}), cited by a new run id."""
     out = dict(old)
     runs = out.setdefault("runs", {})
     rid = str(max([0, *map(int, runs)]) + 1)
     runs[rid] = {"command": command, "machine": machine}
-    entry = out.setdefault("presets", {}).setdefault(preset, {})
-    for part, value in new.items():
-        entry[part] = {"run": rid, "value": value}
+    for key, parts in new.items():
+        entry = out.setdefault("presets", {}).setdefault(key, {})
+        for part, value in parts.items():
+            entry[part] = {"run": rid, "value": value}
     cited = {p["run"] for e in out["presets"].values() for p in e.values()}
     out["runs"] = {k: v for k, v in runs.items() if k in cited}
     return out
@@ -181,6 +188,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="conditional samples per evaluation")
     ap.add_argument("--apply-n", type=int, default=100, help="test clips for denoising and gap filling")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--guidance", type=float, help="classifier-free guidance weight of the evaluation (default: the "
+                    "preset's); a row of its own, e.g. `--skip train apply --guidance 1` re-scores a trained run")
     ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
     ap.add_argument("--smoke", action="store_true", help="tiny budgets and counts: checks the script end to end")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
@@ -190,9 +199,11 @@ def main() -> None:
     path = RESULTS / f"{NAME}.json"
     if a.render_only:
         d = json.loads(path.read_text())
-        for preset, e in d.get("presets", {}).items() if a.rewrite_samples else ():
+        for key, e in d.get("presets", {}).items() if a.rewrite_samples else ():
             for r in e.get("eval", {}).get("value", []):
-                write_samples(RUNS / preset, r["checkpoint"], f"{preset}-{r['minutes']:g}min", a.seed, RESULTS)
+                preset = key.split(" ")[0]
+                write_samples(RUNS / preset, r["checkpoint"], r["samples"][len(NAME) + 1:-len(".wav")], a.seed,
+                              RESULTS, r.get("sample_options"))
         write_results(NAME, d, markdown(d))
         return
     if a.smoke:
@@ -200,16 +211,19 @@ def main() -> None:
     cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
     command = " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "unset"), f"taskset -c {cpus}",
                         *map(shlex.quote, [Path(sys.executable).name, *sys.argv])])
+    options = {} if a.guidance is None else {"guidance": a.guidance}
     for preset in a.preset or PRESETS:
         run_dir = RUNS / (preset + ("-smoke" if a.smoke else ""))
+        ekey = preset + (f" (guidance {a.guidance:g})" if options else "")  # rows sampled with other options
         new: dict = {}
         if "train" not in a.skip:
-            new["train"] = part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed)
-        train = new.get("train") or previous_part(path, preset, "train")
+            new[preset] = {"train": part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed)}
+        train = new[preset]["train"] if new else previous_part(path, preset, "train")
         if "eval" not in a.skip:
-            new["eval"] = part_eval(preset, run_dir, train, a.n, a.seed, run_dir if a.smoke else RESULTS)
+            new.setdefault(ekey, {})["eval"] = part_eval(ekey, run_dir, train, a.n, a.seed,
+                                                         run_dir if a.smoke else RESULTS, options)
         if "apply" not in a.skip and preset.startswith("diffwave"):
-            new["apply"] = part_apply(run_dir, a.apply_n, a.seed)
+            new.setdefault(preset, {})["apply"] = part_apply(run_dir, a.apply_n, a.seed)
         machine = machine_info()
         if a.smoke:
             print(json.dumps(new, indent=1, default=str))
@@ -217,9 +231,8 @@ def main() -> None:
         with open(RUNS / f".{NAME}.lock", "w") as lock:  # the other core's process merges too
             fcntl.flock(lock, fcntl.LOCK_EX)
             old = json.loads(path.read_text()) if path.exists() else {"benchmark": NAME}
-            out = merge(old, new, preset, command, machine)
+            out = merge(old, new, command, machine)
             write_results(NAME, out, markdown(out))
-
 
 if __name__ == "__main__":
     main()

@@ -101,6 +101,27 @@ def test_sample_interpolate_is_refused_for_audio(diffwave_run, tmp_path, capsys)
     assert not out.exists() and not out.with_suffix(".png").exists()
 
 
+def test_sample_wavenet_with_guidance(wavenet_run, tmp_path, capsys):
+    """wavenet-fsdd trains with label dropout: `genlab sample --guidance W` mixes the conditional and
+    unconditional logits (default: the preset's w); w = 0 draws the same clips whatever --label asks."""
+    run = load(wavenet_run)
+    assert run.model.guided and run.cfg.model.guidance == 2.0
+    paths = {}
+    for w, label in [("0", "0"), ("0", "1"), ("1", "1"), (None, "1")]:
+        out = tmp_path / f"w{w}-l{label}.npz"
+        assert main(["sample", str(wavenet_run), "--n", "2", "--label", label, "--seed", "3", "--out", str(out),
+                     *(["--guidance", w] if w else [])]) == 0
+        with np.load(out) as z:
+            paths[w, label] = z["audio"]
+    assert np.array_equal(paths["0", "0"], paths["0", "1"])
+    assert np.array_equal(paths[None, "1"], run.sample(2, seed=3, label=1, guidance=2.0)[0].numpy())
+    assert np.array_equal(paths["1", "1"], run.sample(2, seed=3, label=1, guidance=1.0)[0].numpy())
+    capsys.readouterr()
+    assert main(["sample", str(wavenet_run), "--n", "2", "--sampling-steps", "4",
+                 "--out", str(tmp_path / "x.wav")]) != 0
+    assert "--sampling-steps: diffusion options" in one_line_error(capsys)
+
+
 # --------------------------------------------------------------------------- presets
 
 

@@ -203,3 +203,69 @@ def test_config_errors():
                         ).model.encoding == "linear"
     with pytest.raises(ConfigError, match="temperature"):
         tiny().sample(1, generator=torch.Generator(), temperature=-0.5)
+
+
+def test_classifier_free_guidance():
+    """label_dropout trains a "no label" row; guidance w mixes the two logit vectors as
+    l_u + w (l_c - l_u): the cached and uncached generators agree; w = 0 ignores the label;
+    w = 1 is the conditional model; the mixing is the stated formula."""
+    m = tiny(conditional=True, num_classes=3, label_dropout=0.2)
+    assert m.cond.num_embeddings == 4  # three classes and "no label"
+    with torch.no_grad():
+        m.head2.weight.mul_(8)
+        m.cond.weight.mul_(20)  # labels that matter, so a wrong label shows up in the samples
+    labels = torch.tensor([2, 0])
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    w2 = m.sample(2, generator=g(), labels=labels, guidance=2.0)
+    assert torch.equal(w2, m.sample(2, generator=g(), labels=labels, guidance=2.0, use_cache=False))
+    plain = m.sample(2, generator=g(), labels=labels)
+    assert not torch.equal(w2, plain)
+    # w = 0: the unconditional model, whatever label is asked for
+    w0 = m.sample(2, generator=g(), labels=labels, guidance=0.0)
+    assert torch.equal(w0, m.sample(2, generator=g(), labels=torch.tensor([1, 1]), guidance=0.0))
+    assert not torch.equal(w0, plain)
+    # the mixing: w = 1 gives the conditional logits, w = 0 the unconditional, w = 3 extrapolates
+    c, u = torch.randn(2, 5), torch.randn(2, 5)
+    both = torch.cat([c, u])
+    assert torch.allclose(WaveNet._guide(both, 2, 1.0), c, atol=1e-6)
+    assert torch.equal(WaveNet._guide(both, 2, 0.0), u)
+    assert torch.allclose(WaveNet._guide(both, 2, 3.0), 3 * c - 2 * u, atol=1e-5)
+    assert torch.equal(WaveNet._guide(c, 2, 3.0), c)  # n rows: nothing to mix
+    # w = 1 through the 2n-row path draws what the plain conditional path draws
+    y2 = torch.cat([labels, torch.full_like(labels, 3)])
+    u01 = torch.rand(T, 2, generator=g())
+    with torch.no_grad():
+        assert torch.equal(m._generate_cached(y2, u01, 1.0, 1.0), m._generate_cached(labels, u01, 1.0, 1.0))
+    # the model's default guidance comes from its config
+    m.cfg.guidance = 2.0
+    assert torch.equal(m.sample(2, generator=g(), labels=labels), w2)
+
+
+def test_label_dropout_trains_the_no_label_row():
+    x, y = waves(), torch.tensor([0, 1])
+    m = tiny(conditional=True, num_classes=3, label_dropout=0.999)
+    torch.manual_seed(0)
+    m.loss({"x": x, "y": y})["loss"].backward()
+    rows = m.cond.weight.grad.abs().sum(1)  # (4,)
+    assert rows[3] > 0 and rows[:3].sum() == 0  # every label dropped: only "no label" learns
+    m.zero_grad()
+    m.eval()  # evaluation (NLL) never drops labels
+    m.loss({"x": x, "y": y})["loss"].backward()
+    rows = m.cond.weight.grad.abs().sum(1)
+    assert rows[0] > 0 and rows[1] > 0 and rows[3] == 0
+
+
+def test_guidance_errors():
+    with pytest.raises(ConfigError, match="label_dropout > 0"):
+        tiny(conditional=True, num_classes=3).sample(2, generator=torch.Generator(), labels=torch.tensor([0, 1]),
+                                                     guidance=2.0)
+    for bad, match in [({"label_dropout": 1.0, "conditional": True}, "label_dropout"),
+                       ({"guidance": 2.0, "conditional": True}, "needs model.label_dropout > 0")]:
+        with pytest.raises(ConfigError, match=match):
+            build_config({"model": {"name": "wavenet", **bad}, "data": {"dataset": "fsdd"}})
+    # an unconditional model made from a guided preset ignores the preset's guidance, refuses an explicit one
+    m = tiny(label_dropout=0.1, guidance=2.0)
+    assert not m.guided and m.cond is None
+    assert m.sample(1, generator=torch.Generator().manual_seed(0)).shape == (1, 1, T)
+    with pytest.raises(ConfigError, match="label_dropout > 0"):
+        m.sample(1, generator=torch.Generator(), guidance=2.0)

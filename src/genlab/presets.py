@@ -378,9 +378,9 @@ _AUDIO_TRAIN = {"lr": 2e-3, "warmup_steps": 200, "min_lr_ratio": 0.1, "grad_clip
 
 PRESETS.update({
     "wavenet-fsdd": Preset(
-        "class-conditional WaveNet (2 x 10 dilated causal layers, 256-way mu-law), FSDD spoken digits",
+        "class-conditional WaveNet (2 x 10 dilated causal layers, 256-way mu-law, CFG w=2), FSDD spoken digits",
         {"model": {"name": "wavenet", "residual_channels": 32, "skip_channels": 64, "layers": 10, "stacks": 2,
-                   "quantization": 256, "conditional": True},
+                   "quantization": 256, "conditional": True, "label_dropout": 0.1, "guidance": 2.0},
          "data": dict(_FSDD), "train": {**_AUDIO_TRAIN, "steps": 6500, "batch_size": 4}},
     ),
     "diffwave-fsdd": Preset(

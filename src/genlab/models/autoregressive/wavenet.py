@@ -18,6 +18,13 @@ step per layer, not a pass over the receptive field. `sample(use_cache=False)` r
 whole network over the sequence so far at every step (slow; the reference the cache is tested
 against); both draw step t's class from the same uniform number, so they give the same audio.
 
+Classifier-free guidance (Ho & Salimans 2022, as the diffusion models and autoregressive audio
+models such as AudioGen use it): with `label_dropout` > 0 a share of the training labels is
+replaced by a "no label" class, so one network learns p(x_t | x_<t, y) and p(x_t | x_<t); sampling
+at `guidance` w draws each sample from softmax(l_u + w (l_c - l_u)) of the two logit vectors
+(w = 1: the conditional model, no extra cost; w = 0: the unconditional one; w > 1 sharpens the
+class), both computed in one batch of 2n rows that share the drawn samples.
+
 Data: batches {"x": (B, 1, T) float in [-1, 1], "mask": (B, T) bool (True = real sample),
 "y": (B,) labels}; padded positions count for nothing in the NLL (`nll`, "bits_per_sample"), and
 in the training loss only with `pad_loss` (the default: samples must contain the silence too).
@@ -57,6 +64,9 @@ class WaveNetConfig:
     encoding: str = "mulaw"  # mulaw (companded, fine steps near silence) | linear (uniform bins of [-1, 1])
     conditional: bool = False  # global conditioning on the class label
     temperature: float = 1.0  # sampling: softmax(logits / temperature); 0 = the most likely class
+    label_dropout: float = 0.0  # classifier-free guidance: share of training labels replaced by "no label"
+    # (label_dropout and guidance apply to conditional models; an unconditional one ignores them)
+    guidance: float = 1.0  # sampling: logits l_u + w (l_c - l_u); 1 = conditional, 0 = unconditional
     pad_loss: bool = True  # train on the padding around recordings too (see loss); NLL counts real samples
     # Filled in from the data when left None.
     audio_length: int | None = None  # samples per generated clip (data.audio_length)
@@ -78,6 +88,12 @@ class WaveNetConfig:
             raise ConfigError(f"model.encoding must be one of {', '.join(ENCODINGS)} (how samples become classes), "
                               f"got {self.encoding!r}")
         check_number("model.temperature", self.temperature, lo=0)
+        check_number("model.guidance", self.guidance)
+        if not 0 <= self.label_dropout < 1:
+            raise ConfigError(f"model.label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.conditional and self.guidance != 1 and not self.label_dropout:
+            raise ConfigError(f"model.guidance {self.guidance:g} needs model.label_dropout > 0 (classifier-free "
+                              "guidance learns the unconditional model from dropped labels), or guidance 1")
         if self.audio_length is not None and self.audio_length < 1:
             raise ConfigError(f"model.audio_length must be >= 1, got {self.audio_length}")
         if self.num_classes is not None and self.num_classes < 1:
@@ -148,8 +164,10 @@ class WaveNet(GenerativeModel):
         self.dilations = [2 ** i for _ in range(cfg.stacks) for i in range(cfg.layers)]
         n = len(self.dilations)
         self.embed = nn.Embedding(Q, R)  # one-hot input class -> 1x1 convolution
-        # V_f h and V_g h of every layer at once: one row of n * 2R terms per class
-        self.cond = nn.Embedding(cfg.num_classes, n * 2 * R) if cfg.conditional else None
+        # V_f h and V_g h of every layer at once: one row of n * 2R terms per class (and, for
+        # classifier-free guidance, a last row for "no label")
+        self.guided = cfg.conditional and cfg.label_dropout > 0
+        self.cond = (nn.Embedding(cfg.num_classes + self.guided, n * 2 * R) if cfg.conditional else None)
         self.layers = nn.ModuleList([ResidualLayer(R, S, d, i == n - 1) for i, d in enumerate(self.dilations)])
         self.head1 = nn.Linear(S, S)  # the output 1x1 convolutions
         self.head2 = nn.Linear(S, Q)
@@ -237,6 +255,10 @@ class WaveNet(GenerativeModel):
         """"loss": mean -ln p over the real samples, or over every position with `pad_loss` (the
         silence around each recording is part of every clip a sample must be: trained on, the
         model learns where words start and stop); "bits_per_sample": over the real samples."""
+        if self.guided and self.training:  # classifier-free guidance: some labels become "no label"
+            y = batch["y"]
+            drop = torch.rand(y.shape, device=y.device) < self.cfg.label_dropout
+            batch = {**batch, "y": y.masked_fill(drop, self.num_classes)}
         ce, mask = self._nats(batch, crop=not self.cfg.pad_loss)
         real = ce.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
         return {"loss": ce.mean() if self.cfg.pad_loss else real, "bits_per_sample": real / math.log(2)}
@@ -250,10 +272,17 @@ class WaveNet(GenerativeModel):
 
     # ------------------------------------------------------------------ sampling
     def _sample_setup(self, n: int, generator: torch.Generator, labels: torch.Tensor | None,
-                      temperature: float | None) -> tuple[torch.Tensor | None, torch.Tensor, float]:
+                      temperature: float | None, guidance: float | None
+                      ) -> tuple[torch.Tensor | None, torch.Tensor, float, float]:
         check_number("n", n, lo=1, integer=True)
         temperature = self.cfg.temperature if temperature is None else temperature
         check_number("--temperature", temperature, lo=0)
+        # (an unconditional model made from a guided preset ignores the preset's guidance)
+        guidance = float((self.cfg.guidance if self.guided else 1.0) if guidance is None else guidance)
+        check_number("--guidance", guidance)
+        if guidance != 1 and not self.guided:
+            raise ConfigError(f"guidance {guidance:g} needs a conditional WaveNet trained with model.label_dropout > 0 "
+                              "(classifier-free guidance); this one has no unconditional model: use guidance 1")
         dev = self.embed.weight.device
         y = None
         if self.conditional:
@@ -266,34 +295,57 @@ class WaveNet(GenerativeModel):
                 raise ConfigError(f"labels must be in 0..{self.num_classes - 1}")
         # all the randomness, drawn up front the same way for both paths: u[t] picks step t's classes
         u = torch.rand(self.cfg.audio_length, n, generator=generator, device=generator.device).to(dev)
-        return y, u, float(temperature)
+        return y, u, float(temperature), guidance
+
+    def _guided_labels(self, y: torch.Tensor | None, guidance: float) -> torch.Tensor | None:
+        """The labels of the rows the network runs on: y (guidance 1), "no label" (0), or both, y then
+        "no label" (2n rows, combined by `_guide`)."""
+        if y is None or guidance == 1:
+            return y
+        null = torch.full_like(y, self.num_classes)
+        return null if guidance == 0 else torch.cat([y, null])
+
+    @staticmethod
+    def _guide(lg: torch.Tensor, n: int, guidance: float) -> torch.Tensor:
+        """Logits of the network's rows -> the n rows to sample from: l_u + w (l_c - l_u)."""
+        if lg.shape[0] == n:
+            return lg
+        c, u = lg[:n], lg[n:]
+        return u + guidance * (c - u)
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator, labels: torch.Tensor | None = None,
-               temperature: float | None = None, use_cache: bool = True) -> torch.Tensor:
+               temperature: float | None = None, guidance: float | None = None,
+               use_cache: bool = True) -> torch.Tensor:
         """n clips (n, 1, audio_length) float32 in [-1, 1] (the classes' bin centres).
 
         Args:
             labels: (n,) classes, required by (and only used by) conditional models.
             temperature: softmax temperature (None: model.temperature; 0: the likeliest class).
+            guidance: classifier-free guidance weight w (None: model.guidance; 1 = conditional).
             use_cache: the Fast WaveNet step (O(layers) per sample); False re-runs the network
                 over the whole prefix per sample (O(T^2), for tests). Both give the same clips.
         """
-        y, u, temperature = self._sample_setup(n, generator, labels, temperature)
-        q = self._generate_cached(y, u, temperature) if use_cache else self._generate_uncached(y, u, temperature)
+        y, u, temperature, guidance = self._sample_setup(n, generator, labels, temperature, guidance)
+        y = self._guided_labels(y, guidance)
+        gen = self._generate_cached if use_cache else self._generate_uncached
+        q = gen(y, u, temperature, guidance)
         return self.dequantize(q).unsqueeze(1)  # (n, 1, T)
 
-    def _generate_uncached(self, y: torch.Tensor | None, u: torch.Tensor, temperature: float) -> torch.Tensor:
+    def _generate_uncached(self, y: torch.Tensor | None, u: torch.Tensor, temperature: float,
+                           guidance: float = 1.0) -> torch.Tensor:
         T, n = u.shape
+        rows = 1 if y is None else y.shape[0] // n  # 2: conditional and "no label" rows (guidance)
         q = torch.empty(n, T, dtype=torch.long, device=u.device)
         for t in range(T):
-            inp = self._shift(q[:, :t + 1])  # (n, t+1): the classes before each position
-            lg = self._net(inp, y)[:, -1]  # (n, Q) for x_t
+            inp = self._shift(q[:, :t + 1]).repeat(rows, 1)  # (rows n, t+1): the classes before each position
+            lg = self._guide(self._net(inp, y)[:, -1], n, guidance)  # (n, Q) for x_t
             q[:, t] = draw_classes(lg, u[t], temperature)
             advance(t + 1, T)  # progress within the caller's batch (genlab.progress)
         return q
 
-    def _generate_cached(self, y: torch.Tensor | None, u: torch.Tensor, temperature: float) -> torch.Tensor:
+    def _generate_cached(self, y: torch.Tensor | None, u: torch.Tensor, temperature: float,
+                         guidance: float = 1.0) -> torch.Tensor:
         """The Fast WaveNet loop, six tensor ops per layer per step into preallocated buffers.
 
         Layer l's convolution at time t is W_past h_{t-d} + W_cur h_t + b (b: bias + class term).
@@ -303,16 +355,18 @@ class WaveNet(GenerativeModel):
         overwrites it with W_past h_t + b. The gated units z_l are written into one buffer Z
         (n, L, R + 1) whose last column is 1, so that the residual and skip 1x1 convolutions
         carry their biases inside the matmul; the skips of all layers are one matmul at the end.
+        With guidance the network runs on m = 2n rows (y, then "no label") fed the same samples.
         """
         T, n = u.shape
         dev, R, S, L = u.device, self.cfg.residual_channels, self.cfg.skip_channels, len(self.layers)
-        conds = self._conditioning(y, n)
-        Z = torch.ones(n, L, R + 1, device=dev)  # [z_l, 1] per layer
+        m = n if y is None else y.shape[0]  # rows the network runs on
+        conds = self._conditioning(y, m)
+        Z = torch.ones(m, L, R + 1, device=dev)  # [z_l, 1] per layer
         skip_w = torch.zeros(L, R + 1, S, device=dev)  # Z.view(n, L (R+1)) @ skip_w = the scaled skip sum
         plan = []  # per layer: (W_cur (R, 2R), W_past (R, 2R), b (n, 2R), ring slots, residual weight, z)
         for li, (layer, c) in enumerate(zip(self.layers, conds)):
             w = layer.conv.weight  # (2R, 2R): [:, :R] taps h_{t-d}, [:, R:] taps h_t
-            b = (layer.conv.bias + c).expand(n, 2 * R).contiguous()  # (n, 2R)
+            b = (layer.conv.bias + c).expand(m, 2 * R).contiguous()  # (m, 2R)
             ring = b.unsqueeze(0).repeat(layer.dilation, 1, 1)  # (d, n, 2R)
             ow, ob = layer.out.weight, layer.out.bias  # (S [+ R], R), (S [+ R],)
             skip_w[li] = torch.cat([ow[:S].t(), ob[None, :S]]) * self.skip_scale  # (R + 1, S)
@@ -322,14 +376,14 @@ class WaveNet(GenerativeModel):
         skip_w = skip_w.view(L * (R + 1), S)
         h1w, h1b = self.head1.weight.t().contiguous(), self.head1.bias  # (S, S)
         h2w, h2b = self.head2.weight.t().contiguous(), self.head2.bias  # (S, Q)
-        h = torch.empty(n, R, device=dev)
-        pre = torch.empty(n, 2 * R, device=dev)
+        h = torch.empty(m, R, device=dev)
+        pre = torch.empty(m, 2 * R, device=dev)
         # tanh runs over both halves: its kernel is ~3x slower on a strided half than on all of pre
-        th, sg = torch.empty(n, 2 * R, device=dev), torch.empty(n, R, device=dev)
+        th, sg = torch.empty(m, 2 * R, device=dev), torch.empty(m, R, device=dev)
         tf, pre_g = th[:, :R], pre[:, R:]
-        Zflat = Z.view(n, L * (R + 1))
+        Zflat = Z.view(m, L * (R + 1))
         q = torch.empty(n, T, dtype=torch.long, device=dev)
-        cls = torch.full((n,), self.start_class, dtype=torch.long, device=dev)
+        cls = torch.full((m,), self.start_class, dtype=torch.long, device=dev)
         for t in range(T):
             torch.index_select(self.embed.weight, 0, cls, out=h)  # (n, R) the previous sample's embedding
             for w_cur, w_past, b, slots, res_w, z1, z in plan:
@@ -342,9 +396,9 @@ class WaveNet(GenerativeModel):
                 if res_w is not None:
                     h.addmm_(z1, res_w)  # h + W_res z + b_res
             hid = torch.addmm(h1b, F.relu(Zflat @ skip_w), h1w)  # (n, S)
-            lg = torch.addmm(h2b, F.relu(hid), h2w)  # (n, Q)
-            cls = draw_classes(lg, u[t], temperature)
-            q[:, t] = cls
+            lg = self._guide(torch.addmm(h2b, F.relu(hid), h2w), n, guidance)  # (n, Q)
+            q[:, t] = draw_classes(lg, u[t], temperature)
+            cls = q[:, t].repeat(m // n)  # (m,) every row is fed the drawn sample
             advance(t + 1, T)
         return q
 

@@ -200,8 +200,11 @@ def main() -> None:
     if a.render_only:
         d = json.loads(path.read_text())
         for key, e in d.get("presets", {}).items() if a.rewrite_samples else ():
-            for r in e.get("eval", {}).get("value", []):
-                preset = key.split(" ")[0]
+            preset = key.split(" ")[0]
+            trained = d["presets"].get(preset, {}).get("train", {}).get("run")
+            if "eval" not in e or trained is None or int(e["eval"]["run"]) < int(trained):
+                continue  # evaluated from an earlier run of the preset, which RUNS/preset no longer holds
+            for r in e["eval"]["value"]:
                 write_samples(RUNS / preset, r["checkpoint"], r["samples"][len(NAME) + 1:-len(".wav")], a.seed,
                               RESULTS, r.get("sample_options"))
         write_results(NAME, d, markdown(d))

@@ -109,7 +109,11 @@ def merge(old: dict, new: dict[str, dict], command: str, machine: dict) -> dict:
     rid = str(max([0, *map(int, runs)]) + 1)
     runs[rid] = {"command": command, "machine": machine}
     for key, parts in new.items():
-        entry = out.setdefault("presets", {}).setdefault(key, {})
+        presets = out.setdefault("presets", {})
+        if "train" in parts:  # a new run: the rows of the one it replaces go (its other settings' rows too)
+            presets = out["presets"] = {k: v for k, v in presets.items() if not k.startswith(key + " (")}
+            presets[key] = {}
+        entry = presets.setdefault(key, {})
         for part, value in parts.items():
             entry[part] = {"run": rid, "value": value}
     cited = {p["run"] for e in out["presets"].values() for p in e.values()}
@@ -129,7 +133,8 @@ def markdown(d: dict) -> str:
           *d.get("notes", [])]
     rows = []
     for preset, e in d.get("presets", {}).items():
-        tr = e.get("train", {}).get("value")
+        key = preset
+        tr = (e.get("train") or d["presets"].get(key.split(" (")[0], {}).get("train") or {}).get("value")
         for r in e.get("eval", {}).get("value", []):
             rows.append((preset, tr, r, e["eval"]["run"]))
     if rows:
@@ -236,6 +241,7 @@ def main() -> None:
             old = json.loads(path.read_text()) if path.exists() else {"benchmark": NAME}
             out = merge(old, new, command, machine)
             write_results(NAME, out, markdown(out))
+
 
 if __name__ == "__main__":
     main()

@@ -162,7 +162,11 @@ def merge(old: dict, new: dict[str, dict], reference: dict | None, command: str,
     rid = str(max([0, *map(int, runs)]) + 1)
     runs[rid] = {"command": command, "machine": machine}
     for key, parts in new.items():
-        entry = out.setdefault("presets", {}).setdefault(key, {})
+        presets = out.setdefault("presets", {})
+        if "train" in parts:  # a new run: the rows of the one it replaces go (its other settings' rows too)
+            presets = out["presets"] = {k: v for k, v in presets.items() if not k.startswith(key + " (")}
+            presets[key] = {}
+        entry = presets.setdefault(key, {})
         for part, value in parts.items():
             entry[part] = {"run": rid, "value": value}
     if reference is not None:
@@ -190,7 +194,7 @@ def markdown(d: dict, smoke: bool = False) -> str:
     head = "| model | CPU min | steps | " + " | ".join(c for c, _ in COLUMNS) + " | gen. mol/s | n | run |"
     md += [head, "|" + "---|" * (len(COLUMNS) + 6)]
     for key, e in d.get("presets", {}).items():
-        tr = e.get("train", {}).get("value")
+        tr = (e.get("train") or d["presets"].get(key.split(" (")[0], {}).get("train") or {}).get("value")
         for r in e.get("eval", {}).get("value", []):
             mins = f"{r['minutes']:g}"
             if r["checkpoint"] == "last" and tr and tr["train_seconds"] < r["minutes"] * 60 - 30:

@@ -236,6 +236,17 @@ def test_classifier_free_guidance():
     u01 = torch.rand(T, 2, generator=g())
     with torch.no_grad():
         assert torch.equal(m._generate_cached(y2, u01, 1.0, 1.0), m._generate_cached(labels, u01, 1.0, 1.0))
+    # which rows are which: greedy decoding against a step-by-step reference that runs the
+    # conditional and the "no label" model separately and mixes them as l_u + 2.5 (l_c - l_u)
+    with torch.no_grad():
+        q = torch.empty(2, T, dtype=torch.long)
+        for t in range(T):
+            inp = m._shift(q[:, :t + 1])
+            lc, lu = m._net(inp, labels)[:, -1], m._net(inp, torch.full_like(labels, 3))[:, -1]
+            q[:, t] = (lu + 2.5 * (lc - lu)).argmax(-1)
+    for cached in (True, False):
+        greedy = m.sample(2, generator=g(), labels=labels, guidance=2.5, temperature=0, use_cache=cached)
+        assert torch.equal(greedy, m.dequantize(q).unsqueeze(1))
     # the model's default guidance comes from its config
     m.cfg.guidance = 2.0
     assert torch.equal(m.sample(2, generator=g(), labels=labels), w2)

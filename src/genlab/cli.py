@@ -356,7 +356,8 @@ def _diffusion_flags(p: argparse.ArgumentParser) -> None:
                    help="diffusion runs: sampler (default: the run's, dpmpp)")
     p.add_argument("--sampling-steps", type=int, help="diffusion runs: model evaluations (default 20; ddpm: 1000)")
     p.add_argument("--guidance", type=float, help="diffusion and WaveNet runs, conditional: classifier-free guidance weight w "
-                                                  "(eps_u + w (eps_c - eps_u); 1 = conditional, 0 = unconditional)")
+                                                  "(u + w (c - u) of the unconditional and conditional predictions; "
+                                                  "1 = conditional, 0 = unconditional)")
     p.add_argument("--eta", type=float, help="diffusion runs, ddim: noise scale (0 deterministic, 1 = ddpm)")
 
 
@@ -367,9 +368,8 @@ def diffusion_options(run, a: argparse.Namespace) -> dict:
 
     opts = {k: v for k, v in (("sampler", a.sampler), ("steps", a.sampling_steps), ("guidance", a.guidance),
                               ("eta", a.eta)) if v is not None}
-    wavenet = run.cfg.model_name == "wavenet"  # takes classifier-free guidance too, no other diffusion option
-    flags = ["--" + {"steps": "sampling-steps"}.get(k, k) for k in opts if not (wavenet and k == "guidance")]
-    check_diffusion_options(run, flags, a.run_dir)
+    check_diffusion_options(run, ["--" + {"steps": "sampling-steps"}.get(k, k) for k in opts], a.run_dir,
+                            sampling=True)
     return opts
 
 

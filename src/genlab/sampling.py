@@ -18,9 +18,15 @@ BATCH = 500  # images per model.sample call in draw_samples
 DIFFUSION_MODELS = ("diffusion", "diffwave")  # the runs that take sampler/steps/guidance/eta
 
 
-def check_diffusion_options(run, given: list[str], who: str) -> None:
+GUIDED_MODELS = ("wavenet",)  # runs whose sampling takes classifier-free guidance, and no other diffusion option
+
+
+def check_diffusion_options(run, given: list[str], who: str, *, sampling: bool = False) -> None:
     """A ConfigError when diffusion sampling options (`given`, spelled as the caller's user
-    wrote them: --sampler, sampling_steps) are given for a run of another family."""
+    wrote them: --sampler, sampling_steps) are given for a run of another family. `sampling`:
+    the caller samples the run (genlab sample, POST /v1/generate), so a WaveNet takes guidance."""
+    if sampling and run.cfg.model_name in GUIDED_MODELS:
+        given = [g for g in given if g.lstrip("-") != "guidance"]
     if given and run.cfg.model_name not in DIFFUSION_MODELS:
         raise ConfigError(f"{', '.join(given)}: diffusion options, but {who} is a {run.cfg.model_name} run")
 

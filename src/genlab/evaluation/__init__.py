@@ -33,6 +33,11 @@ log = logging.getLogger("genlab")
 def _image_family(run, *, n, seed, metrics, **opts):
     from genlab.evaluation.images import ImageEvalOptions, evaluate_images, with_data_root
 
+    import dataclasses
+
+    stray = sorted(set(opts) - {f.name for f in dataclasses.fields(ImageEvalOptions)})
+    if stray:
+        raise ConfigError(f"option(s) {', '.join(stray)} do not apply to image runs")
     o = with_data_root(ImageEvalOptions(n=n or 10_000, seed=seed, metrics=metrics, **opts), run)
     if hasattr(run.model, "translate"):  # pix2pix, CycleGAN: test images translated, against the target domain
         from genlab.evaluation.translation import evaluate_translation

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from genlab.errors import ConfigError
+from genlab.options import check_number
 
 log = logging.getLogger("genlab")
 
@@ -217,8 +218,7 @@ def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | No
     wanted = [m for m in wanted if m not in CONDITION_METRICS]
     if condition:
         require_condition(run, condition)
-    if not temperature > 0:
-        raise ConfigError(f"--temperature must be > 0 for molecule metrics, got {temperature}")
+    check_number("--temperature", temperature, lo=0, lo_open=True)
     n = n or DEFAULT_N
     data = run.data(data_root)
     scored = evaluate_condition(run, data, condition, n=n, seed=seed, temperature=temperature) if condition else {}

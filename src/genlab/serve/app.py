@@ -438,7 +438,8 @@ def create_app(run_dirs: list, *, api_key: str | None = None, max_batch: int = 1
             raise _json_error(404, f"model {req.model} is a {run.cfg.model_name} run: {does}")
         opts = {k: v for k, v in (("sampler", req.sampler), ("steps", req.sampling_steps),
                                   ("guidance", req.guidance), ("eta", req.eta)) if v is not None}
-        check_diffusion_options(run, ["sampling_steps" if k == "steps" else k for k in opts], req.model)
+        check_diffusion_options(run, ["sampling_steps" if k == "steps" else k for k in opts], req.model,
+                                sampling=True)
         if run.family == "graph":
             return await generate_graphs(s, req)
         if run.family == "audio":

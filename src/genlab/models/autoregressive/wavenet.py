@@ -89,7 +89,8 @@ class WaveNetConfig:
                               f"got {self.encoding!r}")
         check_number("model.temperature", self.temperature, lo=0)
         check_number("model.guidance", self.guidance)
-        if not 0 <= self.label_dropout < 1:
+        check_number("model.label_dropout", self.label_dropout, lo=0)
+        if not self.label_dropout < 1:
             raise ConfigError(f"model.label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.conditional and self.guidance != 1 and not self.label_dropout:
             raise ConfigError(f"model.guidance {self.guidance:g} needs model.label_dropout > 0 (classifier-free "
@@ -255,8 +256,8 @@ class WaveNet(GenerativeModel):
         """"loss": mean -ln p over the real samples, or over every position with `pad_loss` (the
         silence around each recording is part of every clip a sample must be: trained on, the
         model learns where words start and stop); "bits_per_sample": over the real samples."""
-        if self.guided and self.training:  # classifier-free guidance: some labels become "no label"
-            y = batch["y"]
+        y = batch.get("y")
+        if self.guided and self.training and y is not None:  # classifier-free guidance: some labels become "no label"
             drop = torch.rand(y.shape, device=y.device) < self.cfg.label_dropout
             batch = {**batch, "y": y.masked_fill(drop, self.num_classes)}
         ce, mask = self._nats(batch, crop=not self.cfg.pad_loss)
@@ -278,8 +279,9 @@ class WaveNet(GenerativeModel):
         temperature = self.cfg.temperature if temperature is None else temperature
         check_number("--temperature", temperature, lo=0)
         # (an unconditional model made from a guided preset ignores the preset's guidance)
-        guidance = float((self.cfg.guidance if self.guided else 1.0) if guidance is None else guidance)
+        guidance = (self.cfg.guidance if self.guided else 1.0) if guidance is None else guidance
         check_number("--guidance", guidance)
+        guidance = float(guidance)
         if guidance != 1 and not self.guided:
             raise ConfigError(f"guidance {guidance:g} needs a conditional WaveNet trained with model.label_dropout > 0 "
                               "(classifier-free guidance); this one has no unconditional model: use guidance 1")
@@ -353,7 +355,7 @@ class WaveNet(GenerativeModel):
         step s + d will need (slot s mod d). Step t reads its slot (written at t - d; b alone
         before the start: the left zero padding) as the bias of one matmul with W_cur, then
         overwrites it with W_past h_t + b. The gated units z_l are written into one buffer Z
-        (n, L, R + 1) whose last column is 1, so that the residual and skip 1x1 convolutions
+        (m, L, R + 1) whose last column is 1, so that the residual and skip 1x1 convolutions
         carry their biases inside the matmul; the skips of all layers are one matmul at the end.
         With guidance the network runs on m = 2n rows (y, then "no label") fed the same samples.
         """
@@ -363,11 +365,11 @@ class WaveNet(GenerativeModel):
         conds = self._conditioning(y, m)
         Z = torch.ones(m, L, R + 1, device=dev)  # [z_l, 1] per layer
         skip_w = torch.zeros(L, R + 1, S, device=dev)  # Z.view(n, L (R+1)) @ skip_w = the scaled skip sum
-        plan = []  # per layer: (W_cur (R, 2R), W_past (R, 2R), b (n, 2R), ring slots, residual weight, z)
+        plan = []  # per layer: (W_cur (R, 2R), W_past (R, 2R), b (m, 2R), ring slots, residual weight, z)
         for li, (layer, c) in enumerate(zip(self.layers, conds)):
             w = layer.conv.weight  # (2R, 2R): [:, :R] taps h_{t-d}, [:, R:] taps h_t
             b = (layer.conv.bias + c).expand(m, 2 * R).contiguous()  # (m, 2R)
-            ring = b.unsqueeze(0).repeat(layer.dilation, 1, 1)  # (d, n, 2R)
+            ring = b.unsqueeze(0).repeat(layer.dilation, 1, 1)  # (d, m, 2R)
             ow, ob = layer.out.weight, layer.out.bias  # (S [+ R], R), (S [+ R],)
             skip_w[li] = torch.cat([ow[:S].t(), ob[None, :S]]) * self.skip_scale  # (R + 1, S)
             res_w = None if layer.last else torch.cat([ow[S:].t(), ob[None, S:]]).contiguous()  # (R + 1, R)
@@ -385,17 +387,17 @@ class WaveNet(GenerativeModel):
         q = torch.empty(n, T, dtype=torch.long, device=dev)
         cls = torch.full((m,), self.start_class, dtype=torch.long, device=dev)
         for t in range(T):
-            torch.index_select(self.embed.weight, 0, cls, out=h)  # (n, R) the previous sample's embedding
+            torch.index_select(self.embed.weight, 0, cls, out=h)  # (m, R) the previous sample's embedding
             for w_cur, w_past, b, slots, res_w, z1, z in plan:
-                slot = slots[t % len(slots)]  # (n, 2R): W_past h_{t-d} + b
-                torch.addmm(slot, h, w_cur, out=pre)  # (n, 2R) the convolution at t
+                slot = slots[t % len(slots)]  # (m, 2R): W_past h_{t-d} + b
+                torch.addmm(slot, h, w_cur, out=pre)  # (m, 2R) the convolution at t
                 torch.addmm(b, h, w_past, out=slot)  # what step t + d reads
                 torch.tanh(pre, out=th)
                 torch.sigmoid(pre_g, out=sg)
-                torch.mul(tf, sg, out=z)  # (n, R) the gated unit, into Z
+                torch.mul(tf, sg, out=z)  # (m, R) the gated unit, into Z
                 if res_w is not None:
                     h.addmm_(z1, res_w)  # h + W_res z + b_res
-            hid = torch.addmm(h1b, F.relu(Zflat @ skip_w), h1w)  # (n, S)
+            hid = torch.addmm(h1b, F.relu(Zflat @ skip_w), h1w)  # (m, S)
             lg = self._guide(torch.addmm(h2b, F.relu(hid), h2w), n, guidance)  # (n, Q)
             q[:, t] = draw_classes(lg, u[t], temperature)
             cls = q[:, t].repeat(m // n)  # (m,) every row is fed the drawn sample

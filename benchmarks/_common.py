@@ -51,6 +51,31 @@ def evaluate_marks(key: str, run_dir: Path, train: dict, n: int, seed: int, extr
         yield row, m
 
 
+def merge_parts(old: dict, new: dict[str, dict], command: str, machine: dict, *, top: dict | None = None) -> dict:
+    """old results + one process's parts ({row key: {part: value}}) and top-level entries (`top`,
+    e.g. {"reference": row}), all cited by a new run id. A key given a new "train" part is a new
+    run: the rows of the run it replaces go (its rows at other settings, `KEY (...)`, too); runs
+    no row cites any more go."""
+    out = dict(old)
+    runs = out.setdefault("runs", {})
+    rid = str(max([0, *map(int, runs)]) + 1)
+    runs[rid] = {"command": command, "machine": machine}
+    for key, parts in new.items():
+        presets = out.setdefault("presets", {})
+        if "train" in parts:
+            presets = out["presets"] = {k: v for k, v in presets.items() if not k.startswith(key + " (")}
+            presets[key] = {}
+        entry = presets.setdefault(key, {})
+        for part, value in parts.items():
+            entry[part] = {"run": rid, "value": value}
+    for name, value in (top or {}).items():
+        out[name] = {"run": rid, "value": value}
+    cited = {p["run"] for e in out.get("presets", {}).values() for p in e.values()}
+    cited |= {v["run"] for v in out.values() if isinstance(v, dict) and set(v) == {"run", "value"}}
+    out["runs"] = {k: v for k, v in runs.items() if k in cited}
+    return out
+
+
 def previous_part(path: Path, key: str, part: str) -> dict:
     """A part's value (e.g. "train") recorded for `key` in a results file by an earlier process."""
     import json

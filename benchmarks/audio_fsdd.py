@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines,
-                     mean_train_throughput, previous_part, train_with_marks, write_results)
+                     mean_train_throughput, merge_parts, previous_part, train_with_marks, write_results)
 
 import torch
 
@@ -100,25 +100,6 @@ def part_apply(run_dir: Path, n: int, seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------- results
-
-
-def merge(old: dict, new: dict[str, dict], command: str, machine: dict) -> dict:
-    """old results + this process's parts ({row key: {part: value}}), cited by a new run id."""
-    out = dict(old)
-    runs = out.setdefault("runs", {})
-    rid = str(max([0, *map(int, runs)]) + 1)
-    runs[rid] = {"command": command, "machine": machine}
-    for key, parts in new.items():
-        presets = out.setdefault("presets", {})
-        if "train" in parts:  # a new run: the rows of the one it replaces go (its other settings' rows too)
-            presets = out["presets"] = {k: v for k, v in presets.items() if not k.startswith(key + " (")}
-            presets[key] = {}
-        entry = presets.setdefault(key, {})
-        for part, value in parts.items():
-            entry[part] = {"run": rid, "value": value}
-    cited = {p["run"] for e in out["presets"].values() for p in e.values()}
-    out["runs"] = {k: v for k, v in runs.items() if k in cited}
-    return out
 
 
 def _f(v, fmt: str = ".3f") -> str:
@@ -239,7 +220,7 @@ def main() -> None:
         with open(RUNS / f".{NAME}.lock", "w") as lock:  # the other core's process merges too
             fcntl.flock(lock, fcntl.LOCK_EX)
             old = json.loads(path.read_text()) if path.exists() else {"benchmark": NAME}
-            out = merge(old, new, command, machine)
+            out = merge_parts(old, new, command, machine)
             write_results(NAME, out, markdown(out))
 
 

@@ -43,8 +43,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, previous_part, train_with_marks,
-                     write_results)
+from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, merge_parts, previous_part,
+                     train_with_marks, write_results)
 
 import numpy as np
 
@@ -153,28 +153,6 @@ def part_reference(preset: str, overrides: list[str], n: int, seed: int) -> dict
 
 
 # --------------------------------------------------------------------------- results
-
-
-def merge(old: dict, new: dict[str, dict], reference: dict | None, command: str, machine: dict) -> dict:
-    """old results + this process's parts ({row key: {part: value}}) and reference row, cited by a new run id."""
-    out = dict(old)
-    runs = out.setdefault("runs", {})
-    rid = str(max([0, *map(int, runs)]) + 1)
-    runs[rid] = {"command": command, "machine": machine}
-    for key, parts in new.items():
-        presets = out.setdefault("presets", {})
-        if "train" in parts:  # a new run: the rows of the one it replaces go (its other settings' rows too)
-            presets = out["presets"] = {k: v for k, v in presets.items() if not k.startswith(key + " (")}
-            presets[key] = {}
-        entry = presets.setdefault(key, {})
-        for part, value in parts.items():
-            entry[part] = {"run": rid, "value": value}
-    if reference is not None:
-        out["reference"] = {"run": rid, "value": reference}
-    cited = {p["run"] for e in out.get("presets", {}).values() for p in e.values()}
-    cited |= {out["reference"]["run"]} if "reference" in out else set()
-    out["runs"] = {k: v for k, v in runs.items() if k in cited}
-    return out
 
 
 def _f(v, fmt: str = ".4f") -> str:
@@ -310,7 +288,7 @@ def _write(path: Path, folder: Path, name: str, smoke: bool, new: dict[str, dict
     with open(RUNS / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text()) if path.exists() else {"benchmark": NAME}
-        out = merge(old, new, reference, command, machine)
+        out = merge_parts(old, new, command, machine, top=None if reference is None else {"reference": reference})
         write_results(name, out, markdown(out, smoke), folder)
 
 

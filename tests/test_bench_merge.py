@@ -1,0 +1,29 @@
+"""benchmarks/_common.merge_parts: how a benchmark process merges its rows into a results file
+(new run ids, rows at other settings, a replaced run's rows dropped, uncited runs pruned)."""
+
+from __future__ import annotations
+
+import sys
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import merge_parts  # noqa: E402
+
+M = {"cpu_model": "x"}
+
+
+def test_merge_parts_cites_replaces_and_prunes():
+    d = merge_parts({}, {"p": {"train": {"steps": 1}}}, "train p", M, top={"reference": {"n": 5}})
+    assert d["presets"] == {"p": {"train": {"run": "1", "value": {"steps": 1}}}}
+    assert d["reference"] == {"run": "1", "value": {"n": 5}} and list(d["runs"]) == ["1"]
+    d = merge_parts(d, {"p": {"eval": [1]}, "p (temperature 0.9)": {"eval": [2]}}, "eval p", M)
+    assert d["presets"]["p"]["eval"]["run"] == "2" and d["presets"]["p"]["train"]["run"] == "1"
+    assert d["presets"]["p (temperature 0.9)"] == {"eval": {"run": "2", "value": [2]}}
+    # a new training run of p: its old rows (and those at other settings) go; q's stay
+    d = merge_parts(d, {"q": {"eval": [3]}}, "eval q", M)
+    d = merge_parts(d, {"p": {"train": {"steps": 2}}}, "train p again", M)
+    assert set(d["presets"]) == {"p", "q"} and d["presets"]["p"] == {"train": {"run": "4", "value": {"steps": 2}}}
+    # runs nobody cites any more are dropped; the reference keeps run 1
+    assert sorted(d["runs"], key=int) == ["1", "3", "4"]
+    assert d["runs"]["4"] == {"command": "train p again", "machine": M}

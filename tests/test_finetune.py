@@ -63,6 +63,11 @@ def test_new_classes_keep_the_old_rows_and_the_no_class_row_stays_last():
     assert r["grown"] == [("weight", [11, 4])]
     assert torch.equal(w[:10], emb_src.weight[:10]) and torch.equal(w[12], emb_src.weight[10])
     assert torch.equal(w[10:12], keep[10:12])
+    # the same 10 classes into a model that adds the "no class" row (guidance): the class rows load
+    emb_src, emb_dst = nn.Embedding(10, 4), nn.Embedding(11, 4)
+    keep = emb_dst.weight.detach().clone()
+    assert load_matching(emb_dst, emb_src.state_dict(), 10, 10)["grown"] == [("weight", [10, 4])]
+    assert torch.equal(emb_dst.weight[:10], emb_src.weight) and torch.equal(emb_dst.weight[10], keep[10])
 
 
 def test_init_from_run_freezes_and_records_its_source(tmp_path, data_root):

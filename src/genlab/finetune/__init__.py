@@ -146,7 +146,13 @@ def _grow_classes(v: torch.Tensor, s: torch.Tensor, src: int | None, new: int | 
     """Copy `s` into the leading slice of `v` when they differ in one dimension by the number of
     added classes (class rows of an embedding or head, one-hot columns of a layer's input; the
     new classes come last); an embedding's trailing "no class" row (s has src + 1 rows) goes to
-    v's last row. False when `s` is not class-indexed so."""
+    v's last row. The same classes and one row more in v: a model that adds the "no class" row
+    (trained for guidance from one without it) keeps the class rows. False when `s` is not
+    class-indexed so."""
+    if src and new == src and v.dim() == s.dim() == 2 and v.shape[1:] == s.shape[1:] \
+            and s.shape[0] == src and v.shape[0] == src + 1:
+        v[:src] = s
+        return True
     if not (src and new and new > src and v.dim() == s.dim()):
         return False
     diff = [d for d in range(v.dim()) if v.shape[d] != s.shape[d]]

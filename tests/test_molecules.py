@@ -231,14 +231,11 @@ def test_smiles_gpt_trains_samples_and_evaluates(tmp_path, data_root):
     assert "validity" in metrics and 0 <= metrics["validity"]["value"] <= 1 and metrics["validity"]["n"] == 50
     assert set(metrics) - {"val_loss"} <= set(METRICS)  # val_loss: written by training
     assert metrics["validity"]["sampling"] == "temperature 1"
-    # --temperature: sampled at T (recorded with the metric); a greedy decode (T -> 0) repeats one molecule
-    for t, out in (("0.5", "t05.json"), ("1e-6", "t0.json")):
-        r = run_cli("evaluate", str(run), "--n", "30", "--metrics", "validity", "unique_1k",
-                    "--temperature", t, "--out", str(tmp_path / out), "--no-html")
-        assert r.returncode == 0, r.stderr
-    m05, m0 = (json.loads((tmp_path / f).read_text())["metrics"] for f in ("t05.json", "t0.json"))
-    assert m05["validity"]["sampling"] == "temperature 0.5" and m0["validity"]["sampling"] == "temperature 1e-06"
-    assert m0["unique_1k"]["value"] <= 1 / 30 + 1e-9 or m0["validity"]["value"] == 0
+    # --temperature: the molecules are sampled at T, which is recorded with the metric
+    r = run_cli("evaluate", str(run), "--n", "30", "--metrics", "validity", "--temperature", "0.5",
+                "--out", str(tmp_path / "t05.json"), "--no-html")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "t05.json").read_text())["metrics"]["validity"]["sampling"] == "temperature 0.5"
     r = run_cli("evaluate", str(run), "--n", "30", "--temperature", "0")
     assert r.returncode != 0 and "--temperature must be > 0" in r.stderr and r.stderr.count("\n") == 1
 

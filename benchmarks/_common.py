@@ -51,10 +51,26 @@ def evaluate_marks(key: str, run_dir: Path, train: dict, n: int, seed: int, extr
         yield row, m
 
 
+def setting_key(key: str, setting: str | None) -> str:
+    """The row key of `key`'s run evaluated at another sampling setting: `KEY (setting)`."""
+    return f"{key} ({setting})" if setting else key
+
+
+def base_key(key: str) -> str:
+    """The key of the run behind a row: `KEY` of `KEY (setting)`."""
+    return key.split(" (")[0]
+
+
+def train_of(d: dict, key: str) -> dict | None:
+    """The train part behind a row of results `d`: its own, or (a row at another setting) its run's."""
+    e = d.get("presets", {})
+    return (e.get(key, {}).get("train") or e.get(base_key(key), {}).get("train") or {}).get("value")
+
+
 def merge_parts(old: dict, new: dict[str, dict], command: str, machine: dict, *, top: dict | None = None) -> dict:
     """old results + one process's parts ({row key: {part: value}}) and top-level entries (`top`,
     e.g. {"reference": row}), all cited by a new run id. A key given a new "train" part is a new
-    run: the rows of the run it replaces go (its rows at other settings, `KEY (...)`, too); runs
+    run: the rows of the run it replaces go (its rows at other settings, `setting_key`, too); runs
     no row cites any more go."""
     out = dict(old)
     runs = out.setdefault("runs", {})
@@ -63,7 +79,7 @@ def merge_parts(old: dict, new: dict[str, dict], command: str, machine: dict, *,
     for key, parts in new.items():
         presets = out.setdefault("presets", {})
         if "train" in parts:
-            presets = out["presets"] = {k: v for k, v in presets.items() if not k.startswith(key + " (")}
+            presets = out["presets"] = {k: v for k, v in presets.items() if base_key(k) != key}
             presets[key] = {}
         entry = presets.setdefault(key, {})
         for part, value in parts.items():

@@ -34,8 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines,
-                     mean_train_throughput, merge_parts, previous_part, train_with_marks, write_results)
+from _common import (RESULTS, RUNS, base_key, evaluate_marks, fresh_run_dir, machine_lines,
+                     mean_train_throughput, merge_parts, previous_part, setting_key, train_of, train_with_marks,
+                     write_results)
 
 import torch
 
@@ -114,8 +115,7 @@ def markdown(d: dict) -> str:
           *d.get("notes", [])]
     rows = []
     for preset, e in d.get("presets", {}).items():
-        key = preset
-        tr = (e.get("train") or d["presets"].get(key.split(" (")[0], {}).get("train") or {}).get("value")
+        tr = train_of(d, preset)
         for r in e.get("eval", {}).get("value", []):
             rows.append((preset, tr, r, e["eval"]["run"]))
     if rows:
@@ -186,7 +186,7 @@ def main() -> None:
     if a.render_only:
         d = json.loads(path.read_text())
         for key, e in d.get("presets", {}).items() if a.rewrite_samples else ():
-            preset = key.split(" ")[0]
+            preset = base_key(key)
             trained = d["presets"].get(preset, {}).get("train", {}).get("run")
             if "eval" not in e or trained is None or int(e["eval"]["run"]) < int(trained):
                 continue  # evaluated from an earlier run of the preset, which RUNS/preset no longer holds
@@ -203,7 +203,7 @@ def main() -> None:
     options = {} if a.guidance is None else {"guidance": a.guidance}
     for preset in a.preset or PRESETS:
         run_dir = RUNS / (preset + ("-smoke" if a.smoke else ""))
-        ekey = preset + (f" (guidance {a.guidance:g})" if options else "")  # rows sampled with other options
+        ekey = setting_key(preset, f"guidance {a.guidance:g}" if options else None)  # rows sampled with other options
         new: dict = {}
         if "train" not in a.skip:
             new[preset] = {"train": part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed)}

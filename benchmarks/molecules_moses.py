@@ -44,7 +44,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, merge_parts, previous_part,
-                     train_with_marks, write_results)
+                     setting_key, train_of, train_with_marks, write_results)
 
 import numpy as np
 
@@ -172,7 +172,7 @@ def markdown(d: dict, smoke: bool = False) -> str:
     head = "| model | CPU min | steps | " + " | ".join(c for c, _ in COLUMNS) + " | gen. mol/s | n | run |"
     md += [head, "|" + "---|" * (len(COLUMNS) + 6)]
     for key, e in d.get("presets", {}).items():
-        tr = (e.get("train") or d["presets"].get(key.split(" (")[0], {}).get("train") or {}).get("value")
+        tr = train_of(d, key)
         for r in e.get("eval", {}).get("value", []):
             mins = f"{r['minutes']:g}"
             if r["checkpoint"] == "last" and tr and tr["train_seconds"] < r["minutes"] * 60 - 30:
@@ -266,7 +266,7 @@ def main() -> None:
         if "train" in a.skip and "eval" in a.skip:  # the reference row alone
             break
         key = key_of(preset, a.condition)
-        ekey = key + (f" (temperature {a.temperature:g})" if a.temperature != 1 else "")  # rows sampled at T
+        ekey = setting_key(key, f"temperature {a.temperature:g}" if a.temperature != 1 else None)  # rows sampled at T
         ov = overrides + ([f"data.condition={a.condition}"] if a.condition else [])
         run_dir = RUNS / (preset + (f"-{a.condition}" if a.condition else "") + ("-smoke" if a.smoke else ""))
         new: dict = {}

@@ -88,6 +88,28 @@ def test_kv_cache_logits_equal_full_forward(position):
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-10)
 
 
+@pytest.mark.parametrize("position,bias", [("learned", True), ("rope", False), ("rope", True)])
+def test_one_token_decode_path_gives_the_plain_forward_bit_for_bit(position, bias):
+    """In eval mode a one-token step with the cache takes GPT._decode_one; in training mode
+    (dropout 0 here) the same step runs the plain forward. Logits and cache must agree exactly."""
+    m = _gpt(block=12, position=position, bias=bias, head_size=6, mlp_hidden=24)  # pruned widths too
+    with torch.no_grad():
+        for p in m.parameters():  # biases and LayerNorm affines off their 0/1 init
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(3))
+    fast, plain = m.init_state(3), m.init_state(3)
+    with torch.no_grad():
+        m.eval()
+        m(x[:, :4], fast)
+        got = torch.cat([m(x[:, t:t + 1], fast) for t in range(4, 12)], 1)
+        m.train()
+        m(x[:, :4], plain)
+        want = torch.cat([m(x[:, t:t + 1], plain) for t in range(4, 12)], 1)
+    assert got.shape == (3, 8, 11) and torch.equal(got, want)
+    assert fast.length == plain.length == 12
+    assert all(torch.equal(a, b) for a, b in zip(fast.k + fast.v, plain.k + plain.v))
+
+
 @pytest.mark.parametrize("kind", ["gpt", "gpt-rope", "lstm"])
 def test_cached_generation_equals_uncached_token_for_token(kind):
     if kind.startswith("gpt"):  # block 8: 30 new tokens cross several window jumps

@@ -44,6 +44,7 @@ from _common import RESULTS, fresh_run_dir, machine_lines, mean_train_throughput
 
 import genlab
 from genlab.bench import machine_info
+from genlab.engine.device import cxx_compiler
 from genlab.engine.logs import read_log
 from genlab.evaluation.text import evaluate_text
 from genlab.models.autoregressive.generation import SamplingConfig, generate
@@ -75,6 +76,22 @@ def generation_rate(model, tokenizer, n_tokens: int, use_cache: bool, repeats: i
     return best
 
 
+def generation_rates(model, tokenizer, n_tokens: int = 500) -> dict:
+    """Batch-1 tokens/s with the KV cache (eager), without it, and with the compiled one-token
+    step (`GPT.compile_decode`, when a C++ compiler is there; the compile's seconds beside it).
+    Leaves the model compiled."""
+    out = {k: round(generation_rate(model, tokenizer, n_tokens, use_cache=k == "kv_cache"))
+           for k in ("kv_cache", "no_cache")}
+    if cxx_compiler() is not None:
+        t0 = time.perf_counter()
+        model.compile_decode()
+        generate(model, torch.tensor([tokenizer.encode("\n")]), 2, SamplingConfig(temperature=0.8),
+                 generator=torch.Generator().manual_seed(0))  # the compile, on the first one-token step
+        out["compile_seconds"] = round(time.perf_counter() - t0, 1)
+        out["compiled"] = round(generation_rate(model, tokenizer, n_tokens, use_cache=True))
+    return out
+
+
 def part_cpu(seed: int, threads: int | None) -> dict:
     load0 = load_avg()
     run_dir = fresh_run_dir("gpt-shakespeare-cpu")
@@ -90,8 +107,7 @@ def part_cpu(seed: int, threads: int | None) -> dict:
     peak = m["matmul_bf16_gflops"] if m["bf16_autocast"] else m["matmul_fp32_gflops"]
     vals = [r for r in read_log(run_dir) if r["kind"] == "val"]
     sample = "".join(run.generate("ROMEO:", 500, temperature=0.8, seed=0))
-    gen = {k: generation_rate(run.model, run.tokenizer, 500, use_cache=k == "kv_cache")
-           for k in ("kv_cache", "no_cache")}
+    gen = generation_rates(run.model, run.tokenizer)
     return {
         "preset": "gpt-shakespeare-cpu", "seed": seed, "machine": m, "steps": res.state.step,
         "wall_seconds": round(wall, 1), "train_seconds": round(res.state.elapsed, 1),
@@ -101,7 +117,7 @@ def part_cpu(seed: int, threads: int | None) -> dict:
         "val_loss": ev["val_loss"]["value"], "val_loss_tokens": ev["val_loss"]["n"],
         "val_loss_trainer_estimate": vals[-1]["loss"] if vals else None,
         "metrics": {k: v["value"] for k, v in ev.items()},
-        "generation_tokens_per_s_batch1": {k: round(v) for k, v in gen.items()},
+        "generation_tokens_per_s_batch1": gen,
         "sample_prompt": "ROMEO:", "sample": sample, "load_before": load0, "load_after": load1,
         "params": sum(p.numel() for p in run.model.parameters()),
     }
@@ -228,8 +244,7 @@ def part_nanogpt(path: Path, seed: int) -> dict:
             "val_loss_windows": window_loss(run.model, run.tokenizer, windows),
             "train_tokens_per_s": round(tps), "flops_per_token": fpt,
             "mfu": tps * fpt / (m["matmul_fp32_gflops"] * 1e9),
-            "gen_tokens_per_s": {k: round(generation_rate(run.model, run.tokenizer, 500, use_cache=k == "kv_cache"))
-                                 for k in ("kv_cache", "no_cache")},
+            "gen_tokens_per_s": generation_rates(run.model, run.tokenizer),
             "optimizer": run.cfg.train.optimizer, "batch_size": run.cfg.train.batch_size, "load_before": load0,
         }
     return {"machine": m, "seed": seed, "threads": torch.get_num_threads(), "windows": len(windows),
@@ -276,6 +291,8 @@ def render(d: dict) -> str:
     if c:
         m = c["machine"]
         g = c["generation_tokens_per_s_batch1"]
+        compiled = (f"| generation, batch 1, compiled step (after {g['compile_seconds']:.0f} s compiling) "
+                    f"| {g['compiled']:,} tokens/s | |\n" if "compiled" in g else "")
         out.append(f"""## gpt-shakespeare-cpu (nanoGPT's CPU shape, 2,000 iterations)
 
 Same layers, heads, width, block, batch, iterations, dropout, AdamW settings (beta2 0.99, weight
@@ -294,7 +311,7 @@ and 20 warmup iterations instead of 100. Trained with {m['threads']} torch threa
 | training throughput | {c['train_tokens_per_s']:,} tokens/s | {ref['tokens_per_s']:,} tokens/s |
 | model FLOPs utilisation | {100 * c['mfu']:.1f}% of {c['peak_used_gflops']:.1f} GFLOP/s ({c['flops_per_token']:,} FLOPs/token) | |
 | generation, batch 1, KV cache | {g['kv_cache']:,} tokens/s | |
-| generation, batch 1, no cache | {g['no_cache']:,} tokens/s | {ref['gen_tokens_per_s']} tokens/s (no cache) |
+{compiled}| generation, batch 1, no cache | {g['no_cache']:,} tokens/s | {ref['gen_tokens_per_s']} tokens/s (no cache) |
 | perplexity / bits per char (val) | {c['metrics']['perplexity']:.3f} / {c['metrics']['bits_per_char']:.4f} | |
 | BLEU / ROUGE-L / distinct-2 (100 held-out prompts, 128 sampled chars) | {c['metrics']['bleu']:.4f} / {c['metrics']['rouge_l']:.4f} / {c['metrics']['distinct_2']:.4f} | |
 
@@ -337,9 +354,9 @@ def render_compare(c: dict) -> str:
     m = c["machine"]
     rows = [("nanoGPT, its README's CPU command (AdamW, batch 12, 2,000 iterations)", n, n["gen_tokens_per_s"], None),
             ("genlab `gpt-shakespeare-muon` (Muon, batch 16, 400 steps)", fast, fast["gen_tokens_per_s"]["kv_cache"],
-             fast["gen_tokens_per_s"]["no_cache"]),
+             fast["gen_tokens_per_s"]),
             ("genlab `gpt-shakespeare-cpu` (nanoGPT's recipe: AdamW, batch 12, 2,000 steps)", same,
-             same["gen_tokens_per_s"]["kv_cache"], same["gen_tokens_per_s"]["no_cache"])]
+             same["gen_tokens_per_s"]["kv_cache"], same["gen_tokens_per_s"])]
     lines = [f"""## Back to back with nanoGPT (`--compare-nanogpt PATH`)
 
 One process after another on this machine, nothing else running, {c['threads']} torch threads each; the wall
@@ -348,16 +365,23 @@ report and sample grid). All models have nanoGPT's CPU shape (4 layers, 4 heads,
 uses rotary positions, nanoGPT a learned table). Validation loss: mean next-token cross-entropy over the same
 {c['windows']:,} random val windows of 64 predicted characters for all three (nanoGPT's model scored by its own
 code). Generation: 500 characters at batch 1 from a newline, temperature 0.8, best of 3 (nanoGPT:
-`model.generate` with top_k 200, as its sample.py, recomputing the context window for every character).
+`model.generate` with top_k 200, as its sample.py, recomputing the context window for every character;
+genlab: eager with its KV cache, then `--compile` (`GPT.compile_decode`: the one-token step through
+torch.compile, its first-step compile time beside), then without the cache).
 MFU: model FLOPs (6N + 12LTC per token, nanoGPT's estimate_mfu) at the mean training throughput, against the
 fp32 matmul peak measured in the same run ({m['matmul_fp32_gflops']:.0f} GFLOP/s; all three train in fp32).
 
 {machine_lines(m)}
 | run | wall time | vs nanoGPT | val loss | training tokens/s | MFU | generation tokens/s (batch 1) |
 |---|---|---|---|---|---|---|"""]
-    for name, r, gen, nocache in rows:
+    for name, r, gen, more in rows:
         ratio = r["wall_seconds"] / n["wall_seconds"]
-        gen_s = f"{gen:,} ({gen / n['gen_tokens_per_s']:.1f}x)" + (f"; {nocache:,} without cache" if nocache else "")
+        gen_s = f"{gen:,} ({gen / n['gen_tokens_per_s']:.1f}x)"
+        if more and "compiled" in more:
+            gen_s += (f"; compiled {more['compiled']:,} ({more['compiled'] / n['gen_tokens_per_s']:.1f}x, after "
+                      f"{more['compile_seconds']:.0f} s compiling)")
+        if more:
+            gen_s += f"; {more['no_cache']:,} without cache"
         lines.append(f"| {name} | {r['wall_seconds']:.1f} s | {ratio:.2f}x | {r['val_loss_windows']:.4f} | "
                      f"{r['train_tokens_per_s']:,} | {100 * r['mfu']:.1f}% | {gen_s} |")
     lines.append(f"""

@@ -304,4 +304,4 @@ def test_other_families_reject_diffusion_flags(tmp_path, data_root):
     assert "--sampler, --guidance: diffusion options" in r.stderr and "vae run" in r.stderr
     r = run_cli("sample", str(res.run_dir), "--compile", "--out", str(tmp_path / "s.png"))
     assert r.returncode != 0 and r.stderr.strip().count("\n") == 0
-    assert "--compile is for diffusion runs" in r.stderr and not (tmp_path / "s.png").exists()
+    assert "--compile is for diffusion and GPT runs" in r.stderr and not (tmp_path / "s.png").exists()

@@ -7,6 +7,7 @@ import torch
 
 import genlab
 from genlab.data.text import BPETokenizer, CharTokenizer, tokenizer_from_json
+from genlab.engine.device import cxx_compiler
 from genlab.engine.logs import read_log
 from genlab.errors import GenlabError
 from genlab.models.autoregressive.generation import (SamplingConfig, apply_repetition_penalty, generate,
@@ -219,6 +220,24 @@ def test_text_run_learns_samples_and_reports(gpt_run):
     assert a != "".join(run.generate("ROMEO:", 40, seed=8, temperature=0.8))
     with pytest.raises(GenlabError, match="text run"):
         run.sample(4)
+
+
+@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile needs a C++ compiler")
+def test_compiled_decode_step_generates_the_eager_text(gpt_run):
+    run = genlab.load(gpt_run)
+    model = run.model.eval()
+    prompt = torch.tensor([run.tokenizer.encode("ROMEO:")] * 2)  # two rows; 70 tokens cross window jumps
+    cache = model.init_state(2)
+    eager_logits = [model(prompt, cache)[:, -1]] + [model(prompt[:, :1], cache)[:, -1] for _ in range(5)]
+    s = SamplingConfig(temperature=0.8)
+    eager = generate(model, prompt, 70, s, generator=torch.Generator().manual_seed(4))
+    run.compile()  # Run.compile -> GPT.compile_decode
+    assert model._compiled_decode is not None
+    cache = model.init_state(2)
+    compiled_logits = [model(prompt, cache)[:, -1]] + [model(prompt[:, :1], cache)[:, -1] for _ in range(5)]
+    for a, b in zip(eager_logits, compiled_logits):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)  # float rounding, not more
+    assert torch.equal(generate(model, prompt, 70, s, generator=torch.Generator().manual_seed(4)), eager)
 
 
 def test_evaluate_text_entries(gpt_run):

@@ -136,8 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--stop", help="text runs: end the text before this string")
     s.add_argument("--no-cache", action="store_true", help="text runs: recompute the context for every token")
     _diffusion_flags(s)
-    s.add_argument("--compile", action="store_true", help="diffusion runs: torch.compile the UNet first (a wait "
-                                                          "for the compiler, then faster steps: for many samples)")
+    s.add_argument("--compile", action="store_true", help="diffusion and GPT runs: torch.compile the UNet / the "
+                                                          "one-token step first (a wait for the compiler, then "
+                                                          "faster steps: for many samples or long texts)")
     s.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="evaluate the network with PyTorch (default) or with onnxruntime from the model "
                         "`genlab export` wrote (diffusion, VAE, GAN, GPT; needs the export extra)")
@@ -637,8 +638,10 @@ def _sample_text(run, a: argparse.Namespace) -> int:
     from genlab.engine.checkpoint import atomic_write_text
     from genlab.options import check_output
 
-    if a.label is not None or a.interpolate or a.compile:
-        raise ConfigError("--label, --interpolate and --compile are image options; text runs take --prompt")
+    if a.label is not None or a.interpolate:
+        raise ConfigError("--label and --interpolate are image options; text runs take --prompt")
+    if a.compile:
+        run.compile()
     from genlab.data.molecules import is_molecule_config
 
     if a.prompt is None and is_molecule_config(run.cfg.data):

@@ -417,21 +417,26 @@ class Run:
                             native_size=tuple(self.meta["native_size"]), options=options)
 
     def compile(self) -> Run:
-        """torch.compile the network sampling evaluates at every step (diffusion runs), in place.
-        The first batch of each size then waits for the compiler (tens of seconds; on CPU a C++
-        compiler is needed); later evaluations run faster: 1.23 against 1.42-1.52 ms per 28x28
-        image for ddpm-mnist on one Xeon thread.
+        """torch.compile, in place, the network sampling evaluates at every step: a diffusion
+        run's UNet, a GPT's one-token step (`GPT.compile_decode`). The first batch of each size
+        then waits for the compiler (seconds to a minute; on CPU a C++ compiler is needed);
+        later steps run faster: 1.23 against 1.42-1.52 ms per 28x28 image for ddpm-mnist on one
+        Xeon thread; benchmarks/results/gpt-shakespeare.md for the GPT.
 
         Returns:
             this Run, for `genlab.load(run_dir).compile().sample(...)`.
         """
-        if self.cfg.model_name != "diffusion":
-            raise ConfigError(f"--compile is for diffusion runs; {self.run_dir} is a {self.cfg.model_name} run "
+        name = self.cfg.model_name
+        if name not in ("diffusion", "gpt"):
+            raise ConfigError(f"--compile is for diffusion and GPT runs; {self.run_dir} is a {name} run "
                               "(drop --compile)")
         if self.device.type == "cpu" and cxx_compiler() is None:
             raise ConfigError("--compile needs a C++ compiler on CPU (none found: install g++ or set CXX), "
                               "or drop --compile")
-        self.model.net.compile(dynamic=False)  # one kernel set per batch size: no slower dynamic-shape code
+        if name == "gpt":
+            self.model.compile_decode()
+        else:
+            self.model.net.compile(dynamic=False)  # one kernel set per batch size: no slower dynamic-shape code
         return self
 
     def data(self, data_root: str | os.PathLike | None = None) -> ImageData | TextData:

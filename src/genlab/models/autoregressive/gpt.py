@@ -46,13 +46,14 @@ class GPTConfig:
 
 class KVCache:
     """Keys and values of the tokens seen so far, per layer: preallocated (B, nh, block, hs)
-    buffers and a fill count."""
+    buffers (zeroed: the compiled step attends over whole buffers, masking the unfilled part)
+    and a fill count."""
 
     def __init__(self, n_layer: int, B: int, n_head: int, block_size: int, head_size: int,
                  device: torch.device, dtype: torch.dtype):
         shape = (B, n_head, block_size, head_size)
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.length = 0  # tokens stored (advanced once all layers have written)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +165,7 @@ class GPT(GenerativeModel):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
         self._rope: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # rotary tables per device
         self._rope_rows: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # the same, for _decode_one
+        self._compiled_decode = None  # compile_decode's step
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -208,8 +210,13 @@ class GPT(GenerativeModel):
         past = cache.length if cache is not None else 0
         if past + T > self.cfg.block_size:
             raise ConfigError(f"{past + T} tokens exceed the context of {self.cfg.block_size}")
-        if T == 1 and cache is not None and not self.training:
-            return self._decode_one(idx, cache)
+        if T == 1 and cache is not None and not self.training:  # generation's step: the lean path
+            if self._compiled_decode is None:
+                logits = self._decode_one(idx, past, cache.k, cache.v)
+            else:
+                logits = self._compiled_decode(idx, torch.tensor([past], device=idx.device), cache.k, cache.v)
+            cache.length += 1
+            return logits
         x = self.wte(idx)  # (B, T, C)
         rope = None
         if self.wpe is not None:
@@ -224,33 +231,55 @@ class GPT(GenerativeModel):
             cache.length += T
         return F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V)
 
-    def _decode_one(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """forward(idx (B, 1), cache) in eval mode, operation for operation the same arithmetic
-        (the same logits to the bit; tests compare) in about half the tensor operations: rows
-        stay (B, C), the new key and value go straight into the cache, queries and keys rotate
-        together by two whole-vector products, no dropout calls."""
-        B, pos = len(idx), cache.length
+    def _decode_one(self, idx: torch.Tensor, pos: int | torch.Tensor, keys: list[torch.Tensor],
+                    values: list[torch.Tensor]) -> torch.Tensor:
+        """Logits (B, 1, V) of one new token per row, idx (B, 1), at position `pos` after the
+        cached ones (keys/values: the KVCache's per-layer (B, nh, block, hs) buffers, written
+        here), in eval mode. forward's arithmetic in about half the tensor operations: rows stay
+        (B, C), the new key and value go straight into the cache, queries and keys rotate
+        together by two whole-vector products, no dropout calls; with an int `pos` the logits
+        and cache equal the plain forward's to the bit (tests compare).
+
+        With `pos` a (1,) tensor (the compiled step, `compile_decode`) the position is data, so
+        one graph serves every position: attention runs over the whole block with the later
+        positions masked (KVCache starts zeroed, so they hold finite numbers)."""
+        B = len(idx)
         nh, hs = self.cfg.n_head, self.cfg.head_dim
+        static = isinstance(pos, torch.Tensor)
         x = self.wte(idx[:, 0])  # (B, C)
         if self.wpe is not None:
             x = x + self.wpe.weight[pos]
         else:
-            c, s = (t[pos] for t in self._rope_whole(idx.device))  # 2 x (hs,)
+            c, s = (t[pos] for t in self._rope_whole(idx.device))  # 2 x (hs,) or (1, hs)
+        if static:
+            later = torch.arange(self.cfg.block_size, device=idx.device)[None] > pos  # (1, block)
         for i, block in enumerate(self.blocks):
             qkv = block.attn.c_attn(block.ln_1(x)).view(B, 3, nh, hs)
             qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, nh, hs), (B, nh, hs)
             if self.wpe is None:
                 f = qk.float()
                 qk = (f * c + f.roll(hs // 2, -1) * s).type_as(qk)
-            cache.k[i][:, :, pos] = qk[:, 1]
-            cache.v[i][:, :, pos] = v
-            y = F.scaled_dot_product_attention(qk[:, 0, :, None], cache.k[i][:, :, :pos + 1],
-                                               cache.v[i][:, :, :pos + 1])  # (B, nh, 1, hs)
-            x = x + block.attn.c_proj(y.view(B, nh * hs))
+            q = qk[:, 0, :, None]  # (B, nh, 1, hs)
+            if static:
+                keys[i].index_copy_(2, pos, qk[:, 1, :, None])
+                values[i].index_copy_(2, pos, v[:, :, None])
+                y = F.scaled_dot_product_attention(q, keys[i], values[i], attn_mask=~later)
+            else:
+                keys[i][:, :, pos] = qk[:, 1]
+                values[i][:, :, pos] = v
+                y = F.scaled_dot_product_attention(q, keys[i][:, :, :pos + 1], values[i][:, :, :pos + 1])
+            x = x + block.attn.c_proj(y.view(B, nh * hs))  # y (B, nh, 1, hs)
             m = block.mlp
             x = x + m.c_proj(m.gelu(m.c_fc(block.ln_2(x))))
-        cache.length += 1
         return F.linear(self.ln_f(x), self.wte.weight)[:, None]  # (B, 1, V)
+
+    def compile_decode(self) -> GPT:
+        """torch.compile the one-token step (`genlab sample RUN --prompt P --compile`): one graph
+        per batch size, made on the first step (seconds to a minute; on CPU it needs a C++
+        compiler), then each token costs a fraction of the eager step. Logits agree with the
+        eager step to float rounding, not to the bit (masked whole-block attention)."""
+        self._compiled_decode = torch.compile(self._decode_one, fullgraph=True, dynamic=False)
+        return self
 
     def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:
         logits = self(batch["x"])  # (B, T, V)

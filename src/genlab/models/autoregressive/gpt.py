@@ -2,8 +2,8 @@
 through `scaled_dot_product_attention`, a final LayerNorm and a head tied to the token
 embedding (nanoGPT's shape, GPT-2's init). A KV cache makes generating n tokens cost n
 single-token forward passes; in inference those take a leaner path (`_decode_one`: the same
-arithmetic in fewer tensor operations, since a small model's step at batch 1 costs per
-operation, not per multiply)."""
+arithmetic in fewer tensor operations), which `compile_decode` hands to torch.compile: a small
+model's step at batch 1 costs per operation, not per multiply."""
 
 from __future__ import annotations
 
@@ -235,10 +235,11 @@ class GPT(GenerativeModel):
                     values: list[torch.Tensor]) -> torch.Tensor:
         """Logits (B, 1, V) of one new token per row, idx (B, 1), at position `pos` after the
         cached ones (keys/values: the KVCache's per-layer (B, nh, block, hs) buffers, written
-        here), in eval mode. forward's arithmetic in about half the tensor operations: rows stay
-        (B, C), the new key and value go straight into the cache, queries and keys rotate
-        together by two whole-vector products, no dropout calls; with an int `pos` the logits
-        and cache equal the plain forward's to the bit (tests compare).
+        here), in eval mode. forward's arithmetic in fewer tensor operations (458 against 537
+        aten calls per step for gpt-shakespeare-cpu's shape): rows stay (B, C), the new key and
+        value go straight into the cache, queries and keys rotate together by two whole-vector
+        products, no dropout calls; with an int `pos` the logits and cache equal the plain
+        forward's to the bit (tests compare).
 
         With `pos` a (1,) tensor (the compiled step, `compile_decode`) the position is data, so
         one graph serves every position: attention runs over the whole block with the later

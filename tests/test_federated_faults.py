@@ -26,18 +26,19 @@ def test_crashed_and_slow_clients_do_not_stop_a_round(tmp_path, data_root):
     from genlab.federated import federate
 
     t0 = time.time()
-    run = federate(fed_file(tmp_path, clients=4, rounds=2, strategy="fedadam", crash_clients=[0], slow_clients=[1],
-                            slow_seconds=40,
-                            round_timeout=15), tmp_path / "faults", data_root=str(data_root),
+    run = federate(fed_file(tmp_path, clients=4, rounds=3, strategy="fedadam", crash_clients=[0], slow_clients=[1],
+                            slow_seconds=60,
+                            round_timeout=20), tmp_path / "faults", data_root=str(data_root),
                    cores=4)  # a client per simulation actor: the stalled one holds up only itself
     rounds = rounds_logged(run)
-    assert [r["round"] for r in rounds] == [1, 2]
-    # once the actors are up (the first round may pass while they import torch and load MNIST):
-    # clients 2 and 3 aggregated, 0 failed, 1 late; the round did not wait for the stalled client
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    # once the actors are up (the first rounds may pass while they import torch and load MNIST: over
+    # 30 s on a slow 2-core machine with other tests beside): clients 2 and 3 aggregated, 0 failed,
+    # 1 late; the round did not wait for the stalled client
     warm = [r for r in rounds if r["clients_ok"] == 2]
-    assert warm and all(r["clients_failed"] == 1 and r["clients_late"] == 1 and r["round_seconds"] < 30
+    assert warm and all(r["clients_failed"] == 1 and r["clients_late"] == 1 and r["round_seconds"] < 40
                         for r in warm)
-    assert load(run).step == 4 and time.time() - t0 < 180
+    assert load(run).step == 6 and time.time() - t0 < 240
     assert "server.m_t.0" in weights_of(run) and "server.v_t.0" in weights_of(run)  # FedAdam's moments, kept
 
 

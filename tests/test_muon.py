@@ -132,5 +132,9 @@ def test_gpt_trains_after_an_inference_mode_forward():
     x = torch.randint(0, 11, (2, 8))
     with torch.inference_mode():
         m(x)
+        m.eval()(x[:, :1], m.init_state(2))  # a one-token decode step caches its own rotary layout
+    m.train()
     m.loss({"x": x, "y": x})["loss"].backward()
     assert m.blocks[0].attn.c_attn.weight.grad is not None
+    m.eval()(x[:, :1], m.init_state(2)).sum().backward()  # the decode step with autograd on, tables reused
+    assert m.blocks[0].attn.c_attn.weight.grad.abs().sum() > 0

@@ -189,10 +189,12 @@ class GPT(GenerativeModel):
         """The rotary tables laid out to rotate whole head vectors: c = [cos, cos] and
         s = [-sin, sin] (block_size, hs), so that rot(x) = x * c + roll(x, hs/2) * s. Each half
         is the products and sum apply_rope computes (a + b and b + a, a - b and a + (-b) are the
-        same float), so both give the same bits."""
+        same float), so both give the same bits. Made once per device, as ordinary tensors like
+        `_rope_tables`'s."""
         if device not in self._rope_rows:
             cos, sin = self._rope_tables(device)
-            self._rope_rows[device] = torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
+            with torch.inference_mode(False), torch.no_grad():
+                self._rope_rows[device] = torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
         return self._rope_rows[device]
 
     @staticmethod

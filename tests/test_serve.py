@@ -58,6 +58,16 @@ def client(app):
     return TestClient(app)
 
 
+def _threaded_client(app) -> TestClient:
+    """A client for requests sent from several threads at once. FastAPI (since 0.137) fills its
+    router's route cache on the first request without a lock, and each TestClient thread runs its
+    own event loop: concurrent first requests could see a half-built cache and answer a bare 404
+    (fastapi/fastapi#15974). One request to a /v1 route first, alone, builds it."""
+    c = TestClient(app)
+    assert c.get("/v1/models").status_code == 200
+    return c
+
+
 def _cli_bytes(tmp_path, *args) -> bytes:
     out = tmp_path / f"cli-{len(list(tmp_path.iterdir()))}{args[-1]}"
     assert cli([*map(str, args[:-1]), "--out", str(out)]) == 0
@@ -397,7 +407,7 @@ def _count_calls(monkeypatch, obj, name: str, gate: threading.Event | None = Non
 @pytest.mark.parametrize("model, method", [("cvae", "decode_latent"), ("ddpm", "sample_from")])
 def test_concurrent_requests_share_one_forward_pass(runs, monkeypatch, model, method):
     app = create_app([runs[model]], max_batch=64, batch_wait_ms=300)
-    c = TestClient(app)
+    c = _threaded_client(app)
     run = app.state.served[model].run
     requests = [{"model": model, "n": n, "seed": s} for n, s in ((3, 1), (1, 2), (5, 3), (2, 4))]
     if model == "cvae":
@@ -440,7 +450,7 @@ def _concurrent_text(runs, monkeypatch, requests):
     """Each request's text when posted concurrently, what Run.generate gives it alone, and the
     batch size of every forward_step call meanwhile."""
     app = create_app([runs["gpt"]], max_batch=64, batch_wait_ms=300)
-    c = TestClient(app)
+    c = _threaded_client(app)
     run = app.state.served["gpt"].run
     opts = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop", "seed")
     want = [b["prompt"] + "".join(run.generate(b["prompt"], **{k: b[k] for k in opts if k in b})) for b in requests]
@@ -508,7 +518,7 @@ def test_generate_rows_equal_generate_ids_alone():
 
 def test_full_queue_is_503_and_slow_answer_504(runs, monkeypatch):
     app = create_app([runs["cvae"]], queue=1, timeout=5)
-    c = TestClient(app)
+    c = _threaded_client(app)
     gate = threading.Event()
     _, entered = _count_calls(monkeypatch, app.state.served["cvae"].run.model, "decode_latent", gate)
     codes = {}

@@ -223,6 +223,13 @@ def test_smiles_gpt_trains_samples_and_evaluates(tmp_path, data_root):
     assert len(lines) == 9 and lines[-1] == ""  # exactly --n molecules, one a line
     assert all(re.fullmatch(r"[A-Za-z0-9\[\]()=#+\-@/\\%.]*", x) for x in lines)
     assert (tmp_path / "m.smi").read_text() == r.stdout
+    # --smiles-syntax: every finished molecule is complete SMILES (RDKit parses it unsanitised)
+    from rdkit import Chem
+
+    r = run_cli("sample", str(run), "--n", "30", "--smiles-syntax", "--seed", "2")
+    assert r.returncode == 0, r.stderr
+    held = [x for x in r.stdout.split("\n")[:-1] if x]
+    assert held and all(Chem.MolFromSmiles(x, sanitize=False) is not None for x in held)
     r = run_cli("evaluate", str(run), "--n", "50")
     assert r.returncode == 0, r.stderr
     metrics = json.loads((run / "report.json").read_text())["metrics"]
@@ -236,6 +243,11 @@ def test_smiles_gpt_trains_samples_and_evaluates(tmp_path, data_root):
                 "--out", str(tmp_path / "t05.json"), "--no-html")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "t05.json").read_text())["metrics"]["validity"]["sampling"] == "temperature 0.5"
+    r = run_cli("evaluate", str(run), "--n", "30", "--metrics", "validity", "--smiles-syntax",
+                "--out", str(tmp_path / "syn.json"), "--no-html")
+    assert r.returncode == 0, r.stderr
+    got = json.loads((tmp_path / "syn.json").read_text())["metrics"]["validity"]["sampling"]
+    assert got == "temperature 1, SMILES syntax"
     r = run_cli("evaluate", str(run), "--n", "30", "--temperature", "0")
     assert r.returncode != 0 and "--temperature must be > 0" in r.stderr and r.stderr.count("\n") == 1
 

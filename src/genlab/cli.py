@@ -120,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--label", type=int, help="class to sample (conditional models)")
     s.add_argument("--condition", metavar="VALUE", help="molecule runs trained with data.condition: ask for the "
                    "property bin holding VALUE (e.g. 0.9 for qed) or bin:K")
+    s.add_argument("--smiles-syntax", action="store_true", help="SMILES runs: draw only tokens that keep each "
+                   "molecule syntactically complete (balanced branches, closed rings)")
     s.add_argument("--interpolate", action="store_true",
                    help="write a latent interpolation grid (--n rows of --frames images) instead of samples")
     s.add_argument("--frames", type=int, help="--interpolate: images per interpolation row, endpoints included "
@@ -160,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", help="folder holding the datasets (default: the run's)")
     e.add_argument("--temperature", type=float, help="molecule runs: sampling temperature (default 1, as MOSES; "
                                                      "lower trades diversity for validity)")
+    e.add_argument("--smiles-syntax", action="store_true", help="SMILES runs: sample under SMILES's grammar "
+                   "(balanced branches, closed rings), recorded with every metric")
     e.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     e.add_argument("--no-html", action="store_true", help="write report.json only")
@@ -439,6 +443,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
+    from genlab.data.molecules import is_molecule_config
     from genlab.engine.run import load
     from genlab.images import write_images
     from genlab.options import check_memory, check_number, check_output
@@ -455,6 +460,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
     if a.condition is not None and run.family != "text":
         raise ConfigError(f"--condition is for molecule runs trained with data.condition; {a.run_dir} is a "
                           f"{run.cfg.model_name} {run.family} run (drop --condition)")
+    if a.smiles_syntax and not is_molecule_config(run.cfg.data):
+        raise ConfigError(f"--smiles-syntax is for SMILES runs; {a.run_dir} is a {run.cfg.model_name} run on "
+                          f"{run.cfg.data.dataset} (drop --smiles-syntax)")
     options = diffusion_options(run, a)
     if a.backend == "onnxruntime":
         from genlab.compress.onnx_backend import load_onnx_backend
@@ -547,7 +555,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     opts = {k: v for k, v in (("extractor", a.extractor), ("inception_weights", a.inception_weights),
                               ("iw_k", a.iw_k), ("probe_labels", a.probe_labels), ("data_root", a.data_root),
-                              ("download", a.download or None), ("temperature", a.temperature))
+                              ("download", a.download or None), ("temperature", a.temperature),
+                              ("smiles_syntax", a.smiles_syntax or None))
             if v is not None}
     report = evaluate(a.run_dir, n=a.n, metrics=a.metrics, out=a.out, seed=a.seed, checkpoint=a.checkpoint,
                       device=a.device, html=not a.no_html, **opts)
@@ -621,7 +630,8 @@ def _sample_molecules(run, a: argparse.Namespace) -> int:
         lo, hi = cond.bounds(k)
         log.info("sampling bin %d of %s, [%.4g, %.4g) (%.1f%% of the training molecules)", k, cond.prop, lo, hi,
                  100 * cond.base_rate(k))
-    mols = sample_molecules(run.model, run.tokenizer, n, seed=a.seed, temperature=a.temperature, condition=token)
+    mols = sample_molecules(run.model, run.tokenizer, n, seed=a.seed, temperature=a.temperature, condition=token,
+                            smiles_syntax=a.smiles_syntax)
     text = "".join(m + "\n" for m in mols)
     sys.stdout.write(text)
     if a.out:

@@ -516,7 +516,7 @@ def _encode_cached(tok: MoleculeTokenizer, molecules: list[str]) -> torch.Tensor
 @torch.no_grad()
 def sample_molecules(model, tok: MoleculeTokenizer, n: int, *, seed: int = 0, max_tokens: int = 150,
                      batch_size: int = 256, temperature: float = 1.0, progress=None,
-                     condition: str | None = None) -> list[str]:
+                     condition: str | None = None, smiles_syntax: bool = False) -> list[str]:
     """n molecules as SMILES strings (possibly invalid, "" for an empty or unfinished one): each
     row starts at "\\n" and is sampled (ancestral, temperature 1) until its next "\\n" or
     max_tokens tokens; SELFIES runs are decoded to SMILES. A model that is not a next-token
@@ -524,13 +524,20 @@ def sample_molecules(model, tok: MoleculeTokenizer, n: int, *, seed: int = 0, ma
     same arguments and contract.
     `condition`: a property-bin token of a conditioned run (<qed:9>); rows then start at
     "\\n<qed:9>". Without it, a conditioned run's model writes the bin token itself, and it is
-    left out of the molecule."""
+    left out of the molecule.
+    `smiles_syntax`: draw only tokens that keep each row a possible complete SMILES
+    (genlab.data.smiles_syntax: balanced branches, closed rings, no dangling bond)."""
     if condition is not None and (hasattr(model, "sample_smiles") or tok.stoi.get(condition) not in tok.condition_ids):
         raise ConfigError(f"conditioned sampling needs a SMILES GPT/LSTM run trained with the {condition} token "
                           "(data.condition)")
+    from genlab.data.smiles_syntax import SmilesSyntax, check_tokenizer
+
+    if smiles_syntax:
+        check_tokenizer(tok)
     if hasattr(model, "sample_smiles"):
         return model.sample_smiles(n, tokenizer=tok, seed=seed, max_tokens=max_tokens, batch_size=batch_size,
-                                   temperature=temperature, progress=progress)
+                                   temperature=temperature, progress=progress,
+                                   **({"smiles_syntax": True} if smiles_syntax else {}))
     from genlab.models.autoregressive.generation import SamplingConfig, generate_ids
     from genlab.seed import make_generator
 
@@ -546,7 +553,11 @@ def sample_molecules(model, tok: MoleculeTokenizer, n: int, *, seed: int = 0, ma
             prompt = torch.cat([prompt, torch.full_like(prompt, tok.stoi[condition])], dim=1)  # (b, 2)
         rows = [[] for _ in range(b)]
         done = np.zeros(b, dtype=bool)
-        for tok_ids in generate_ids(model, prompt, max_tokens, SamplingConfig(temperature=temperature), generator=g):
+        syntax = SmilesSyntax(tok, b, dev) if smiles_syntax else None
+        if syntax is not None and condition is not None:
+            syntax.update(prompt[:, 1])  # the bin token the rows start from
+        for tok_ids in generate_ids(model, prompt, max_tokens, SamplingConfig(temperature=temperature), generator=g,
+                                    constraint=syntax):
             for i, t in enumerate(tok_ids[:, 0].tolist()):
                 if not done[i]:
                     if t == sep:

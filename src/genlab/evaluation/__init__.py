@@ -53,7 +53,7 @@ def _text_family(run, *, n, seed, metrics, **opts):
     if is_molecule_config(run.cfg.data):  # SMILES/SELFIES runs: the MOSES metrics (genlab.evaluation.molecules)
         from genlab.evaluation.molecules import evaluate_molecules
 
-        allowed = {"data_root", "reference_size", "temperature"}
+        allowed = {"data_root", "reference_size", "temperature", "smiles_syntax"}
         if set(opts) - allowed:
             raise ConfigError(f"option(s) {', '.join(sorted(set(opts) - allowed))} "
                               "do not apply to molecule runs")

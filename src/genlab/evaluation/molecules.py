@@ -198,10 +198,11 @@ def score_molecules(generated: list[str], train: list[str], references: dict[str
 
 def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | None,
                        reference_size: int | None = None, data_root=None,
-                       temperature: float = 1.0) -> tuple[dict[str, dict], dict]:
+                       temperature: float = 1.0, smiles_syntax: bool = False) -> tuple[dict[str, dict], dict]:
     """The MOSES metrics of a molecule run as report entries, and the report's artefacts (the
     first generated molecules as text). `temperature`: the sampling temperature (MOSES samples at
-    1; lower trades diversity for validity), recorded with every metric."""
+    1; lower trades diversity for validity); `smiles_syntax`: sampling constrained to SMILES's
+    grammar (genlab.data.smiles_syntax); both recorded with every metric."""
     from genlab.data.molecule_condition import run_condition
     from genlab.data.molecules import sample_molecules
     from genlab.evaluation.molecule_condition import (CONDITION_METRICS, DEFAULT_CONDITION_METRICS, evaluate_condition,
@@ -229,8 +230,9 @@ def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | No
     t0 = time.perf_counter()
     with Progress("generating", n, unit="molecules") as bar:
         generated = sample_molecules(run.model.eval(), data.tokenizer, n, seed=seed, max_tokens=data.max_tokens(),
-                                     temperature=temperature, progress=bar)
+                                     temperature=temperature, progress=bar, smiles_syntax=smiles_syntax)
     gen_secs = time.perf_counter() - t0
+    sampling = f"temperature {temperature:g}" + (", SMILES syntax" if smiles_syntax else "")
     stats: dict = {}
     scores = score_molecules(generated, data.train_smiles, refs, wanted, keep=stats)
     out = {}
@@ -241,7 +243,7 @@ def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | No
         secs = extra.pop("seconds", 0.0)
         out[name] = {"value": value, "extractor": "chemnet" if name.startswith("fcd") else None, "n": n,
                      "seed": seed, "seconds": round(secs + (gen_secs if name == "validity" else 0.0), 3),
-                     "sampling": f"temperature {temperature:g}", **extra}
+                     "sampling": sampling, **extra}
     if "validity" in out:  # the generation alone, for a samples/second figure
         out["validity"]["generation_seconds"] = round(gen_secs, 3)
     out.update(scored)

@@ -201,10 +201,12 @@ class SmilesVAE(GenerativeModel):
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, *, tokenizer, max_tokens: int = 150, temperature: float = 0.0,
-                       generator: torch.Generator | None = None) -> list[str]:
+                       generator: torch.Generator | None = None, smiles_syntax: bool = False) -> list[str]:
         """Latents z (N, latent_dim) -> N SMILES, each decoded from "\\n" until the next "\\n"
         (greedy at temperature 0, else sampled from `generator`); "" for a row that has not
-        ended within max_tokens tokens. SELFIES runs are translated to SMILES."""
+        ended within max_tokens tokens. SELFIES runs are translated to SMILES. `smiles_syntax`:
+        draw only tokens that keep the row a possible complete SMILES (genlab.data.smiles_syntax)."""
+        from genlab.data.smiles_syntax import SmilesSyntax
         from genlab.models.autoregressive.generation import SamplingConfig, next_token
 
         sampling = SamplingConfig(temperature=temperature)
@@ -216,10 +218,14 @@ class SmilesVAE(GenerativeModel):
         try:
             state, tok = self.initial_state(z), torch.full((B, 1), sep, dtype=torch.long, device=dev)
             no_context = torch.zeros(B, 0, dtype=torch.long, device=dev)
+            syntax = SmilesSyntax(tokenizer, B, dev) if smiles_syntax else None
             out, end = [], torch.full((B,), -1, dtype=torch.long)  # end: index of each row's "\n", -1 = open
             for k in range(max_tokens):
                 logits, state = self.decode_step(tok, z, state)  # (B, 1, V)
-                tok = next_token(logits[:, -1], no_context, sampling, generator)  # (B, 1)
+                tok = next_token(logits[:, -1], no_context, sampling, generator,
+                                 None if syntax is None else syntax.mask())  # (B, 1)
+                if syntax is not None:
+                    syntax.update(tok)
                 out.append(tok[:, 0].cpu())
                 end = torch.where((end < 0) & (out[-1] == sep), k, end)
                 if bool((end >= 0).all()):
@@ -231,7 +237,7 @@ class SmilesVAE(GenerativeModel):
 
     @torch.no_grad()
     def sample_smiles(self, n: int, *, tokenizer, seed: int = 0, max_tokens: int = 150, batch_size: int = 256,
-                      temperature: float = 1.0, progress=None) -> list[str]:
+                      temperature: float = 1.0, progress=None, smiles_syntax: bool = False) -> list[str]:
         """n molecules from the prior (genlab.data.molecules.sample_molecules's contract): z ~ N(0, I)
         from a generator seeded with `seed`, each decoded at `temperature` (0 = greedy)."""
         from genlab.seed import make_generator
@@ -242,7 +248,7 @@ class SmilesVAE(GenerativeModel):
         out: list[str] = []
         for i in range(0, n, batch_size):
             out += self.decode_latents(z[i:i + batch_size], tokenizer=tokenizer, max_tokens=max_tokens,
-                                       temperature=temperature, generator=g)
+                                       temperature=temperature, generator=g, smiles_syntax=smiles_syntax)
             if progress is not None:
                 progress.set(len(out))
         return out

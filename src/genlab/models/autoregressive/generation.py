@@ -76,9 +76,12 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
 
 
 def next_token(logits: torch.Tensor, context: torch.Tensor, s: SamplingConfig,
-               generator: torch.Generator | None) -> torch.Tensor:
-    """Pick the next token (B, 1) from the last-position logits (B, V)."""
+               generator: torch.Generator | None, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Pick the next token (B, 1) from the last-position logits (B, V); only among the `allowed`
+    ones (B, V) bool when given (a grammar's mask: the others get probability 0)."""
     logits = apply_repetition_penalty(logits.float(), context, s.repetition_penalty)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, -torch.inf)
     logits = logits.clamp(max=torch.finfo(logits.dtype).max)  # a tiny penalty overflows float32 to inf
     if s.temperature == 0:
         return logits.argmax(-1, keepdim=True)
@@ -96,16 +99,21 @@ def next_token(logits: torch.Tensor, context: torch.Tensor, s: SamplingConfig,
 
 @torch.no_grad()
 def generate_ids(model, prompt: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig = SamplingConfig(),
-                 *, generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+                 *, generator: torch.Generator | None = None, use_cache: bool = True,
+                 constraint=None) -> Iterator[torch.Tensor]:
     """Yield the next token (B, 1) for each of `max_new_tokens` steps after prompt (B, T0).
-    Sampling draws from `generator` only, so a seed fixes the text."""
+    Sampling draws from `generator` only, so a seed fixes the text. `constraint`: an object with
+    mask() -> (B, V) bool of allowed tokens and update(tok) (e.g. genlab.data.smiles_syntax)."""
     sampling.check()
     was_training = model.training
     model.eval()
     try:
         ids, logits, state, start = _first_pass(model, prompt, use_cache)
         for k in range(max_new_tokens):
-            tok = next_token(logits[:, -1], ids[:, start:], sampling, generator)  # (B, 1)
+            tok = next_token(logits[:, -1], ids[:, start:], sampling, generator,
+                             None if constraint is None else constraint.mask())  # (B, 1)
+            if constraint is not None:
+                constraint.update(tok)
             ids = torch.cat([ids, tok], dim=1)
             advance(k + 1, max_new_tokens)  # progress within the caller's batch (genlab.progress)
             yield tok

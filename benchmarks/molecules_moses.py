@@ -116,9 +116,11 @@ def part_train(preset: str, run_dir: Path, marks: list[float], seed: int, overri
             "run_dir": os.path.relpath(run_dir.resolve(), RUNS.parent.parent)}
 
 
-def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int, temperature: float = 1.0) -> list[dict]:
+def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int, temperature: float = 1.0,
+              smiles_syntax: bool = False) -> list[dict]:
     rows = []
-    for row, m in evaluate_marks(key, run_dir, train, n, seed, html=False, temperature=temperature):
+    extra = {"smiles_syntax": True} if smiles_syntax else {}
+    for row, m in evaluate_marks(key, run_dir, train, n, seed, html=False, temperature=temperature, **extra):
         v = m.get("validity", {})
         gen = v.get("generation_seconds")
         row["molecules_per_s"] = round(n / gen, 1) if gen else None
@@ -237,6 +239,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="sampling temperature of the evaluation (MOSES: 1); other values are rows of their own, "
                          "e.g. `--skip train --temperature 0.8` re-scores a trained run")
+    ap.add_argument("--smiles-syntax", action="store_true",
+                    help="sample under SMILES's grammar (genlab evaluate --smiles-syntax): rows of their own")
     ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
     ap.add_argument("--smoke", action="store_true", help="tiny budgets and counts: checks the script end to end")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
@@ -266,7 +270,9 @@ def main() -> None:
         if "train" in a.skip and "eval" in a.skip:  # the reference row alone
             break
         key = key_of(preset, a.condition)
-        ekey = setting_key(key, f"temperature {a.temperature:g}" if a.temperature != 1 else None)  # rows sampled at T
+        setting = ", ".join([f"temperature {a.temperature:g}"] * (a.temperature != 1)
+                            + ["SMILES syntax"] * a.smiles_syntax)
+        ekey = setting_key(key, setting or None)  # rows sampled at T or under the grammar
         ov = overrides + ([f"data.condition={a.condition}"] if a.condition else [])
         run_dir = RUNS / (preset + (f"-{a.condition}" if a.condition else "") + ("-smoke" if a.smoke else ""))
         new: dict = {}
@@ -275,7 +281,7 @@ def main() -> None:
             _write(path, folder, name, a.smoke, new, None, command)  # kept if the evaluation fails
         train = new[key]["train"] if new else previous_part(path, key, "train")
         if "eval" not in a.skip:
-            new = {ekey: {"eval": part_eval(ekey, run_dir, train, a.n, a.seed, a.temperature)}}
+            new = {ekey: {"eval": part_eval(ekey, run_dir, train, a.n, a.seed, a.temperature, a.smiles_syntax)}}
             _write(path, folder, name, a.smoke, new, None, command)
         print(json.dumps(new, indent=1, default=str))
 

@@ -21,24 +21,24 @@ def _flower_home(tmp_path, monkeypatch):
 
 def test_crashed_and_slow_clients_do_not_stop_a_round(tmp_path, data_root):
     """FedAdam; client 0 fails and client 1 stalls past round_timeout in every round: a round
-    aggregates the other two without waiting for the stalled one, and the federation runs to its end."""
+    aggregates the healthy client without waiting for the stalled one, and the federation runs to its end."""
     from genlab.engine.run import load
     from genlab.federated import federate
 
-    t0 = time.time()
-    run = federate(fed_file(tmp_path, clients=4, rounds=3, strategy="fedadam", crash_clients=[0], slow_clients=[1],
-                            slow_seconds=60,
-                            round_timeout=20), tmp_path / "faults", data_root=str(data_root),
-                   cores=4)  # a client per simulation actor: the stalled one holds up only itself
+    t0, rounds_asked = time.time(), 5
+    run = federate(fed_file(tmp_path, clients=3, min_clients=1, rounds=rounds_asked, strategy="fedadam",
+                            crash_clients=[0], slow_clients=[1], slow_seconds=25, round_timeout=20),
+                   tmp_path / "faults", data_root=str(data_root),
+                   cores=3)  # a client per simulation actor: the stalled one holds up only itself
     rounds = rounds_logged(run)
-    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert [r["round"] for r in rounds] == list(range(1, rounds_asked + 1))
     # once the actors are up (the first rounds may pass while they import torch and load MNIST: over
-    # 30 s on a slow 2-core machine with other tests beside): clients 2 and 3 aggregated, 0 failed,
-    # 1 late; the round did not wait for the stalled client
-    warm = [r for r in rounds if r["clients_ok"] == 2]
+    # 65 s on the 2-core AMD EPYC with other tests beside, so 5 rounds of 20 s): client 2
+    # aggregated, 0 failed, 1 late; the round did not wait for the stalled client
+    warm = [r for r in rounds if r["clients_ok"] == 1]
     assert warm and all(r["clients_failed"] == 1 and r["clients_late"] == 1 and r["round_seconds"] < 40
                         for r in warm)
-    assert load(run).step == 6 and time.time() - t0 < 240
+    assert load(run).step == 2 * rounds_asked and time.time() - t0 < 300
     assert "server.m_t.0" in weights_of(run) and "server.v_t.0" in weights_of(run)  # FedAdam's moments, kept
 
 

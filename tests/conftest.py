@@ -29,9 +29,18 @@ TINY_VAE = ["model.hidden=64", "model.latent_dim=8", "train.batch_size=32", "tra
             "train.eval_batches=2", "train.warmup_steps=3"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """genlab's cache in the session's tmp folder, never the user's: session-scoped, so that
+    module-scoped fixtures (set up before any function-scoped one) see it too."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GENLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def _threads():
     torch.set_num_threads(THREADS)
 
 

@@ -45,7 +45,7 @@ FOLLOWS = {
 MAX_DEPTH = 32  # branches open at once
 
 
-def c_prev_dot(state: torch.Tensor) -> torch.Tensor:
+def starts_molecule(state: torch.Tensor) -> torch.Tensor:
     """Rows whose next atom starts a molecule (bonded to nothing)."""
     return (state == S_DOT) | (state == S_START) | (state == S_BEGUN)
 
@@ -157,7 +157,7 @@ class SmilesSyntax:
         self.parent = torch.where(closing, -1, self.parent)  # not used after ")": no ring digit may follow
         # atoms: a new atom is bonded to cur (none after "." or at the start)
         atom = c == ATOM
-        self.parent = torch.where(atom, torch.where(c_prev_dot(self.state), -1, self.cur), self.parent)
+        self.parent = torch.where(atom, torch.where(starts_molecule(self.state), -1, self.cur), self.parent)
         self.cur = torch.where(atom, self.atoms, self.cur)
         self.atoms = self.atoms + atom.long()
         self.partners[atom] = -1

@@ -119,8 +119,8 @@ def part_train(preset: str, run_dir: Path, marks: list[float], seed: int, overri
 def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int, temperature: float = 1.0,
               smiles_syntax: bool = False) -> list[dict]:
     rows = []
-    extra = {"smiles_syntax": True} if smiles_syntax else {}
-    for row, m in evaluate_marks(key, run_dir, train, n, seed, html=False, temperature=temperature, **extra):
+    for row, m in evaluate_marks(key, run_dir, train, n, seed, html=False, temperature=temperature,
+                                 smiles_syntax=smiles_syntax):
         v = m.get("validity", {})
         gen = v.get("generation_seconds")
         row["molecules_per_s"] = round(n / gen, 1) if gen else None

@@ -100,23 +100,20 @@ class SmilesSyntax:
         self.sep_ids = (classes == SEP_).nonzero()[:, 0]
         self.open_ids = (classes == OPEN).nonzero()[:, 0]
         self.dot_ids = (classes == DOT).nonzero()[:, 0]
-        self.device = device
-        self.reset(torch.ones(rows, dtype=torch.bool, device=device))
+        B, R = rows, len(self.ring_ids)
+        self.state = torch.full((B,), S_START, dtype=torch.long, device=device)
+        self.depth = torch.zeros(B, dtype=torch.long, device=device)  # open branches
+        self.atoms = torch.zeros(B, dtype=torch.long, device=device)  # atoms so far
+        self.cur = torch.full((B,), -1, dtype=torch.long, device=device)  # the atom a next atom bonds to
+        self.parent = torch.full((B,), -1, dtype=torch.long, device=device)  # the atom cur is bonded to
+        self.stack = torch.full((B, MAX_DEPTH), -1, dtype=torch.long, device=device)  # branch anchors
+        self.opened_at = torch.full((B, R), -1, dtype=torch.long, device=device)  # ring label -> atom, -1 = closed
+        self.opened_bond = torch.zeros((B, R), dtype=torch.bool, device=device)  # opened with a bond symbol
+        self.partners = torch.full((B, R), -1, dtype=torch.long, device=device)  # atoms cur closed rings with
 
     def reset(self, rows: torch.Tensor) -> None:
-        """Start the rows where `rows` (B,) is True over, at a molecule's beginning."""
-        if not hasattr(self, "state"):
-            B, R, dev = len(rows), len(self.ring_ids), self.device
-            self.state = torch.full((B,), S_START, dtype=torch.long, device=dev)
-            self.depth = torch.zeros(B, dtype=torch.long, device=dev)  # open branches
-            self.atoms = torch.zeros(B, dtype=torch.long, device=dev)  # atoms so far
-            self.cur = torch.full((B,), -1, dtype=torch.long, device=dev)  # the atom a next atom bonds to
-            self.parent = torch.full((B,), -1, dtype=torch.long, device=dev)  # the atom cur is bonded to
-            self.stack = torch.full((B, MAX_DEPTH), -1, dtype=torch.long, device=dev)  # branch anchors
-            self.opened_at = torch.full((B, R), -1, dtype=torch.long, device=dev)  # ring label -> atom, -1 = closed
-            self.opened_bond = torch.zeros((B, R), dtype=torch.bool, device=dev)  # opened with a bond symbol
-            self.partners = torch.full((B, R), -1, dtype=torch.long, device=dev)  # atoms cur closed rings with
-            return
+        """Start the rows where `rows` (B,) is True over, at a molecule's beginning (as __init__
+        leaves every row; opened_bond is rewritten whenever a label opens)."""
         self.state[rows], self.depth[rows], self.atoms[rows] = S_START, 0, 0
         self.cur[rows], self.parent[rows], self.stack[rows], self.opened_at[rows] = -1, -1, -1, -1
         self.partners[rows] = -1

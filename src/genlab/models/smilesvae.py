@@ -222,10 +222,7 @@ class SmilesVAE(GenerativeModel):
             out, end = [], torch.full((B,), -1, dtype=torch.long)  # end: index of each row's "\n", -1 = open
             for k in range(max_tokens):
                 logits, state = self.decode_step(tok, z, state)  # (B, 1, V)
-                tok = next_token(logits[:, -1], no_context, sampling, generator,
-                                 None if syntax is None else syntax.mask())  # (B, 1)
-                if syntax is not None:
-                    syntax.update(tok)
+                tok = next_token(logits[:, -1], no_context, sampling, generator, syntax)  # (B, 1)
                 out.append(tok[:, 0].cpu())
                 end = torch.where((end < 0) & (out[-1] == sep), k, end)
                 if bool((end >= 0).all()):
@@ -239,7 +236,8 @@ class SmilesVAE(GenerativeModel):
     def sample_smiles(self, n: int, *, tokenizer, seed: int = 0, max_tokens: int = 150, batch_size: int = 256,
                       temperature: float = 1.0, progress=None, smiles_syntax: bool = False) -> list[str]:
         """n molecules from the prior (genlab.data.molecules.sample_molecules's contract): z ~ N(0, I)
-        from a generator seeded with `seed`, each decoded at `temperature` (0 = greedy)."""
+        from a generator seeded with `seed`, each decoded at `temperature` (0 = greedy), under
+        SMILES's grammar with `smiles_syntax`."""
         from genlab.seed import make_generator
 
         dev = self.embed.weight.device

@@ -76,9 +76,18 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
 
 
 def next_token(logits: torch.Tensor, context: torch.Tensor, s: SamplingConfig,
-               generator: torch.Generator | None, allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """Pick the next token (B, 1) from the last-position logits (B, V); only among the `allowed`
-    ones (B, V) bool when given (a grammar's mask: the others get probability 0)."""
+               generator: torch.Generator | None, constraint=None) -> torch.Tensor:
+    """Pick the next token (B, 1) from the last-position logits (B, V). `constraint`: an object
+    with mask() -> (B, V) bool of the allowed tokens (the others get probability 0) and
+    update(tok), told each pick (e.g. genlab.data.smiles_syntax.SmilesSyntax)."""
+    tok = _pick(logits, context, s, generator, None if constraint is None else constraint.mask())
+    if constraint is not None:
+        constraint.update(tok)
+    return tok
+
+
+def _pick(logits: torch.Tensor, context: torch.Tensor, s: SamplingConfig, generator: torch.Generator | None,
+          allowed: torch.Tensor | None) -> torch.Tensor:
     logits = apply_repetition_penalty(logits.float(), context, s.repetition_penalty)
     if allowed is not None:
         logits = logits.masked_fill(~allowed, -torch.inf)
@@ -102,18 +111,14 @@ def generate_ids(model, prompt: torch.Tensor, max_new_tokens: int, sampling: Sam
                  *, generator: torch.Generator | None = None, use_cache: bool = True,
                  constraint=None) -> Iterator[torch.Tensor]:
     """Yield the next token (B, 1) for each of `max_new_tokens` steps after prompt (B, T0).
-    Sampling draws from `generator` only, so a seed fixes the text. `constraint`: an object with
-    mask() -> (B, V) bool of allowed tokens and update(tok) (e.g. genlab.data.smiles_syntax)."""
+    Sampling draws from `generator` only, so a seed fixes the text. `constraint`: as next_token's."""
     sampling.check()
     was_training = model.training
     model.eval()
     try:
         ids, logits, state, start = _first_pass(model, prompt, use_cache)
         for k in range(max_new_tokens):
-            tok = next_token(logits[:, -1], ids[:, start:], sampling, generator,
-                             None if constraint is None else constraint.mask())  # (B, 1)
-            if constraint is not None:
-                constraint.update(tok)
+            tok = next_token(logits[:, -1], ids[:, start:], sampling, generator, constraint)  # (B, 1)
             ids = torch.cat([ids, tok], dim=1)
             advance(k + 1, max_new_tokens)  # progress within the caller's batch (genlab.progress)
             yield tok

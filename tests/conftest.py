@@ -24,7 +24,7 @@ if WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 # A small MLP VAE on real MNIST: fast enough for tens of steps per test.
-TINY_VAE = ["model.hidden=64", "model.latent_dim=8", "train.batch_size=32", "train.amp=off",
+TINY_VAE = ["train.test_batches=2", "model.hidden=64", "model.latent_dim=8", "train.batch_size=32", "train.amp=off",
             "train.log_every=5", "train.eval_every=1000", "train.sample_every=1000", "train.ckpt_every=1000",
             "train.eval_batches=2", "train.warmup_steps=3"]
 

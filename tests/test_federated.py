@@ -24,7 +24,7 @@ from genlab.federated import partition as P
 from genlab.federated.config import FederationConfig
 from tests.conftest import ROOT, assert_same_tensors, weights_of
 
-TINY = ["model.hidden=32", "model.latent_dim=4", "train.batch_size=16", "train.amp=off", "train.schedule=constant",
+TINY = ["train.test_batches=2", "model.hidden=32", "model.latent_dim=4", "train.batch_size=16", "train.amp=off", "train.schedule=constant",
         "train.warmup_steps=0", "train.eval_batches=2", "train.keep_last=10", "data.train_size=900",
         "data.val_size=200"]
 

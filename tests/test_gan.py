@@ -7,7 +7,7 @@ from genlab.engine.checkpoint import latest_valid
 from genlab.engine.logs import read_log
 from genlab.models.gan import GAN, Discriminator, GANConfig, d_loss_terms, g_loss_term, gradient_penalty
 
-SMALL = ["model.g_channels=16", "model.d_channels=16", "model.mlp_widths=32,64,128", "train.amp=off",
+SMALL = ["train.test_batches=2", "model.g_channels=16", "model.d_channels=16", "model.mlp_widths=32,64,128", "train.amp=off",
          "train.log_every=5", "train.sample_every=1000", "train.ckpt_every=1000"]
 
 
@@ -48,6 +48,37 @@ def test_loss_functions_on_fixed_scores():
     assert d_loss_terms("hinge", r, f).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1.5) / 2)
     assert d_loss_terms("wgan-gp", r, f).item() == pytest.approx(f.mean().item() - r.mean().item())
     assert g_loss_term("hinge", f).item() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("loss", ["bce", "wgan-gp"])
+def test_channels_last_layout_computes_what_the_contiguous_one_does(loss):
+    """The DCGAN keeps its conv weights channels_last for speed: its losses and every gradient equal
+    those of the same model in the default layout (private training's), for both optimisers."""
+    cfg = GANConfig(arch="dcgan", loss=loss, channels=1, image_size=8, num_classes=3, conditional=True,
+                    spectral_norm=loss != "wgan-gp", g_channels=8, d_channels=8, latent_dim=6)
+    torch.manual_seed(0)
+    fast = GAN(cfg)
+    plain = GAN(cfg)
+    plain.load_state_dict(fast.state_dict())
+    for net in (plain.generator, plain.discriminator):
+        net.use_memory_format(torch.contiguous_format)
+    conv = fast.generator.net[4].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.generator.net[4].weight.is_contiguous()
+    batch = {"x": torch.randn(5, 1, 8, 8), "y": torch.tensor([0, 1, 2, 0, 1])}
+    for opt in ("discriminator", "generator"):
+        grads = []
+        for model in (fast, plain):
+            torch.manual_seed(1)
+            out = model.loss(batch, opt)
+            model.zero_grad()
+            out["loss"].backward()
+            grads.append((out["loss"].detach(), {k: p.grad.clone() for k, p in model.named_parameters()
+                                                 if p.grad is not None}))
+        (l1, g1), (l2, g2) = grads
+        assert torch.allclose(l1, l2, atol=1e-5) and g1.keys() == g2.keys() and g1
+        for k in g1:
+            assert torch.allclose(g1[k], g2[k], atol=1e-5, rtol=1e-4), (opt, k)
 
 
 @pytest.mark.parametrize("arch", ["mlp", "dcgan"])

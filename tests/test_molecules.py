@@ -23,7 +23,7 @@ from genlab.metrics import molecules as M  # noqa: E402
 
 MOSES = DATA / "molecules" / "moses" if DATA else None
 ZINC = DATA / "molecules" / "zinc250k_jtnn_test_5k.csv" if DATA else None
-TINY_SMILES = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=32", "model.dropout=0.0",
+TINY_SMILES = ["train.test_batches=2", "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=32", "model.dropout=0.0",
                "train.batch_size=4", "train.log_every=1", "train.eval_every=1000", "train.eval_batches=1",
                "train.sample_every=1000", "train.ckpt_every=1000", "train.warmup_steps=1", "train.amp=off"]
 

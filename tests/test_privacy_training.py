@@ -21,7 +21,7 @@ from tests.conftest import run_cli, stop_at, weights_of
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The 8x8 digits (1,438 training images, shipped with scikit-learn): small enough for exact checks.
-TINY = ["data.dataset=digits", "model.hidden=32", "model.latent_dim=4", "train.batch_size=32", "train.log_every=2",
+TINY = ["train.test_batches=2", "data.dataset=digits", "model.hidden=32", "model.latent_dim=4", "train.batch_size=32", "train.log_every=2",
         "train.eval_every=1000", "train.sample_every=1000", "train.ckpt_every=1000", "train.eval_batches=1"]
 
 

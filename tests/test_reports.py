@@ -22,7 +22,7 @@ from tests.test_text import TINY_TEXT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["data.dataset=digits", "model.arch=mlp", "model.hidden=32", "model.latent_dim=4", "train.batch_size=32",
+TINY = ["train.test_batches=2", "data.dataset=digits", "model.arch=mlp", "model.hidden=32", "model.latent_dim=4", "train.batch_size=32",
         "train.log_every=1", "train.eval_every=1000", "train.sample_every=1000", "train.ckpt_every=1000",
         "train.eval_batches=1"]
 

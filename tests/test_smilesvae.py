@@ -19,7 +19,7 @@ from genlab.models import smilesvae as S  # noqa: E402
 
 FIVE = ["CCO", "c1ccccc1", "CC(=O)N", "OCCN", "C1CCNCC1"]
 # a run small enough for a few steps in a test (the preset's data block, on a tiny .smi)
-TINY_VAE = ["model.n_embd=8", "model.enc_hidden=16", "model.latent_dim=4", "model.dec_hidden=32",
+TINY_VAE = ["train.test_batches=2", "model.n_embd=8", "model.enc_hidden=16", "model.latent_dim=4", "model.dec_hidden=32",
             "model.dec_layers=1", "model.kl_warmup=4", "train.batch_size=4", "train.log_every=1",
             "train.eval_every=1000", "train.eval_batches=1", "train.sample_every=1000", "train.ckpt_every=1000",
             "train.warmup_steps=0", "data.val_size=2"]

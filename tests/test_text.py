@@ -18,7 +18,7 @@ from tests.conftest import DATA, TINY_VAE, assert_same_tensors, run_cli, stop_at
 
 UNICODE = "Crème brûlée, naïve café — 日本語のテキスト, emoji 🎭🗡️, Ελληνικά, кириллица.\n"
 # A tiny GPT/LSTM on a tiny corpus: seconds per run.
-TINY_TEXT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "model.dropout=0.1",
+TINY_TEXT = ["train.test_batches=2", "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "model.dropout=0.1",
              "train.batch_size=4", "train.log_every=5", "train.eval_every=10", "train.eval_batches=2",
              "train.sample_every=1000", "train.ckpt_every=1000", "train.warmup_steps=2", "train.amp=off",
              "train.lr=1e-2"]

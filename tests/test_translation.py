@@ -28,7 +28,7 @@ from tests.conftest import assert_same_tensors, main_fails_in_one_line, weights_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["train.batch_size=4", "train.log_every=1", "train.sample_every=1000", "train.ckpt_every=1000",
+TINY = ["train.test_batches=2", "train.batch_size=4", "train.log_every=1", "train.sample_every=1000", "train.ckpt_every=1000",
         "data.val_size=4", "data.test_size=4"]
 TINY_PIX2PIX = ["model.base_channels=4", "model.d_channels=4", "model.depth=2", "model.n_layers=1"] + TINY
 TINY_CYCLEGAN = ["model.g_channels=4", "model.n_blocks=1", "model.d_channels=4", "model.n_layers=1",

@@ -112,6 +112,7 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 1000
     eval_batches: int = 20
+    test_batches: int | None = None  # the end-of-training test report's batches (None: the whole test split)
     early_stop_patience: int | None = None  # evaluations without improvement
     sample_every: int = 1000
     ckpt_every: int = 1000
@@ -402,6 +403,7 @@ def validate_run(cfg: RunConfig) -> None:
         (d.crop_padding >= 0, "data.crop_padding must be >= 0"),
         (all(v >= 1 for v in (t.log_every, t.eval_every, t.sample_every, t.ckpt_every, t.eval_batches)),
          "train.log_every, eval_every, sample_every, ckpt_every and eval_batches must be >= 1"),
+        (t.test_batches is None or t.test_batches >= 1, "train.test_batches must be >= 1 (or null: the whole split)"),
         (t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
         (t.grad_clip is None or (math.isfinite(t.grad_clip) and t.grad_clip >= 0),
          "train.grad_clip must be >= 0 (0 or null: no clipping)"),

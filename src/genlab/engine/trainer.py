@@ -486,13 +486,15 @@ class Trainer:
         return p is not None and st.evals_since_best >= p
 
     def write_test_report(self) -> None:
-        """Loss terms on the whole test split, in the evaluation report layout (text data has
-        no test split: its val split, as many random windows as it has tokens / block_size);
-        report.json and report.html. The main process calls it."""
+        """Loss terms on the whole test split (its first train.test_batches batches when set), in
+        the evaluation report layout (text data has no test split: its val split, as many random
+        windows as it has tokens / block_size); report.json and report.html. The main process calls it."""
         t0 = time.perf_counter()
         split = "test" if self.feeder.eval_size("test") else "val"
-        res = self.evaluate(split)
+        res = self.evaluate(split, self.t.test_batches)
         n = self.feeder.eval_size(split)
+        if self.t.test_batches:
+            n = min(n, self.t.test_batches * self.t.batch_size)
         secs = time.perf_counter() - t0
         metrics = {f"{split}_{k}": {"value": v, "extractor": None, "n": n, "seed": self.t.seed, "seconds": secs}
                    for k, v in res.items()}

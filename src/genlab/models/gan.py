@@ -90,7 +90,20 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, eps: torch.
 # --------------------------------------------------------------------------- networks
 
 
-class Generator(nn.Module):
+class _Network(nn.Module):
+    """A network whose 4-D weights (and, in the discriminator, input) are kept in one memory
+    layout: channels_last for the DCGAN on CPU (oneDNN's preferred layout), while private
+    training asks for torch.contiguous_format, the layout Opacus's per-example conv gradients
+    are right for."""
+
+    memory_format = torch.contiguous_format
+
+    def use_memory_format(self, fmt: torch.memory_format) -> None:
+        self.memory_format = fmt
+        self.to(memory_format=fmt)
+
+
+class Generator(_Network):
     def __init__(self, cfg: GANConfig):
         super().__init__()
         C, S = cfg.channels, cfg.image_size
@@ -122,7 +135,7 @@ class Generator(nn.Module):
         return self.net(z).view(-1, *self.out_shape)
 
 
-class Discriminator(nn.Module):
+class Discriminator(_Network):
     """Returns raw scores (B,). Conditional: projection, score = psi(h) + <embed(y), h>."""
 
     def __init__(self, cfg: GANConfig):
@@ -149,7 +162,7 @@ class Discriminator(nn.Module):
         self.embed = sn(nn.Embedding(cfg.num_classes, feat)) if cfg.conditional else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x)  # (B, F)
+        h = self.features(x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x)  # (B, F)
         out = self.head(h).squeeze(1)  # (B,)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(1)
@@ -167,6 +180,9 @@ class GAN(LatentVariableModel):
         self.num_classes = cfg.num_classes if cfg.conditional else None
         self.generator = Generator(cfg)
         self.discriminator = Discriminator(cfg)
+        if cfg.arch == "dcgan":  # see _Network
+            self.generator.use_memory_format(torch.channels_last)
+            self.discriminator.use_memory_format(torch.channels_last)
 
     # ------------------------------------------------------------------ engine contract
     def optimizers(self) -> dict[str, list[nn.Parameter]]:

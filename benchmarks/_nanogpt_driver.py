@@ -3,8 +3,9 @@ nanoGPT's own model code: run with a copy of the user's nanoGPT checkout as the 
 
     python _nanogpt_driver.py OUT_DIR WINDOWS.json RESULT.json
 
-WINDOWS.json: {"windows": [text of block_size + 1 characters, ...], "prompt": "\\n", "new_tokens": 500}.
-Writes RESULT.json: the mean next-token cross-entropy over the windows (nats/token), the
+WINDOWS.json: {"windows": [text of block_size + 1 characters, ...], "prompt": "\\n", "new_tokens": 500};
+no windows: generation only (the benchmark's later generation rounds, each a fresh process).
+Writes RESULT.json: the mean next-token cross-entropy over the windows (nats/token; None without), the
 batch-1 generation rate of `model.generate` as nanoGPT's sample.py calls it (temperature 0.8,
 top_k 200; best of 3), and the parameter count. The checkpoint is read with weights_only=True.
 """
@@ -49,7 +50,7 @@ def main() -> None:
             best = max(best, n / (time.perf_counter() - t0))
     params = sum(p.numel() for p in model.parameters())
     wpe = model.transformer.wpe.weight.numel()
-    json.dump({"val_loss": total / count, "val_tokens": count, "gen_tokens_per_s": best, "params": params,
+    json.dump({"val_loss": total / count if count else None, "val_tokens": count, "gen_tokens_per_s": best, "params": params,
                "params_without_positions": params - wpe, "iter_num": ck["iter_num"],
                "own_val_estimate": float(ck["best_val_loss"])}, open(result_path, "w"))
 

@@ -202,8 +202,9 @@ def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
     return wall, r.stdout + r.stderr
 
 
-def part_nanogpt(path: Path, seed: int) -> dict:
-    """nanoGPT's CPU run and genlab's two presets, back to back, scored on the same windows."""
+def part_nanogpt(path: Path, seed: int, rounds: int) -> dict:
+    """nanoGPT's CPU run and genlab's two presets, back to back, scored on the same windows; then
+    `rounds` rounds of batch-1 generation in fresh processes (generation_rounds)."""
     m = machine_info()
     with tempfile.TemporaryDirectory(prefix="genlab-nanogpt-") as tmp:
         tree = nanogpt_copy(path, Path(tmp))
@@ -213,42 +214,69 @@ def part_nanogpt(path: Path, seed: int) -> dict:
         wall, out = timed([sys.executable, "train.py", *NANOGPT_CPU_FLAGS], cwd=tree)
         iter_ms = [float(x) for x in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", out, re.M)]
         evals = re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", out, re.M)
-        spec = Path(tmp) / "windows.json"
-        spec.write_text(json.dumps({"windows": windows, "prompt": "\n", "new_tokens": 500}))
-        res = Path(tmp) / "nanogpt.json"
-        subprocess.run([sys.executable, str(Path(__file__).parent / "_nanogpt_driver.py"), "out-shakespeare-char",
-                        str(spec), str(res)], cwd=tree, check=True)
-        ng = json.loads(res.read_text())
-    c = NANOGPT_CPU_FLAGS
-    T, L, C = 64, 4, 128
-    ng_tokens_per_s = 12 * T / (statistics.median(iter_ms[1:]) / 1000)
-    ng_fpt = 6 * ng["params_without_positions"] + 12 * L * T * C
-    nano = {"command": "python train.py " + " ".join(c), "wall_seconds": round(wall, 1),
-            "val_loss_windows": ng["val_loss"], "own_val_estimate": float(evals[-1][2]) if evals else None,
-            "checkpoint_iter": ng["iter_num"], "median_ms_per_iter": statistics.median(iter_ms[1:]),
-            "train_tokens_per_s": round(ng_tokens_per_s), "flops_per_token": ng_fpt,
-            "mfu": ng_tokens_per_s * ng_fpt / (m["matmul_fp32_gflops"] * 1e9),
-            "gen_tokens_per_s": round(ng["gen_tokens_per_s"]), "params": ng["params"], "load_before": load0}
-    runs = {}
-    for preset in ("gpt-shakespeare-muon", "gpt-shakespeare-cpu"):
-        run_dir = fresh_run_dir(f"nanogpt-compare-{preset}")
-        load0 = load_avg()
-        wall, _ = timed([sys.executable, "-m", "genlab", "train", preset, "--out", str(run_dir), "--seed", str(seed)])
-        run = genlab.load(run_dir)
-        st = run.checkpoint.state["state"]
-        tps = mean_train_throughput(run_dir)
-        fpt = flops_per_token(run.model)
-        runs[preset] = {
-            "command": f"genlab train {preset}", "wall_seconds": round(wall, 1), "steps": st["step"],
-            "train_seconds": round(st["elapsed"], 1), "precision": st.get("amp"),
-            "val_loss_windows": window_loss(run.model, run.tokenizer, windows),
-            "train_tokens_per_s": round(tps), "flops_per_token": fpt,
-            "mfu": tps * fpt / (m["matmul_fp32_gflops"] * 1e9),
-            "gen_tokens_per_s": generation_rates(run.model, run.tokenizer),
-            "optimizer": run.cfg.train.optimizer, "batch_size": run.cfg.train.batch_size, "load_before": load0,
-        }
+        ng = nanogpt_driver(tree, Path(tmp), windows)
+        c = NANOGPT_CPU_FLAGS
+        T, L, C = 64, 4, 128
+        ng_tokens_per_s = 12 * T / (statistics.median(iter_ms[1:]) / 1000)
+        ng_fpt = 6 * ng["params_without_positions"] + 12 * L * T * C
+        nano = {"command": "python train.py " + " ".join(c), "wall_seconds": round(wall, 1),
+                "val_loss_windows": ng["val_loss"], "own_val_estimate": float(evals[-1][2]) if evals else None,
+                "checkpoint_iter": ng["iter_num"], "median_ms_per_iter": statistics.median(iter_ms[1:]),
+                "train_tokens_per_s": round(ng_tokens_per_s), "flops_per_token": ng_fpt,
+                "mfu": ng_tokens_per_s * ng_fpt / (m["matmul_fp32_gflops"] * 1e9),
+                "params": ng["params"], "load_before": load0}
+        runs, run_dirs = {}, {}
+        for preset in ("gpt-shakespeare-muon", "gpt-shakespeare-cpu"):
+            run_dirs[preset] = run_dir = fresh_run_dir(f"nanogpt-compare-{preset}")
+            load0 = load_avg()
+            wall, _ = timed([sys.executable, "-m", "genlab", "train", preset, "--out", str(run_dir), "--seed",
+                             str(seed)])
+            run = genlab.load(run_dir)
+            st = run.checkpoint.state["state"]
+            tps = mean_train_throughput(run_dir)
+            fpt = flops_per_token(run.model)
+            runs[preset] = {
+                "command": f"genlab train {preset}", "wall_seconds": round(wall, 1), "steps": st["step"],
+                "train_seconds": round(st["elapsed"], 1), "precision": st.get("amp"),
+                "val_loss_windows": window_loss(run.model, run.tokenizer, windows),
+                "train_tokens_per_s": round(tps), "flops_per_token": fpt,
+                "mfu": tps * fpt / (m["matmul_fp32_gflops"] * 1e9),
+                "optimizer": run.cfg.train.optimizer, "batch_size": run.cfg.train.batch_size, "load_before": load0,
+            }
+        per_round = generation_rounds(tree, Path(tmp), run_dirs, rounds)
+    nano["gen_rounds"] = per_round["nanogpt"]
+    nano["gen_tokens_per_s"] = round(statistics.median(per_round["nanogpt"]))
+    for preset, r in runs.items():
+        r["gen_rounds"] = per_round[preset]
+        r["gen_tokens_per_s"] = {k: round(statistics.median(x[k] for x in per_round[preset]), 1)
+                                 for k in per_round[preset][0]}
     return {"machine": m, "seed": seed, "threads": torch.get_num_threads(), "windows": len(windows),
-            "nanogpt": nano, "genlab": runs}
+            "generation_rounds": rounds, "nanogpt": nano, "genlab": runs}
+
+
+def nanogpt_driver(tree: Path, tmp: Path, windows: list[str]) -> dict:
+    """benchmarks/_nanogpt_driver.py in a fresh process: nanoGPT's loss on `windows` (none: skip)
+    and its batch-1 generation rate."""
+    spec, res = tmp / "windows.json", tmp / "nanogpt.json"
+    spec.write_text(json.dumps({"windows": windows, "prompt": "\n", "new_tokens": 500}))
+    subprocess.run([sys.executable, str(Path(__file__).parent / "_nanogpt_driver.py"), "out-shakespeare-char",
+                    str(spec), str(res)], cwd=tree, check=True)
+    return json.loads(res.read_text())
+
+
+def generation_rounds(tree: Path, tmp: Path, run_dirs: dict[str, Path], rounds: int) -> dict[str, list]:
+    """Batch-1 generation, each measurement in a fresh process, alternating nanoGPT and each genlab
+    run `rounds` times: one process's rate varies by up to 2x on these VMs (where its memory and
+    threads land), so the table quotes medians and keeps every round. genlab's process
+    (`--generation-rates RUN OUT`) measures eager KV cache, no cache and the compiled step."""
+    out: dict[str, list] = {"nanogpt": [], **{p: [] for p in run_dirs}}
+    for _ in range(rounds):
+        out["nanogpt"].append(round(nanogpt_driver(tree, tmp, [])["gen_tokens_per_s"]))
+        for preset, run_dir in run_dirs.items():
+            res = tmp / "genlab-rates.json"
+            subprocess.run([sys.executable, __file__, "--generation-rates", str(run_dir), str(res)], check=True)
+            out[preset].append(json.loads(res.read_text()))
+    return out
 
 
 def main() -> None:
@@ -258,9 +286,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's, all cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
+    ap.add_argument("--gen-rounds", type=int, default=5,
+                    help="--compare-nanogpt: generation rounds, each model in a fresh process per round")
+    ap.add_argument("--generation-rates", nargs=2, metavar=("RUN", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--compare-nanogpt", metavar="PATH", default=os.environ.get("NANOGPT"),
                     help="a nanoGPT checkout (or $NANOGPT): run it and genlab back to back (this part only)")
     a = ap.parse_args()
+    if a.generation_rates:  # one round's genlab process (generation_rounds)
+        run = genlab.load(a.generation_rates[0])
+        Path(a.generation_rates[1]).write_text(json.dumps(generation_rates(run.model, run.tokenizer)))
+        return
     path = RESULTS / "gpt-shakespeare.json"
     d = json.loads(path.read_text()) if path.is_file() else {"benchmark": "gpt-shakespeare"}
     if not a.render_only:
@@ -268,7 +303,7 @@ def main() -> None:
             torch.set_num_threads(a.threads)
         new = {}
         if a.compare_nanogpt:
-            new["nanogpt_compare"] = part_nanogpt(Path(a.compare_nanogpt), a.seed)
+            new["nanogpt_compare"] = part_nanogpt(Path(a.compare_nanogpt), a.seed, a.gen_rounds)
         elif a.part in ("cpu", "both"):
             new["cpu"] = part_cpu(a.seed, a.threads)
         if a.part in ("30min", "both") and not a.compare_nanogpt:
@@ -357,6 +392,9 @@ def render_compare(c: dict) -> str:
              fast["gen_tokens_per_s"]),
             ("genlab `gpt-shakespeare-cpu` (nanoGPT's recipe: AdamW, batch 12, 2,000 steps)", same,
              same["gen_tokens_per_s"]["kv_cache"], same["gen_tokens_per_s"])]
+    R = c.get("generation_rounds")
+    rounds = (f"; median of {R} rounds, each model measured in a fresh process per round, nanoGPT and genlab "
+              "alternating (every round's figure is listed below the table)" if R else "")
     lines = [f"""## Back to back with nanoGPT (`--compare-nanogpt PATH`)
 
 One process after another on this machine, nothing else running, {c['threads']} torch threads each; the wall
@@ -367,7 +405,7 @@ uses rotary positions, nanoGPT a learned table). Validation loss: mean next-toke
 code). Generation: 500 characters at batch 1 from a newline, temperature 0.8, best of 3 (nanoGPT:
 `model.generate` with top_k 200, as its sample.py, recomputing the context window for every character;
 genlab: eager with its KV cache, then `--compile` (`GPT.compile_decode`: the one-token step through
-torch.compile, its first-step compile time beside), then without the cache).
+torch.compile, its first-step compile time beside), then without the cache){rounds}.
 MFU: model FLOPs (6N + 12LTC per token, nanoGPT's estimate_mfu) at the mean training throughput, against the
 fp32 matmul peak measured in the same run ({m['matmul_fp32_gflops']:.0f} GFLOP/s; all three train in fp32).
 
@@ -390,6 +428,13 @@ nanoGPT command (in a scratch copy of the checkout): `{n['command']}`; its train
 median iteration time ({n['median_ms_per_iter']:.1f} ms, evaluation excluded). genlab's from its training log.
 Command: `.venv/bin/python benchmarks/gpt_shakespeare.py --compare-nanogpt PATH` (seed {c['seed']}).
 """)
+    if R:
+        lines.append(f"Generation rounds (tokens/s, in order): nanoGPT {n['gen_rounds']}")
+        for name, r in g.items():
+            lines.append(f"; {name} eager KV " + str([x["kv_cache"] for x in r["gen_rounds"]])
+                         + (", compiled " + str([x["compiled"] for x in r["gen_rounds"]])
+                            if "compiled" in r["gen_rounds"][0] else ""))
+        lines.append(".\n")
     return "\n".join(lines)
 
 

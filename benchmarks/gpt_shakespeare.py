@@ -429,12 +429,13 @@ median iteration time ({n['median_ms_per_iter']:.1f} ms, evaluation excluded). g
 Command: `.venv/bin/python benchmarks/gpt_shakespeare.py --compare-nanogpt PATH` (seed {c['seed']}).
 """)
     if R:
-        lines.append(f"Generation rounds (tokens/s, in order): nanoGPT {n['gen_rounds']}")
+        lines.append("Generation rounds (tokens/s, in the order measured):\n")
+        lines.append(f"- nanoGPT: {n['gen_rounds']}")
         for name, r in g.items():
-            lines.append(f"; {name} eager KV " + str([x["kv_cache"] for x in r["gen_rounds"]])
-                         + (", compiled " + str([x["compiled"] for x in r["gen_rounds"]])
-                            if "compiled" in r["gen_rounds"][0] else ""))
-        lines.append(".\n")
+            rounds = r["gen_rounds"]
+            lines.append(f"- {name}: eager KV cache {[x['kv_cache'] for x in rounds]}"
+                         + (f", compiled {[x['compiled'] for x in rounds]}" if "compiled" in rounds[0] else ""))
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -131,8 +131,17 @@ def test_gan_presets_losses_move_the_expected_way(tmp_path, data_root, preset):
     else:
         start = {"bce": 2 * 0.6931, "hinge": 2.0}[genlab.resolve(preset).model.loss]
         assert first["d_loss"] < start + 0.2  # a fresh discriminator scores near 0
-        assert last["d_loss"] < 0.9 * first["d_loss"]  # the discriminator improves
-        assert last["d_acc_real"] > 0.5  # real images are scored as real
+        if preset == "dcgan-mnist":
+            # its learning rates (20x the others') keep D and G near the equilibrium from the start, so
+            # the generator is what moves: from mid-grey noise (mean pixel ~0.48, no black background
+            # after one step) to MNIST's statistics (mean ~0.13, most pixels background)
+            x, _ = genlab.load(res.run_dir).sample(256, seed=0)
+            x = x.float() / 255
+            assert abs(float(x.mean()) - 0.13) < 0.05 and float((x < 0.1).float().mean()) > 0.6
+            assert last["d_loss"] < start + 0.2
+        else:
+            assert last["d_loss"] < 0.9 * first["d_loss"]  # the discriminator improves
+            assert last["d_acc_real"] > 0.5  # real images are scored as real
     assert not (res.run_dir / "report.json").exists()  # no loss-based report for GANs
 
 

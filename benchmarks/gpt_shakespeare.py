@@ -432,9 +432,9 @@ Command: `.venv/bin/python benchmarks/gpt_shakespeare.py --compare-nanogpt PATH`
         lines.append("Generation rounds (tokens/s, in the order measured):\n")
         lines.append(f"- nanoGPT: {n['gen_rounds']}")
         for name, r in g.items():
-            rounds = r["gen_rounds"]
-            lines.append(f"- {name}: eager KV cache {[x['kv_cache'] for x in rounds]}"
-                         + (f", compiled {[x['compiled'] for x in rounds]}" if "compiled" in rounds[0] else ""))
+            per = r["gen_rounds"]
+            lines.append(f"- {name}: eager KV cache {[x['kv_cache'] for x in per]}"
+                         + (f", compiled {[x['compiled'] for x in per]}" if "compiled" in per[0] else ""))
         lines.append("")
     return "\n".join(lines)
 

@@ -163,7 +163,7 @@ class Discriminator(_Network):
         self.embed = sn(nn.Embedding(cfg.num_classes, feat)) if cfg.conditional else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x)  # (B, F)
+        h = self.features(x.contiguous(memory_format=self.memory_format))  # (B, F)
         out = self.head(h).squeeze(1)  # (B,)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(1)

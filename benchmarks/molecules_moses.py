@@ -8,6 +8,9 @@ the published MOSES rows and genlab's own train-vs-test reference row.
     # the conditioned row (goal-directed generation: QED bins, success rate for the top bin):
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/molecules_moses.py --preset smiles-lstm-moses \\
         --condition qed --skip reference
+    # a rerun kept beside the preset's rows instead of replacing them (e.g. on another machine):
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/molecules_moses.py --preset smiles-vae-moses \\
+        --tag amd-epyc --skip reference
     .venv/bin/python benchmarks/molecules_moses.py --smoke       # end to end in a few minutes
 
 Presets: every molecule preset of genlab.presets (named *-moses, or reading SMILES/SELFIES:
@@ -98,8 +101,10 @@ def molecule_presets() -> list[str]:
             if name.endswith("-moses") or is_molecule_config(SimpleNamespace(**p.tree.get("data", {})))]
 
 
-def key_of(preset: str, condition: str | None) -> str:
-    return preset + (f" +{condition}" if condition else "")
+def key_of(preset: str, condition: str | None, tag: str | None = None) -> str:
+    """A run's row key: the preset, `+PROP` when conditioned, `[TAG]` for a run kept apart from the
+    preset's own (e.g. on another machine); never a parenthesis, which opens a setting (setting_key)."""
+    return preset + (f" +{condition}" if condition else "") + (f" [{tag}]" if tag else "")
 
 
 def part_train(preset: str, run_dir: Path, marks: list[float], seed: int, overrides: list[str]) -> dict:
@@ -242,9 +247,13 @@ def main() -> None:
     ap.add_argument("--smiles-syntax", action="store_true",
                     help="sample under SMILES's grammar (genlab evaluate --smiles-syntax): rows of their own")
     ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
+    ap.add_argument("--tag", help="keep this run's rows apart from the preset's own (its key becomes "
+                                  "`PRESET [TAG]`, its run directory PRESET-TAG), e.g. a rerun on another machine")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets and counts: checks the script end to end")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
     a = ap.parse_args()
+    if a.tag and any(c in a.tag for c in "()[]/"):
+        raise SystemExit(f"--tag {a.tag!r}: no parentheses, brackets or slashes (it names rows and a folder)")
     unknown = [p for p in a.preset or () if p not in presets]
     if unknown:
         raise SystemExit(f"not a molecule preset: {', '.join(unknown)} (choose from {', '.join(presets)})")
@@ -269,12 +278,13 @@ def main() -> None:
     for preset in chosen:
         if "train" in a.skip and "eval" in a.skip:  # the reference row alone
             break
-        key = key_of(preset, a.condition)
+        key = key_of(preset, a.condition, a.tag)
         setting = ", ".join([f"temperature {a.temperature:g}"] * (a.temperature != 1)
                             + ["SMILES syntax"] * a.smiles_syntax)
         ekey = setting_key(key, setting or None)  # rows sampled at T or under the grammar
         ov = overrides + ([f"data.condition={a.condition}"] if a.condition else [])
-        run_dir = RUNS / (preset + (f"-{a.condition}" if a.condition else "") + ("-smoke" if a.smoke else ""))
+        run_dir = RUNS / (preset + (f"-{a.condition}" if a.condition else "") + (f"-{a.tag}" if a.tag else "")
+                          + ("-smoke" if a.smoke else ""))
         new: dict = {}
         if "train" not in a.skip:
             new[key] = {"train": part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed, ov)}

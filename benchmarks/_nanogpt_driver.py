@@ -4,10 +4,12 @@ nanoGPT's own model code: run with a copy of the user's nanoGPT checkout as the 
     python _nanogpt_driver.py OUT_DIR WINDOWS.json RESULT.json
 
 WINDOWS.json: {"windows": [text of block_size + 1 characters, ...], "prompt": "\\n", "new_tokens": 500};
-no windows: generation only (the benchmark's later generation rounds, each a fresh process).
+the benchmark scores the windows once (new_tokens 0: no generation), then measures generation in
+rounds (no windows), each a fresh process.
 Writes RESULT.json: the mean next-token cross-entropy over the windows (nats/token; None without), the
 batch-1 generation rate of `model.generate` as nanoGPT's sample.py calls it (temperature 0.8,
-top_k 200; best of 3), and the parameter count. The checkpoint is read with weights_only=True.
+top_k 200; best of 3; None when new_tokens is 0), and the parameter count. The checkpoint is read
+with weights_only=True.
 """
 
 import json
@@ -42,15 +44,16 @@ def main() -> None:
             total += float(loss)
             count += y.numel()
         prompt = torch.tensor([[stoi[c] for c in spec["prompt"]]])
-        n, best = spec["new_tokens"], 0.0
-        for r in range(3):
+        n, rates = spec["new_tokens"], []
+        for r in range(3 if n else 0):
             torch.manual_seed(1337 + r)
             t0 = time.perf_counter()
             model.generate(prompt, n, temperature=0.8, top_k=200)
-            best = max(best, n / (time.perf_counter() - t0))
+            rates.append(n / (time.perf_counter() - t0))
     params = sum(p.numel() for p in model.parameters())
     wpe = model.transformer.wpe.weight.numel()
-    json.dump({"val_loss": total / count if count else None, "val_tokens": count, "gen_tokens_per_s": best, "params": params,
+    json.dump({"val_loss": total / count if count else None, "val_tokens": count,
+               "gen_tokens_per_s": max(rates, default=None), "params": params,
                "params_without_positions": params - wpe, "iter_num": ck["iter_num"],
                "own_val_estimate": float(ck["best_val_loss"])}, open(result_path, "w"))
 

@@ -214,7 +214,7 @@ def part_nanogpt(path: Path, seed: int, rounds: int) -> dict:
         wall, out = timed([sys.executable, "train.py", *NANOGPT_CPU_FLAGS], cwd=tree)
         iter_ms = [float(x) for x in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", out, re.M)]
         evals = re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", out, re.M)
-        ng = nanogpt_driver(tree, Path(tmp), windows)
+        ng = nanogpt_driver(tree, Path(tmp), windows, new_tokens=0)  # generation: the rounds below
         c = NANOGPT_CPU_FLAGS
         T, L, C = 64, 4, 128
         ng_tokens_per_s = 12 * T / (statistics.median(iter_ms[1:]) / 1000)
@@ -254,11 +254,11 @@ def part_nanogpt(path: Path, seed: int, rounds: int) -> dict:
             "generation_rounds": rounds, "nanogpt": nano, "genlab": runs}
 
 
-def nanogpt_driver(tree: Path, tmp: Path, windows: list[str]) -> dict:
+def nanogpt_driver(tree: Path, tmp: Path, windows: list[str], new_tokens: int) -> dict:
     """benchmarks/_nanogpt_driver.py in a fresh process: nanoGPT's loss on `windows` (none: skip)
-    and its batch-1 generation rate."""
+    and its batch-1 generation rate over `new_tokens` characters (0: skip)."""
     spec, res = tmp / "windows.json", tmp / "nanogpt.json"
-    spec.write_text(json.dumps({"windows": windows, "prompt": "\n", "new_tokens": 500}))
+    spec.write_text(json.dumps({"windows": windows, "prompt": "\n", "new_tokens": new_tokens}))
     subprocess.run([sys.executable, str(Path(__file__).parent / "_nanogpt_driver.py"), "out-shakespeare-char",
                     str(spec), str(res)], cwd=tree, check=True)
     return json.loads(res.read_text())
@@ -271,7 +271,7 @@ def generation_rounds(tree: Path, tmp: Path, run_dirs: dict[str, Path], rounds: 
     (`--generation-rates RUN OUT`) measures eager KV cache, no cache and the compiled step."""
     out: dict[str, list] = {"nanogpt": [], **{p: [] for p in run_dirs}}
     for _ in range(rounds):
-        out["nanogpt"].append(round(nanogpt_driver(tree, tmp, [])["gen_tokens_per_s"]))
+        out["nanogpt"].append(round(nanogpt_driver(tree, tmp, [], new_tokens=500)["gen_tokens_per_s"]))
         for preset, run_dir in run_dirs.items():
             res = tmp / "genlab-rates.json"
             subprocess.run([sys.executable, __file__, "--generation-rates", str(run_dir), str(res)], check=True)

@@ -11,7 +11,7 @@ from genlab.engine.device import cxx_compiler
 from genlab.engine.logs import read_log
 from genlab.errors import GenlabError
 from genlab.models.autoregressive.generation import (SamplingConfig, apply_repetition_penalty, generate,
-                                                     stream_text, top_k_filter, top_p_filter)
+                                                     next_token, stream_text, top_k_filter, top_p_filter)
 from genlab.models.autoregressive.gpt import GPT, GPTConfig
 from genlab.models.autoregressive.lstm import LSTM, LSTMConfig
 from tests.conftest import DATA, TINY_VAE, assert_same_tensors, run_cli, stop_at, weights_of
@@ -127,6 +127,43 @@ def test_cached_generation_equals_uncached_token_for_token(kind):
     assert not torch.equal(a, c)  # the generator, not something fixed, decides
 
 
+@pytest.mark.parametrize("sampling", [SamplingConfig(temperature=1.3, top_k=8), SamplingConfig(temperature=0.7, top_p=0.9),
+                                      SamplingConfig(temperature=0)])
+def test_chunked_generation_picks_the_step_by_step_tokens(sampling):
+    """GPT.decode_chunk (K steps and their in-graph picks per call, what a compiled GPT uses)
+    gives the tokens of one step and one next_token pick at a time: the same Gumbel noise in
+    the same order, across window jumps (block 8, 30 new tokens). Run eagerly here; the
+    compiled chunk is checked against eager generation in the run tests below."""
+    m = _gpt(block=8, position="rope").double()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    steps = generate(m, prompt, 30, sampling, generator=torch.Generator().manual_seed(5))
+    calls = []
+    chunk = m.decode_chunk
+    m.decode_chunk = lambda *a: calls.append(len(a[2])) or chunk(*a)
+    m.chunk_size = 3
+    chunked = generate(m, prompt, 30, sampling, generator=torch.Generator().manual_seed(5))
+    assert chunked.shape == (2, 33) and torch.equal(chunked, steps)
+    assert len(calls) >= 5 and set(calls) == {3}  # most tokens came from chunks
+    calls.clear()  # a repetition penalty needs the context: one step at a time
+    generate(m, prompt, 30, SamplingConfig(repetition_penalty=1.2), generator=torch.Generator().manual_seed(5))
+    assert calls == []
+
+
+def test_sampled_tokens_follow_the_filtered_softmax():
+    """next_token's Gumbel-max draw: over 40,000 rows of the same logits, each token's share is
+    its probability under softmax(logits / T) renormalised over the top k (within 4.5 standard
+    errors), and a filtered token is never drawn; a seed repeats the draws."""
+    logits = torch.tensor([[0.3, 1.2, -0.4, 0.9, 0.0]]).expand(40_000, 5)
+    s = SamplingConfig(temperature=0.7, top_k=3)
+    got = next_token(logits, logits[:, :0].long(), s, torch.Generator().manual_seed(2))[:, 0]
+    p = torch.zeros(5)
+    p[[1, 3, 0]] = (torch.tensor([1.2, 0.9, 0.3]) / 0.7).softmax(0)  # the top 3, renormalised
+    share = torch.bincount(got, minlength=5) / len(got)
+    assert share[[2, 4]].tolist() == [0.0, 0.0]
+    assert torch.all((share - p).abs() <= 4.5 * (p * (1 - p) / len(got)).sqrt() + 1e-9), (share, p)
+    assert torch.equal(got, next_token(logits, logits[:, :0].long(), s, torch.Generator().manual_seed(2))[:, 0])
+
+
 def test_rope_scores_depend_on_relative_position_only():
     from genlab.models.autoregressive.gpt import apply_rope, rope_tables
 
@@ -231,13 +268,18 @@ def test_compiled_decode_step_generates_the_eager_text(gpt_run):
     eager_logits = [model(prompt, cache)[:, -1]] + [model(prompt[:, :1], cache)[:, -1] for _ in range(5)]
     s = SamplingConfig(temperature=0.8)
     eager = generate(model, prompt, 70, s, generator=torch.Generator().manual_seed(4))
-    run.compile()  # Run.compile -> GPT.compile_decode
-    assert model._compiled_decode is not None
+    run.compile()  # Run.compile -> GPT.compile_decode: the step, a chunk of 8 and the refill, compiled on first use
+    assert model._compiled_decode is not None and model._compiled_chunk is not None and model.chunk_size == 8
+    model.compile_decode(chunk=3)  # a shorter chunk compiles faster; 3 does not divide the window's 8 new tokens
     cache = model.init_state(2)
     compiled_logits = [model(prompt, cache)[:, -1]] + [model(prompt[:, :1], cache)[:, -1] for _ in range(5)]
     for a, b in zip(eager_logits, compiled_logits):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)  # float rounding, not more
+    calls = []
+    chunk = model.decode_chunk
+    model.decode_chunk = lambda *a: calls.append(1) or chunk(*a)
     assert torch.equal(generate(model, prompt, 70, s, generator=torch.Generator().manual_seed(4)), eager)
+    assert len(calls) >= 10  # most of the 70 tokens came from compiled chunks
 
 
 def test_evaluate_text_entries(gpt_run):

@@ -1,11 +1,15 @@
 """Generating text from an autoregressive model: logits filters (pure functions), the
 token loop with or without a cache, and a streaming text wrapper.
 
-A model takes part through three members:
+A model takes part through three members, and optionally a pair more:
   - `forward_step(idx, state) -> (logits (B, T, V), state)`: logits for new tokens idx (B, T)
     that follow what `state` has seen (a GPT's KV cache, an LSTM's (h, c));
   - `init_state(batch)`: the empty state;
-  - `context_limit`: the most tokens the model may see (a GPT's block size) or None.
+  - `context_limit`: the most tokens the model may see (a GPT's block size) or None;
+  - `chunk_size` and `decode_chunk(tok, state, noise, sampling) -> (B, chunk_size)` tokens:
+    a compiled GPT feeds a token and picks the next chunk_size in one call (the picks in-graph,
+    by `gumbel_pick` with the noise drawn here), while the window has room and the sampling
+    needs no context (no repetition penalty, no constraint).
 
 The context window: the model sees tokens[start:]. When that grows past `context_limit`,
 `start` jumps so that the newest `context_limit // 2` tokens stay (then the cache is
@@ -91,16 +95,33 @@ def _pick(logits: torch.Tensor, context: torch.Tensor, s: SamplingConfig, genera
     logits = apply_repetition_penalty(logits.float(), context, s.repetition_penalty)
     if allowed is not None:
         logits = logits.masked_fill(~allowed, -torch.inf)
-    logits = logits.clamp(max=torch.finfo(logits.dtype).max)  # a tiny penalty overflows float32 to inf
     if s.temperature == 0:
-        return logits.argmax(-1, keepdim=True)
-    scaled = logits / s.temperature
-    if not bool(torch.isfinite(scaled.max(-1).values).all()) or bool(scaled.isnan().any()):
-        # so tiny a temperature overflows float32 (the limit T -> 0 of the softmax is greedy)
-        return logits.argmax(-1, keepdim=True)
-    logits = top_p_filter(top_k_filter(scaled, s.top_k), s.top_p)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        return logits.clamp(max=torch.finfo(logits.dtype).max).argmax(-1, keepdim=True)
+    noise = gumbel_noise(logits.shape, generator, logits.device)
+    return gumbel_pick(logits, noise, torch.tensor(s.temperature, device=logits.device), s.top_k, s.top_p)
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Gumbel(0, 1) noise -log(E), E ~ Exp(1), drawn from `generator` (on its own device, then
+    moved): `gumbel_pick` adds it to the logits. E is kept above the smallest normal float so the
+    noise stays finite (a masked -inf logit stays -inf)."""
+    gen_device = generator.device if generator is not None else device
+    e = torch.empty(shape, device=gen_device).exponential_(generator=generator)
+    return e.clamp_(min=torch.finfo(e.dtype).tiny).log_().neg_().to(device)
+
+
+def gumbel_pick(logits: torch.Tensor, noise: torch.Tensor, temperature: torch.Tensor, top_k: int | None = None,
+                top_p: float | None = None) -> torch.Tensor:
+    """A draw (B, 1) from softmax(logits / temperature) (B, V) after the top-k and top-p filters,
+    by the Gumbel-max trick: argmax(logits / T + noise) with `gumbel_noise`. Pure tensor code
+    with no host sync, so a compiled decode step (GPT.decode_chunk) picks its tokens in-graph
+    the same way. A temperature so small that logits / T overflow float32 gives the greedy pick,
+    the limit T -> 0."""
+    logits = logits.clamp(max=torch.finfo(logits.dtype).max)  # a tiny penalty overflows float32 to inf
+    scaled = logits / temperature
+    overflow = ~torch.isfinite(scaled.amax(-1)).all() | scaled.isnan().any()
+    drawn = (top_p_filter(top_k_filter(scaled, top_k), top_p) + noise).argmax(-1, keepdim=True)
+    return torch.where(overflow, logits.argmax(-1, keepdim=True), drawn)
 
 
 # --------------------------------------------------------------------------- the token loop
@@ -117,14 +138,37 @@ def generate_ids(model, prompt: torch.Tensor, max_new_tokens: int, sampling: Sam
     model.eval()
     try:
         ids, logits, state, start = _first_pass(model, prompt, use_cache)
-        for k in range(max_new_tokens):
-            tok = next_token(logits[:, -1], ids[:, start:], sampling, generator, constraint)  # (B, 1)
-            ids = torch.cat([ids, tok], dim=1)
-            advance(k + 1, max_new_tokens)  # progress within the caller's batch (genlab.progress)
-            yield tok
+        chunk = getattr(model, "chunk_size", 0) if use_cache and constraint is None and \
+            sampling.repetition_penalty == 1.0 else 0
+        limit, k = model.context_limit, 0
+        while k < max_new_tokens:
+            new = next_token(logits[:, -1], ids[:, start:], sampling, generator, constraint)  # (B, 1)
+            while True:
+                for j in range(new.shape[1]):
+                    tok = new[:, j:j + 1]  # (B, 1)
+                    ids = torch.cat([ids, tok], dim=1)
+                    k += 1
+                    advance(k, max_new_tokens)  # progress within the caller's batch (genlab.progress)
+                    yield tok
+                if k == max_new_tokens:
+                    return
+                # the cache holds the window but its newest token: room for `chunk` more inputs?
+                if not chunk or k + chunk > max_new_tokens or ids.shape[1] - start - 1 + chunk > limit:
+                    break
+                new = model.decode_chunk(tok, state, _chunk_noise(sampling, chunk, logits, generator),
+                                         sampling)  # (B, chunk)
             logits, state, start = _advance(model, ids, tok, state, start, use_cache)
     finally:
         model.train(was_training)
+
+
+def _chunk_noise(sampling: SamplingConfig, n: int, logits: torch.Tensor, generator: torch.Generator | None):
+    """The Gumbel noise (n, B, V) of n picks in a row, drawn as n single picks draw it (so a
+    chunked generation follows the same random stream); zeros for greedy decoding."""
+    B, V = logits.shape[0], logits.shape[-1]
+    if sampling.temperature == 0:
+        return torch.zeros(n, B, V, device=logits.device)
+    return torch.stack([gumbel_noise((B, V), generator, logits.device) for _ in range(n)])
 
 
 def _first_pass(model, prompt: torch.Tensor, use_cache: bool):

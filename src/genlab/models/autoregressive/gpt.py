@@ -2,8 +2,9 @@
 through `scaled_dot_product_attention`, a final LayerNorm and a head tied to the token
 embedding (nanoGPT's shape, GPT-2's init). A KV cache makes generating n tokens cost n
 single-token forward passes; in inference those take a leaner path (`_decode_one`: the same
-arithmetic in fewer tensor operations), which `compile_decode` hands to torch.compile: a small
-model's step at batch 1 costs per operation, not per multiply."""
+arithmetic in fewer tensor operations), which `compile_decode` hands to torch.compile, alone and
+as chunks of K steps with their token picks in one graph (`decode_chunk`): a small model's step
+at batch 1 costs per operation and per call, not per multiply."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.errors import ConfigError
+from genlab.models.autoregressive.generation import gumbel_pick
 from genlab.models.base import GenerativeModel
 from genlab.registry import register
 
@@ -76,6 +78,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     (cos, sin: (T, hs/2)); x may hold queries and keys together, (2, B, nh, T, hs)."""
     x1, x2 = x.float().chunk(2, dim=-1)  # 2 x (B, nh, T, hs/2)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def _packed(idx: torch.Tensor) -> torch.Tensor:
+    """idx with its rows packed (strides (T, 1)): a compiled step given a slice of a longer
+    tensor (other strides) would compile a second graph."""
+    return idx.clone(memory_format=torch.contiguous_format)
 
 
 class CausalSelfAttention(nn.Module):
@@ -166,6 +174,9 @@ class GPT(GenerativeModel):
         self._rope: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # rotary tables per device
         self._rope_rows: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # the same, for _decode_one
         self._compiled_decode = None  # compile_decode's step
+        self._compiled_chunk = None  # and its chunk of steps (decode_chunk)
+        self._compiled_refill = None  # and the forward pass over half a window (generation's refill)
+        self.chunk_size = 0  # tokens per decode_chunk call in generation; 0: one step at a time
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -216,9 +227,20 @@ class GPT(GenerativeModel):
             if self._compiled_decode is None:
                 logits = self._decode_one(idx, past, cache.k, cache.v)
             else:
-                logits = self._compiled_decode(idx, torch.tensor([past], device=idx.device), cache.k, cache.v)
+                logits = self._compiled_decode(_packed(idx), torch.tensor([past], device=idx.device), cache.k, cache.v)
             cache.length += 1
             return logits
+        if self._compiled_refill is not None and cache is not None and past == 0 and not self.training \
+                and T == self.cfg.block_size // 2:  # generation's window refill: one shape, compiled
+            logits = self._compiled_refill(_packed(idx), cache, 0)
+        else:
+            logits = self._forward(idx, cache, past)
+        if cache is not None:
+            cache.length += T
+        return logits
+
+    def _forward(self, idx: torch.Tensor, cache: KVCache | None, past: int) -> torch.Tensor:
+        B, T = idx.shape
         x = self.wte(idx)  # (B, T, C)
         rope = None
         if self.wpe is not None:
@@ -229,8 +251,6 @@ class GPT(GenerativeModel):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, rope)
-        if cache is not None:
-            cache.length += T
         return F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V)
 
     def _decode_one(self, idx: torch.Tensor, pos: int | torch.Tensor, keys: list[torch.Tensor],
@@ -266,7 +286,11 @@ class GPT(GenerativeModel):
             if static:
                 keys[i].index_copy_(2, pos, qk[:, 1, :, None])
                 values[i].index_copy_(2, pos, v[:, :, None])
-                y = F.scaled_dot_product_attention(q, keys[i], values[i], attn_mask=~later)
+                # attention of one query as products and sums, which fuse into the compiled graph
+                # (scaled_dot_product_attention would be a kernel call of its own per layer)
+                att = (q * keys[i]).sum(-1) * hs ** -0.5  # (B, nh, block)
+                att = att.masked_fill(later, float("-inf")).softmax(-1)
+                y = (att[..., None] * values[i]).sum(-2)  # (B, nh, hs)
             else:
                 keys[i][:, :, pos] = qk[:, 1]
                 values[i][:, :, pos] = v
@@ -276,12 +300,44 @@ class GPT(GenerativeModel):
             x = x + m.c_proj(m.gelu(m.c_fc(block.ln_2(x))))
         return F.linear(self.ln_f(x), self.wte.weight)[:, None]  # (B, 1, V)
 
-    def compile_decode(self) -> GPT:
-        """torch.compile the one-token step (`genlab sample RUN --prompt P --compile`): one graph
-        per batch size, made on the first step (seconds to a minute; on CPU it needs a C++
-        compiler), then each token costs a fraction of the eager step. Logits agree with the
-        eager step to float rounding, not to the bit (masked whole-block attention)."""
+    def decode_chunk(self, idx: torch.Tensor, cache: KVCache, noise: torch.Tensor, sampling) -> torch.Tensor:
+        """Feed tokens idx (B, 1) at the cache's end and pick the next len(noise) tokens (B, K),
+        each fed back for the next: K one-token steps and their picks (generation.gumbel_pick,
+        with the Gumbel noise (K, B, V) drawn by the caller) in one call, so a compiled chunk
+        pays Python's and the compiler's per-call costs once per K tokens. The caller checks
+        that the cache has room for K more."""
+        K = len(noise)
+        temperature = torch.tensor(sampling.temperature or 1.0, device=idx.device)  # 0: noise is zeros
+        step = self._compiled_chunk or self._decode_chunk
+        out = step(_packed(idx), torch.tensor([cache.length], device=idx.device), cache.k, cache.v, noise, temperature,
+                   sampling.top_k, sampling.top_p)
+        cache.length += K
+        return out
+
+    def _decode_chunk(self, idx: torch.Tensor, pos: torch.Tensor, keys: list[torch.Tensor],
+                      values: list[torch.Tensor], noise: torch.Tensor, temperature: torch.Tensor,
+                      top_k: int | None, top_p: float | None) -> torch.Tensor:
+        picks = []
+        for j in range(len(noise)):
+            logits = self._decode_one(idx, pos + j, keys, values)[:, 0].float()  # (B, V)
+            idx = gumbel_pick(logits, noise[j], temperature, top_k, top_p)  # (B, 1)
+            picks.append(idx)
+        return torch.cat(picks, 1)
+
+    def compile_decode(self, chunk: int = 8) -> GPT:
+        """torch.compile the one-token step (`genlab sample RUN --prompt P --compile`) and a
+        chunk of `chunk` steps with their picks (`decode_chunk`, which generation then uses
+        while the sampling needs no context): one graph per batch size (and top-k / top-p),
+        made on first use (seconds to a minute each, faster when inductor's cache has them;
+        on CPU it needs a C++ compiler), then each token costs a fraction of the eager step.
+        Logits agree with the eager step to float rounding, not to the bit (masked whole-block
+        attention)."""
+        if chunk < 0:
+            raise ConfigError(f"the decode chunk must be >= 0 tokens (0: none), got {chunk}")
         self._compiled_decode = torch.compile(self._decode_one, fullgraph=True, dynamic=False)
+        self._compiled_chunk = torch.compile(self._decode_chunk, fullgraph=True, dynamic=False) if chunk else None
+        self._compiled_refill = torch.compile(self._forward, fullgraph=True, dynamic=False)
+        self.chunk_size = chunk
         return self
 
     def loss(self, batch: dict[str, torch.Tensor], opt: str = "model") -> dict[str, torch.Tensor]:

@@ -77,16 +77,18 @@ def generation_rate(model, tokenizer, n_tokens: int, use_cache: bool, repeats: i
 
 
 def generation_rates(model, tokenizer, n_tokens: int = 500) -> dict:
-    """Batch-1 tokens/s with the KV cache (eager), without it, and with the compiled one-token
-    step (`GPT.compile_decode`, when a C++ compiler is there; the compile's seconds beside it).
+    """Batch-1 tokens/s with the KV cache (eager), without it, and compiled (`GPT.compile_decode`:
+    chunks of one-token steps with their picks, when a C++ compiler is there; the compile's seconds
+    beside it).
     Leaves the model compiled."""
     out = {k: round(generation_rate(model, tokenizer, n_tokens, use_cache=k == "kv_cache"))
            for k in ("kv_cache", "no_cache")}
     if cxx_compiler() is not None:
         t0 = time.perf_counter()
         model.compile_decode()
-        generate(model, torch.tensor([tokenizer.encode("\n")]), 2, SamplingConfig(temperature=0.8),
-                 generator=torch.Generator().manual_seed(0))  # the compile, on the first one-token step
+        # the compiles, on first use: the one-token step, the chunk of steps and the window refill
+        generate(model, torch.tensor([tokenizer.encode("\n")]), 2 * model.cfg.block_size, SamplingConfig(temperature=0.8),
+                 generator=torch.Generator().manual_seed(0))
         out["compile_seconds"] = round(time.perf_counter() - t0, 1)
         out["compiled"] = round(generation_rate(model, tokenizer, n_tokens, use_cache=True))
     return out
@@ -268,7 +270,7 @@ def generation_rounds(tree: Path, tmp: Path, run_dirs: dict[str, Path], rounds: 
     """Batch-1 generation, each measurement in a fresh process, alternating nanoGPT and each genlab
     run `rounds` times: one process's rate varies by up to 2x on these VMs (where its memory and
     threads land), so the table quotes medians and keeps every round. genlab's process
-    (`--generation-rates RUN OUT`) measures eager KV cache, no cache and the compiled step."""
+    (`--generation-rates RUN OUT`) measures eager KV cache, no cache and compiled."""
     out: dict[str, list] = {"nanogpt": [], **{p: [] for p in run_dirs}}
     for _ in range(rounds):
         out["nanogpt"].append(round(nanogpt_driver(tree, tmp, [], new_tokens=500)["gen_tokens_per_s"]))
@@ -404,8 +406,9 @@ uses rotary positions, nanoGPT a learned table). Validation loss: mean next-toke
 {c['windows']:,} random val windows of 64 predicted characters for all three (nanoGPT's model scored by its own
 code). Generation: 500 characters at batch 1 from a newline, temperature 0.8, best of 3 (nanoGPT:
 `model.generate` with top_k 200, as its sample.py, recomputing the context window for every character;
-genlab: eager with its KV cache, then `--compile` (`GPT.compile_decode`: the one-token step through
-torch.compile, its first-step compile time beside), then without the cache){rounds}.
+genlab: eager with its KV cache, then `--compile` (`GPT.compile_decode`: chunks of 8 one-token steps with
+their picks in one torch.compile graph; the time of the first 128 tokens, which compile it, beside), then
+without the cache){rounds}.
 MFU: model FLOPs (6N + 12LTC per token, nanoGPT's estimate_mfu) at the mean training throughput, against the
 fp32 matmul peak measured in the same run ({m['matmul_fp32_gflops']:.0f} GFLOP/s; all three train in fp32).
 

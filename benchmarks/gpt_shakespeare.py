@@ -272,13 +272,13 @@ def generation_rounds(tree: Path, tmp: Path, run_dirs: dict[str, Path], rounds: 
     threads land), so the table quotes medians and keeps every round. genlab's process
     (`--generation-rates RUN OUT`) measures eager KV cache, no cache and compiled."""
     out: dict[str, list] = {"nanogpt": [], **{p: [] for p in run_dirs}}
-    for i in range(rounds):
+    for _ in range(rounds):
         out["nanogpt"].append(round(nanogpt_driver(tree, tmp, [], new_tokens=500)["gen_tokens_per_s"]))
         for preset, run_dir in run_dirs.items():
             res = tmp / "genlab-rates.json"
-            # the first round compiles into an empty inductor cache (a new machine's first --compile);
-            # later rounds find its graphs on disk, as a user's later runs do
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"inductor-{preset}")} if i == 0 else None
+            # every round compiles with its preset's own inductor cache, empty in round 1 (a new machine's
+            # first --compile); later rounds find round 1's graphs on disk, as a user's later runs do
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"inductor-{preset}")}
             subprocess.run([sys.executable, __file__, "--generation-rates", str(run_dir), str(res)], check=True, env=env)
             out[preset].append(json.loads(res.read_text()))
     return out

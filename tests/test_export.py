@@ -127,6 +127,8 @@ def test_gpt_greedy_generation_matches_torch(runs, exported):
     run = load_onnx_backend(genlab.load(runs["gpt"]))
     assert "".join(run.generate("ROMEO:", 40, **kw)) == want
     assert "".join(run.generate("ROMEO:", 40, use_cache=False, **kw)) == want  # uncached: full windows
+    with pytest.raises(ConfigError, match="--compile is for the torch backend"):
+        run.compile()  # torch.compile would generate through the torch model, not the ONNX graph
 
 
 @pytest.mark.parametrize("position", ["learned", "rope"])

@@ -127,7 +127,7 @@ def test_cached_generation_equals_uncached_token_for_token(kind):
     assert not torch.equal(a, c)  # the generator, not something fixed, decides
 
 
-@pytest.mark.parametrize("sampling", [SamplingConfig(temperature=1.3, top_k=8), SamplingConfig(temperature=0.7, top_p=0.9),
+@pytest.mark.parametrize("sampling", [SamplingConfig(temperature=1.3), SamplingConfig(temperature=0.7),
                                       SamplingConfig(temperature=0)])
 def test_chunked_generation_picks_the_step_by_step_tokens(sampling):
     """GPT.decode_chunk (K steps and their in-graph picks per call, what a compiled GPT uses)
@@ -144,9 +144,10 @@ def test_chunked_generation_picks_the_step_by_step_tokens(sampling):
     chunked = generate(m, prompt, 30, sampling, generator=torch.Generator().manual_seed(5))
     assert chunked.shape == (2, 33) and torch.equal(chunked, steps)
     assert len(calls) >= 5 and set(calls) == {3}  # most tokens came from chunks
-    calls.clear()  # a repetition penalty needs the context: one step at a time
-    generate(m, prompt, 30, SamplingConfig(repetition_penalty=1.2), generator=torch.Generator().manual_seed(5))
-    assert calls == []
+    for other in (SamplingConfig(repetition_penalty=1.2), SamplingConfig(top_k=5), SamplingConfig(top_p=0.9)):
+        calls.clear()  # a penalty needs the context, a filter a graph per value: one step at a time
+        generate(m, prompt, 30, other, generator=torch.Generator().manual_seed(5))
+        assert calls == []
 
 
 def test_sampled_tokens_follow_the_filtered_softmax():
@@ -270,16 +271,17 @@ def test_compiled_decode_step_generates_the_eager_text(gpt_run):
     eager = generate(model, prompt, 70, s, generator=torch.Generator().manual_seed(4))
     run.compile()  # Run.compile -> GPT.compile_decode: the step, a chunk of 8 and the refill, compiled on first use
     assert model._compiled_decode is not None and model._compiled_chunk is not None and model.chunk_size == 8
-    model.compile_decode(chunk=3)  # a shorter chunk compiles faster; 3 does not divide the window's 8 new tokens
+    model.compile_decode(chunk=3)  # a shorter chunk compiles faster; single steps fill what chunks of 3 leave
     cache = model.init_state(2)
     compiled_logits = [model(prompt, cache)[:, -1]] + [model(prompt[:, :1], cache)[:, -1] for _ in range(5)]
     for a, b in zip(eager_logits, compiled_logits):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)  # float rounding, not more
-    calls = []
-    chunk = model.decode_chunk
+    calls, refills = [], []
+    chunk, refill = model.decode_chunk, model._compiled_refill
     model.decode_chunk = lambda *a: calls.append(1) or chunk(*a)
+    model._compiled_refill = lambda *a: refills.append(1) or refill(*a)
     assert torch.equal(generate(model, prompt, 70, s, generator=torch.Generator().manual_seed(4)), eager)
-    assert len(calls) >= 10  # most of the 70 tokens came from compiled chunks
+    assert len(calls) >= 10 and len(refills) >= 5  # compiled chunks and window refills made most tokens
 
 
 def test_evaluate_text_entries(gpt_run):

@@ -139,8 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-cache", action="store_true", help="text runs: recompute the context for every token")
     _diffusion_flags(s)
     s.add_argument("--compile", action="store_true", help="diffusion and GPT runs: torch.compile the UNet / the "
-                                                          "one-token step first (a wait for the compiler, then "
-                                                          "faster steps: for many samples or long texts)")
+                                                          "one-token step and chunks of 8 (a wait for the "
+                                                          "compiler, then faster steps: for many samples or "
+                                                          "long texts)")
     s.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="evaluate the network with PyTorch (default) or with onnxruntime from the model "
                         "`genlab export` wrote (diffusion, VAE, GAN, GPT; needs the export extra)")

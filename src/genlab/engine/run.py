@@ -418,7 +418,7 @@ class Run:
 
     def compile(self) -> Run:
         """torch.compile, in place, the network sampling evaluates at every step: a diffusion
-        run's UNet, a GPT's one-token step (`GPT.compile_decode`). The first batch of each size
+        run's UNet, a GPT's one-token step and chunks of 8 of them (`GPT.compile_decode`). The first batch of each size
         then waits for the compiler (seconds to a minute; on CPU a C++ compiler is needed);
         later steps run faster: 1.23 against 1.42-1.52 ms per 28x28 image for ddpm-mnist on one
         Xeon thread; benchmarks/results/gpt-shakespeare.md for the GPT.
@@ -427,6 +427,9 @@ class Run:
             this Run, for `genlab.load(run_dir).compile().sample(...)`.
         """
         name = self.cfg.model_name
+        if getattr(self, "backend", "torch") == "onnxruntime":
+            raise ConfigError("--compile is for the torch backend; onnxruntime runs its own graph "
+                              "(drop --compile or --backend onnxruntime)")
         if name not in ("diffusion", "gpt"):
             raise ConfigError(f"--compile is for diffusion and GPT runs; {self.run_dir} is a {name} run "
                               "(drop --compile)")

@@ -8,8 +8,9 @@ A model takes part through three members, and optionally a pair more:
   - `context_limit`: the most tokens the model may see (a GPT's block size) or None;
   - `chunk_size` and `decode_chunk(tok, state, noise, sampling) -> (B, chunk_size)` tokens:
     a compiled GPT feeds a token and picks the next chunk_size in one call (the picks in-graph,
-    by `gumbel_pick` with the noise drawn here), while the window has room and the sampling
-    needs no context (no repetition penalty, no constraint).
+    by `gumbel_pick` with the noise drawn here), while the window has room and the sampling is
+    plain temperature (no top-k / top-p: each value would compile a graph of its own; no
+    repetition penalty or constraint, which need the context).
 
 The context window: the model sees tokens[start:]. When that grows past `context_limit`,
 `start` jumps so that the newest `context_limit // 2` tokens stay (then the cache is
@@ -115,8 +116,8 @@ def gumbel_pick(logits: torch.Tensor, noise: torch.Tensor, temperature: torch.Te
     """A draw (B, 1) from softmax(logits / temperature) (B, V) after the top-k and top-p filters,
     by the Gumbel-max trick: argmax(logits / T + noise) with `gumbel_noise`. Pure tensor code
     with no host sync, so a compiled decode step (GPT.decode_chunk) picks its tokens in-graph
-    the same way. A temperature so small that logits / T overflow float32 gives the greedy pick,
-    the limit T -> 0."""
+    the same way. A temperature so small that logits / T overflow float32 (in any row) gives the
+    greedy pick for the whole batch, the limit T -> 0."""
     logits = logits.clamp(max=torch.finfo(logits.dtype).max)  # a tiny penalty overflows float32 to inf
     scaled = logits / temperature
     overflow = ~torch.isfinite(scaled.amax(-1)).all() | scaled.isnan().any()
@@ -138,9 +139,9 @@ def generate_ids(model, prompt: torch.Tensor, max_new_tokens: int, sampling: Sam
     model.eval()
     try:
         ids, logits, state, start = _first_pass(model, prompt, use_cache)
-        chunk = getattr(model, "chunk_size", 0) if use_cache and constraint is None and \
-            sampling.repetition_penalty == 1.0 else 0
         limit, k = model.context_limit, 0
+        plain = sampling.repetition_penalty == 1.0 and sampling.top_k is None and sampling.top_p is None
+        chunk = getattr(model, "chunk_size", 0) if use_cache and constraint is None and plain and limit else 0
         while k < max_new_tokens:
             new = next_token(logits[:, -1], ids[:, start:], sampling, generator, constraint)  # (B, 1)
             while True:

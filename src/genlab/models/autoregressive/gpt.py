@@ -1,5 +1,5 @@
 """A GPT: token + position embeddings, pre-norm transformer blocks with causal attention
-through `scaled_dot_product_attention`, a final LayerNorm and a head tied to the token
+(`scaled_dot_product_attention`; one query as products and sums in the compiled step), a final LayerNorm and a head tied to the token
 embedding (nanoGPT's shape, GPT-2's init). A KV cache makes generating n tokens cost n
 single-token forward passes; in inference those take a leaner path (`_decode_one`: the same
 arithmetic in fewer tensor operations), which `compile_decode` hands to torch.compile, alone and
@@ -263,7 +263,7 @@ class GPT(GenerativeModel):
         products, no dropout calls; with an int `pos` the logits and cache equal the plain
         forward's to the bit (tests compare).
 
-        With `pos` a (1,) tensor (the compiled step, `compile_decode`) the position is data, so
+        With `pos` a (1,) tensor (the compiled step and `decode_chunk`) the position is data, so
         one graph serves every position: attention runs over the whole block with the later
         positions masked (KVCache starts zeroed, so they hold finite numbers)."""
         B = len(idx)
@@ -295,43 +295,43 @@ class GPT(GenerativeModel):
                 keys[i][:, :, pos] = qk[:, 1]
                 values[i][:, :, pos] = v
                 y = F.scaled_dot_product_attention(q, keys[i][:, :, :pos + 1], values[i][:, :, :pos + 1])
-            x = x + block.attn.c_proj(y.view(B, nh * hs))  # y (B, nh, 1, hs)
+            x = x + block.attn.c_proj(y.reshape(B, nh * hs))  # y (B, nh, 1, hs) or static (B, nh, hs)
             m = block.mlp
             x = x + m.c_proj(m.gelu(m.c_fc(block.ln_2(x))))
         return F.linear(self.ln_f(x), self.wte.weight)[:, None]  # (B, 1, V)
 
     def decode_chunk(self, idx: torch.Tensor, cache: KVCache, noise: torch.Tensor, sampling) -> torch.Tensor:
         """Feed tokens idx (B, 1) at the cache's end and pick the next len(noise) tokens (B, K),
-        each fed back for the next: K one-token steps and their picks (generation.gumbel_pick,
-        with the Gumbel noise (K, B, V) drawn by the caller) in one call, so a compiled chunk
+        each fed back for the next: K one-token steps and their picks at `sampling`'s temperature
+        (generation.gumbel_pick, with the Gumbel noise (K, B, V) drawn by the caller; generation
+        uses chunks only without top-k / top-p) in one call, so a compiled chunk
         pays Python's and the compiler's per-call costs once per K tokens. The caller checks
         that the cache has room for K more."""
         K = len(noise)
         temperature = torch.tensor(sampling.temperature or 1.0, device=idx.device)  # 0: noise is zeros
         step = self._compiled_chunk or self._decode_chunk
-        out = step(_packed(idx), torch.tensor([cache.length], device=idx.device), cache.k, cache.v, noise, temperature,
-                   sampling.top_k, sampling.top_p)
+        out = step(_packed(idx), torch.tensor([cache.length], device=idx.device), cache.k, cache.v, noise, temperature)
         cache.length += K
         return out
 
     def _decode_chunk(self, idx: torch.Tensor, pos: torch.Tensor, keys: list[torch.Tensor],
-                      values: list[torch.Tensor], noise: torch.Tensor, temperature: torch.Tensor,
-                      top_k: int | None, top_p: float | None) -> torch.Tensor:
+                      values: list[torch.Tensor], noise: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
         picks = []
         for j in range(len(noise)):
             logits = self._decode_one(idx, pos + j, keys, values)[:, 0].float()  # (B, V)
-            idx = gumbel_pick(logits, noise[j], temperature, top_k, top_p)  # (B, 1)
+            idx = gumbel_pick(logits, noise[j], temperature)  # (B, 1)
             picks.append(idx)
         return torch.cat(picks, 1)
 
     def compile_decode(self, chunk: int = 8) -> GPT:
         """torch.compile the one-token step (`genlab sample RUN --prompt P --compile`) and a
         chunk of `chunk` steps with their picks (`decode_chunk`, which generation then uses
-        while the sampling needs no context): one graph per batch size (and top-k / top-p),
-        made on first use (seconds to a minute each, faster when inductor's cache has them;
-        on CPU it needs a C++ compiler), then each token costs a fraction of the eager step.
-        Logits agree with the eager step to float rounding, not to the bit (masked whole-block
-        attention)."""
+        for plain-temperature sampling), and the forward pass over half a window from an empty
+        cache (generation's refill; any forward of that shape with a cache takes it): one graph
+        per batch size each, made on first use (seconds to a minute or two each, faster when
+        inductor's on-disk cache has them; on CPU it needs a C++ compiler), then each token costs
+        a fraction of the eager step. Logits agree with the eager step to float rounding, not to
+        the bit (masked whole-block attention)."""
         if chunk < 0:
             raise ConfigError(f"the decode chunk must be >= 0 tokens (0: none), got {chunk}")
         self._compiled_decode = torch.compile(self._decode_one, fullgraph=True, dynamic=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -90,6 +91,7 @@ def main() -> None:
         for b in a.backbones:
             row = run_backbone(b, marks, n, a.seed, a.smoke)
             row["machine"] = m
+            row["command"] = ".venv/bin/python benchmarks/diffusion_backbones.py " + " ".join(sys.argv[1:])
             d = json.loads(path.read_text()) if path.is_file() else d  # another process may have added rows
             d["rows"][b] = row
             write_results(name, d, render(d), folder)
@@ -103,24 +105,32 @@ def render(d: dict) -> str:
     marks = sorted({r["minutes"] for row in rows for r in row["fid"]})
     base = d["rows"].get("unet")
     head = " | ".join(f"FID at {m:g} min" for m in marks)
+    ns = sorted({r["n"] for row in rows for r in row["fid"]})
+    n_text = " or ".join(f"{n:,}" for n in ns)
+    bias = " (the FID of fewer samples is biased upwards: compare rows of the same N only)" if ns != [10_000] else ""
     out = ["# Diffusion UNets at matched work\n",
            "Command: `.venv/bin/python benchmarks/diffusion_backbones.py` (see its docstring). Every network is "
            "trained by genlab's engine with ddpm-mnist's settings (v-prediction, cosine schedule, batch, optimiser, "
            "EMA) and sampled with its DPM-Solver++ 20 steps; only `model.backbone` differs. FID: lenet-mnist "
-           "features against the MNIST test set. All see 28x28 images; genlab's ddpm-mnist UNet works at 14x14 after "
-           "its 2x2 patch stem (the patch-1 row is the same UNet without it). FLOPs: forward and backward of one "
-           "training batch, counted by torch.utils.flop_counter with the math attention kernel.\n",
-           f"| backbone | parameters | training GFLOP per step | ms per step | GFLOP/s | {head} |",
-           "|---|---|---|---|---|" + "---|" * len(marks)]
+           f"features of {n_text} samples against the MNIST test set{bias}. All see 28x28 images; genlab's ddpm-mnist "
+           "UNet works at 14x14 after its 2x2 patch stem"
+           + (" (the patch-1 row is the same UNet without it)" if "unet-patch1" in d["rows"] else "")
+           + ". FLOPs: forward and backward of one training batch, counted by torch.utils.flop_counter with the math "
+           "attention kernel. ms per step: the mean of the training log (data loading and the optimiser "
+           "included).\n",
+           f"| backbone | parameters | training GFLOP per step | ms per step | GFLOP/s (of the fp32 matmul peak) | "
+           f"{head} |", "|---|---|---|---|---|" + "---|" * len(marks)]
     for r in rows:
         fids = {f["minutes"]: f for f in r["fid"]}
         cells = " | ".join(f"{fids[m]['fid']:.2f} (step {fids[m]['step']:,})" if m in fids else "-" for m in marks)
+        rate = r["train_flops_per_step"] / r["ms_per_step"] / 1e6
         rel = f" ({r['train_flops_per_step'] / base['train_flops_per_step']:.2f}x)" if base and r is not base else ""
         out.append(f"| {NAMES[r['backbone']]} | {r['params']:,} | {r['train_flops_per_step'] / 1e9:.2f}{rel} | "
-                   f"{r['ms_per_step']:.0f} | {r['train_flops_per_step'] / r['ms_per_step'] / 1e6:.1f} | {cells} |")
+                   f"{r['ms_per_step']:.0f} | {rate:.1f} ({rate / r['machine']['matmul_fp32_gflops']:.0%}) | {cells} |")
     out.append("")
     for r in rows:
-        out.append(f"### {NAMES[r['backbone']]}\n\n{machine_lines(r['machine'])}- batch {r['batch_size']}, "
+        cmd = f"- command: `{r['command']}`\n" if "command" in r else ""
+        out.append(f"### {NAMES[r['backbone']]}\n\n{cmd}{machine_lines(r['machine'])}- batch {r['batch_size']}, "
                    f"{r['train']['train_seconds'] / 60:.1f} min of training, overrides {' '.join(r['overrides'])}\n")
     return "\n".join(out)
 

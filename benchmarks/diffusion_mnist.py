@@ -1,6 +1,7 @@
 """ddpm-mnist and ddpm-cond-mnist: FID against CPU training time for four samplers, label
-accuracy of the conditional model, the `genlab apply` tasks against simple baselines, and the
-UNet's step/sampling time beside diffusers' UNet2DModel and lucidrains' Unet.
+accuracy of the conditional model, and the `genlab apply` tasks against simple baselines. The
+comparison with diffusers' UNet2DModel and lucidrains' Unet is benchmarks/diffusion_backbones.py
+(each trained by genlab's engine for the same minutes: FLOPs, step time and FID at matched work).
 
     .venv/bin/python benchmarks/diffusion_mnist.py                 # the full run (many hours, see below)
     .venv/bin/python benchmarks/diffusion_mnist.py --smoke         # end to end in a few minutes
@@ -11,9 +12,8 @@ DDPM-1000, DDIM-50, DPM-Solver++ 10 and 20 steps at every budget, with samples/s
 (ddpm-cond-mnist for --cond-minutes; share of --n samples the MNIST classifier labels as
 requested, at guidance 1 and the preset's w), `apply` (on --apply-n MNIST test images: inpaint
 centre vs mean fill and a vae-mnist trained --vae-minutes; denoise sigma 0.5 vs Gaussian blur and
-median filter; upscale 14->28 vs bicubic), `compare` (ms per training step at batch 64 and time
-to sample 64 images with 20 network evaluations, against diffusers and denoising-diffusion-pytorch
-at a matched parameter count, when `pip install -e '.[bench]'` made them importable).
+median filter; upscale 14->28 vs bicubic). `--skip compare` is still accepted (that part moved to
+diffusion_backbones.py; older commands in the results name it).
 DDPM-1000 at N=10,000 is 10 million network evaluations: about 4 core-hours per checkpoint on the
 2-core development machine (with --compile). It is drawn in chunks of --ddpm-chunk samples, each
 saved under the run directory as it finishes and claimed by the process drawing it, so a killed
@@ -29,13 +29,13 @@ pick the FID rows. Each process merges its parts into benchmarks/results/diffusi
 from it, naming the command and machine behind every part; PNGs are written beside them.
 
     # core 0: train, then the 60-minute rows; core 1, once min-30 exists: the 30-minute rows
-    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/diffusion_mnist.py --skip cond apply compare \
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/diffusion_mnist.py --skip cond apply \
         --fid-minutes 60
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/diffusion_mnist.py --run-dir benchmarks/runs/ddpm-mnist \
-        --fid-minutes 30 --skip train cond apply compare
+        --fid-minutes 30 --skip train cond apply
     # DDPM-1000 for one budget on both cores (run the same command on core 1 with taskset -c 1)
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/diffusion_mnist.py --run-dir benchmarks/runs/ddpm-mnist \
-        --skip train cond apply compare --samplers ddpm --compile --fid-minutes 60
+        --skip train cond apply --samplers ddpm --compile --fid-minutes 60
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ from genlab.seed import make_generator
 
 SAMPLERS = [("ddpm", "ddpm", 1000), ("ddim50", "ddim", 50), ("dpmpp10", "dpmpp", 10), ("dpmpp20", "dpmpp", 20)]
 NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}  # in the tables' order
-PARTS = ("train", "fid", "cond", "apply", "compare")
+PARTS = ("train", "fid", "cond", "apply")
+MOVED = ("compare",)  # parts now in other scripts: --skip accepts them so recorded commands rerun
 
 
 def log(msg: str) -> None:
@@ -297,85 +298,6 @@ def apply_rows(run_dir, a, ext) -> dict:
 # --------------------------------------------------------------------------- other libraries
 
 
-def time_step(model: torch.nn.Module, loss_fn, batch: int, size: int, reps: int) -> float:
-    """Median ms of one Adam step of `loss_fn(model, x)` at batch `batch`, size x size."""
-    opt = torch.optim.Adam(model.parameters(), 2e-4)
-    x = torch.rand(batch, 1, size, size) * 2 - 1
-    times = []
-    for i in range(reps + 2):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model, x).backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return 1000 * sorted(times[2:])[len(times[2:]) // 2]
-
-
-@torch.no_grad()
-def time_forward(fn, batch: int, size: int, evals: int) -> float:
-    """Seconds for `evals` network evaluations at batch `batch` (a 20-step sampler's cost)."""
-    x = torch.randn(batch, 1, size, size)
-    fn(x)
-    t0 = time.perf_counter()
-    for _ in range(evals):
-        fn(x)
-    return time.perf_counter() - t0
-
-
-def compare_rows(a) -> list[dict]:
-    from genlab.config import resolve
-    from genlab.engine.run import build_model
-    import dataclasses
-
-    cfg = resolve("ddpm-mnist")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channels=1, image_size=28))
-    ours = build_model(cfg)
-    t = torch.randint(0, 1000, (a.compare_batch,))
-    rows = [{"library": "genlab (ddpm-mnist UNet, 28x28)", "params": sum(p.numel() for p in ours.parameters()),
-             "ms_per_step": time_step(ours, lambda m, x: m.loss({"x": x})["loss"], a.compare_batch, 28, a.compare_reps),
-             "sample_s": time_forward(lambda x: ours.net(x, t[:len(x)]), a.compare_batch, 28, 20)}]
-    log(f"genlab: {rows[-1]}")
-    try:
-        from diffusers import UNet2DModel
-
-        # 32x32 (zero padding): its three levels need sizes divisible by 4 at every level
-        net = UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
-                          layers_per_block=2, norm_num_groups=8,
-                          down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                          up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
-        t32 = torch.randint(0, 1000, (a.compare_batch,))
-
-        def dloss(m, x):
-            noise = torch.randn_like(x)
-            return F.mse_loss(m(x + noise, t32[:len(x)]).sample, noise)
-
-        rows.append({"library": "diffusers UNet2DModel (32x32)", "params": sum(p.numel() for p in net.parameters()),
-                     "ms_per_step": time_step(net, dloss, a.compare_batch, 32, a.compare_reps),
-                     "sample_s": time_forward(lambda x: net(x, t32[:len(x)]).sample, a.compare_batch, 32, 20)})
-        log(f"diffusers: {rows[-1]}")
-    except ImportError as e:
-        rows.append({"library": "diffusers", "skipped": f"not importable ({e}); pip install -e '.[bench]'"})
-    try:
-        from denoising_diffusion_pytorch import GaussianDiffusion, Unet
-
-        unet = Unet(dim=32, dim_mults=(1, 2, 2), channels=1, flash_attn=False)
-        gd = GaussianDiffusion(unet, image_size=32, timesteps=1000, sampling_timesteps=20)
-        t32 = torch.randint(0, 1000, (a.compare_batch,))
-        rows.append({"library": "denoising-diffusion-pytorch Unet + GaussianDiffusion (32x32)",
-                     "params": sum(p.numel() for p in unet.parameters()),
-                     "ms_per_step": time_step(gd, lambda m, x: m(x), a.compare_batch, 32, a.compare_reps),
-                     "sample_s": time_forward(lambda x: unet(x, t32[:len(x)]), a.compare_batch, 32, 20)})
-        log(f"denoising-diffusion-pytorch: {rows[-1]}")
-    except ImportError as e:
-        rows.append({"library": "denoising-diffusion-pytorch", "skipped": f"not importable ({e}); "
-                                                                         "pip install -e '.[bench]'"})
-    for r in rows[1:]:
-        if "skipped" not in r:
-            r["step_time_ratio_vs_genlab"] = r["ms_per_step"] / rows[0]["ms_per_step"]
-            r["sample_time_ratio_vs_genlab"] = r["sample_s"] / rows[0]["sample_s"]
-    return rows
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -400,8 +322,16 @@ def merge(old: dict, new: dict, command: str, machine: dict) -> dict:
             continue  # the same finished run, read again: keep the entry of the run that trained it
         else:
             out[part] = {**value, "run": rid}
-    cited = {r["run"] for r in out.get("fid", [])} | {v["run"] for k, v in out.items() if isinstance(v, dict)}
-    out["runs"] = {k: v for k, v in {**runs, rid: {"command": command, "machine": machine}}.items() if k in cited}
+    out["runs"] = {**runs, rid: {"command": command, "machine": machine}}
+    return cited_runs(out)
+
+
+def cited_runs(out: dict) -> dict:
+    """`out` without the parts that moved to other scripts, and without runs no part cites."""
+    out = {k: v for k, v in out.items() if k not in MOVED}
+    parts = [v for v in out.values() if isinstance(v, dict) and "run" in v]
+    cited = {r["run"] for r in out.get("fid", [])} | {v["run"] for v in parts}
+    out["runs"] = {k: v for k, v in out["runs"].items() if k in cited}
     return out
 
 
@@ -473,19 +403,9 @@ def markdown(out: dict, name: str) -> str:
         md += ["", f"![upscale]({name}-upscale.png) (rows: original, low-res, bicubic, diffusion)\n",
                "Interpolation between test images (DDIM inversion, slerp):\n\n"
                f"![interpolate]({name}-interpolate.png)\n"]
-    if out.get("compare"):
-        cp = out["compare"]
-        md += [f"## Against other libraries (run {cp['run']}; batch {cp['batch']}, same process)\n",
-               "| library | parameters | ms per training step | s for 20 network evaluations | "
-               "step time / genlab | sampling time / genlab |", "|---|---|---|---|---|---|"]
-        for r in cp["rows"]:
-            if "skipped" in r:
-                md.append(f"| {r['library']} | skipped: {r['skipped']} | | | | |")
-            else:
-                ratios = (r.get("step_time_ratio_vs_genlab", 1), r.get("sample_time_ratio_vs_genlab", 1))
-                md.append(f"| {r['library']} | {r['params']:,} | {r['ms_per_step']:.0f} | {r['sample_s']:.2f} | "
-                          f"{ratios[0]:.2f} | {ratios[1]:.2f} |")
-        md += [""]
+    md += ["## Against other libraries\n", "At matched work (each UNet trained by genlab's engine for the same "
+           "minutes; FLOPs per step, step time, FID at 15 and 30 minutes): "
+           "[diffusion-backbones.md](diffusion-backbones.md).\n"]
     md += ["## Runs\n"]
     for rid, r in sorted(out["runs"].items(), key=lambda kv: int(kv[0])):
         md += [f"Run {rid}: `{r['command']}`\n", machine_lines(r["machine"])]
@@ -535,17 +455,16 @@ def main() -> None:
     ap.add_argument("--ddpm-last-only", action="store_true", help="DDPM only at the largest budget (saves hours)")
     ap.add_argument("--apply-n", type=int, default=1000)
     ap.add_argument("--inpaint-average", type=int, default=4, help="fills averaged in the second inpainting row")
-    ap.add_argument("--compare-batch", type=int, default=64)
-    ap.add_argument("--compare-reps", type=int, default=10)
-    ap.add_argument("--skip", nargs="+", action="extend", choices=PARTS, default=[])
+    ap.add_argument("--skip", nargs="+", action="extend", choices=PARTS + MOVED, default=[])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json and stop")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny budgets and counts to check the script end to end (results named -smoke)")
     a = ap.parse_args()
     if a.smoke:
         a.minutes, a.cond_minutes, a.vae_minutes = [0.2, 0.4], 0.2, 0.1
         a.n, a.ddpm_n = 200, 100
-        a.ddpm_steps, a.ddpm_chunk, a.apply_n, a.inpaint_average, a.compare_reps = 20, 40, 20, 2, 2
+        a.ddpm_steps, a.ddpm_chunk, a.apply_n, a.inpaint_average = 20, 40, 20, 2
     a.minutes = sorted(a.minutes)
     a.fid_minutes = a.minutes if a.fid_minutes is None else a.fid_minutes
     a.samplers = a.samplers or [k for k, _, _ in SAMPLERS]
@@ -557,6 +476,10 @@ def main() -> None:
         ap.error(f"--fid-minutes {a.fid_minutes} must be among --minutes {a.minutes}")
     a.name = name = "diffusion-mnist" + ("-smoke" if a.smoke else "")
     command = ".venv/bin/python benchmarks/diffusion_mnist.py " + " ".join(sys.argv[1:])
+    if a.render_only:
+        out = cited_runs(json.loads((RESULTS / f"{name}.json").read_text()))
+        write_results(name, out, markdown(out, name))
+        return
     RESULTS.mkdir(exist_ok=True)
     machine = machine_info()
     new: dict = {}
@@ -583,8 +506,6 @@ def main() -> None:
         new["cond"] = {"train": train, "rows": rows}
     if "apply" not in a.skip and run_dir is not None:
         new["apply"] = apply_rows(run_dir, a, ext)
-    if "compare" not in a.skip:
-        new["compare"] = {"batch": a.compare_batch, "rows": compare_rows(a)}
     path = RESULTS / f"{name}.json"
     RUNS.mkdir(exist_ok=True)
     with open(RUNS / f".{name}.lock", "w") as lock:  # processes on other cores may finish at the same time

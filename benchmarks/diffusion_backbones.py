@@ -87,8 +87,8 @@ def main() -> None:
     d = json.loads(path.read_text()) if path.is_file() else {"benchmark": "diffusion-backbones", "rows": {}}
     if not a.render_only:
         marks, n = ([0.1, 0.2], 200) if a.smoke else (sorted(a.minutes), a.n)
-        m = machine_info()
         for b in a.backbones:
+            m = machine_info()  # per network: its own date and matmul peak
             row = run_backbone(b, marks, n, a.seed, a.smoke)
             row["machine"] = m
             row["command"] = ".venv/bin/python benchmarks/diffusion_backbones.py " + " ".join(sys.argv[1:])
@@ -106,7 +106,7 @@ def render(d: dict) -> str:
     base = d["rows"].get("unet")
     head = " | ".join(f"FID at {m:g} min" for m in marks)
     ns = sorted({r["n"] for row in rows for r in row["fid"]})
-    n_text = " or ".join(f"{n:,}" for n in ns)
+    n_text, mixed = " or ".join(f"{n:,}" for n in ns), len(ns) > 1
     bias = " (the FID of fewer samples is biased upwards: compare rows of the same N only)" if ns != [10_000] else ""
     out = ["# Diffusion UNets at matched work\n",
            "Command: `.venv/bin/python benchmarks/diffusion_backbones.py` (see its docstring). Every network is "
@@ -122,7 +122,8 @@ def render(d: dict) -> str:
            f"{head} |", "|---|---|---|---|---|" + "---|" * len(marks)]
     for r in rows:
         fids = {f["minutes"]: f for f in r["fid"]}
-        cells = " | ".join(f"{fids[m]['fid']:.2f} (step {fids[m]['step']:,})" if m in fids else "-" for m in marks)
+        cells = " | ".join(f"{fids[m]['fid']:.2f} (step {fids[m]['step']:,}" + (f", N {fids[m]['n']:,})" if mixed else ")")
+                           if m in fids else "-" for m in marks)
         rate = r["train_flops_per_step"] / r["ms_per_step"] / 1e6
         rel = f" ({r['train_flops_per_step'] / base['train_flops_per_step']:.2f}x)" if base and r is not base else ""
         out.append(f"| {NAMES[r['backbone']]} | {r['params']:,} | {r['train_flops_per_step'] / 1e9:.2f}{rel} | "

@@ -295,10 +295,16 @@ def apply_rows(run_dir, a, ext) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- other libraries
-
-
 # --------------------------------------------------------------------------- report
+
+
+@contextmanager
+def results_lock(name: str):
+    """Hold the results file `name` against the other processes of this benchmark."""
+    RUNS.mkdir(exist_ok=True)
+    with open(RUNS / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def merge(old: dict, new: dict, command: str, machine: dict) -> dict:
@@ -331,7 +337,7 @@ def cited_runs(out: dict) -> dict:
     out = {k: v for k, v in out.items() if k not in MOVED}
     parts = [v for v in out.values() if isinstance(v, dict) and "run" in v]
     cited = {r["run"] for r in out.get("fid", [])} | {v["run"] for v in parts}
-    out["runs"] = {k: v for k, v in out["runs"].items() if k in cited}
+    out["runs"] = {k: v for k, v in out.get("runs", {}).items() if k in cited}
     return out
 
 
@@ -404,7 +410,7 @@ def markdown(out: dict, name: str) -> str:
                "Interpolation between test images (DDIM inversion, slerp):\n\n"
                f"![interpolate]({name}-interpolate.png)\n"]
     md += ["## Against other libraries\n", "At matched work (each UNet trained by genlab's engine for the same "
-           "minutes; FLOPs per step, step time, FID at 15 and 30 minutes): "
+           "minutes; FLOPs per step, step time, FID at each minute mark): "
            "[diffusion-backbones.md](diffusion-backbones.md).\n"]
     md += ["## Runs\n"]
     for rid, r in sorted(out["runs"].items(), key=lambda kv: int(kv[0])):
@@ -477,8 +483,11 @@ def main() -> None:
     a.name = name = "diffusion-mnist" + ("-smoke" if a.smoke else "")
     command = ".venv/bin/python benchmarks/diffusion_mnist.py " + " ".join(sys.argv[1:])
     if a.render_only:
-        out = cited_runs(json.loads((RESULTS / f"{name}.json").read_text()))
-        write_results(name, out, markdown(out, name))
+        if not (RESULTS / f"{name}.json").is_file():
+            ap.error(f"--render-only needs {RESULTS / name}.json; run the benchmark first")
+        with results_lock(name):
+            out = cited_runs(json.loads((RESULTS / f"{name}.json").read_text()))
+            write_results(name, out, markdown(out, name))
         return
     RESULTS.mkdir(exist_ok=True)
     machine = machine_info()
@@ -507,9 +516,7 @@ def main() -> None:
     if "apply" not in a.skip and run_dir is not None:
         new["apply"] = apply_rows(run_dir, a, ext)
     path = RESULTS / f"{name}.json"
-    RUNS.mkdir(exist_ok=True)
-    with open(RUNS / f".{name}.lock", "w") as lock:  # processes on other cores may finish at the same time
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with results_lock(name):  # processes on other cores may finish at the same time
         old = json.loads(path.read_text()) if path.exists() else {}
         out = merge(old, new, command, machine)
         write_results(name, out, markdown(out, name))

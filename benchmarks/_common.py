@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -18,6 +20,16 @@ def fresh_run_dir(name: str) -> Path:
     if d.exists():
         shutil.rmtree(d)
     return d
+
+
+@contextmanager
+def results_lock(name: str):
+    """Hold results file `name` against the benchmark's processes on other cores while one reads,
+    merges and writes it (an exclusive flock on runs/.NAME.lock)."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    with open(RUNS / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS) -> None:

@@ -26,7 +26,6 @@ re-renders the .md from it, naming the command and machine behind every row.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shlex
@@ -35,8 +34,8 @@ import time
 from pathlib import Path
 
 from _common import (RESULTS, RUNS, base_key, evaluate_marks, fresh_run_dir, machine_lines,
-                     mean_train_throughput, merge_parts, previous_part, setting_key, train_of, train_with_marks,
-                     write_results)
+                     mean_train_throughput, merge_parts, previous_part, results_lock, setting_key, train_of,
+                     train_with_marks, write_results)
 
 import torch
 
@@ -217,8 +216,7 @@ def main() -> None:
         if a.smoke:
             print(json.dumps(new, indent=1, default=str))
             continue
-        with open(RUNS / f".{NAME}.lock", "w") as lock:  # the other core's process merges too
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with results_lock(NAME):  # the other core's process merges too
             old = json.loads(path.read_text()) if path.exists() else {"benchmark": NAME}
             out = merge_parts(old, new, command, machine)
             write_results(NAME, out, markdown(out))

@@ -48,7 +48,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
+from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, results_lock, train_with_marks, \
+    write_results
 
 import numpy as np
 import torch
@@ -296,15 +297,6 @@ def apply_rows(run_dir, a, ext) -> dict:
 
 
 # --------------------------------------------------------------------------- report
-
-
-@contextmanager
-def results_lock(name: str):
-    """Hold the results file `name` against the other processes of this benchmark."""
-    RUNS.mkdir(exist_ok=True)
-    with open(RUNS / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def merge(old: dict, new: dict, command: str, machine: dict) -> dict:

@@ -37,7 +37,6 @@ benchmarks/runs/molecules-moses-smoke.{json,md} instead.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shlex
@@ -47,7 +46,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, merge_parts, previous_part,
-                     setting_key, train_of, train_with_marks, write_results)
+                     results_lock, setting_key, train_of, train_with_marks, write_results)
 
 import numpy as np
 
@@ -300,9 +299,7 @@ def _write(path: Path, folder: Path, name: str, smoke: bool, new: dict[str, dict
            command: str) -> None:
     """Merge one process's rows into the results file under a lock (the other core's process merges too)."""
     machine = machine_info()
-    RUNS.mkdir(parents=True, exist_ok=True)
-    with open(RUNS / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with results_lock(name):
         old = json.loads(path.read_text()) if path.exists() else {"benchmark": NAME}
         out = merge_parts(old, new, command, machine, top=None if reference is None else {"reference": reference})
         write_results(name, out, markdown(out, smoke), folder)

@@ -23,7 +23,6 @@ benchmarks/results/privacy-mnist.json (under a file lock) and re-renders the .md
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
 import os
@@ -31,7 +30,7 @@ import shlex
 import sys
 import time
 
-from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, write_results
+from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, results_lock, write_results
 
 import torch
 
@@ -206,8 +205,7 @@ def main() -> None:
                 continue
             print(f"== {job_name(preset, eps, a.tag)}", file=sys.stderr, flush=True)
             row = run_job(preset, eps, a)
-            with open(RUNS / f".{NAME}.lock", "w") as lock:  # the other core's process merges too
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with results_lock(NAME):  # the other core's process merges too
                 path = RESULTS / f"{NAME}.json"
                 old = json.loads(path.read_text()) if path.exists() else None
                 data = merge(old, [row], command, machine)

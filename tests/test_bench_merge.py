@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import merge_parts  # noqa: E402
+from _common import merge_parts, results_lock  # noqa: E402
 
 M = {"cpu_model": "x"}
 
@@ -27,3 +29,17 @@ def test_merge_parts_cites_replaces_and_prunes():
     # runs nobody cites any more are dropped; the reference keeps run 1
     assert sorted(d["runs"], key=int) == ["1", "3", "4"]
     assert d["runs"]["4"] == {"command": "train p again", "machine": M}
+
+
+def test_results_lock_excludes_another_holder(tmp_path, monkeypatch):
+    import fcntl
+
+    import _common
+
+    monkeypatch.setattr(_common, "RUNS", tmp_path / "runs")
+    with results_lock("bench"):
+        with open(tmp_path / "runs" / ".bench.lock") as other:
+            with pytest.raises(BlockingIOError):  # a second holder is refused while it is held
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(tmp_path / "runs" / ".bench.lock") as other:  # released on leaving the block
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)

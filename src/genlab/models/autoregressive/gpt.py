@@ -1,10 +1,11 @@
 """A GPT: token + position embeddings, pre-norm transformer blocks with causal attention
-(`scaled_dot_product_attention`; one query as products and sums in the compiled step), a final LayerNorm and a head tied to the token
-embedding (nanoGPT's shape, GPT-2's init). A KV cache makes generating n tokens cost n
-single-token forward passes; in inference those take a leaner path (`_decode_one`: the same
-arithmetic in fewer tensor operations), which `compile_decode` hands to torch.compile, alone and
-as chunks of K steps with their token picks in one graph (`decode_chunk`): a small model's step
-at batch 1 costs per operation and per call, not per multiply."""
+(`scaled_dot_product_attention`; one query as products and sums in the compiled step), a final
+LayerNorm and a head tied to the token embedding (nanoGPT's shape, GPT-2's init). A KV cache
+makes generating n tokens cost n single-token forward passes; in inference those take a leaner
+path (`_decode_one`: the same arithmetic in fewer tensor operations), which `compile_decode`
+hands to torch.compile, alone and as chunks of K steps with their token picks in one graph
+(`decode_chunk`): a small model's step at batch 1 costs per operation and per call, not per
+multiply."""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import os
+import shlex
 import shutil
 import sys
 from contextlib import contextmanager
@@ -13,6 +15,15 @@ RESULTS = HERE / "results"
 RUNS = HERE / "runs"  # ignored by git; the figures worth keeping go to results/
 
 sys.path.insert(0, str(HERE.parent / "src"))
+
+
+def pinned_command() -> str:
+    """This process's command line as a user re-types it, with the threads and cores it ran on:
+    `OMP_NUM_THREADS=N taskset -c CPUS .venv/bin/python benchmarks/SCRIPT ARGS`."""
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    script = f"benchmarks/{Path(sys.argv[0]).name}"
+    return (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} taskset -c {cpus} "
+            f".venv/bin/python {shlex.join([script, *sys.argv[1:]])}")
 
 
 def fresh_run_dir(name: str) -> Path:

@@ -28,14 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
 from _common import (RESULTS, RUNS, base_key, evaluate_marks, fresh_run_dir, machine_lines,
-                     mean_train_throughput, merge_parts, previous_part, results_lock, setting_key, train_of,
-                     train_with_marks, write_results)
+                     mean_train_throughput, merge_parts, pinned_command, previous_part, results_lock,
+                     setting_key, train_of, train_with_marks, write_results)
 
 import torch
 
@@ -196,9 +194,7 @@ def main() -> None:
         return
     if a.smoke:
         a.minutes, a.n, a.apply_n = [0.5, 1.0], 20, 4
-    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    command = " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "unset"), f"taskset -c {cpus}",
-                        *map(shlex.quote, [Path(sys.executable).name, *sys.argv])])
+    command = pinned_command()
     options = {} if a.guidance is None else {"guidance": a.guidance}
     for preset in a.preset or PRESETS:
         run_dir = RUNS / (preset + ("-smoke" if a.smoke else ""))

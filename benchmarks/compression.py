@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import time
 import traceback
 from pathlib import Path
 
-from _common import RESULTS, RUNS, machine_lines
+from _common import RESULTS, RUNS, machine_lines, pinned_command
 
 import torch
 
@@ -383,9 +382,7 @@ def main() -> None:
               f"{','.join(map(str, range(a.threads)))} .venv/bin/python benchmarks/compression.py "
               f"(now OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {len(cpus)} CPUs allowed)",
               file=sys.stderr)
-    command = "OMP_NUM_THREADS={} taskset -c {} .venv/bin/python {}".format(
-        os.environ.get("OMP_NUM_THREADS", "?"), ",".join(map(str, cpus)),
-        shlex.join(["benchmarks/compression.py", *sys.argv[1:]]))
+    command = pinned_command()
     t0 = time.time()
     machine = machine_info()
     results = []

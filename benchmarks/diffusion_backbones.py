@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import torch
-from _common import RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, \
-    write_results
+from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, mean_train_throughput,
+                     pinned_command, train_with_marks, write_results)
 
 from genlab.bench import machine_info
 
@@ -91,7 +90,7 @@ def main() -> None:
             m = machine_info()  # per network: its own date and matmul peak
             row = run_backbone(b, marks, n, a.seed, a.smoke)
             row["machine"] = m
-            row["command"] = ".venv/bin/python benchmarks/diffusion_backbones.py " + " ".join(sys.argv[1:])
+            row["command"] = pinned_command()
             d = json.loads(path.read_text()) if path.is_file() else d  # another process may have added rows
             d["rows"][b] = row
             write_results(name, d, render(d), folder)

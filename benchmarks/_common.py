@@ -18,12 +18,15 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 
 def pinned_command() -> str:
-    """This process's command line as a user re-types it, with the threads and cores it ran on:
-    `OMP_NUM_THREADS=N taskset -c CPUS .venv/bin/python benchmarks/SCRIPT ARGS`."""
-    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    script = f"benchmarks/{Path(sys.argv[0]).name}"
-    return (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} taskset -c {cpus} "
-            f".venv/bin/python {shlex.join([script, *sys.argv[1:]])}")
+    """This process's command line as a user re-types it from the project root, with the threads
+    and cores it ran on: `OMP_NUM_THREADS=N taskset -c CPUS .venv/bin/python benchmarks/SCRIPT ARGS`
+    (each prefix only when it was in force: OMP_NUM_THREADS set, the process pinned to fewer cores
+    than the machine has)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    prefix = (f"OMP_NUM_THREADS={threads} " if threads else "") + (
+        f"taskset -c {','.join(map(str, cores))} " if cores and len(cores) < (os.cpu_count() or 0) else "")
+    return prefix + ".venv/bin/python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def fresh_run_dir(name: str) -> Path:

@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 
-from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, write_results
+from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, pinned_command, write_results
 
 import numpy as np
 import yaml
@@ -140,9 +139,7 @@ def main() -> None:
         NAME, folder = "federated-mnist-smoke", RUNS
         a.rounds, a.local_steps, a.n, a.jobs = 2, 2, 200, ["central", "fedavg-dirichlet-0.1", "fedavg-iid-secagg"]
         a.set = [*a.set, "data.train_size=2000", "data.val_size=500"]
-    command = "OMP_NUM_THREADS={} taskset -c {} python {}".format(
-        os.environ.get("OMP_NUM_THREADS", "?"), ",".join(map(str, sorted(os.sched_getaffinity(0)))),
-        shlex.join(["benchmarks/federated_mnist.py", *sys.argv[1:]]))
+    command = pinned_command()
     os.environ.setdefault("FLWR_HOME", str(RUNS / "flwr-home"))
     machine = machine_info()
     path = folder / f"{NAME}.json"

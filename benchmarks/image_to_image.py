@@ -58,7 +58,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, RUNS, machine_lines, mean_train_throughput, train_with_marks
+from _common import RESULTS, RUNS, machine_lines, mean_train_throughput, pinned_command, train_with_marks
 
 import numpy as np
 import torch
@@ -425,15 +425,6 @@ PARTS = {"pix2pix": (run_pix2pix, md_pix2pix), "cyclegan": (run_cyclegan, md_cyc
 # --------------------------------------------------------------------------- results
 
 
-def command_line() -> str:
-    """The command as run, with the thread count and the cores it was pinned to."""
-    env = os.environ.get("OMP_NUM_THREADS")
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    prefix = (f"OMP_NUM_THREADS={env} " if env else "") + (
-        f"taskset -c {','.join(map(str, cores))} " if cores and len(cores) < (os.cpu_count() or 0) else "")
-    return prefix + ".venv/bin/python benchmarks/image_to_image.py " + " ".join(sys.argv[1:])
-
-
 def markdown(results: dict) -> str:
     md = ["# Image-to-image: translation, SDEdit and style transfer\n",
           "Written by `benchmarks/image_to_image.py`; each part names the command and machine that measured it.\n"]
@@ -495,7 +486,7 @@ def main() -> None:
     a.results.mkdir(parents=True, exist_ok=True)
     a.runs.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
-    command = command_line()
+    command = pinned_command()
     path = a.results / f"{a.name}.json"
     for p in parts:
         log(f"part {p}")

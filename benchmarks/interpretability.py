@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shlex
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import RESULTS, RUNS, machine_lines
+from _common import RESULTS, RUNS, machine_lines, pinned_command
 
 import numpy as np
 import torch
@@ -268,10 +266,7 @@ def main() -> None:
         a.faith_n, a.faith_model_n = 16, 4
         results_dir, name, work = Path("/tmp"), f"{NAME}-smoke", Path(tempfile.mkdtemp(prefix="interpretability-"))
     work.mkdir(parents=True, exist_ok=True)
-    cpus = sorted(os.sched_getaffinity(0))
-    command = "OMP_NUM_THREADS={} taskset -c {} .venv/bin/python {}".format(
-        os.environ.get("OMP_NUM_THREADS", "?"), ",".join(map(str, cpus)),
-        shlex.join(["benchmarks/interpretability.py", *sys.argv[1:]]))
+    command = pinned_command()
     t0 = time.time()
     machine = machine_info()
     figs: dict[str, bytes] = {}

@@ -39,14 +39,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, merge_parts, previous_part,
-                     results_lock, setting_key, train_of, train_with_marks, write_results)
+from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, merge_parts, pinned_command,
+                     previous_part, results_lock, setting_key, train_of, train_with_marks, write_results)
 
 import numpy as np
 
@@ -265,9 +263,7 @@ def main() -> None:
     overrides = list(SMOKE_OVERRIDES) if a.smoke else []
     if a.smoke:
         a.minutes, a.n = [0.25, 0.5], 500
-    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    command = " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "unset"), f"taskset -c {cpus}",
-                        *map(shlex.quote, [Path(sys.executable).name, *sys.argv])])
+    command = pinned_command()
     chosen = a.preset or presets
     reference = None
     if "reference" not in a.skip and not _has_reference(path, a.n):

@@ -30,7 +30,7 @@ import shlex
 import sys
 import time
 
-from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, results_lock, write_results
+from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, pinned_command, results_lock, write_results
 
 import torch
 
@@ -195,9 +195,7 @@ def main() -> None:
     if a.smoke:
         NAME = "privacy-mnist-smoke"
         a.steps, a.n, a.members, a.samples = 4, 200, 100, 200
-    command = "OMP_NUM_THREADS={} taskset -c {} python {}".format(
-        os.environ.get("OMP_NUM_THREADS", "?"), ",".join(map(str, sorted(os.sched_getaffinity(0)))),
-        shlex.join(["benchmarks/privacy_mnist.py", *sys.argv[1:]]))
+    command = pinned_command()
     machine = machine_info()
     for preset in a.presets:
         for eps in a.epsilons:

@@ -1,5 +1,6 @@
 """benchmarks/_common.merge_parts: how a benchmark process merges its rows into a results file
-(new run ids, rows at other settings, a replaced run's rows dropped, uncited runs pruned)."""
+(new run ids, rows at other settings, a replaced run's rows dropped, uncited runs pruned); the
+results lock; the command line recorded beside the results."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import merge_parts, results_lock  # noqa: E402
+from _common import merge_parts, pinned_command, results_lock  # noqa: E402
 
 M = {"cpu_model": "x"}
 
@@ -43,3 +44,16 @@ def test_results_lock_excludes_another_holder(tmp_path, monkeypatch):
                 fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(tmp_path / "runs" / ".bench.lock") as other:  # released on leaving the block
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_pinned_command_records_threads_and_cores_only_when_in_force(monkeypatch):
+    import os
+
+    monkeypatch.setattr(sys, "argv", ["/anywhere/benchmarks/gan_mnist.py", "--set", "a=b c"])
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 0}, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert pinned_command() == "OMP_NUM_THREADS=2 taskset -c 0,2 .venv/bin/python benchmarks/gan_mnist.py --set 'a=b c'"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert pinned_command() == ".venv/bin/python benchmarks/gan_mnist.py --set 'a=b c'"

@@ -23,7 +23,7 @@ import time
 
 import torch
 from _common import (RESULTS, RUNS, evaluate_marks, fresh_run_dir, machine_lines, mean_train_throughput,
-                     pinned_command, train_with_marks, write_results)
+                     pinned_command, results_lock, train_with_marks, write_results)
 
 from genlab.bench import machine_info
 
@@ -83,18 +83,22 @@ def main() -> None:
     name = "diffusion-backbones-smoke" if a.smoke else "diffusion-backbones"
     folder = RUNS if a.smoke else RESULTS
     path = folder / f"{name}.json"
-    d = json.loads(path.read_text()) if path.is_file() else {"benchmark": "diffusion-backbones", "rows": {}}
-    if not a.render_only:
-        marks, n = ([0.1, 0.2], 200) if a.smoke else (sorted(a.minutes), a.n)
-        for b in a.backbones:
-            m = machine_info()  # per network: its own date and matmul peak
-            row = run_backbone(b, marks, n, a.seed, a.smoke)
-            row["machine"] = m
-            row["command"] = pinned_command()
-            d = json.loads(path.read_text()) if path.is_file() else d  # another process may have added rows
-            d["rows"][b] = row
+
+    def save(rows: dict) -> None:
+        """Merge `rows` into the results file and re-render it (another process may have added rows)."""
+        with results_lock(name):
+            d = json.loads(path.read_text()) if path.is_file() else {"benchmark": "diffusion-backbones", "rows": {}}
+            d["rows"].update(rows)
             write_results(name, d, render(d), folder)
-    write_results(name, d, render(d), folder)
+
+    if a.render_only:
+        save({})
+        return
+    marks, n = ([0.1, 0.2], 200) if a.smoke else (sorted(a.minutes), a.n)
+    for b in a.backbones:
+        m = machine_info()  # per network: its own date and matmul peak
+        row = run_backbone(b, marks, n, a.seed, a.smoke)
+        save({b: {**row, "machine": m, "command": pinned_command()}})
 
 
 def render(d: dict) -> str:

@@ -48,8 +48,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from _common import RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, results_lock, train_with_marks, \
-    write_results
+from _common import (RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, pinned_command, results_lock,
+                     train_with_marks, write_results)
 
 import numpy as np
 import torch
@@ -433,7 +433,6 @@ def run_info(run_dir, marks: list[float], need: list[float]) -> tuple[dict | Non
 
 def main() -> None:
     import json
-    import sys
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", nargs="+", type=float, default=[30.0, 60.0])
@@ -473,7 +472,7 @@ def main() -> None:
     if not set(a.fid_minutes) <= set(a.minutes):
         ap.error(f"--fid-minutes {a.fid_minutes} must be among --minutes {a.minutes}")
     a.name = name = "diffusion-mnist" + ("-smoke" if a.smoke else "")
-    command = ".venv/bin/python benchmarks/diffusion_mnist.py " + " ".join(sys.argv[1:])
+    command = pinned_command()
     if a.render_only:
         if not (RESULTS / f"{name}.json").is_file():
             ap.error(f"--render-only needs {RESULTS / name}.json; run the benchmark first")

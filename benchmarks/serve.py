@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import RUNS, machine_lines, write_results
+from _common import RUNS, machine_lines, pinned_command, write_results
 
 from genlab.bench import machine_info
 
@@ -210,7 +210,7 @@ def main() -> None:
             "overload": over, "speedup_image_batching": speedup("image", "on"),
             "speedup_image_no_batching": speedup("image", "off")}
     md = ["# `genlab serve` under load (loopback)\n",
-          "Command: `.venv/bin/python benchmarks/serve.py " + " ".join(sys.argv[1:]) + "`. The server runs "
+          f"Command: `{pinned_command()}`. The server runs "
           "`genlab serve IMAGE_RUN TEXT_RUN --threads 1` under `taskset -c 0` with OMP_NUM_THREADS=1; the client "
           "threads run on core 1. Image requests: `POST /v1/generate` n=1, PNG, a new seed each; text requests: "
           f"`POST /v1/text/generate`, prompt {PROMPT!r}, {a.tokens} tokens.\n",

@@ -42,12 +42,11 @@ import argparse
 import fcntl
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, RUNS, machine_lines, mean_train_throughput, train_with_marks
+from _common import RESULTS, RUNS, machine_lines, mean_train_throughput, pinned_command, train_with_marks
 
 import torch
 
@@ -313,8 +312,7 @@ def main() -> None:
         a.ft_minutes, a.m2_minutes, a.m2_short_minutes, a.pretext_minutes, a.n = 0.2, 0.2, 0.2, 0.1, 200
     a.runs.mkdir(parents=True, exist_ok=True)
     a.data_root = os.environ.get("GENLAB_DATA")
-    a.command = " ".join(shlex.quote(x) for x in [f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}",
-                                                   "python", *sys.argv])
+    a.command = pinned_command()
     a.machine = machine_info()
     log(f"machine: {a.machine['cpu_model']}, {a.machine['threads']} threads; parts {parts}")
     for part in parts:

@@ -419,8 +419,8 @@ class Run:
     def compile(self) -> Run:
         """torch.compile, in place, the network sampling evaluates at every step: a diffusion
         run's UNet, a GPT's one-token step and chunks of 8 of them (`GPT.compile_decode`). The
-        first batch of each size then waits for the compiler (seconds to a minute; on CPU a C++ compiler is needed);
-        later steps run faster: 1.23 against 1.42-1.52 ms per 28x28 image for ddpm-mnist on one
+        first batch of each size then waits for the compiler (seconds to a minute; on CPU a C++
+        compiler is needed); later steps run faster: 1.23 against 1.42-1.52 ms per 28x28 image for ddpm-mnist on one
         Xeon thread; benchmarks/results/gpt-shakespeare.md for the GPT.
 
         Returns:

@@ -400,6 +400,9 @@ def render_compare(c: dict) -> str:
     R = c.get("generation_rounds")
     rounds = (f"; median of {R} rounds, each model measured in a fresh process per round, nanoGPT and genlab "
               "alternating (every round's figure is listed below the table)" if R else "")
+    chosen = {r.get("precision", "off") for r in c["genlab"].values()}
+    precisions = ("all three train in fp32: genlab's train.amp=auto chose fp32 for this model" if chosen == {"off"}
+                  else f"genlab's autocast: {', '.join(sorted(chosen))}, so its MFU against the fp32 peak overstates")
     lines = [f"""## Back to back with nanoGPT (`--compare-nanogpt PATH`)
 
 One process after another on this machine, nothing else running, {c['threads']} torch threads each; the wall
@@ -413,7 +416,7 @@ genlab: eager with its KV cache, then `--compile` (`GPT.compile_decode`: chunks 
 their picks in one torch.compile graph; the time of the first 128 tokens, which compile it, beside), then
 without the cache){rounds}.
 MFU: model FLOPs (6N + 12LTC per token, nanoGPT's estimate_mfu) at the mean training throughput, against the
-fp32 matmul peak measured in the same run ({m['matmul_fp32_gflops']:.0f} GFLOP/s; all three train in fp32).
+fp32 matmul peak measured in the same run ({m['matmul_fp32_gflops']:.0f} GFLOP/s; {precisions}).
 
 {machine_lines(m)}
 | run | wall time | vs nanoGPT | val loss | training tokens/s | MFU | generation tokens/s (batch 1) |

@@ -3,6 +3,7 @@ Trainer.choose_precision)."""
 
 from __future__ import annotations
 
+import platform
 import time
 
 import pytest
@@ -83,3 +84,16 @@ def test_the_choice_is_kept_by_checkpoints_and_resume(tmp_path, data_root, probe
     from genlab.evaluation.summary import summary_text
 
     assert "of training in bf16 autocast" in summary_text(tmp_path / "r")
+
+
+def test_cpu_model_names_the_generation_behind_a_generic_model_name(tmp_path):
+    """A VM's "AMD EPYC" covers Zen 3 (no bf16 instructions) and Zen 4 (avx512_bf16): the family and
+    model numbers keep the two apart in reports and in the precision probe's cache key."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nflags\t\t: fpu avx512_bf16\n\nprocessor\t: 1\ncpu family\t: 25\n")
+    assert D.cpu_model(str(info)) == "AMD EPYC (family 25, model 17)"
+    other = tmp_path / "cpuinfo-arm"  # no x86 numbers: the name alone
+    other.write_text("processor\t: 0\nmodel name\t: Apple M2\n")
+    assert D.cpu_model(str(other)) == "Apple M2"
+    assert D.cpu_model(str(tmp_path / "missing")) == (platform.processor() or platform.machine())

@@ -28,15 +28,27 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 @lru_cache(maxsize=None)
-def cpu_model() -> str:
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, with its x86 family and model numbers where /proc/cpuinfo gives them:
+    virtual machines often report only "AMD EPYC" or "Intel(R) Xeon(R) Processor", which names
+    generations as different as Zen 3 (no bf16 instructions) and Zen 4 (avx512_bf16)."""
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if len(fields) == 3 or not line.strip():
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        return f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
+    return fields["model name"]
 
 
 @lru_cache(maxsize=None)

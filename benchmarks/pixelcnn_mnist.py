@@ -1,21 +1,25 @@
 """pixelcnn-mnist: exact test NLL against CPU training time, sampling time, sample and
 completion grids.
 
-    .venv/bin/python benchmarks/pixelcnn_mnist.py --minutes 15 30 60
+    OMP_NUM_THREADS=2 taskset -c 0,1 .venv/bin/python benchmarks/pixelcnn_mnist.py --minutes 15 30 60
+    ... --set train.lr=3e-3 --tag lr3e-3      (a recipe variant: its own rows)
 
 One run is trained for the largest budget; a checkpoint is kept when the training time passes
 each smaller budget, and each is evaluated on the whole binarised test split (10,000 images,
-exact NLL; the binarisation is fixed by the seed). Writes benchmarks/results/pixelcnn-mnist.{md,json}
-and the grids beside them. The published reference is 81.3 nats (Gated PixelCNN, van den Oord
-et al. 2016, long GPU training).
+exact NLL; the binarisation is fixed by the seed). The results file keeps every run: a new run
+replaces only the earlier one of the same recipe (preset or tag) on the same CPU model and thread
+count. Writes benchmarks/results/pixelcnn-mnist.{md,json}, and the latest run's grids beside them.
+The published reference is 81.3 nats (Gated PixelCNN, van den Oord et al. 2016, long GPU training).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
-from _common import RESULTS, fresh_run_dir, machine_lines, mean_train_throughput, train_with_marks, write_results
+from _common import (RESULTS, fresh_run_dir, machine_lines, mean_train_throughput, pinned_command, results_lock,
+                     train_with_marks, write_results)
 
 import torch
 
@@ -25,52 +29,95 @@ from genlab.evaluation import evaluate
 from genlab.images import save_grid
 from genlab.seed import make_generator
 
+PRESET = "pixelcnn-mnist"
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--minutes", nargs="+", type=float, default=[15.0, 30.0, 60.0])
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    marks = sorted(a.minutes)
-    machine = machine_info()
-    run_dir = fresh_run_dir("pixelcnn-mnist")
+
+def train_and_measure(marks: list[float], seed: int, overrides: list[str], run_dir) -> dict:
+    """Train, evaluate each mark's checkpoint exactly, time 64 samples and write the grids."""
     t0 = time.time()
-    res, ckpts, _ = train_with_marks("pixelcnn-mnist", run_dir, marks, a.seed)
+    res, ckpts, _ = train_with_marks(PRESET, run_dir, marks, seed, overrides=overrides)
     wall = time.time() - t0
     rows = []
     for m, ckpt in zip(marks, ckpts):
-        rep = evaluate(run_dir, n=10_000, metrics=["nll_nats", "bits_per_dim"], checkpoint=ckpt, seed=a.seed,
-                       out=RESULTS / f".pixelcnn-{m:g}.json", html=False)
-        (RESULTS / f".pixelcnn-{m:g}.json").unlink()
+        rep = evaluate(run_dir, n=10_000, metrics=["nll_nats", "bits_per_dim"], checkpoint=ckpt, seed=seed,
+                       out=run_dir / f"report-{ckpt}.json", html=False)
         rows.append({"minutes": m, "checkpoint": ckpt, "step": rep["step"],
                      "nll_nats": rep["metrics"]["nll_nats"]["value"],
                      "bits_per_dim": rep["metrics"]["bits_per_dim"]["value"]})
     run = genlab.load(run_dir)
     t = time.time()
-    images, _ = run.sample(64, seed=a.seed)
+    images, _ = run.sample(64, seed=seed)
     sample_s = time.time() - t
     save_grid(images, RESULTS / "pixelcnn-mnist-samples.png", nrow=8)
-    data = run.data()
-    x = data.test_x[:8]
+    x = run.data().test_x[:8]
     batch = run.pipeline(x, None, train=False)
     known = torch.zeros(1, 1, 28, 28, dtype=torch.bool)
     known[..., :14, :] = True
-    done = run.model.complete(batch["x"].repeat(2, 1, 1, 1), known, generator=make_generator(a.seed))
+    done = run.model.complete(batch["x"].repeat(2, 1, 1, 1), known, generator=make_generator(seed))
     shown = torch.cat([run.pipeline.to_uint8(batch["x"]), run.pipeline.to_uint8(done)])
     save_grid(shown, RESULTS / "pixelcnn-mnist-completion.png", nrow=8)
-    out = {"machine": machine, "rows": rows, "steps": res.state.step, "wall_seconds": wall,
-           "train_images_per_s": mean_train_throughput(run_dir), "sample_64_seconds": sample_s}
+    return {"rows": rows, "steps": res.state.step, "wall_seconds": wall,
+            "train_images_per_s": mean_train_throughput(run_dir), "sample_64_seconds": sample_s}
+
+
+def merged(old: dict, new: dict) -> dict:
+    """old results + one new run, which replaces a run of the same recipe, CPU model and threads."""
+    def same(r: dict) -> bool:
+        return (r["key"], r["machine"]["cpu_model"], r["machine"]["threads"]) == \
+            (new["key"], new["machine"]["cpu_model"], new["machine"]["threads"])
+    runs = {k: r for k, r in old.get("runs", {}).items() if not same(r)}
+    runs[str(max([0, *map(int, old.get("runs", {}))]) + 1)] = new
+    return {"runs": runs, "grids_run": max(runs, key=int)}
+
+
+def render(d: dict) -> str:
     md = ["# pixelcnn-mnist: exact NLL against CPU time\n",
-          f"Command: `.venv/bin/python benchmarks/pixelcnn_mnist.py --minutes {' '.join(f'{m:g}' for m in marks)}` "
-          f"(seed {a.seed}).\n", machine_lines(machine),
-          "| CPU minutes | step | test NLL (nats, exact) | bits/dim |", "|---|---|---|---|"]
-    md += [f"| {r['minutes']:g} | {r['step']:,} | {r['nll_nats']:.2f} | {r['bits_per_dim']:.4f} |" for r in rows]
-    md += [f"\nTraining throughput {out['train_images_per_s']:,.0f} images/s; sampling 64 images (28x28, "
-           f"784 sequential steps) took {sample_s:.1f} s. Published reference: 81.3 nats (Gated PixelCNN).\n",
-           "Samples:\n\n![samples](pixelcnn-mnist-samples.png)\n",
+          "Produced by `benchmarks/pixelcnn_mnist.py` (each run's command and machine below): one run per row "
+          "group, trained for its largest budget; each smaller budget is the checkpoint kept when the "
+          "training time passed it. Test NLL: exact, on the 10,000 binarised test images (seed 0 fixes "
+          "the binarisation). Minutes: training time on the run's threads (with one thread, CPU "
+          "minutes). Published reference: 81.3 nats (Gated PixelCNN, long GPU training).\n",
+          "| run | recipe | CPU, threads | training minutes | step | test NLL (nats, exact) | bits/dim | train images/s |",
+          "|---|---|---|---|---|---|---|---|"]
+    for rid, r in d["runs"].items():
+        m = r["machine"]
+        for row in r["rows"]:
+            md.append(f"| {rid} | {r['key']} | {m['cpu_model']}, {m['threads']} | {row['minutes']:g} | "
+                      f"{row['step']:,} | {row['nll_nats']:.2f} | {row['bits_per_dim']:.4f} | "
+                      f"{r['train_images_per_s']:,.0f} |")
+    md.append("")
+    for rid, r in d["runs"].items():
+        over = f"; overrides `{' '.join(r['overrides'])}`" if r["overrides"] else ""
+        md += [f"Run {rid}: `{r['command']}`{over}; sampling 64 images (784 sequential steps) took "
+               f"{r['sample_64_seconds']:.1f} s\n", machine_lines(r["machine"])]
+    md += [f"Samples of run {d['grids_run']}:\n\n![samples](pixelcnn-mnist-samples.png)\n",
            "Completion of the bottom half (row 1: test images; rows 2-3: two completions each):\n\n"
            "![completion](pixelcnn-mnist-completion.png)\n"]
-    write_results("pixelcnn-mnist", out, "\n".join(md))
+    return "\n".join(md)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", nargs="+", type=float, default=[15.0, 30.0, 60.0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides of the preset")
+    ap.add_argument("--tag", help="the recipe's name in the table (required with --set): 'pixelcnn-mnist + TAG'")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
+    a = ap.parse_args()
+    path = RESULTS / "pixelcnn-mnist.json"
+    if a.render_only:
+        d = json.loads(path.read_text())
+        write_results("pixelcnn-mnist", d, render(d))
+        return
+    if a.set and not a.tag:
+        ap.error("--set needs --tag (a name for the recipe's rows)")
+    machine = machine_info()
+    measured = train_and_measure(sorted(a.minutes), a.seed, a.set, fresh_run_dir(PRESET))
+    new = {"key": f"{PRESET} + {a.tag}" if a.tag else PRESET, "overrides": a.set, "command": pinned_command(),
+           "machine": machine, **measured}
+    with results_lock("pixelcnn-mnist"):
+        d = merged(json.loads(path.read_text()) if path.exists() else {}, new)
+        write_results("pixelcnn-mnist", d, render(d))
 
 
 if __name__ == "__main__":

@@ -128,10 +128,11 @@ def previous_part(path: Path, key: str, part: str) -> dict:
 
 
 def machine_lines(m: dict) -> str:
+    bf16 = "yes (train.amp=auto probes each model's step)" if m["bf16_autocast"] else "no"
     return (f"- CPU: **{m['cpu_model']}**, {m['threads']} threads; torch {m['torch']}, genlab {m['genlab']} "
             f"(commit {m['git_commit']})\n"
             f"- matmul peak measured in this run: fp32 {m['matmul_fp32_gflops']} GFLOP/s, "
-            f"bf16 {m['matmul_bf16_gflops']} GFLOP/s; bf16 autocast {'on' if m['bf16_autocast'] else 'off'}\n"
+            f"bf16 {m['matmul_bf16_gflops']} GFLOP/s; bf16 fast here: {bf16}\n"
             f"- date: {m['date']}\n")
 
 

@@ -400,9 +400,12 @@ def render_compare(c: dict) -> str:
     R = c.get("generation_rounds")
     rounds = (f"; median of {R} rounds, each model measured in a fresh process per round, nanoGPT and genlab "
               "alternating (every round's figure is listed below the table)" if R else "")
-    chosen = {r.get("precision", "off") for r in c["genlab"].values()}
-    precisions = ("all three train in fp32: genlab's train.amp=auto chose fp32 for this model" if chosen == {"off"}
-                  else f"genlab's autocast: {', '.join(sorted(chosen))}, so its MFU against the fp32 peak overstates")
+    chosen = {name: r.get("precision") for name, r in c["genlab"].items()}
+    precisions = ("all three train in fp32: nanoGPT as its CPU command asks, genlab because its train.amp=auto "
+                  "probe chose fp32 for this model" if set(chosen.values()) == {"off"} else
+                  "nanoGPT trains in fp32; genlab's precision: " + ", ".join(
+                      f"{name} {p or 'not recorded'}" for name, p in chosen.items()) +
+                  " (bf16 makes an MFU against the fp32 peak overstate)")
     lines = [f"""## Back to back with nanoGPT (`--compare-nanogpt PATH`)
 
 One process after another on this machine, nothing else running, {c['threads']} torch threads each; the wall

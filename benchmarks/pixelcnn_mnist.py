@@ -32,8 +32,9 @@ from genlab.seed import make_generator
 PRESET = "pixelcnn-mnist"
 
 
-def train_and_measure(marks: list[float], seed: int, overrides: list[str], run_dir) -> dict:
-    """Train, evaluate each mark's checkpoint exactly, time 64 samples and write the grids."""
+def train_and_measure(marks: list[float], seed: int, overrides: list[str], run_dir) -> tuple[dict, list]:
+    """Train, evaluate each mark's checkpoint exactly and time 64 samples: (the run's record, its
+    sample and completion grids as (images, file, columns))."""
     t0 = time.time()
     res, ckpts, _ = train_with_marks(PRESET, run_dir, marks, seed, overrides=overrides)
     wall = time.time() - t0
@@ -48,23 +49,22 @@ def train_and_measure(marks: list[float], seed: int, overrides: list[str], run_d
     t = time.time()
     images, _ = run.sample(64, seed=seed)
     sample_s = time.time() - t
-    save_grid(images, RESULTS / "pixelcnn-mnist-samples.png", nrow=8)
     x = run.data().test_x[:8]
     batch = run.pipeline(x, None, train=False)
     known = torch.zeros(1, 1, 28, 28, dtype=torch.bool)
     known[..., :14, :] = True
     done = run.model.complete(batch["x"].repeat(2, 1, 1, 1), known, generator=make_generator(seed))
     shown = torch.cat([run.pipeline.to_uint8(batch["x"]), run.pipeline.to_uint8(done)])
-    save_grid(shown, RESULTS / "pixelcnn-mnist-completion.png", nrow=8)
-    return {"rows": rows, "steps": res.state.step, "wall_seconds": wall,
-            "train_images_per_s": mean_train_throughput(run_dir), "sample_64_seconds": sample_s}
+    record = {"seed": seed, "lr": run.cfg.train.lr, "precision": res.state.amp, "rows": rows, "steps": res.state.step,
+              "wall_seconds": wall, "train_images_per_s": mean_train_throughput(run_dir), "sample_64_seconds": sample_s}
+    return record, [(images, "pixelcnn-mnist-samples.png", 8), (shown, "pixelcnn-mnist-completion.png", 8)]
 
 
 def merged(old: dict, new: dict) -> dict:
-    """old results + one new run, which replaces a run of the same recipe, CPU model and threads."""
+    """old results + one new run, which replaces a run of the same recipe, seed, CPU model and threads."""
     def same(r: dict) -> bool:
-        return (r["key"], r["machine"]["cpu_model"], r["machine"]["threads"]) == \
-            (new["key"], new["machine"]["cpu_model"], new["machine"]["threads"])
+        return (r["key"], r["seed"], r["machine"]["cpu_model"], r["machine"]["threads"]) == \
+            (new["key"], new["seed"], new["machine"]["cpu_model"], new["machine"]["threads"])
     runs = {k: r for k, r in old.get("runs", {}).items() if not same(r)}
     runs[str(max([0, *map(int, old.get("runs", {}))]) + 1)] = new
     return {"runs": runs, "grids_run": max(runs, key=int)}
@@ -74,21 +74,24 @@ def render(d: dict) -> str:
     md = ["# pixelcnn-mnist: exact NLL against CPU time\n",
           "Produced by `benchmarks/pixelcnn_mnist.py` (each run's command and machine below): one run per row "
           "group, trained for its largest budget; each smaller budget is the checkpoint kept when the "
-          "training time passed it. Test NLL: exact, on the 10,000 binarised test images (seed 0 fixes "
-          "the binarisation). Minutes: training time on the run's threads (with one thread, CPU "
-          "minutes). Published reference: 81.3 nats (Gated PixelCNN, long GPU training).\n",
-          "| run | recipe | CPU, threads | training minutes | step | test NLL (nats, exact) | bits/dim | train images/s |",
-          "|---|---|---|---|---|---|---|---|"]
+          "training time passed it. Test NLL: exact, on the 10,000 binarised test images (the run's "
+          "seed fixes the binarisation). Minutes: training time on the run's threads (with one "
+          "thread, CPU minutes). Precision: what the run trained in (train.amp=auto decides per model and "
+          "CPU). Published reference: 81.3 nats (Gated PixelCNN, long GPU training).\n",
+          "| run | recipe | lr, precision, seed | CPU, threads | training minutes | step | test NLL (nats, exact) | "
+          "bits/dim | train images/s |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for rid, r in d["runs"].items():
         m = r["machine"]
         for row in r["rows"]:
-            md.append(f"| {rid} | {r['key']} | {m['cpu_model']}, {m['threads']} | {row['minutes']:g} | "
-                      f"{row['step']:,} | {row['nll_nats']:.2f} | {row['bits_per_dim']:.4f} | "
-                      f"{r['train_images_per_s']:,.0f} |")
+            md.append(f"| {rid} | {r['key']} | {r['lr']:g}, {r['precision']}, {r['seed']} | {m['cpu_model']}, "
+                      f"{m['threads']} | {row['minutes']:g} | {row['step']:,} | {row['nll_nats']:.2f} | "
+                      f"{row['bits_per_dim']:.4f} | {r['train_images_per_s']:,.0f} |")
     md.append("")
     for rid, r in d["runs"].items():
         over = f"; overrides `{' '.join(r['overrides'])}`" if r["overrides"] else ""
-        md += [f"Run {rid}: `{r['command']}`{over}; sampling 64 images (784 sequential steps) took "
+        note = f" ({r['note']})" if r.get("note") else ""
+        md += [f"Run {rid}: `{r['command']}`{note}{over}; sampling 64 images (784 sequential steps) took "
                f"{r['sample_64_seconds']:.1f} s\n", machine_lines(r["machine"])]
     md += [f"Samples of run {d['grids_run']}:\n\n![samples](pixelcnn-mnist-samples.png)\n",
            "Completion of the bottom half (row 1: test images; rows 2-3: two completions each):\n\n"
@@ -112,11 +115,14 @@ def main() -> None:
     if a.set and not a.tag:
         ap.error("--set needs --tag (a name for the recipe's rows)")
     machine = machine_info()
-    measured = train_and_measure(sorted(a.minutes), a.seed, a.set, fresh_run_dir(PRESET))
-    new = {"key": f"{PRESET} + {a.tag}" if a.tag else PRESET, "overrides": a.set, "command": pinned_command(),
-           "machine": machine, **measured}
+    key = f"{PRESET} + {a.tag}" if a.tag else PRESET
+    # a folder per recipe: a variant may train beside the preset, one core each
+    measured, grids = train_and_measure(sorted(a.minutes), a.seed, a.set, fresh_run_dir(key.replace(" + ", "-")))
+    new = {"key": key, "overrides": a.set, "command": pinned_command(), "machine": machine, **measured}
     with results_lock("pixelcnn-mnist"):
         d = merged(json.loads(path.read_text()) if path.exists() else {}, new)
+        for images, name, columns in grids:  # the latest run's, as grids_run says
+            save_grid(images, RESULTS / name, nrow=columns)
         write_results("pixelcnn-mnist", d, render(d))
 
 

@@ -278,11 +278,13 @@ PRESETS.update({
 # PixelCNN: exact likelihood on dynamically binarised MNIST (the published reference is
 # 81.3 nats for a Gated PixelCNN trained long on a GPU).
 # Precision: train.amp=auto's probe of the model's own step decides. These small asymmetric
-# convolutions ran 4.5x slower in bf16 than in fp32 on a Zen 3 EPYC (no bf16 instructions; there
-# the probe is not even run), and 1.4x faster on a Zen 4 EPYC with avx512_bf16 (2 threads, batch 64,
-# 2026-12-04: 101 against 140 images/s). lr 3e-3 rather than 1e-3: after 10 minutes on one thread
-# of that Zen 4 (bf16, ~845 steps, the two runs side by side, one core each) the exact test NLL was
-# 90.64 nats against 94.61.
+# convolutions ran 4.5x slower in bf16 than in fp32 on the earlier AMD EPYC development machine
+# (torch profiler, batch 16; no bf16 instructions: its bf16 matmul peak measured ~1 GFLOP/s, and
+# there the probe is not even run), and faster on a Zen 4 EPYC with avx512_bf16 (2 threads, batch
+# 64, 40 steps, 2026-12-04: fp32 101 images/s, bf16 139). lr 3e-3 rather than 1e-3: after 10
+# minutes on one thread of that Zen 4 (bf16, ~845 steps, one seed, the two runs side by side, one
+# core each) the exact test NLL was 90.64 nats against 94.61. pixelcnn-cond-mnist shares these
+# settings (not measured separately).
 _PIXELCNN_TRAIN = {"steps": 60_000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 200, "ema_decay": 0.999,
                    "amp": "auto", "eval_every": 1000, "eval_batches": 10, "sample_every": 5000,
                    "ckpt_every": 1000}

@@ -74,7 +74,7 @@ def cxx_compiler() -> str | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5,

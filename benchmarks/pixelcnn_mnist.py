@@ -7,8 +7,8 @@ completion grids.
 One run is trained for the largest budget; a checkpoint is kept when the training time passes
 each smaller budget, and each is evaluated on the whole binarised test split (10,000 images,
 exact NLL; the binarisation is fixed by the seed). The results file keeps every run: a new run
-replaces only the earlier one of the same recipe (preset or tag) on the same CPU model and thread
-count. Writes benchmarks/results/pixelcnn-mnist.{md,json}, and the latest run's grids beside them.
+replaces only the earlier one of the same recipe (preset or tag) and seed on the same CPU model
+and thread count. Writes benchmarks/results/pixelcnn-mnist.{md,json}, and the latest run's grids beside them.
 The published reference is 81.3 nats (Gated PixelCNN, van den Oord et al. 2016, long GPU training).
 """
 
@@ -34,7 +34,7 @@ PRESET = "pixelcnn-mnist"
 
 def train_and_measure(marks: list[float], seed: int, overrides: list[str], run_dir) -> tuple[dict, list]:
     """Train, evaluate each mark's checkpoint exactly and time 64 samples: (the run's record, its
-    sample and completion grids as (images, file, columns))."""
+    sample and completion grids as (images, file))."""
     t0 = time.time()
     res, ckpts, _ = train_with_marks(PRESET, run_dir, marks, seed, overrides=overrides)
     wall = time.time() - t0
@@ -57,7 +57,7 @@ def train_and_measure(marks: list[float], seed: int, overrides: list[str], run_d
     shown = torch.cat([run.pipeline.to_uint8(batch["x"]), run.pipeline.to_uint8(done)])
     record = {"seed": seed, "lr": run.cfg.train.lr, "precision": res.state.amp, "rows": rows, "steps": res.state.step,
               "wall_seconds": wall, "train_images_per_s": mean_train_throughput(run_dir), "sample_64_seconds": sample_s}
-    return record, [(images, "pixelcnn-mnist-samples.png", 8), (shown, "pixelcnn-mnist-completion.png", 8)]
+    return record, [(images, "pixelcnn-mnist-samples.png"), (shown, "pixelcnn-mnist-completion.png")]
 
 
 def merged(old: dict, new: dict) -> dict:
@@ -65,9 +65,8 @@ def merged(old: dict, new: dict) -> dict:
     def same(r: dict) -> bool:
         return (r["key"], r["seed"], r["machine"]["cpu_model"], r["machine"]["threads"]) == \
             (new["key"], new["seed"], new["machine"]["cpu_model"], new["machine"]["threads"])
-    runs = {k: r for k, r in old.get("runs", {}).items() if not same(r)}
-    runs[str(max([0, *map(int, old.get("runs", {}))]) + 1)] = new
-    return {"runs": runs, "grids_run": max(runs, key=int)}
+    rid = str(max([0, *map(int, old.get("runs", {}))]) + 1)
+    return {"runs": {**{k: r for k, r in old.get("runs", {}).items() if not same(r)}, rid: new}, "grids_run": rid}
 
 
 def render(d: dict) -> str:
@@ -121,8 +120,8 @@ def main() -> None:
     new = {"key": key, "overrides": a.set, "command": pinned_command(), "machine": machine, **measured}
     with results_lock("pixelcnn-mnist"):
         d = merged(json.loads(path.read_text()) if path.exists() else {}, new)
-        for images, name, columns in grids:  # the latest run's, as grids_run says
-            save_grid(images, RESULTS / name, nrow=columns)
+        for images, name in grids:  # the latest run's, as grids_run says
+            save_grid(images, RESULTS / name, nrow=8)
         write_results("pixelcnn-mnist", d, render(d))
 
 

@@ -57,3 +57,17 @@ def test_pinned_command_records_threads_and_cores_only_when_in_force(monkeypatch
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert pinned_command() == ".venv/bin/python benchmarks/gan_mnist.py --set 'a=b c'"
+
+
+def test_pixelcnn_results_keep_every_run_but_the_one_a_rerun_replaces():
+    from pixelcnn_mnist import merged
+
+    def run(key, seed=0, cpu="x", threads=2):
+        return {"key": key, "seed": seed, "machine": {"cpu_model": cpu, "threads": threads}}
+    d = merged({}, run("p"))
+    d = merged(d, run("p", threads=1))  # other threads, other seed, other recipe: kept beside it
+    d = merged(d, run("p", seed=1))
+    d = merged(d, run("p + lr"))
+    assert list(d["runs"]) == ["1", "2", "3", "4"] and d["grids_run"] == "4"
+    d = merged(d, run("p"))  # the same recipe, seed, CPU and threads as run 1: replaces it
+    assert list(d["runs"]) == ["2", "3", "4", "5"] and d["runs"]["5"] == run("p") and d["grids_run"] == "5"

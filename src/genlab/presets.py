@@ -237,6 +237,8 @@ PRESETS.update({
     # rather than 1e-3: after 12 minutes of training on that Zen 4 (one thread each, side by side, seed 0,
     # ~1,330 steps, train.amp=auto chose bf16) the val loss was 0.661 against 0.701 and the validity of
     # 3,000 samples 0.787 against 0.631 (0.812 / 0.663 under --smiles-syntax).
+    # After 60 minutes (benchmarks/results/molecules-moses.md) the gain had shrunk: validity 0.922 and
+    # FCD/Test 0.223 against 0.917 / 0.156 for lr 1e-3 on the Xeon (6,630 steps against 7,079).
     "smiles-vae-moses": Preset(
         "SMILES VAE on MOSES (bidirectional GRU encoder of 2 x 128, latent 128, GRU decoder of 2 x 384 fed z at "
         "every token), KL weight 0 -> 0.05 over 2,000 steps; MOSES metrics in genlab evaluate, latent "

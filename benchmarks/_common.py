@@ -56,13 +56,17 @@ def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS) 
     print(f"wrote {folder / name}.md and .json", file=sys.stderr)
 
 
-def evaluate_marks(key: str, run_dir: Path, train: dict, n: int, seed: int, extras: tuple[str, ...] = (), **kw):
+def evaluate_marks(key: str, run_dir: Path, train: dict, n: int, seed: int, extras: tuple[str, ...] = (),
+                   marks: list[float] | None = None, **kw):
     """`genlab evaluate` of the checkpoint kept at each minute mark of `train` (train_with_marks'
-    record, as the train part stores it): yields (row, metrics), the row holding the mark, step,
-    n, evaluation seconds, every metric's value and each of `extras` recorded beside a metric."""
+    record, as the train part stores it; only those in `marks` when given): yields (row, metrics),
+    the row holding the mark, step, n, evaluation seconds, every metric's value and each of
+    `extras` recorded beside a metric."""
     from genlab.evaluation import evaluate
 
     for mark, ck, step in zip(train["marks"], train["checkpoints"], train["steps"]):
+        if marks is not None and mark not in marks:
+            continue
         report = evaluate(run_dir, n=n, seed=seed, checkpoint=ck, out=run_dir / f"report-{ck}.json", **kw)
         m = report["metrics"]
         row = {"preset": key, "minutes": mark, "checkpoint": ck, "step": step, "n": n,

@@ -119,9 +119,9 @@ def part_train(preset: str, run_dir: Path, marks: list[float], seed: int, overri
 
 
 def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int, temperature: float = 1.0,
-              smiles_syntax: bool = False) -> list[dict]:
+              smiles_syntax: bool = False, marks: list[float] | None = None) -> list[dict]:
     rows = []
-    for row, m in evaluate_marks(key, run_dir, train, n, seed, html=False, temperature=temperature,
+    for row, m in evaluate_marks(key, run_dir, train, n, seed, marks=marks, html=False, temperature=temperature,
                                  smiles_syntax=smiles_syntax):
         v = m.get("validity", {})
         gen = v.get("generation_seconds")
@@ -244,6 +244,8 @@ def main() -> None:
     ap.add_argument("--smiles-syntax", action="store_true",
                     help="sample under SMILES's grammar (genlab evaluate --smiles-syntax): rows of their own")
     ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
+    ap.add_argument("--eval-minutes", nargs="+", type=float,
+                    help="evaluate only the checkpoints of these marks (default: every mark the run kept)")
     ap.add_argument("--tag", help="keep this run's rows apart from the preset's own (its key becomes "
                                   "`PRESET [TAG]`, its run directory PRESET-TAG), e.g. a rerun on another machine")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets and counts: checks the script end to end")
@@ -286,7 +288,8 @@ def main() -> None:
             _write(path, folder, name, a.smoke, new, None, command)  # kept if the evaluation fails
         train = new[key]["train"] if new else previous_part(path, key, "train")
         if "eval" not in a.skip:
-            new = {ekey: {"eval": part_eval(ekey, run_dir, train, a.n, a.seed, a.temperature, a.smiles_syntax)}}
+            new = {ekey: {"eval": part_eval(ekey, run_dir, train, a.n, a.seed, a.temperature, a.smiles_syntax,
+                                                  a.eval_minutes)}}
             _write(path, folder, name, a.smoke, new, None, command)
         print(json.dumps(new, indent=1, default=str))
 

@@ -10,8 +10,9 @@ import torch
 import genlab
 from genlab.engine.device import cxx_compiler
 from genlab.models.diffusion import schedules as sch
-from genlab.models.diffusion.ddpm import Diffusion, DiffusionConfig, guided
+from genlab.models.diffusion.ddpm import Diffusion, DiffusionConfig, dpmpp_2m_step, guided
 from genlab.models.diffusion.unet import UNet, UNetConfig
+from genlab.sampling import noise_decoder
 from genlab.seed import make_generator
 from tests.conftest import run_cli
 
@@ -187,14 +188,15 @@ class _Oracle(torch.nn.Module):
 
 
 @pytest.mark.parametrize("target", ["eps", "x0", "v"])
-@pytest.mark.parametrize("sampler, steps, tol", [("ddpm", 250, 0.015), ("ddim", 50, 0.025), ("dpmpp", 10, 0.04),
-                                                 ("dpmpp", 20, 0.01)])
-def test_samplers_with_the_exact_network_reproduce_the_data_distribution(target, sampler, steps, tol):
+@pytest.mark.parametrize("sampler, steps, eta, tol", [("ddpm", 250, None, 0.015), ("ddim", 50, 0.0, 0.025),
+                                                      ("dpmpp", 10, 0.0, 0.04), ("dpmpp", 20, 0.0, 0.01),
+                                                      ("dpmpp", 20, 1.0, 0.02)])
+def test_samplers_with_the_exact_network_reproduce_the_data_distribution(target, sampler, steps, eta, tol):
     """With the Bayes-optimal network for Gaussian data of std 0.5 every sampler must give samples
     of std 0.5 (a little less with few steps: the last step returns the posterior mean)."""
     m = _model(T=1000, prediction=target, clip_denoised=None, randomize=False)
     m.net = _Oracle(m.alpha_bar, 0.5, target)
-    x = m.sample(500, generator=make_generator(0), sampler=sampler, steps=steps)
+    x = m.sample(500, generator=make_generator(0), sampler=sampler, steps=steps, eta=eta)
     assert x.std().item() == pytest.approx(0.5, abs=tol) and abs(x.mean().item()) < 0.01
 
 
@@ -211,6 +213,32 @@ def test_ddim_eta0_is_deterministic_from_a_seed():
     # while eta = 1 (ancestral) uses fresh noise at every step
     e = m.sample_from(x_T, m.T - 1, steps=4, sampler="ddim", eta=1.0, generator=make_generator(123))
     assert not torch.equal(a, e)
+    # so does DPM-Solver++ at eta > 0 (its SDE form), reproducibly from a seed; noise_decoder,
+    # which shares one decode among requests, then declines it
+    f, f2 = (m.sample_from(x_T, m.T - 1, steps=4, sampler="dpmpp", eta=1.0, generator=make_generator(s))
+             for s in (123, 123))
+    ode = m.sample_from(x_T, m.T - 1, steps=4, sampler="dpmpp", eta=0.0, generator=make_generator(123))
+    assert torch.equal(f, f2) and not torch.equal(f, ode)
+    assert noise_decoder(m, {"sampler": "dpmpp", "eta": 1.0}) is None
+    assert noise_decoder(m, {"sampler": "dpmpp", "eta": 0.0}) is not None
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_dpmpp_step_keeps_the_marginals_of_a_point_mass(eta):
+    """Data at one point x*: with the exact x0 = x*, x_t ~ N(a_t x*, s_t^2) must step to
+    N(a_s x*, s_s^2) (a = sqrt(ab), s = sqrt(1 - ab)) at any eta: the ODE and SDE forms of
+    DPM-Solver++(2M) by hand."""
+    ab_t, ab_s, star = 0.3, 0.7, 0.4
+    g = make_generator(0)
+    x_t = math.sqrt(ab_t) * star + math.sqrt(1 - ab_t) * torch.randn(400_000, generator=g, dtype=torch.float64)
+    x0 = torch.full_like(x_t, star)
+    z = torch.randn(x_t.shape, generator=g, dtype=torch.float64)
+    x_s = dpmpp_2m_step(x_t, x0, x0, 0.3, ab_t, ab_s, eta, z)  # second order: x0_prev = x0 changes nothing
+    assert x_s.mean().item() == pytest.approx(math.sqrt(ab_s) * star, abs=3e-3)
+    assert x_s.std().item() == pytest.approx(math.sqrt(1 - ab_s), abs=3e-3)
+    if eta == 0:  # deterministic: an affine map of x_t with slope sigma_s / sigma_t
+        assert torch.allclose(x_s - math.sqrt(ab_s) * star,
+                              (x_t - math.sqrt(ab_t) * star) * math.sqrt((1 - ab_s) / (1 - ab_t)))
 
 
 def test_ddpm_with_all_steps_is_the_ancestral_posterior():

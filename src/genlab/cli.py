@@ -364,7 +364,8 @@ def _diffusion_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="diffusion and WaveNet runs, conditional: classifier-free guidance weight w "
                                                   "(u + w (c - u) of the unconditional and conditional predictions; "
                                                   "1 = conditional, 0 = unconditional)")
-    p.add_argument("--eta", type=float, help="diffusion runs, ddim: noise scale (0 deterministic, 1 = ddpm)")
+    p.add_argument("--eta", type=float, help="diffusion runs, ddim and dpmpp: fresh noise per step (0 deterministic; "
+                   "ddim 1 = ddpm, dpmpp 1 = its SDE form)")
 
 
 def diffusion_options(run, a: argparse.Namespace) -> dict:

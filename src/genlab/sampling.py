@@ -63,7 +63,7 @@ class NoiseDecoder:
 
 def noise_decoder(model: nn.Module, options: dict | None = None) -> NoiseDecoder | None:
     """The NoiseDecoder that reproduces `model.sample(n, generator=g, labels=y, **options)`, or
-    None when sampling keeps drawing from the generator (DDPM, DDIM with eta > 0, PixelCNN,
+    None when sampling keeps drawing from the generator (DDPM, DDIM or DPM-Solver++ with eta > 0, PixelCNN,
     GraphRNN). Checks the options as `model.sample` would (a ConfigError for bad ones)."""
     from genlab.models.base import LatentVariableModel
     from genlab.models.diffusion.ddpm import Diffusion
@@ -78,7 +78,7 @@ def noise_decoder(model: nn.Module, options: dict | None = None) -> NoiseDecoder
     if isinstance(model, Diffusion):  # Diffusion.sample
         sampler, steps, guidance, eta = model.sampling_options(options.get("sampler"), options.get("steps"),
                                                                options.get("guidance"), options.get("eta"))
-        if not (sampler == "dpmpp" or (sampler == "ddim" and eta == 0)):  # ancestral steps draw noise
+        if sampler == "ddpm" or eta > 0:  # ancestral / stochastic steps draw noise
             return None
         return NoiseDecoder(
             noise=model.initial_noise,

@@ -46,7 +46,7 @@ class GenerateRequest(_Strict):
     sampler: Sampler | None = Field(None, description="diffusion: sampler (default the run's)")
     sampling_steps: Int | None = Field(None, ge=1, le=1000, description="diffusion: model evaluations (<= the run's T)")
     guidance: float | None = Field(None, ge=-20, le=20, description="conditional diffusion and WaveNet: classifier-free guidance w")
-    eta: float | None = Field(None, ge=0, le=1, description="diffusion, ddim: noise scale")
+    eta: float | None = Field(None, ge=0, le=1, description="diffusion, ddim and dpmpp: noise per step (0 deterministic)")
     format: Literal["png", "npz", "json", "wav"] = Field(
         "png", description="png: one grid; npz: images uint8 N x C x H x W and labels; json: one PNG per image "
                            "(graph models answer json, their default). Audio models: wav (their default: the "

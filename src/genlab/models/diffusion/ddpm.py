@@ -10,7 +10,8 @@ inversion); a subclass supplies the network (`build_net`) and the shape of one e
     steps, the same posterior between the strided steps), i.e. DDIM with eta = 1;
   - `ddim`: Song et al. 2021, deterministic at eta = 0, ancestral at eta = 1;
   - `dpmpp`: DPM-Solver++(2M) (Lu et al. 2022), a second-order multistep solver of the
-    probability-flow ODE in data prediction; 10-20 steps.
+    probability-flow ODE in data prediction; 10-20 steps. With eta > 0 its stochastic form
+    (SDE-DPM-Solver++(2M) at eta = 1), which adds fresh noise each step as DDPM does.
 
 The network predicts eps, x0 or v (`model.prediction`); every sampler works on (x0, eps) pairs
 converted from it (schedules.to_x0_eps). Classifier-free guidance (Ho & Salimans 2022): labels
@@ -59,7 +60,7 @@ class ProcessConfig:
     sampler: str = "dpmpp"
     sampling_steps: int = 20
     guidance: float = 1.0
-    eta: float = 0.0  # ddim only
+    eta: float = 0.0  # ddim, dpmpp: fresh noise per step (0 deterministic; ddim 1 = ddpm, dpmpp 1 = its SDE form)
     clip_denoised: float | None = 1.0  # clamp predicted x0 to [-c, c]; null for none
     num_classes: int | None = None  # filled in from the data when left None
 
@@ -253,14 +254,14 @@ class GaussianDiffusion(GenerativeModel):
                 eps = (x - math.sqrt(self.ab(t)) * x0) / math.sqrt(1 - self.ab(t))
             if s < 0:
                 return x0
+            noise = None
+            if eta > 0:
+                noise = torch.randn(x.shape, generator=generator,
+                                    device=generator.device if generator else x.device).to(x.device)
             if sampler == "dpmpp":
-                x = dpmpp_2m_step(x, x0, x0_prev, h_prev, self.ab(t), self.ab(s))
+                x = dpmpp_2m_step(x, x0, x0_prev, h_prev, self.ab(t), self.ab(s), eta, noise)
                 x0_prev, h_prev = x0, log_snr_half(self.ab(s)) - log_snr_half(self.ab(t))
             else:
-                noise = None
-                if eta > 0:
-                    noise = torch.randn(x.shape, generator=generator,
-                                        device=generator.device if generator else x.device).to(x.device)
                 x = ddim_step(x0, eps, self.ab(t), self.ab(s), eta, noise)
         return x  # not reached: the last step always returns
 
@@ -335,17 +336,23 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, ab_t: float, ab_s: float, eta
 
 
 def dpmpp_2m_step(x: torch.Tensor, x0: torch.Tensor, x0_prev: torch.Tensor | None, h_prev: float | None,
-                  ab_t: float, ab_s: float) -> torch.Tensor:
+                  ab_t: float, ab_s: float, eta: float = 0.0, noise: torch.Tensor | None = None) -> torch.Tensor:
     """DPM-Solver++(2M), x_t -> x_s (s < t, ab_s < 1): with h = lambda_s - lambda_t,
-    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^-h - 1) D, where D = x0 on the first step and
-    (1 + 1/(2r)) x0 - 1/(2r) x0_prev after it (r = h_prev / h)."""
+    x_s = (sigma_s / sigma_t) e^(-eta h) x_t + alpha_s (1 - e^(-(1 + eta) h)) D
+          + sigma_s sqrt(1 - e^(-2 eta h)) z,
+    where D = x0 on the first step and (1 + 1/(2r)) x0 - 1/(2r) x0_prev after it (r = h_prev / h).
+    eta = 0 is the ODE solver (x_s = (sigma_s / sigma_t) x_t - alpha_s (e^-h - 1) D); eta = 1 is
+    SDE-DPM-Solver++(2M) (Lu et al. 2022, its midpoint form), noise z ~ N(0, I) needed then."""
     a_s, sg_s, sg_t = math.sqrt(ab_s), math.sqrt(1 - ab_s), math.sqrt(1 - ab_t)
     h = log_snr_half(ab_s) - log_snr_half(ab_t)
     D = x0
     if x0_prev is not None and h_prev is not None:
         r = h_prev / h
         D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-    return (sg_s / sg_t) * x - a_s * math.expm1(-h) * D
+    x = (sg_s / sg_t) * math.exp(-eta * h) * x - a_s * math.expm1(-(1 + eta) * h) * D
+    if eta > 0:
+        x = x + sg_s * math.sqrt(-math.expm1(-2 * eta * h)) * noise
+    return x
 
 
 def guided(model: GaussianDiffusion, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, w: float) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""ddpm-mnist and ddpm-cond-mnist: FID against CPU training time for four samplers, label
+"""ddpm-mnist and ddpm-cond-mnist: FID against CPU training time for five samplers, label
 accuracy of the conditional model, and the `genlab apply` tasks against simple baselines. The
 comparison with diffusers' UNet2DModel and lucidrains' Unet is benchmarks/diffusion_backbones.py
 (each trained by genlab's engine for the same minutes: FLOPs, step time and FID at matched work).
@@ -8,7 +8,7 @@ comparison with diffusers' UNet2DModel and lucidrains' Unet is benchmarks/diffus
 
 Parts (each can be skipped): `train` (ddpm-mnist for the largest --minutes budget, a checkpoint
 kept when training time passes each smaller budget), `fid` (lenet-mnist FID of --n samples for
-DDPM-1000, DDIM-50, DPM-Solver++ 10 and 20 steps at every budget, with samples/s), `cond`
+DDPM-1000, DDIM-50, DPM-Solver++ 10 and 20 steps and 20 in its SDE form at every budget, with samples/s), `cond`
 (ddpm-cond-mnist for --cond-minutes; share of --n samples the MNIST classifier labels as
 requested, at guidance 1 and the preset's w), `apply` (on --apply-n MNIST test images: inpaint
 centre vs mean fill and a vae-mnist trained --vae-minutes; denoise sigma 0.5 vs Gaussian blur and
@@ -67,7 +67,9 @@ from genlab.metrics.sample_quality import FeatureSet, fid
 from genlab.sampling import BATCH
 from genlab.seed import make_generator
 
-SAMPLERS = [("ddpm", "ddpm", 1000), ("ddim50", "ddim", 50), ("dpmpp10", "dpmpp", 10), ("dpmpp20", "dpmpp", 20)]
+# (key, sampler, steps, eta): DDPM's eta is 1 (ancestral); "SDE" is DPM-Solver++(2M)'s stochastic form
+SAMPLERS = [("ddpm", "ddpm", 1000, 1.0), ("ddim50", "ddim", 50, 0.0), ("dpmpp10", "dpmpp", 10, 0.0),
+            ("dpmpp20", "dpmpp", 20, 0.0), ("dpmpp20sde", "dpmpp", 20, 1.0)]
 NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}  # in the tables' order
 PARTS = ("train", "fid", "cond", "apply")
 MOVED = ("compare",)  # parts now in other scripts: --skip accepts them so recorded commands rerun
@@ -160,12 +162,12 @@ def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: Fe
         run = genlab.load(run_dir, ck)
         if a.compile:
             run.compile()
-        for key, sampler, steps in SAMPLERS:
+        for key, sampler, steps, eta in SAMPLERS:
             if key not in a.samplers or (sampler == "ddpm" and a.ddpm_last_only and m != marks[-1]):
                 continue
             if sampler == "ddpm":
                 steps = a.ddpm_steps
-            label = f"{NAMES[sampler]} {steps}"
+            label = f"{NAMES[sampler]} {steps}" + (" SDE" if sampler == "dpmpp" and eta else "")
             n = a.ddpm_n if sampler == "ddpm" else a.n
             extra = {}
             if a.compile and sampler != "ddpm":  # ddpm_chunks warms up when it draws a chunk
@@ -178,7 +180,7 @@ def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: Fe
                     continue
                 images, secs, extra = drawn
             else:
-                images, _ = run.sample(n, seed=a.seed, sampler=sampler, steps=steps)
+                images, _ = run.sample(n, seed=a.seed, sampler=sampler, steps=steps, eta=eta)
                 secs = time.perf_counter() - t0
             feats = ext(images)[0]
             row = {"minutes": m, "checkpoint": ck, "step": run.step, "sampler": label, "steps": steps,
@@ -189,7 +191,7 @@ def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: Fe
                 fs.update(feats[:k])
                 rows.append({**row, "n": k, "of_n": n, "fid": fid(real, fs)})
                 log(f"{m:g} min, {label}: FID {rows[-1]['fid']:.2f} (N={k:,}), {n / secs:.1f} samples/s")
-            if sampler == "dpmpp" and steps == 20:
+            if key == "dpmpp20":
                 save_grid(images[:100], RESULTS / f"{a.name}-{m:g}min.png", nrow=10)
     return rows
 
@@ -440,7 +442,7 @@ def main() -> None:
                                                  "--minutes marks by the train part) instead of training")
     ap.add_argument("--fid-minutes", nargs="+", action="extend", type=float,
                     help="the budgets to measure FID at (default: all)")
-    ap.add_argument("--samplers", nargs="+", action="extend", choices=[k for k, _, _ in SAMPLERS])
+    ap.add_argument("--samplers", nargs="+", action="extend", choices=[k for k, *_ in SAMPLERS])
     ap.add_argument("--cond-minutes", type=float, default=30.0)
     ap.add_argument("--vae-minutes", type=float, default=5.0)
     ap.add_argument("--n", type=int, default=10_000, help="samples per FID / label-accuracy figure")
@@ -464,7 +466,7 @@ def main() -> None:
         a.ddpm_steps, a.ddpm_chunk, a.apply_n, a.inpaint_average = 20, 40, 20, 2
     a.minutes = sorted(a.minutes)
     a.fid_minutes = a.minutes if a.fid_minutes is None else a.fid_minutes
-    a.samplers = a.samplers or [k for k, _, _ in SAMPLERS]
+    a.samplers = a.samplers or [k for k, *_ in SAMPLERS]
     if a.ddpm_chunk < 1:
         ap.error(f"--ddpm-chunk must be >= 1, got {a.ddpm_chunk}")
     if a.inpaint_average < 2:

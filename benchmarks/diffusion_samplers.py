@@ -33,12 +33,20 @@ DEFAULT = ["dpmpp:20:0", "dpmpp:20:1", "dpmpp:50:0", "dpmpp:50:1", "ddim:50:0", 
 NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++(2M)"}
 
 
-def parse_setting(text: str) -> tuple[str, int, float]:
+def parse_setting(text: str, model) -> tuple[str, int, float]:
+    """SAMPLER:STEPS:ETA, checked by the model as `genlab sample` checks its flags (before any sampling)."""
+    from genlab.errors import ConfigError
+
     parts = text.split(":")
-    if len(parts) != 3 or parts[0] not in NAMES:
+    try:
+        sampler, steps, eta = parts[0], int(parts[1]), float(parts[2])
+        if len(parts) != 3:
+            raise ValueError
+        model.sampling_options(sampler, steps, None, eta)
+    except (ValueError, IndexError, ConfigError) as e:
         raise SystemExit(f"--settings: {text!r} is not SAMPLER:STEPS:ETA with SAMPLER one of {', '.join(NAMES)} "
-                         "(e.g. dpmpp:20:1)")
-    return parts[0], int(parts[1]), float(parts[2])
+                         f"(e.g. dpmpp:20:1){': ' + str(e) if isinstance(e, ConfigError) else ''}") from None
+    return sampler, steps, eta
 
 
 def describe(sampler: str, steps: int, eta: float) -> str:
@@ -51,7 +59,7 @@ def checkpoint_of(run) -> dict:
     """What the rows were drawn from: the run, its step and its training minutes, CPU and threads."""
     st = run.checkpoint.state["state"]
     man = json.loads((run.run_dir / "manifest.json").read_text())
-    return {"run_dir": str(run.run_dir), "preset": man["command_line"][2] if len(man["command_line"]) > 2 else None,
+    return {"run_dir": str(run.run_dir), "preset": run.cfg.preset,
             "step": st["step"], "train_minutes": round(st["elapsed"] / 60, 1), "cpu": man.get("cpu_model"),
             "threads": man.get("threads"), "amp": st.get("amp"),
             "trained_by": " ".join(["genlab", *man["command_line"][1:]])}
@@ -113,10 +121,10 @@ def main() -> None:
         return
     if not a.run_dir:
         ap.error("give the run directory to sample (or --render-only)")
-    settings = [parse_setting(s) for s in a.settings]
     run = genlab.load(Path(a.run_dir), a.checkpoint)
     if run.cfg.model_name != "diffusion":
         raise SystemExit(f"{a.run_dir} is a {run.cfg.model_name} run; this benchmark samples image-diffusion runs")
+    settings = [parse_setting(s, run.model) for s in a.settings]
     ckpt = checkpoint_of(run)
     ext = get_extractor("lenet-mnist")
     real = FeatureSet()

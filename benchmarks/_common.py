@@ -97,6 +97,12 @@ def train_of(d: dict, key: str) -> dict | None:
     return (e.get(key, {}).get("train") or e.get(base_key(key), {}).get("train") or {}).get("value")
 
 
+def next_run_id(old: dict) -> str:
+    """The id a new run gets in results `old`: one past every run it lists and its `last_run`
+    (run ids are never reused, even when the rows citing a run were replaced)."""
+    return str(max([old.get("last_run", 0), *map(int, old.get("runs", {}))]) + 1)
+
+
 def merge_parts(old: dict, new: dict[str, dict], command: str, machine: dict, *, top: dict | None = None) -> dict:
     """old results + one process's parts ({row key: {part: value}}) and top-level entries (`top`,
     e.g. {"reference": row}), all cited by a new run id. A key given a new "train" part is a new
@@ -104,7 +110,7 @@ def merge_parts(old: dict, new: dict[str, dict], command: str, machine: dict, *,
     no row cites any more go."""
     out = dict(old)
     runs = out.setdefault("runs", {})
-    rid = str(max([0, *map(int, runs)]) + 1)
+    rid = next_run_id(old)
     runs[rid] = {"command": command, "machine": machine}
     for key, parts in new.items():
         presets = out.setdefault("presets", {})

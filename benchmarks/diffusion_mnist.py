@@ -48,8 +48,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from _common import (RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, pinned_command, results_lock,
-                     train_with_marks, write_results)
+from _common import (RESULTS, RUNS, fresh_run_dir, machine_lines, mean_train_throughput, next_run_id, pinned_command,
+                     results_lock, train_with_marks, write_results)
 
 import numpy as np
 import torch
@@ -306,7 +306,7 @@ def merge(old: dict, new: dict, command: str, machine: dict) -> dict:
     new FID rows of a (budget, sampler) pair replace all older rows of that pair. Runs no part
     cites are dropped; run numbers are never reused."""
     runs = old.get("runs", {})
-    rid = str(max([old.get("last_run", 0), *map(int, runs)]) + 1)
+    rid = next_run_id(old)
     out = {k: v for k, v in old.items() if k != "runs"}
     out["last_run"] = int(rid)
     for part, value in new.items():

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import RESULTS, machine_lines, pinned_command, results_lock, write_results
+from _common import RESULTS, machine_lines, next_run_id, pinned_command, results_lock, write_results
 
 import genlab
 from genlab.bench import machine_info
@@ -132,7 +132,7 @@ def main() -> None:
     command, machine = pinned_command(), machine_info()
     with results_lock(NAME):
         old = json.loads(path.read_text()) if path.exists() else {}
-        rid = str(max([old.get("last_run", 0), *map(int, old.get("runs", {}))]) + 1)
+        rid = next_run_id(old)
     for sampler, steps, eta in settings:
         t0 = time.perf_counter()
         images, _ = run.sample(a.n, seed=0, sampler=sampler, steps=steps, eta=eta)

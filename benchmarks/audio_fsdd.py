@@ -62,7 +62,7 @@ def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int, out: Path
               options: dict | None = None) -> list[dict]:
     """`options`: sampling options of the evaluation (guidance), recorded in each row."""
     rows = []
-    stem = key.replace(" (guidance ", "-w").replace(")", "")
+    stem = key.replace(" (", "-").replace("guidance ", "w").replace(", ", "-").replace(" ", "").replace(")", "")
     for row, _ in evaluate_marks(key, run_dir, train, n, seed, sample_options=options or None,
                                  extras=("judge_test_accuracy", "floor", "real_test", "std")):
         row["samples"] = write_samples(run_dir, row["checkpoint"], f"{stem}-{row['minutes']:g}min", seed, out,
@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--guidance", type=float, help="classifier-free guidance weight of the evaluation (default: the "
                     "preset's); a row of its own, e.g. `--skip train apply --guidance 1` re-scores a trained run")
+    ap.add_argument("--eta", type=float, help="stochasticity of the diffusion sampler's steps (0: the ODE, 1: the SDE "
+                    "form; default: the preset's); a row of its own, like --guidance")
     ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
     ap.add_argument("--smoke", action="store_true", help="tiny budgets and counts: checks the script end to end")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
@@ -192,13 +194,16 @@ def main() -> None:
                               RESULTS, r.get("sample_options"))
         write_results(NAME, d, markdown(d))
         return
+    if a.eta is not None and any(not p.startswith("diffwave") for p in a.preset or PRESETS):
+        ap.error("--eta is a diffusion sampler's option: give --preset diffwave-fsdd with it")
     if a.smoke:
         a.minutes, a.n, a.apply_n = [0.5, 1.0], 20, 4
     command = pinned_command()
-    options = {} if a.guidance is None else {"guidance": a.guidance}
+    options = {k: v for k, v in (("guidance", a.guidance), ("eta", a.eta)) if v is not None}
+    setting = ", ".join(f"{k} {v:g}" for k, v in options.items()) or None
     for preset in a.preset or PRESETS:
         run_dir = RUNS / (preset + ("-smoke" if a.smoke else ""))
-        ekey = setting_key(preset, f"guidance {a.guidance:g}" if options else None)  # rows sampled with other options
+        ekey = setting_key(preset, setting)  # rows sampled with other options
         new: dict = {}
         if "train" not in a.skip:
             new[preset] = {"train": part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed)}

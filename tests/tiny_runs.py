@@ -30,7 +30,7 @@ def train_tiny_runs(base: Path, data_root: Path) -> dict[str, Path]:
 
 AUDIO_RATE, AUDIO_T = 8000, 256
 # data/train overrides shared by the tiny audio runs (diffwave, WaveNet)
-TINY_AUDIO = ["train.test_batches=2", f"data.audio_length={AUDIO_T}", "data.val_size=2", "data.test_size=2", "train.batch_size=4",
+TINY_AUDIO = ["train.amp=off", "train.test_batches=2", f"data.audio_length={AUDIO_T}", "data.val_size=2", "data.test_size=2", "train.batch_size=4",
               "train.eval_batches=1", "train.sample_every=1000"]
 TINY_DIFFWAVE = ["model.residual_channels=8", "model.layers=2", "model.dilation_cycle=2", "model.timesteps=50",
                  "model.sampling_steps=4"] + TINY_AUDIO

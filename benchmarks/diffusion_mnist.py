@@ -22,6 +22,9 @@ work (the last to finish adds the row). --ddpm-last-only runs it for the largest
 --ddpm-n lowers N (the FID of fewer samples is biased upwards, so compare it only with the same N:
 every other sampler's row is then repeated for the first --ddpm-n of its samples).
 
+`--threads 2` (with `taskset -c 0,1`) trains and samples on two threads, into results of its own
+(diffusion-mnist-2thread.json/.md), where the minutes are wall minutes of two cores.
+
 Parts can run in separate processes, one per core: `--run-dir` samples from a ddpm-mnist run the
 `train` part made (its `min-M` checkpoints) instead of training, `--fid-minutes` and `--samplers`
 pick the FID rows. Each process merges its parts into benchmarks/results/diffusion-mnist.json
@@ -341,21 +344,26 @@ def cell(text: str) -> str:
 
 
 def markdown(out: dict, name: str) -> str:
+    threads = sorted({r["machine"]["threads"] for r in out["runs"].values()})
+    one = threads == [1]
+    used = ("one thread (`OMP_NUM_THREADS=1 taskset -c N`)" if one else
+            " or ".join(map(str, threads)) + " threads (`OMP_NUM_THREADS`, `taskset` as its command says); minutes "
+            "are wall minutes of training time, so a minute of N threads is N CPU minutes")
+    minutes = "CPU minutes" if one else "training minutes"
     md = ["# ddpm-mnist: FID against CPU time, samplers, guidance, applications\n",
-          "Each part names the run (command and machine, listed at the end) that measured it; every run "
-          "used one thread (`OMP_NUM_THREADS=1 taskset -c N`).\n"]
+          f"Each part names the run (command and machine, listed at the end) that measured it; every run used {used}.\n"]
     if "train" in out:
         tr = out["train"]
         who = (f"run {tr['run']}" if tr.get("trained_here") else f"`{Path(tr['run_dir']).name}`, trained by the "
                f"train part's call in its own process, read by run {tr['run']}")
         md += [f"Training ({who}): `ddpm-mnist`, {tr['params']:,} parameters, {tr['steps']:,} steps in "
-               f"{tr['minutes']:g} CPU minutes, {tr['images_per_s']:.1f} images/s = "
+               f"{tr['minutes']:g} {minutes}, {tr['images_per_s']:.1f} images/s = "
                f"**{tr['ms_per_step']:.0f} ms per step at batch 64**.\n"]
     if out.get("fid"):
         md += ["FID (lenet-mnist, against the 10,000 test images) of N samples; \"first k of n\" is the FID of "
                "the first k of that sampler's n samples, for comparison with a DDPM row of the same N "
                "(FID is biased upwards at small N).\n",
-               "| CPU minutes | step | sampler | N | FID | samples/s | run |", "|---|---|---|---|---|---|---|"]
+               f"| {minutes} | step | sampler | N | FID | samples/s | run |", "|---|---|---|---|---|---|---|"]
         for r in out["fid"]:
             n = f"{r['n']:,}" if r["n"] == r.get("of_n", r["n"]) else f"first {r['n']:,} of {r['of_n']:,}"
             speed = f"{r['samples_per_s']:.1f}" + (" compiled" if r.get("compiled") else "")
@@ -456,6 +464,8 @@ def main() -> None:
     ap.add_argument("--inpaint-average", type=int, default=4, help="fills averaged in the second inpainting row")
     ap.add_argument("--skip", nargs="+", action="extend", choices=PARTS + MOVED, default=[])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training and sampling; runs on more "
+                    "than one have results of their own, diffusion-mnist-Nthread.json/.md")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json and stop")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny budgets and counts to check the script end to end (results named -smoke)")
@@ -473,7 +483,10 @@ def main() -> None:
         ap.error("--inpaint-average must be >= 2 (the first inpainting row is one fill)")
     if not set(a.fid_minutes) <= set(a.minutes):
         ap.error(f"--fid-minutes {a.fid_minutes} must be among --minutes {a.minutes}")
-    a.name = name = "diffusion-mnist" + ("-smoke" if a.smoke else "")
+    if a.threads < 1:
+        ap.error(f"--threads must be >= 1, got {a.threads}")
+    torch.set_num_threads(a.threads)
+    a.name = name = "diffusion-mnist" + (f"-{a.threads}thread" if a.threads > 1 else "") + ("-smoke" if a.smoke else "")
     command = pinned_command()
     if a.render_only:
         if not (RESULTS / f"{name}.json").is_file():

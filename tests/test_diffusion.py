@@ -213,14 +213,29 @@ def test_ddim_eta0_is_deterministic_from_a_seed():
     # while eta = 1 (ancestral) uses fresh noise at every step
     e = m.sample_from(x_T, m.T - 1, steps=4, sampler="ddim", eta=1.0, generator=make_generator(123))
     assert not torch.equal(a, e)
-    # so does DPM-Solver++ at eta > 0 (its SDE form), reproducibly from a seed; noise_decoder,
-    # which shares one decode among requests, then declines it
+    # so does DPM-Solver++ at eta > 0 (its SDE form), reproducibly from a seed
     f, f2 = (m.sample_from(x_T, m.T - 1, steps=4, sampler="dpmpp", eta=1.0, generator=make_generator(s))
              for s in (123, 123))
     ode = m.sample_from(x_T, m.T - 1, steps=4, sampler="dpmpp", eta=0.0, generator=make_generator(123))
     assert torch.equal(f, f2) and not torch.equal(f, ode)
-    assert noise_decoder(m, {"sampler": "dpmpp", "eta": 1.0}) is None
-    assert noise_decoder(m, {"sampler": "dpmpp", "eta": 0.0}) is not None
+
+
+@pytest.mark.parametrize("sampler,eta", [("dpmpp", 0.0), ("dpmpp", 1.0), ("ddim", 0.0), ("ddim", 0.5), ("ddpm", None)])
+def test_noise_decoder_shares_one_decode_and_gives_each_request_its_own_samples(sampler, eta):
+    """serve batches requests with their own seeds into one decode (sampling.noise_decoder): the
+    stochastic samplers too, whose steps' noise is drawn up front with x_T in `sample`'s order.
+    Each request must get exactly what `sample` gives it alone."""
+    m = _model(conditional=True)
+    opts = {"sampler": sampler, "steps": 4, "guidance": 1.5, **({} if eta is None else {"eta": eta})}
+    dec = noise_decoder(m, opts)
+    y1, y2 = torch.tensor([0, 1]), torch.tensor([2, 2, 0])
+    alone = [m.sample(n, generator=make_generator(s), labels=y, **opts) for n, s, y in [(2, 5, y1), (3, 6, y2)]]
+    z = torch.cat([dec.noise(2, make_generator(5)), dec.noise(3, make_generator(6))])
+    draws = 4 if sampler == "ddpm" else (1 if not eta else 4)  # x_T, then one per step but the last
+    assert z.shape == (5, draws, 1, 8, 8)
+    shared = dec.decode(z, torch.cat([y1, y2]))
+    assert torch.allclose(shared, torch.cat(alone), atol=1e-5)
+    assert not torch.allclose(alone[0], alone[1][:2], atol=1e-3)  # the seeds differ
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])

@@ -86,18 +86,20 @@ def test_samplers_give_reproducible_waveforms_in_range(sampler):
     assert torch.equal(a, b) and not torch.allclose(a, c, atol=1e-3)
 
 
-@pytest.mark.parametrize("sampler", ["dpmpp", "ddim"])
-def test_noise_then_decode_is_sample(sampler):
-    """What sampling.NoiseDecoder relies on (dpmpp, ddim at eta 0): `sample` is initial_noise
-    then a deterministic sample_from, so requests can share one decode of their concatenated
-    noise. (sampling.noise_decoder admits image `Diffusion` models only, for now: see the report.)"""
+@pytest.mark.parametrize("sampler,eta", [("dpmpp", 0.0), ("ddim", 0.0), ("dpmpp", 1.0)])
+def test_noise_then_decode_is_sample(sampler, eta):
+    """What sampling.NoiseDecoder relies on: `sample` is sampling_noise (x_T, and the stochastic
+    steps' noise at eta > 0) then a deterministic sample_from, so requests can share one decode
+    of their concatenated noise. (sampling.noise_decoder admits image `Diffusion` models only, for
+    now: serve draws audio request by request.)"""
     m = _model(conditional=True)
-    opts = dict(sampler=sampler, steps=4, guidance=1.5, eta=0.0)
+    opts = dict(sampler=sampler, steps=4, guidance=1.5, eta=eta)
     y1, y2 = torch.tensor([0, 1]), torch.tensor([2, 2, 0])
     alone1 = m.sample(2, generator=make_generator(5), labels=y1, **opts)
     alone2 = m.sample(3, generator=make_generator(6), labels=y2, **opts)
-    noise = torch.cat([m.initial_noise(2, make_generator(5)), m.initial_noise(3, make_generator(6))])
-    shared = m.sample_from(noise, m.T - 1, steps=4, sampler=sampler, eta=0.0, guidance=1.5,
+    z = torch.cat([m.sampling_noise(2, make_generator(5), steps=4, eta=eta),
+                   m.sampling_noise(3, make_generator(6), steps=4, eta=eta)])
+    shared = m.sample_from(z[:, 0], m.T - 1, steps=4, sampler=sampler, eta=eta, guidance=1.5, noises=z[:, 1:],
                            labels=torch.cat([y1, y2]))
     assert torch.allclose(shared, torch.cat([alone1, alone2]), atol=1e-5)
 

@@ -104,7 +104,7 @@ def test_health_models_static_and_docs(client):
     ("cvae", {"label": 3}),
     ("cvae", {}),
     ("ddpm", {}),  # DPM-Solver++: batched path
-    ("ddpm", {"sampler": "ddim", "sampling_steps": 4, "eta": 0.5}),  # ancestral: alone
+    ("ddpm", {"sampler": "ddim", "sampling_steps": 4, "eta": 0.5}),  # stochastic steps: noise drawn up front
 ])
 def test_generate_equals_genlab_sample(client, runs, tmp_path, model, flags):
     n, seed = 6, 5
@@ -404,16 +404,18 @@ def _count_calls(monkeypatch, obj, name: str, gate: threading.Event | None = Non
     return calls, entered
 
 
-@pytest.mark.parametrize("model, method", [("cvae", "decode_latent"), ("ddpm", "sample_from")])
-def test_concurrent_requests_share_one_forward_pass(runs, monkeypatch, model, method):
+@pytest.mark.parametrize("model, method, options", [("cvae", "decode_latent", {}), ("ddpm", "sample_from", {}),
+                                                    ("ddpm", "sample_from", {"eta": 1.0})])
+def test_concurrent_requests_share_one_forward_pass(runs, monkeypatch, model, method, options):
     app = create_app([runs[model]], max_batch=64, batch_wait_ms=300)
     c = _threaded_client(app)
     run = app.state.served[model].run
-    requests = [{"model": model, "n": n, "seed": s} for n, s in ((3, 1), (1, 2), (5, 3), (2, 4))]
+    requests = [{"model": model, "n": n, "seed": s, **options} for n, s in ((3, 1), (1, 2), (5, 3), (2, 4))]
     if model == "cvae":
         for body, label in zip(requests, (None, 7, 0, 3)):
             body["label"] = label
-    want = [encode_images("png", *run.sample(b["n"], seed=b["seed"], label=b.get("label"))) for b in requests]
+    want = [encode_images("png", *run.sample(b["n"], seed=b["seed"], label=b.get("label"), **options))
+            for b in requests]
     calls, _ = _count_calls(monkeypatch, run.model, method)
     got = [None] * len(requests)
 

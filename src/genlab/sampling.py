@@ -52,10 +52,10 @@ def sample_labels(model: nn.Module, n: int, label: int | None) -> torch.Tensor |
 
 @dataclass(frozen=True)
 class NoiseDecoder:
-    """How a model's `sample` splits into drawing its initial noise and a deterministic rest, for
-    models whose generator is used for nothing else (VAE/GAN prior draws; diffusion with
-    DPM-Solver++ or DDIM at eta = 0). Requests with equal `key`s can then share one `decode`
-    call on their concatenated noise and labels, each getting what `model.sample` gives alone."""
+    """How a model's `sample` splits into drawing all its noise first and a deterministic rest
+    (VAE/GAN prior draws; diffusion: x_T and its stochastic steps' noise). Requests with equal
+    `key`s can then share one `decode` call on their concatenated noise and labels, each getting
+    what `model.sample` gives alone."""
     noise: Callable[[int, torch.Generator], torch.Tensor]  # (n, generator) -> (n, ...) noise
     decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (noise, labels) -> data space
     key: tuple  # the resolved sampling settings
@@ -63,8 +63,10 @@ class NoiseDecoder:
 
 def noise_decoder(model: nn.Module, options: dict | None = None) -> NoiseDecoder | None:
     """The NoiseDecoder that reproduces `model.sample(n, generator=g, labels=y, **options)`, or
-    None when sampling keeps drawing from the generator (DDPM, DDIM or DPM-Solver++ with eta > 0, PixelCNN,
-    GraphRNN). Checks the options as `model.sample` would (a ConfigError for bad ones)."""
+    None when sampling draws from the generator as it goes (PixelCNN, GraphRNN). A diffusion
+    sampler's stochastic steps (DDPM; DDIM or DPM-Solver++ at eta > 0) take noise drawn with x_T
+    (GaussianDiffusion.sampling_noise). Checks the options as `model.sample` would (a ConfigError
+    for bad ones)."""
     from genlab.models.base import LatentVariableModel
     from genlab.models.diffusion.ddpm import Diffusion
 
@@ -78,12 +80,11 @@ def noise_decoder(model: nn.Module, options: dict | None = None) -> NoiseDecoder
     if isinstance(model, Diffusion):  # Diffusion.sample
         sampler, steps, guidance, eta = model.sampling_options(options.get("sampler"), options.get("steps"),
                                                                options.get("guidance"), options.get("eta"))
-        if sampler == "ddpm" or eta > 0:  # ancestral / stochastic steps draw noise
-            return None
         return NoiseDecoder(
-            noise=model.initial_noise,
-            decode=lambda x, y: model.sample_from(x.to(dev), model.T - 1, steps=steps, sampler=sampler, eta=eta,
-                                                  guidance=guidance, labels=None if y is None else y.to(dev)),
+            noise=lambda n, g: model.sampling_noise(n, g, steps=steps, eta=eta),
+            decode=lambda z, y: model.sample_from(z[:, 0].to(dev), model.T - 1, steps=steps, sampler=sampler,
+                                                  eta=eta, guidance=guidance, noises=z[:, 1:],
+                                                  labels=None if y is None else y.to(dev)),
             key=(sampler, steps, guidance, eta))
     return None
 

@@ -359,7 +359,7 @@ def denoise_audio(model, y: torch.Tensor, *, snr_db: float | None = None, sigma:
     L = window_length(model)
     sig = _noise_std(y, snr_db, sigma)
     sampler = sampler or model.cfg.sampler
-    eta = (1.0 if sampler == "ddpm" else model.cfg.eta) if eta is None else eta
+    eta = model.eta_for(sampler, eta)
     # every window of every clip, grouped by its start step t* (one batch per t*); the group's
     # first sigma stands for it: `denoise` maps each of the group's sigmas to the same t*
     segments: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
@@ -406,7 +406,7 @@ def inpaint_audio(model, x: torch.Tensor, fill: torch.Tensor, *, steps: int | No
     L = window_length(model)
     sampler = sampler or model.cfg.sampler
     steps = (model.T if sampler == "ddpm" else model.cfg.sampling_steps) if steps is None else steps
-    eta = (1.0 if sampler == "ddpm" else model.cfg.eta) if eta is None else eta
+    eta = model.eta_for(sampler, eta)
     work, known, off = x.float().clone(), (~fill).clone(), 0  # filled in place, window by window
     if T < L:  # padding is known silence, like the data layer's
         work, off = _pad_centre(work, L, 0.0)

@@ -3,12 +3,13 @@ one at a time, except that consecutive generate jobs with the same key (model se
 grouped, up to `max_batch` images, into one forward pass.
 
 Why grouping gives each request what it would get alone: a request's randomness is its own
-torch.Generator(seed), and for the models grouped here (see genlab.sampling.noise_decoder) that
-generator only draws the initial noise / latent. Each request draws its noise exactly as
-`model.sample` would, the noises (and labels) are concatenated, decoded in one call, and the
-result is split again. Models whose sampling keeps drawing from the generator (DDPM ancestral
-steps, DDIM with eta > 0, PixelCNN, GraphRNN, text) cannot share a generator between requests
-without changing their answers, so they get key None and run alone.
+torch.Generator(seed), and for the models grouped here (see genlab.sampling.noise_decoder) all
+that generator draws can be drawn first: the latent / initial noise, and for a diffusion sampler
+with stochastic steps (DDPM, DDIM or DPM-Solver++ at eta > 0) each step's noise too, in the order
+`model.sample` draws it. The noises (and labels) are concatenated, decoded in one call, and the
+result is split again. Models whose sampling draws as it goes, depending on what it drew
+(PixelCNN, GraphRNN, text), cannot share a generator between requests without changing their
+answers, so they get key None and run alone (text has its own grouping, `text_group`).
 
 Inference runs in the worker, never on the event loop: the endpoint awaits the job's Future.
 """

@@ -230,16 +230,24 @@ class GaussianDiffusion(GenerativeModel):
             raise ConfigError(f"--guidance needs a class-conditional diffusion run (e.g. {self.conditional_example}); "
                               "this one is unconditional: drop --guidance")
         guidance = c.guidance if guidance is None else guidance
-        eta = (1.0 if sampler == "ddpm" else c.eta) if eta is None else eta
-        return sampler, steps, guidance, eta
+        return sampler, steps, guidance, self.eta_for(sampler, eta)
+
+    def eta_for(self, sampler: str, eta: float | None = None) -> float:
+        """The eta `sampler` runs at: `eta` when given, else ddpm's 1 (ancestral by definition)
+        or the config's model.eta for ddim and dpmpp."""
+        if eta is not None:
+            return eta
+        return 1.0 if sampler == "ddpm" else self.cfg.eta
 
     @torch.no_grad()
     def sample_from(self, x: torch.Tensor, start: int, *, steps: int, sampler: str = "dpmpp", eta: float = 0.0,
                     guidance: float = 1.0, labels: torch.Tensor | None = None,
-                    generator: torch.Generator | None = None,
+                    generator: torch.Generator | None = None, noises: torch.Tensor | None = None,
                     x0_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
         """Run the reverse process from x_start (B, ...) at step `start` down to clean data in
-        `steps` model evaluations; returns x0 (B, ...) in data space.
+        `steps` model evaluations; returns x0 (B, ...) in data space. At eta > 0 each step but the
+        last draws fresh noise (B, ...) from `generator`, or takes the next of `noises` (B, k, ...)
+        drawn beforehand (`sampling_noise`).
         `x0_hook(x0, t)` may change each x0 estimate (e.g. a measurement-consistency
         projection); eps is then recomputed to match."""
         ts = self.sampling_timesteps(steps, start)
@@ -255,7 +263,9 @@ class GaussianDiffusion(GenerativeModel):
             if s < 0:
                 return x0
             noise = None
-            if eta > 0:
+            if eta > 0 and noises is not None:
+                noise = noises[:, i].to(x.device)
+            elif eta > 0:
                 noise = torch.randn(x.shape, generator=generator,
                                     device=generator.device if generator else x.device).to(x.device)
             if sampler == "dpmpp":
@@ -268,6 +278,18 @@ class GaussianDiffusion(GenerativeModel):
     def initial_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """The x_T (n, *data_shape()) `sample` starts from, on the generator's device."""
         return torch.randn(n, *self.data_shape(), generator=generator, device=generator.device)
+
+    def sampling_noise(self, n: int, generator: torch.Generator, *, steps: int, eta: float) -> torch.Tensor:
+        """Everything `sample` with these options draws from `generator`, in its order, drawn now:
+        x_T and, at eta > 0, the fresh noise of each of its stochastic steps, as (n, 1 + k, ...).
+        sample_from(z[:, 0], T - 1, ..., noises=z[:, 1:]) then gives what `sample` gives
+        (genlab.sampling.noise_decoder: requests with their own seeds share one batch)."""
+        draws = [self.initial_noise(n, generator)]
+        if eta > 0:  # every step but the last draws (n, ...) noise
+            k = len(self.sampling_timesteps(steps, self.T - 1)) - 1
+            draws += [torch.randn(n, *self.data_shape(), generator=generator, device=generator.device)
+                      for _ in range(k)]
+        return torch.stack(draws, 1)
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator, labels: torch.Tensor | None = None,

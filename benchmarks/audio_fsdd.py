@@ -187,8 +187,9 @@ def main() -> None:
         for key, e in d.get("presets", {}).items() if a.rewrite_samples else ():
             preset = base_key(key)
             trained = d["presets"].get(preset, {}).get("train", {}).get("run")
-            if "eval" not in e or trained is None or int(e["eval"]["run"]) < int(trained):
-                continue  # evaluated from an earlier run of the preset, which RUNS/preset no longer holds
+            if "eval" not in e or trained is None or int(e["eval"]["run"]) < int(trained) \
+                    or not (RUNS / preset).is_dir():
+                continue  # evaluated from an earlier run of the preset (or a renamed row), not in RUNS/preset
             for r in e["eval"]["value"]:
                 write_samples(RUNS / preset, r["checkpoint"], r["samples"][len(NAME) + 1:-len(".wav")], a.seed,
                               RESULTS, r.get("sample_options"))

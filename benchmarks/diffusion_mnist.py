@@ -194,8 +194,10 @@ def sampler_rows(run_dir, ckpts: list[str], marks: list[float], a, ext, real: Fe
                 fs.update(feats[:k])
                 rows.append({**row, "n": k, "of_n": n, "fid": fid(real, fs)})
                 log(f"{m:g} min, {label}: FID {rows[-1]['fid']:.2f} (N={k:,}), {n / secs:.1f} samples/s")
-            if key == "dpmpp20":
+            if key == ("dpmpp20" if "dpmpp20" in a.samplers else a.samplers[0]):  # the mark's grid of samples
                 save_grid(images[:100], RESULTS / f"{a.name}-{m:g}min.png", nrow=10)
+                for r in rows[-len(subsets):]:
+                    r["grid"] = True
     return rows
 
 
@@ -382,7 +384,9 @@ def markdown(out: dict, name: str) -> str:
                          "before the clock started.")
         md += ["", " ".join(notes)] if notes else []
         for m in sorted({r["minutes"] for r in out["fid"]}):
-            md += ["", f"Samples (DPM-Solver++ 20 steps) after {m:g} minutes:\n", f"![samples]({name}-{m:g}min.png)"]
+            drawn = [r for r in out["fid"] if r["minutes"] == m and r.get("grid")]  # the newest grid's sampler
+            by = max(drawn, key=lambda r: int(r["run"]))["sampler"] if drawn else "DPM-Solver++ 20"
+            md += ["", f"Samples ({by}) after {m:g} minutes:\n", f"![samples]({name}-{m:g}min.png)"]
         md += [""]
     if out.get("cond"):
         c = out["cond"]

@@ -231,7 +231,7 @@ def test_noise_decoder_shares_one_decode_and_gives_each_request_its_own_samples(
     y1, y2 = torch.tensor([0, 1]), torch.tensor([2, 2, 0])
     alone = [m.sample(n, generator=make_generator(s), labels=y, **opts) for n, s, y in [(2, 5, y1), (3, 6, y2)]]
     z = torch.cat([dec.noise(2, make_generator(5)), dec.noise(3, make_generator(6))])
-    draws = 4 if sampler == "ddpm" else (1 if not eta else 4)  # x_T, then one per step but the last
+    draws = 1 if eta == 0 else 4  # x_T, then (ddpm, eta > 0) one per step but the last
     assert z.shape == (5, draws, 1, 8, 8)
     shared = dec.decode(z, torch.cat([y1, y2]))
     assert torch.allclose(shared, torch.cat(alone), atol=1e-5)

@@ -65,6 +65,38 @@ def test_tokenizer_names_uncovered_characters_and_unknown_tokens():
     assert again.tokens == tok.tokens and again.kind == "smiles"
 
 
+def test_kekule_corpus_has_no_aromatic_atoms_and_reads_back_as_the_same_molecules():
+    """data.kekulize: the SMILES a run trains on and encodes are written with explicit single and
+    double bonds: no aromatic (lowercase) atom is left, RDKit reads each back as the molecule it
+    was, and the run's tokenizer.json keeps the flag (old files, without it, read as aromatic)."""
+    from genlab.data.text import tokenizer_from_json
+
+    canon = [M.canonical(s) for s in ["c1ccccc1O", "Cc1ccncc1", "O=C(Nc1ccc2[nH]ccc2c1)C1CC1", "CCOC(=O)Cl"]]
+    tok = D.MoleculeTokenizer.train("smiles", "\n".join(D._corpus(canon, "smiles", kekulize=True)), kekulize=True)
+    kek = tok.corpus(canon)
+    assert kek[3] == canon[3] and kek[0] != canon[0]  # nothing aromatic in the ester: unchanged
+    for k, c in zip(kek, canon):
+        assert not [t for t in tok.split(k) if t.strip("[]")[:1].islower()], k
+        assert M.canonical(k) == c
+    assert "c" in D.MoleculeTokenizer("smiles", []).corpus(canon)[0]  # without the flag: as given
+    back = tokenizer_from_json(tok.to_json())
+    assert back.kekulize and back.tokens == tok.tokens and back.corpus(canon) == kek
+    assert not tokenizer_from_json(D.MoleculeTokenizer("smiles", ["C", "\n"]).to_json()).kekulize
+
+
+def test_kekulize_in_the_data_layer(tmp_path):
+    """A data.kekulize run's corpus and vocabulary hold no aromatic atom; its molecules for the
+    metrics stay canonical (aromatic) SMILES."""
+    from genlab.config import DataConfig
+
+    path = tmp_path / "m.smi"
+    path.write_text("\n".join(["c1ccccc1O", "Cc1ccncc1", "c1ccc2[nH]ccc2c1", "CCO", "CC(=O)Nc1ccccc1", "OCc1ccco1"]))
+    data = D.load_molecule_data(DataConfig(dataset="smiles", tokenizer="smiles", path=str(path), kekulize=True,
+                                           val_size=2), tmp_path, block_size=16)
+    assert data.tokenizer.kekulize and not [t for t in data.tokenizer.tokens if t.strip("[]")[:1].islower()]
+    assert any("c" in s for s in data.train_smiles)  # canonical, aromatic: what generated molecules are scored against
+
+
 def test_selfies_tokenizer_round_trips_molecules():
     smiles = [M.canonical(s) for s in zinc(200)]
     corpus = D._corpus(smiles, "selfies")
@@ -293,3 +325,5 @@ def test_smiles_dataset_needs_a_molecule_tokenizer():
     assert resolve("smiles-lstm-moses").data.dataset == "smiles"
     with pytest.raises(ConfigError, match="set data.tokenizer=smiles or selfies"):
         resolve("smiles-gpt-moses", ["data.tokenizer=char"])
+    with pytest.raises(ConfigError, match="data.kekulize .* needs data.tokenizer=smiles"):
+        resolve("smiles-gpt-moses", ["data.tokenizer=selfies", "data.kekulize=true"])

@@ -66,6 +66,8 @@ class DataConfig:
     tokenizer: str = "char"  # text: char | bpe (byte-level BPE trained on the corpus) | smiles | selfies
     #                          (molecules: data.path is a CSV/SMI of SMILES, one molecule a line; genlab.data.molecules)
     column: str = "SMILES"  # molecules: the CSV column holding SMILES
+    kekulize: bool = False  # molecules, tokenizer smiles: train on Kekule SMILES (explicit single and double bonds,
+    #                         no aromatic lowercase atoms), which a model cannot write as an unkekulizable ring
     max_molecules: int | None = None  # molecules: a fixed random choice of this many lines; None = all
     reference_size: int | None = None  # molecules: evaluate against this many reference molecules; None = all
     # text: how batches cut the corpus, set from the model (its `text_batches`), not a choice: null = windows of
@@ -388,6 +390,8 @@ def validate_run(cfg: RunConfig) -> None:
          f"data.dataset=smiles reads molecules: set data.tokenizer=smiles or selfies, got {d.tokenizer!r}"),
         (d.tokenizer in ("char", "bpe", "smiles", "selfies"),
          f"data.tokenizer must be char, bpe, smiles or selfies, got {d.tokenizer!r}"),
+        (not d.kekulize or d.tokenizer == "smiles",
+         f"data.kekulize rewrites SMILES in Kekule form: it needs data.tokenizer=smiles, got {d.tokenizer!r}"),
         (d.max_molecules is None or d.max_molecules >= 2, "data.max_molecules must be >= 2, or null for all"),
         (d.reference_size is None or d.reference_size >= 2, "data.reference_size must be >= 2, or null for all"),
         (d.batches == reads, f"data.batches follows the model ({cfg.model_name} reads {reads or 'windows'}): "

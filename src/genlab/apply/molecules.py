@@ -38,7 +38,7 @@ TILE = 200  # pixels a side of a drawn frame
 def read_pair(path: str | Path, tokenizer, column: str = "SMILES") -> list[str]:
     """The two molecules of `path` as canonical SMILES; a one-line DataError for another count,
     an invalid SMILES or a token outside the run's vocabulary (each naming the line)."""
-    from genlab.data.molecules import _corpus, read_smiles_lines
+    from genlab.data.molecules import read_smiles_lines
     from genlab.metrics.molecules import canonical
 
     strings, lines = read_smiles_lines(Path(path), column)
@@ -50,7 +50,7 @@ def read_pair(path: str | Path, tokenizer, column: str = "SMILES") -> list[str]:
         if c is None:
             raise DataError(f"{path} line {n}: {s[:60]!r} is not a valid SMILES")
         try:
-            tokenizer.encode(_corpus([c], tokenizer.kind)[0])
+            tokenizer.encode(tokenizer.corpus([c])[0])
         except DataError as e:
             raise DataError(f"{path} line {n}: {e}") from None
         out.append(c)

@@ -66,20 +66,26 @@ def is_molecule_config(data_cfg) -> bool:
 
 class MoleculeTokenizer:
     """One id per SMILES token (atoms, bonds, branches, ring closures) or SELFIES symbol seen in
-    the corpus, plus "\\n" (the molecule separator); sorted, so the same corpus gives the same ids."""
+    the corpus, plus "\\n" (the molecule separator); sorted, so the same corpus gives the same ids.
+    `kekulize`: the run reads SMILES in Kekule form (data.kekulize; `corpus` writes them so)."""
 
-    def __init__(self, kind: str, tokens: list[str]):
+    def __init__(self, kind: str, tokens: list[str], *, kekulize: bool = False):
         if kind not in MOLECULE_TOKENIZERS:
             raise ConfigError(f"molecule tokenizer must be smiles or selfies, got {kind!r}")
         self.kind = kind
+        self.kekulize = kekulize
         self.tokens = list(tokens)
         self.stoi = {t: i for i, t in enumerate(self.tokens)}
         self.pattern = SMILES_TOKEN if kind == "smiles" else SELFIES_TOKEN
 
     @classmethod
-    def train(cls, kind: str, text: str) -> "MoleculeTokenizer":
+    def train(cls, kind: str, text: str, *, kekulize: bool = False) -> "MoleculeTokenizer":
         tok = cls(kind, [])
-        return cls(kind, sorted(set(tok.split(text)) | {SEP}))
+        return cls(kind, sorted(set(tok.split(text)) | {SEP}), kekulize=kekulize)
+
+    def corpus(self, smiles: list[str]) -> list[str]:
+        """Canonical SMILES as this tokenizer reads them (Kekule SMILES, SELFIES, or as they are)."""
+        return _corpus(smiles, self.kind, self.kekulize)
 
     @property
     def vocab_size(self) -> int:
@@ -127,7 +133,8 @@ class MoleculeTokenizer:
             return ""
 
     def to_json(self) -> str:
-        return json.dumps({"genlab_tokenizer": self.kind, "tokens": self.tokens}, ensure_ascii=False)
+        extra = {"kekulize": True} if self.kekulize else {}
+        return json.dumps({"genlab_tokenizer": self.kind, "tokens": self.tokens, **extra}, ensure_ascii=False)
 
 
 def _selfies():
@@ -395,10 +402,11 @@ class MoleculeRows(MoleculeData):
                           device)
 
 
-def _corpus(smiles: list[str], kind: str) -> list[str]:
-    """The molecules as the tokenizer reads them: canonical SMILES, or their SELFIES."""
+def _corpus(smiles: list[str], kind: str, kekulize: bool = False) -> list[str]:
+    """The molecules as the tokenizer reads them: canonical SMILES (in Kekule form with
+    `kekulize`), or their SELFIES."""
     if kind == "smiles":
-        return smiles
+        return [kekule_smiles(s) for s in smiles] if kekulize else smiles
     sf = _selfies()
     out = []
     for s in smiles:
@@ -407,6 +415,18 @@ def _corpus(smiles: list[str], kind: str) -> list[str]:
         except Exception as e:  # noqa: BLE001  (selfies.EncoderError for molecules it cannot express)
             raise DataError(f"SELFIES cannot encode {s!r} ({type(e).__name__}); use data.tokenizer=smiles") from None
     return out
+
+
+def kekule_smiles(smiles: str) -> str:
+    """`smiles` written with explicit single and double bonds and no aromatic atoms (RDKit's
+    canonical Kekule SMILES); RDKit reads it back as the same molecule."""
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise DataError(f"not a valid SMILES: {smiles!r}")
+    Chem.Kekulize(mol, clearAromaticFlags=True)
+    return Chem.MolToSmiles(mol, kekuleSmiles=True)
 
 
 def encode_molecules(tok: MoleculeTokenizer, molecules: list[str], chunk: int = 50_000) -> torch.Tensor:
@@ -444,8 +464,11 @@ def load_molecule_data(cfg, root, *, block_size: int, tokenizer_path=None) -> Mo
     is_val[val_idx] = True
     train_smiles = [s for s, v in zip(mols.smiles, is_val) if not v]
     val_smiles = [s for s, v in zip(mols.smiles, is_val) if v]
-    kind = cfg.tokenizer
-    train_text, val_text = _corpus(train_smiles, kind), _corpus(val_smiles, kind)
+    kind, kekulize = cfg.tokenizer, bool(getattr(cfg, "kekulize", False))
+    t0 = time.perf_counter()
+    train_text, val_text = _corpus(train_smiles, kind, kekulize), _corpus(val_smiles, kind, kekulize)
+    if kekulize:
+        log.info("wrote %d molecules in Kekule form in %.1f s", n, time.perf_counter() - t0)
     cond, train_seq, val_seq = None, train_text, val_text
     if getattr(cfg, "condition", None):  # a property-bin token before each molecule (genlab.data.molecule_condition)
         cond, train_seq, val_seq = _conditioned(cfg, path, mols, is_val, train_text, val_text)
@@ -454,10 +477,13 @@ def load_molecule_data(cfg, root, *, block_size: int, tokenizer_path=None) -> Mo
         if not isinstance(tok, MoleculeTokenizer) or tok.kind != kind:
             raise ConfigError(f"the run's tokenizer is {getattr(tok, 'kind', '?')}, not {kind}; keep the run's "
                               "data.tokenizer")
+        if tok.kekulize != kekulize:
+            raise ConfigError(f"the run's tokenizer reads {'Kekule' if tok.kekulize else 'aromatic'} SMILES; keep "
+                              "the run's data.kekulize")
     else:
-        tok = MoleculeTokenizer.train(kind, SEP.join(train_text + val_text))
+        tok = MoleculeTokenizer.train(kind, SEP.join(train_text + val_text), kekulize=kekulize)
         if cond is not None:  # after the SMILES tokens, which keep an unconditioned run's ids
-            tok = MoleculeTokenizer(kind, tok.tokens + cond.tokens)
+            tok = MoleculeTokenizer(kind, tok.tokens + cond.tokens, kekulize=kekulize)
     if cond is not None:
         from genlab.data.molecule_condition import check_condition_tokens
 

@@ -113,7 +113,7 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     if d.get("genlab_tokenizer") in ("smiles", "selfies"):  # molecule runs (genlab.data.molecules)
         from genlab.data.molecules import MoleculeTokenizer
 
-        return MoleculeTokenizer(d["genlab_tokenizer"], d["tokens"])
+        return MoleculeTokenizer(d["genlab_tokenizer"], d["tokens"], kekulize=d.get("kekulize", False))
     from genlab.extras import require
 
     HFTokenizer = require("tokenizers", "text", "a BPE-tokenized text run").Tokenizer

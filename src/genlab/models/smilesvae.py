@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from genlab.data.molecules import SEP, _corpus, pad_molecules
+from genlab.data.molecules import SEP, pad_molecules
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
 from genlab.registry import register
@@ -188,7 +188,7 @@ class SmilesVAE(GenerativeModel):
         """The encoder means (N, latent_dim) of molecules given as the run's training data reads
         them (canonical SMILES; SELFIES runs translate them). DataError naming a token outside the
         run's vocabulary."""
-        rows = [tokenizer.encode(s) for s in _corpus(list(smiles), tokenizer.kind)]
+        rows = [tokenizer.encode(s) for s in tokenizer.corpus(list(smiles))]
         batch = pad_molecules(rows, tokenizer.stoi[SEP])
         dev = self.embed.weight.device
         was_training = self.training

@@ -1,8 +1,9 @@
 """Diffusion UNets at matched work: genlab's ddpm-mnist UNet, diffusers' UNet2DModel and
 denoising-diffusion-pytorch's Unet (`model.backbone`, genlab.models.diffusion.backbones), each
 trained by genlab's engine on MNIST with everything else equal (ddpm-mnist's v-prediction, cosine
-schedule, batch, optimiser, learning-rate schedule, EMA, and its DPM-Solver++ 20-step sampler) for
-the same CPU minutes. Per backbone: parameters, training FLOPs per step (forward and backward of one
+schedule, batch, optimiser, learning-rate schedule, EMA, and its DPM-Solver++ 20-step sampler:
+the ODE in the recorded runs of 2026-12-04, the SDE form (model.eta=1) since the preset's change
+of 2026-12-05) for the same CPU minutes. Per backbone: parameters, training FLOPs per step (forward and backward of one
 batch, counted by torch.utils.flop_counter), ms per step (the training log's mean), and FID
 (lenet-mnist, --n samples) at each minute mark.
 

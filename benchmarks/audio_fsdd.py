@@ -62,7 +62,7 @@ def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int, out: Path
               options: dict | None = None) -> list[dict]:
     """`options`: sampling options of the evaluation (guidance), recorded in each row."""
     rows = []
-    stem = key.replace(" (", "-").replace("guidance ", "w").replace(", ", "-").replace(" ", "").replace(")", "")
+    stem = base_key(key) + "".join(f"-{'w' if k == 'guidance' else k}{v:g}" for k, v in (options or {}).items())
     for row, _ in evaluate_marks(key, run_dir, train, n, seed, sample_options=options or None,
                                  extras=("judge_test_accuracy", "floor", "real_test", "std")):
         row["samples"] = write_samples(run_dir, row["checkpoint"], f"{stem}-{row['minutes']:g}min", seed, out,

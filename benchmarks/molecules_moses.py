@@ -8,9 +8,12 @@ the published MOSES rows and genlab's own train-vs-test reference row.
     # the conditioned row (goal-directed generation: QED bins, success rate for the top bin):
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/molecules_moses.py --preset smiles-lstm-moses \\
         --condition qed --skip reference
-    # a rerun kept beside the preset's rows instead of replacing them (e.g. on another machine):
+    # a rerun kept beside the preset's rows instead of replacing them (e.g. on another machine), or a
+    # recipe variant (--set needs a --tag):
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/molecules_moses.py --preset smiles-vae-moses \\
         --tag amd-epyc --skip reference
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/molecules_moses.py --preset smiles-vae-moses \\
+        --set data.kekulize=true --tag kekule --skip reference
     .venv/bin/python benchmarks/molecules_moses.py --smoke       # end to end in a few minutes
 
 Presets: every molecule preset of genlab.presets (named *-moses, or reading SMILES/SELFIES:
@@ -248,9 +251,13 @@ def main() -> None:
                     help="evaluate only the checkpoints of these marks (default: every mark the run kept)")
     ap.add_argument("--tag", help="keep this run's rows apart from the preset's own (its key becomes "
                                   "`PRESET [TAG]`, its run directory PRESET-TAG), e.g. a rerun on another machine")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides of the preset for training (a recipe variant: needs --tag)")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets and counts: checks the script end to end")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
     a = ap.parse_args()
+    if a.set and not a.tag:
+        ap.error("--set needs --tag (a name for the recipe's rows)")
     if a.tag and any(c in a.tag for c in "()[]/"):
         raise SystemExit(f"--tag {a.tag!r}: no parentheses, brackets or slashes (it names rows and a folder)")
     unknown = [p for p in a.preset or () if p not in presets]
@@ -279,7 +286,7 @@ def main() -> None:
         setting = ", ".join([f"temperature {a.temperature:g}"] * (a.temperature != 1)
                             + ["SMILES syntax"] * a.smiles_syntax)
         ekey = setting_key(key, setting or None)  # rows sampled at T or under the grammar
-        ov = overrides + ([f"data.condition={a.condition}"] if a.condition else [])
+        ov = overrides + ([f"data.condition={a.condition}"] if a.condition else []) + a.set
         run_dir = RUNS / (preset + (f"-{a.condition}" if a.condition else "") + (f"-{a.tag}" if a.tag else "")
                           + ("-smoke" if a.smoke else ""))
         new: dict = {}

@@ -46,11 +46,17 @@ PARTS = ("train", "eval", "apply")
 NAME = "audio-fsdd"
 
 
-def part_train(preset: str, run_dir: Path, marks: list[float], seed: int) -> dict:
+def run_folder(key: str) -> str:
+    """The run folder (under RUNS) of a run's row key: PRESET, or PRESET-TAG for `PRESET [TAG]`."""
+    return key.replace(" [", "-").rstrip("]")
+
+
+def part_train(preset: str, run_dir: Path, marks: list[float], seed: int, overrides: list[str]) -> dict:
     t0 = time.time()
-    res, ckpts, steps = train_with_marks(preset, run_dir, marks, seed, threads=torch.get_num_threads())
+    res, ckpts, steps = train_with_marks(preset, run_dir, marks, seed, threads=torch.get_num_threads(),
+                                         overrides=overrides)
     run = genlab.load(run_dir)
-    return {"preset": preset, "marks": marks, "checkpoints": ckpts, "steps": steps,
+    return {"preset": preset, "overrides": overrides, "marks": marks, "checkpoints": ckpts, "steps": steps,
             "train_seconds": round(res.state.elapsed, 1), "wall_seconds": round(time.time() - t0, 1),
             "samples_per_s": round(mean_train_throughput(run_dir)),
             "batch_size": run.cfg.train.batch_size, "audio_length": run.meta["audio_length"],
@@ -60,9 +66,10 @@ def part_train(preset: str, run_dir: Path, marks: list[float], seed: int) -> dic
 
 def part_eval(key: str, run_dir: Path, train: dict, n: int, seed: int, out: Path,
               options: dict | None = None) -> list[dict]:
-    """`options`: sampling options of the evaluation (guidance), recorded in each row."""
+    """`options`: sampling options of the evaluation (guidance), recorded in each row. Sample files are
+    named after the run's folder (PRESET or PRESET-TAG) and the options."""
     rows = []
-    stem = base_key(key) + "".join(f"-{'w' if k == 'guidance' else k}{v:g}" for k, v in (options or {}).items())
+    stem = run_dir.name + "".join(f"-{'w' if k == 'guidance' else k}{v:g}" for k, v in (options or {}).items())
     for row, _ in evaluate_marks(key, run_dir, train, n, seed, sample_options=options or None,
                                  extras=("judge_test_accuracy", "floor", "real_test", "std")):
         row["samples"] = write_samples(run_dir, row["checkpoint"], f"{stem}-{row['minutes']:g}min", seed, out,
@@ -176,22 +183,30 @@ def main() -> None:
     ap.add_argument("--eta", type=float, help="stochasticity of the diffusion sampler's steps (0: the ODE, 1: the SDE "
                     "form; default: the preset's); a row of its own, like --guidance")
     ap.add_argument("--skip", nargs="+", choices=PARTS, default=[])
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides of the preset for training (a recipe variant: needs --tag)")
+    ap.add_argument("--tag", help="keep this run's rows apart from the preset's own: its key becomes `PRESET [TAG]`, "
+                                  "its run folder and sample files PRESET-TAG")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets and counts: checks the script end to end")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
     ap.add_argument("--rewrite-samples", action="store_true",
                     help="with --render-only: draw the sample WAVs/PNGs of every evaluated checkpoint again")
     a = ap.parse_args()
+    if a.set and not a.tag:
+        ap.error("--set needs --tag (a name for the recipe's rows)")
+    if a.tag and any(c in a.tag for c in "()[]/ "):
+        ap.error(f"--tag {a.tag!r}: no spaces, parentheses, brackets or slashes (it names rows and files)")
     path = RESULTS / f"{NAME}.json"
     if a.render_only:
         d = json.loads(path.read_text())
         for key, e in d.get("presets", {}).items() if a.rewrite_samples else ():
-            preset = base_key(key)
-            trained = d["presets"].get(preset, {}).get("train", {}).get("run")
-            if "eval" not in e or trained is None or int(e["eval"]["run"]) < int(trained) \
-                    or not (RUNS / preset).is_dir():
-                continue  # evaluated from an earlier run of the preset (or a renamed row), not in RUNS/preset
+            run_key = base_key(key)
+            trained = d["presets"].get(run_key, {}).get("train", {}).get("run")
+            folder = RUNS / run_folder(run_key)
+            if "eval" not in e or trained is None or int(e["eval"]["run"]) < int(trained) or not folder.is_dir():
+                continue  # evaluated from an earlier run of the preset (or a renamed row), not in its folder
             for r in e["eval"]["value"]:
-                write_samples(RUNS / preset, r["checkpoint"], r["samples"][len(NAME) + 1:-len(".wav")], a.seed,
+                write_samples(folder, r["checkpoint"], r["samples"][len(NAME) + 1:-len(".wav")], a.seed,
                               RESULTS, r.get("sample_options"))
         write_results(NAME, d, markdown(d))
         return
@@ -203,17 +218,18 @@ def main() -> None:
     options = {k: v for k, v in (("guidance", a.guidance), ("eta", a.eta)) if v is not None}
     setting = ", ".join(f"{k} {v:g}" for k, v in options.items()) or None
     for preset in a.preset or PRESETS:
-        run_dir = RUNS / (preset + ("-smoke" if a.smoke else ""))
-        ekey = setting_key(preset, setting)  # rows sampled with other options
+        key = preset + (f" [{a.tag}]" if a.tag else "")
+        run_dir = RUNS / (run_folder(key) + ("-smoke" if a.smoke else ""))
+        ekey = setting_key(key, setting)  # rows sampled with other options
         new: dict = {}
         if "train" not in a.skip:
-            new[preset] = {"train": part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed)}
-        train = new[preset]["train"] if new else previous_part(path, preset, "train")
+            new[key] = {"train": part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed, a.set)}
+        train = new[key]["train"] if new else previous_part(path, key, "train")
         if "eval" not in a.skip:
             new.setdefault(ekey, {})["eval"] = part_eval(ekey, run_dir, train, a.n, a.seed,
                                                          run_dir if a.smoke else RESULTS, options)
         if "apply" not in a.skip and preset.startswith("diffwave"):
-            new.setdefault(preset, {})["apply"] = part_apply(run_dir, a.apply_n, a.seed)
+            new.setdefault(key, {})["apply"] = part_apply(run_dir, a.apply_n, a.seed)
         machine = machine_info()
         if a.smoke:
             print(json.dumps(new, indent=1, default=str))

@@ -67,7 +67,7 @@ def evaluate_marks(key: str, run_dir: Path, train: dict, n: int, seed: int, extr
     for mark, ck, step in zip(train["marks"], train["checkpoints"], train["steps"]):
         if marks is not None and mark not in marks:
             continue
-        report = evaluate(run_dir, n=n, seed=seed, checkpoint=ck, out=run_dir / f"report-{ck}.json", **kw)
+        report = evaluate(run_dir, n=n, seed=seed, checkpoint=ck, out=run_dir / report_name(key, ck), **kw)
         m = report["metrics"]
         row = {"preset": key, "minutes": mark, "checkpoint": ck, "step": step, "n": n,
                "eval_seconds": report["seconds"]}
@@ -79,6 +79,16 @@ def evaluate_marks(key: str, run_dir: Path, train: dict, n: int, seed: int, extr
                 if extra in v:
                     row[f"{k}_{extra}"] = v[extra]
         yield row, m
+
+
+def report_name(key: str, ck: str) -> str:
+    """The report file of row `key`'s evaluation of checkpoint `ck`: report-CK.json, with the row's
+    sampling setting in the name (report-CK-temperature-0.9.json), so evaluations of one checkpoint
+    at several settings, possibly at the same time on two cores, keep their own reports."""
+    setting = key[len(base_key(key)):].strip(" ()").lower()
+    slug = "".join(c if c.isalnum() or c == "." else "-" for c in setting)
+    slug = "-".join(filter(None, slug.split("-")))
+    return f"report-{ck}-{slug}.json" if slug else f"report-{ck}.json"
 
 
 def setting_key(key: str, setting: str | None) -> str:
@@ -138,11 +148,12 @@ def previous_part(path: Path, key: str, part: str) -> dict:
 
 
 def machine_lines(m: dict) -> str:
-    bf16 = "yes (train.amp=auto probes each model's step)" if m["bf16_autocast"] else "no"
+    bf16 = "yes (a run's train.amp decides its precision: auto probes the model's own step)" \
+        if m["bf16_autocast"] else "no"
     return (f"- CPU: **{m['cpu_model']}**, {m['threads']} threads; torch {m['torch']}, genlab {m['genlab']} "
             f"(commit {m['git_commit']})\n"
             f"- matmul peak measured in this run: fp32 {m['matmul_fp32_gflops']} GFLOP/s, "
-            f"bf16 {m['matmul_bf16_gflops']} GFLOP/s; bf16 fast here: {bf16}\n"
+            f"bf16 {m['matmul_bf16_gflops']} GFLOP/s; bf16 matmul fast here: {bf16}\n"
             f"- date: {m['date']}\n")
 
 

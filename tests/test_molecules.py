@@ -139,6 +139,17 @@ def test_a_few_invalid_lines_are_counted_and_named_not_dropped_silently(tmp_path
     assert again.cached and again.smiles == mols.smiles and again.invalid == mols.invalid
 
 
+def test_the_molecule_cache_follows_the_file_content_not_its_path_or_time(tmp_path):
+    rows = zinc(12)
+    D.load_molecules(write_csv(tmp_path / "a.csv", rows, header="smiles"))
+    (tmp_path / "copy").mkdir()
+    copy = write_csv(tmp_path / "copy" / "b.csv", rows, header="smiles")  # a fresh checkout: new path and mtime
+    assert D.load_molecules(copy).cached
+    edited = write_csv(tmp_path / "c.csv", rows[:-1] + ["CCO"], header="smiles")
+    again = D.load_molecules(edited)
+    assert not again.cached and again.smiles[-1] == "CCO"
+
+
 def test_wrong_column_and_smi_files(tmp_path):
     with pytest.raises(ConfigError, match="no column 'SMILES' .*set data.column"):
         D.load_molecules(write_csv(tmp_path / "x.csv", ["CCO"], header="name,mol"))

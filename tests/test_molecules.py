@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from genlab.errors import ConfigError, DataError
 from tests.conftest import DATA, main_fails_in_one_line, run_cli
@@ -84,17 +85,20 @@ def test_kekule_corpus_has_no_aromatic_atoms_and_reads_back_as_the_same_molecule
     assert not tokenizer_from_json(D.MoleculeTokenizer("smiles", ["C", "\n"]).to_json()).kekulize
 
 
-def test_kekulize_in_the_data_layer(tmp_path):
+def test_kekulize_in_the_data_layer(tmp_path, monkeypatch):
     """A data.kekulize run's corpus and vocabulary hold no aromatic atom; its molecules for the
-    metrics stay canonical (aromatic) SMILES."""
+    metrics stay canonical (aromatic) SMILES. The Kekule corpus is cached: a second load reads it."""
     from genlab.config import DataConfig
 
     path = tmp_path / "m.smi"
     path.write_text("\n".join(["c1ccccc1O", "Cc1ccncc1", "c1ccc2[nH]ccc2c1", "CCO", "CC(=O)Nc1ccccc1", "OCc1ccco1"]))
-    data = D.load_molecule_data(DataConfig(dataset="smiles", tokenizer="smiles", path=str(path), kekulize=True,
-                                           val_size=2), tmp_path, block_size=16)
+    cfg = DataConfig(dataset="smiles", tokenizer="smiles", path=str(path), kekulize=True, val_size=2)
+    data = D.load_molecule_data(cfg, tmp_path, block_size=16)
     assert data.tokenizer.kekulize and not [t for t in data.tokenizer.tokens if t.strip("[]")[:1].islower()]
     assert any("c" in s for s in data.train_smiles)  # canonical, aromatic: what generated molecules are scored against
+    monkeypatch.setattr(D, "_corpus", lambda *a, **k: pytest.fail("wrote the Kekule corpus again"))
+    again = D.load_molecule_data(cfg, tmp_path, block_size=16)
+    assert torch.equal(again.train_x, data.train_x) and torch.equal(again.val_x, data.val_x)
 
 
 def test_selfies_tokenizer_round_trips_molecules():

@@ -102,3 +102,61 @@ def test_smiles_syntax_is_refused_for_an_image_run(capsys, tmp_path):
 
     main_fails_in_one_line(capsys, ["sample", "demo:cvae-mnist", "--smiles-syntax", "--out", str(tmp_path / "s.png")],
                            "--smiles-syntax is for SMILES runs", "cvae")
+
+
+def kekule(smiles: list[str]) -> list[str]:
+    return [D.kekule_smiles(s) for s in smiles]
+
+
+def valid(smiles: str) -> bool:
+    """Whether RDKit reads the string as a molecule (syntax, valences, aromaticity)."""
+    return Chem.MolFromSmiles(smiles) is not None
+
+
+@pytest.mark.skipif(DATA is None, reason="needs GENLAB_DATA")
+def test_the_valence_mask_allows_every_token_of_real_kekule_molecules():
+    smiles = kekule(moses_test_smiles()[::20] + EXTRA)
+    tok = D.MoleculeTokenizer.train("smiles", "\n".join(smiles), kekulize=True)
+    assert SmilesSyntax(tok, 1).valence  # on for a Kekule run by default
+    assert all(feed(tok, smiles))
+
+
+def test_the_valence_mask_forbids_overfull_atoms():
+    good = kekule(EXTRA) + ["O=C=O", "C#N", "FC(F)(F)F", "C1=CC=CC=C1", "O=S(=O)(O)O", "C=1CCCCC1", "CN1CC1"]
+    bad = ["CC(C)(C)(C)C",  # carbon with five bonds
+           "CN(C)(C)C",  # neutral nitrogen with four
+           "CC(=O)(=O)C",  # carbon with six
+           "C#N=C",  # nitrogen with five
+           "FF(C)",  # fluorine with two
+           "C1CO1(C)",  # oxygen: two ring bonds, then a third
+           "O=C1CC=1C",  # ring closed with a double bond onto a carbon that has three already
+           "C=1CCCC1=O"]  # a double bond left after the ring's
+    tok = D.MoleculeTokenizer.train("smiles", "\n".join(good + bad), kekulize=True)
+    assert all(feed(tok, good))
+    assert not any(feed(tok, bad)), [s for s, ok in zip(bad, feed(tok, bad)) if ok]
+    # the grammar alone lets them through (they are complete SMILES)
+    plain = D.MoleculeTokenizer.train("smiles", "\n".join(good + bad))
+    assert all(feed(plain, bad))
+
+
+def test_sampling_under_the_valence_mask_from_random_logits_gives_valid_molecules():
+    tok = D.MoleculeTokenizer.train("smiles", "\n".join(kekule(EXTRA[:5] + ["CC#N", "O=S(=O)(N)c1ccccc1Br"])),
+                                    kekulize=True)
+    g = torch.Generator().manual_seed(0)
+    B, sep = 400, tok.stoi["\n"]
+
+    def draw(valence: bool) -> list[str]:
+        syntax = SmilesSyntax(tok, B, valence=valence)
+        out, end = [], torch.full((B,), -1)
+        for k in range(60):
+            t = next_token(torch.randn(B, tok.vocab_size, generator=g), torch.zeros(B, 0, dtype=torch.long),
+                           SamplingConfig(), g, syntax)
+            out.append(t[:, 0])
+            end = torch.where((end < 0) & (t[:, 0] == sep), k, end)
+        ids = torch.stack(out, 1).tolist()
+        return [tok.decode(r[:e]) for r, e in zip(ids, end.tolist()) if e >= 0]
+
+    grammar, held = draw(False), draw(True)
+    assert len(held) > 50
+    assert sum(map(valid, held)) >= 0.98 * len(held), [s for s in held if not valid(s)][:5]
+    assert sum(map(valid, grammar)) < 0.8 * len(grammar)  # the grammar alone: many overfull atoms

@@ -121,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--condition", metavar="VALUE", help="molecule runs trained with data.condition: ask for the "
                    "property bin holding VALUE (e.g. 0.9 for qed) or bin:K")
     s.add_argument("--smiles-syntax", action="store_true", help="SMILES runs: draw only tokens that keep each "
-                   "molecule syntactically complete (balanced branches, closed rings)")
+                   "molecule syntactically complete (balanced branches, closed rings); a Kekule run "
+                   "(data.kekulize) keeps every atom within its valence too")
     s.add_argument("--interpolate", action="store_true",
                    help="write a latent interpolation grid (--n rows of --frames images) instead of samples")
     s.add_argument("--frames", type=int, help="--interpolate: images per interpolation row, endpoints included "
@@ -164,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--temperature", type=float, help="molecule runs: sampling temperature (default 1, as MOSES; "
                                                      "lower trades diversity for validity)")
     e.add_argument("--smiles-syntax", action="store_true", help="SMILES runs: sample under SMILES's grammar "
-                   "(balanced branches, closed rings), recorded with every metric")
+                   "(balanced branches, closed rings; valences too for a Kekule run), recorded with every metric")
     e.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     e.add_argument("--no-html", action="store_true", help="write report.json only")

@@ -10,8 +10,14 @@ follow an atom (or its ring digits) and never close a ring on the atom that open
 the atom it is bonded to already; a ring is closed without a bond symbol (its bond order is the
 one written where it opened); "." separates molecules outside any branch; the end token "\\n"
 comes only after an atom, ring digit or ")" with every branch and ring closed.
-Chemistry is not checked (valence, aromaticity): a syntactically complete SMILES can still be
-rejected by RDKit, and the validity metric still counts those.
+For a run that writes Kekule SMILES (data.kekulize: no aromatic atoms, every bond order written)
+the mask also keeps each atom within its valence: a bond, branch, ring bond or next atom is allowed
+only where both of its atoms have room for its order (C 4, N 3, O 2, S 6, halogens 1; a bracket
+atom by its charge and hydrogens, as RDKit counts them), and it avoids the dead ends that would
+follow (an atom left without room while a ring is still open). A row whose every token would break
+a valence falls back to the grammar alone. Aromatic SMILES are not checked (an aromatic ring's
+valid bonds depend on the whole ring): a syntactically complete SMILES can still be rejected by
+RDKit, and the validity metric counts those.
 
 The state is a few integers per row, updated with tensor operations (no per-row Python).
 """
@@ -43,6 +49,9 @@ FOLLOWS = {
 
 
 MAX_DEPTH = 32  # branches open at once
+MAX_ATOMS = 256  # atoms tracked per row for valences (later ones share the last slot, unchecked)
+# bond orders in half units (":" aromatic 1.5); "/" and "\\" are single bonds with a direction
+BOND_ORDER2 = {"-": 2, "/": 2, "\\": 2, "=": 4, "#": 6, "$": 8, ":": 3}
 
 
 def starts_molecule(state: torch.Tensor) -> torch.Tensor:
@@ -72,6 +81,24 @@ def token_class(tok: str) -> int:
     return OTHER  # "+", "@" outside brackets: never valid
 
 
+def atom_capacity2(tok: str) -> int:
+    """The most bonds (in half units) the atom of token `tok` may hold, as RDKit's sanitisation
+    allows: its element's largest default valence, shifted for a charge to the isoelectronic
+    element's (N+ as C, O- as F) and less the hydrogens written in a bracket; 0 for a token RDKit
+    cannot read as one atom."""
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(tok, sanitize=False)
+    if mol is None or mol.GetNumAtoms() != 1:
+        return 0
+    a = mol.GetAtomWithIdx(0)
+    table = Chem.GetPeriodicTable()
+    z = a.GetAtomicNum() - a.GetFormalCharge()
+    valences = list(table.GetValenceList(z)) if 0 < z <= 118 else [-1]
+    top = 8 if -1 in valences else max(valences)
+    return 2 * max(top - a.GetNumExplicitHs(), 0)
+
+
 def check_tokenizer(tokenizer) -> None:
     """ConfigError unless the run writes SMILES token by token."""
     kind = getattr(tokenizer, "kind", None)
@@ -85,10 +112,12 @@ def check_tokenizer(tokenizer) -> None:
 class SmilesSyntax:
     """The grammar state of B rows being sampled with `tokenizer` (a SMILES MoleculeTokenizer),
     all starting at a molecule's beginning. `mask()` -> (B, V) bool of allowed next tokens;
-    `update(tok)` with the drawn tokens (B,) or (B, 1)."""
+    `update(tok)` with the drawn tokens (B,) or (B, 1). `valence` (default: whether the tokenizer
+    writes Kekule SMILES) adds the valence checks of the module docstring."""
 
-    def __init__(self, tokenizer, rows: int, device: torch.device | str = "cpu"):
+    def __init__(self, tokenizer, rows: int, device: torch.device | str = "cpu", valence: bool | None = None):
         check_tokenizer(tokenizer)
+        self.valence = bool(getattr(tokenizer, "kekulize", False)) if valence is None else valence
         classes = torch.tensor([token_class(t) for t in tokenizer.tokens], device=device)
         self.cls = classes
         self.table = torch.stack([torch.isin(classes, torch.tensor(sorted(FOLLOWS[s]), device=device))
@@ -110,6 +139,17 @@ class SmilesSyntax:
         self.opened_at = torch.full((B, R), -1, dtype=torch.long, device=device)  # ring label -> atom, -1 = closed
         self.opened_bond = torch.zeros((B, R), dtype=torch.bool, device=device)  # opened with a bond symbol
         self.partners = torch.full((B, R), -1, dtype=torch.long, device=device)  # atoms cur closed rings with
+        if self.valence:  # half units: what each token's atom may hold, what each bond token adds
+            self.cap_of = torch.tensor([atom_capacity2(t) if k == ATOM else 0
+                                        for t, k in zip(tokenizer.tokens, classes.tolist())], device=device)
+            self.order_of = torch.tensor([BOND_ORDER2.get(t, 2) if k == BOND else 0
+                                          for t, k in zip(tokenizer.tokens, classes.tolist())], device=device)
+            self.atom_ids = (classes == ATOM).nonzero()[:, 0]
+            self.bond_ids = (classes == BOND).nonzero()[:, 0]
+            self.cap = torch.zeros((B, MAX_ATOMS), dtype=torch.long, device=device)  # per atom of the row
+            self.used = torch.zeros((B, MAX_ATOMS), dtype=torch.long, device=device)
+            self.pending = torch.zeros(B, dtype=torch.long, device=device)  # a bond symbol's order, 0 = none
+            self.ring_order = torch.zeros((B, R), dtype=torch.long, device=device)  # reserved where it opened
 
     def reset(self, rows: torch.Tensor) -> None:
         """Start the rows where `rows` (B,) is True over, at a molecule's beginning (as __init__
@@ -117,6 +157,8 @@ class SmilesSyntax:
         self.state[rows], self.depth[rows], self.atoms[rows] = S_START, 0, 0
         self.cur[rows], self.parent[rows], self.stack[rows], self.opened_at[rows] = -1, -1, -1, -1
         self.partners[rows] = -1
+        if self.valence:
+            self.cap[rows], self.used[rows], self.pending[rows], self.ring_order[rows] = 0, 0, 0, 0
 
     def mask(self) -> torch.Tensor:
         m = self.table[self.state].clone()  # (B, V)
@@ -132,11 +174,71 @@ class SmilesSyntax:
         # a label opens anywhere a ring digit may come, and closes on another, unbonded atom
         # (after a bond symbol only if none was written where it opened)
         m[:, self.ring_ids] &= ~is_open | (closable & ~(after_bond & self.opened_bond))
-        return m
+        if not self.valence:
+            return m
+        held = m & self._valence_mask(is_open)
+        return torch.where(held.any(1, keepdim=True), held, m)  # a dead end: the grammar alone
+
+    def _slot(self, atom: torch.Tensor) -> torch.Tensor:
+        return atom.clamp(0, MAX_ATOMS - 1)
+
+    def _free(self) -> torch.Tensor:
+        """(B,) room left on cur, in half units (plenty before the first atom)."""
+        ar = torch.arange(len(self.cur), device=self.cur.device)
+        c = self._slot(self.cur)
+        return torch.where(self.cur >= 0, self.cap[ar, c] - self.used[ar, c], 16)
+
+    def _valence_mask(self, is_open: torch.Tensor) -> torch.Tensor:
+        """Tokens that keep every atom within its valence, and keep the row completable: while a
+        ring is open, the atom the main chain goes on from (cur outside a branch, else the
+        anchor of the outermost branch) keeps room for a single bond."""
+        B, V = len(self.state), len(self.cls)
+        ar = torch.arange(B, device=self.cls.device)
+        ok = torch.ones((B, V), dtype=torch.bool, device=self.cls.device)
+        free = self._free()
+        symbol = self.pending > 0
+        order = torch.where(symbol, self.pending, 2)  # the next bond's order (implicit: single)
+        open_rings = is_open.sum(1)
+        main = torch.where(self.depth == 0, self.cur, self.stack[:, 0])  # where the main chain goes on
+        main_free = torch.where(main >= 0, self.cap[ar, self._slot(main)] - self.used[ar, self._slot(main)], 16)
+        cur_is_main = (self.cur == main) & (self.cur >= 0)
+        need = torch.where(open_rings > 0, 2, 0)  # room the main atom keeps while rings are open
+        # the next atom: it must hold the bond to cur (cur's room for a written bond was checked
+        # at the symbol); outside a branch it becomes the main atom
+        bonded = ~starts_molecule(self.state)
+        k = torch.where(bonded, order, 0)
+        cap = self.cap_of[self.atom_ids][None, :]  # (1, A)
+        fits = (cap >= k[:, None]) & ~(bonded & ~symbol & (free < 2))[:, None]
+        fits &= torch.where((self.depth == 0)[:, None], cap - k[:, None] >= need[:, None],
+                            ~(cur_is_main & (main_free - k < need))[:, None])
+        ok[:, self.atom_ids] = fits
+        # a bond symbol: cur must hold it (and keep the main atom's room when cur is it, in a branch)
+        bond = self.order_of[self.bond_ids][None, :]
+        ok[:, self.bond_ids] = (bond <= free[:, None]) & ~(
+            (cur_is_main & (self.depth > 0))[:, None] & (main_free[:, None] - bond < need[:, None]))
+        # a branch adds at least a single bond to cur, which outside a branch is the main atom
+        ok[:, self.open_ids] = (free >= 2 + torch.where(self.depth == 0, 2 * (open_rings > 0), 0))[:, None]
+        # ring digits: opening reserves the bond's order on cur; closing adds it to cur, and to the
+        # opener what a bond symbol written now adds; either way the main atom keeps its room
+        # while a ring stays open
+        opener = self._slot(self.opened_at.clamp(min=0))  # (B, R)
+        opener_free = self.cap[ar[:, None], opener] - self.used[ar[:, None], opener]
+        close_order = torch.where(symbol[:, None] & ~self.opened_bond, order[:, None], self.ring_order)
+        extra = close_order - self.ring_order
+        main_after_open = main_free - torch.where(cur_is_main, order, 0)
+        can_open = (free >= order) & (main_after_open >= 2)
+        main_after_close = (main_free[:, None] - torch.where(cur_is_main[:, None], close_order, 0)
+                            - torch.where(self.opened_at == main[:, None], extra, 0))
+        can_close = ((free[:, None] >= close_order) & (opener_free >= extra)
+                     & ((open_rings[:, None] <= 1) | (main_after_close >= 2)))
+        ok[:, self.ring_ids] = torch.where(is_open, can_close, can_open[:, None])
+        return ok
 
     def update(self, tok: torch.Tensor) -> None:
         tok = tok.reshape(-1)
         c = self.cls[tok]
+        if self.valence:
+            self._update_valence(tok, c)
         after_atomish = (self.state == S_ATOM) | (self.state == S_RING)
         new = torch.full_like(self.state, -1)
         for k, s in ((ATOM, S_ATOM), (OPEN, S_OPEN), (CLOSE, S_CLOSE), (RING, S_RING), (DOT, S_DOT),
@@ -169,5 +271,35 @@ class SmilesSyntax:
             self.opened_bond[rows, r[rows]] = self.state[rows] == S_BOND_ATOM
         self.state = torch.where(new >= 0, new, self.state)
         ended = c == SEP_  # a finished row starts over (its later tokens are not used)
+        if self.valence:
+            self.pending = torch.where(c == BOND, self.order_of[tok], 0)
         if bool(ended.any()):
             self.reset(ended)
+
+    def _update_valence(self, tok: torch.Tensor, c: torch.Tensor) -> None:
+        """The bonds token `tok` makes, booked before the grammar state moves on (cur, the
+        state and the ring labels are still those `tok` followed)."""
+        ar = torch.arange(len(tok), device=tok.device)
+        order = torch.where(self.pending > 0, self.pending, 2)
+        cur = self._slot(self.cur)
+        # a new atom: its capacity, and the bond to cur on both ends
+        atom = c == ATOM
+        bonded = atom & ~starts_molecule(self.state)
+        new = self._slot(self.atoms)
+        self.cap[ar[atom], new[atom]] = self.cap_of[tok[atom]]
+        self.used[ar[atom], new[atom]] = torch.where(bonded, order, 0)[atom]
+        self.used[ar[bonded], cur[bonded]] += order[bonded]
+        # a ring digit: open (reserve on cur) or close (book on cur, and on the opener what a
+        # bond symbol written at the closing adds to what it reserved)
+        r = self.ring_of[tok]
+        rows = (r >= 0).nonzero()[:, 0]
+        if len(rows):
+            rr = r[rows]
+            was = self.opened_at[rows, rr]
+            closing = was >= 0
+            symbol_now = (self.pending[rows] > 0) & ~self.opened_bond[rows, rr]
+            k = torch.where(closing & ~symbol_now, self.ring_order[rows, rr], order[rows])
+            self.used[rows, cur[rows]] += k
+            extra = torch.where(closing, k - self.ring_order[rows, rr], 0)
+            self.used[rows, self._slot(was.clamp(min=0))] += extra
+            self.ring_order[rows, rr] = torch.where(closing, 0, k)

@@ -283,8 +283,9 @@ def main() -> None:
         if "train" in a.skip and "eval" in a.skip:  # the reference row alone
             break
         key = key_of(preset, a.condition, a.tag)
-        setting = ", ".join([f"temperature {a.temperature:g}"] * (a.temperature != 1)
-                            + ["SMILES syntax"] * a.smiles_syntax)
+        grammar = "SMILES syntax and valences" if "data.kekulize=true" in a.set + _trained_overrides(path, key) \
+            else "SMILES syntax"  # the mask checks valences for a Kekule run
+        setting = ", ".join([f"temperature {a.temperature:g}"] * (a.temperature != 1) + [grammar] * a.smiles_syntax)
         ekey = setting_key(key, setting or None)  # rows sampled at T or under the grammar
         ov = overrides + ([f"data.condition={a.condition}"] if a.condition else []) + a.set
         run_dir = RUNS / (preset + (f"-{a.condition}" if a.condition else "") + (f"-{a.tag}" if a.tag else "")
@@ -299,6 +300,14 @@ def main() -> None:
                                                   a.eval_minutes)}}
             _write(path, folder, name, a.smoke, new, None, command)
         print(json.dumps(new, indent=1, default=str))
+
+
+def _trained_overrides(path: Path, key: str) -> list[str]:
+    """The --set overrides a row's run was trained with (none when the file has no such row)."""
+    if not path.exists():
+        return []
+    return json.loads(path.read_text()).get("presets", {}).get(key, {}).get("train", {}).get("value", {}).get(
+        "overrides", [])
 
 
 def _write(path: Path, folder: Path, name: str, smoke: bool, new: dict[str, dict], reference: dict | None,

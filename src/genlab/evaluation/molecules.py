@@ -232,7 +232,8 @@ def evaluate_molecules(run, *, n: int | None, seed: int, metrics: list[str] | No
         generated = sample_molecules(run.model.eval(), data.tokenizer, n, seed=seed, max_tokens=data.max_tokens(),
                                      temperature=temperature, progress=bar, smiles_syntax=smiles_syntax)
     gen_secs = time.perf_counter() - t0
-    sampling = f"temperature {temperature:g}" + (", SMILES syntax" if smiles_syntax else "")
+    grammar = "SMILES syntax and valences" if getattr(data.tokenizer, "kekulize", False) else "SMILES syntax"
+    sampling = f"temperature {temperature:g}" + (f", {grammar}" if smiles_syntax else "")
     stats: dict = {}
     scores = score_molecules(generated, data.train_smiles, refs, wanted, keep=stats)
     out = {}

@@ -179,7 +179,8 @@ def test_molecule_rows_serve_whole_molecules(tmp_path):
 
     smiles = [canonical(s) for s in FIVE * 2 + ["CCCCCCCCCCCCCCCCCCCCO"]]  # one molecule of 21 tokens
     path = write_smi(tmp_path / "m.smi", smiles)
-    cfg = resolve("smiles-vae-moses", [f"data.path={path}", "data.val_size=3"]).data
+    # aromatic SMILES (the preset's Kekule form would not decode to these canonical strings)
+    cfg = resolve("smiles-vae-moses", [f"data.path={path}", "data.val_size=3", "data.kekulize=false"]).data
     data = D.load_molecule_data(cfg, None, block_size=20)
     assert isinstance(data, D.MoleculeRows) and data.unit == "molecules"
     sep = data.tokenizer.stoi["\n"]

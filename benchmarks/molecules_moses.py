@@ -53,6 +53,7 @@ import numpy as np
 
 import genlab
 from genlab.bench import machine_info
+from genlab.config import load_config, resolve
 
 PARTS = ("train", "eval", "reference")
 NAME = "molecules-moses"
@@ -283,13 +284,14 @@ def main() -> None:
         if "train" in a.skip and "eval" in a.skip:  # the reference row alone
             break
         key = key_of(preset, a.condition, a.tag)
-        grammar = "SMILES syntax and valences" if "data.kekulize=true" in a.set + _trained_overrides(path, key) \
-            else "SMILES syntax"  # the mask checks valences for a Kekule run
-        setting = ", ".join([f"temperature {a.temperature:g}"] * (a.temperature != 1) + [grammar] * a.smiles_syntax)
-        ekey = setting_key(key, setting or None)  # rows sampled at T or under the grammar
         ov = overrides + ([f"data.condition={a.condition}"] if a.condition else []) + a.set
         run_dir = RUNS / (preset + (f"-{a.condition}" if a.condition else "") + (f"-{a.tag}" if a.tag else "")
                           + ("-smoke" if a.smoke else ""))
+        saved = run_dir / "config.yaml"  # an earlier run's own config, else the one this process trains with
+        cfg = load_config(saved) if "train" in a.skip and saved.is_file() else resolve(preset, ov)
+        grammar = "SMILES syntax and valences" if cfg.data.kekulize else "SMILES syntax"  # valences: Kekule runs
+        setting = ", ".join([f"temperature {a.temperature:g}"] * (a.temperature != 1) + [grammar] * a.smiles_syntax)
+        ekey = setting_key(key, setting or None)  # rows sampled at T or under the grammar
         new: dict = {}
         if "train" not in a.skip:
             new[key] = {"train": part_train(preset, fresh_run_dir(run_dir.name), a.minutes, a.seed, ov)}
@@ -300,14 +302,6 @@ def main() -> None:
                                                   a.eval_minutes)}}
             _write(path, folder, name, a.smoke, new, None, command)
         print(json.dumps(new, indent=1, default=str))
-
-
-def _trained_overrides(path: Path, key: str) -> list[str]:
-    """The --set overrides a row's run was trained with (none when the file has no such row)."""
-    if not path.exists():
-        return []
-    return json.loads(path.read_text()).get("presets", {}).get(key, {}).get("train", {}).get("value", {}).get(
-        "overrides", [])
 
 
 def _write(path: Path, folder: Path, name: str, smoke: bool, new: dict[str, dict], reference: dict | None,

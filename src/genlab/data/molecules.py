@@ -207,6 +207,7 @@ class MoleculeSet:
     source: str = ""
     seconds: float = 0.0  # validation time (0 when read from the cache)
     cached: bool = False
+    key: str = ""  # the cache key of the file's molecules (_cache_key): derived caches are named by it
 
     def summary(self) -> dict:
         return {"file": self.source, "read": self.read, "valid": len(self.smiles), "invalid": len(self.invalid),
@@ -254,7 +255,8 @@ def load_molecules(path: str | os.PathLike, column: str = "SMILES", *, max_molec
     if use_cache and cached.is_file():
         try:
             d = json.loads(cached.read_text(encoding="utf-8"))
-            return MoleculeSet(d["smiles"], d["read"], [tuple(x) for x in d["invalid"]], str(path), cached=True)
+            return MoleculeSet(d["smiles"], d["read"], [tuple(x) for x in d["invalid"]], str(path), cached=True,
+                               key=key)
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is rebuilt
     t0 = time.perf_counter()
@@ -272,7 +274,7 @@ def load_molecules(path: str | os.PathLike, column: str = "SMILES", *, max_molec
                 invalid.append((n, s))
             else:
                 out.append(Chem.MolToSmiles(mol))
-    mols = MoleculeSet(out, len(strings), invalid, str(path), time.perf_counter() - t0)
+    mols = MoleculeSet(out, len(strings), invalid, str(path), time.perf_counter() - t0, key=key)
     check_invalid(mols, path)
     if use_cache:
         from genlab.engine.checkpoint import atomic_write_text
@@ -496,7 +498,7 @@ def load_molecule_data(cfg, root, *, block_size: int, tokenizer_path=None) -> Mo
     train_smiles = [s for s, v in zip(mols.smiles, is_val) if not v]
     val_smiles = [s for s, v in zip(mols.smiles, is_val) if v]
     kind, kekulize = cfg.tokenizer, bool(getattr(cfg, "kekulize", False))
-    corpus = _corpus_cached(mols.smiles, kind, kekulize, _cache_key(path, cfg.column, cfg.max_molecules))
+    corpus = _corpus_cached(mols.smiles, kind, kekulize, mols.key)
     train_text = [c for c, v in zip(corpus, is_val) if not v]
     val_text = [c for c, v in zip(corpus, is_val) if v]
     cond, train_seq, val_seq = None, train_text, val_text
@@ -547,7 +549,7 @@ def _conditioned(cfg, path: Path, mols: MoleculeSet, is_val: np.ndarray, train_t
     and every molecule is prefixed by its bin's token."""
     from genlab.data.molecule_condition import cached_property, fit_condition, prefix
 
-    values = cached_property(_cache_key(path, cfg.column, cfg.max_molecules), cfg.condition, mols.smiles)
+    values = cached_property(mols.key, cfg.condition, mols.smiles)
     cond = fit_condition(cfg.condition, cfg.condition_bins, values[~is_val])
     return cond, prefix(train_text, values[~is_val], cond), prefix(val_text, values[is_val], cond)
 

@@ -182,25 +182,25 @@ class SmilesSyntax:
     def _slot(self, atom: torch.Tensor) -> torch.Tensor:
         return atom.clamp(0, MAX_ATOMS - 1)
 
-    def _free(self) -> torch.Tensor:
-        """(B,) room left on cur, in half units (plenty before the first atom)."""
-        ar = torch.arange(len(self.cur), device=self.cur.device)
-        c = self._slot(self.cur)
-        return torch.where(self.cur >= 0, self.cap[ar, c] - self.used[ar, c], 16)
+    def _room(self, atom: torch.Tensor) -> torch.Tensor:
+        """Room left, in half units, on each row's atom `atom` ((B,) or (B, K) atom indices of the
+        row; -1, no atom yet: plenty)."""
+        rows = torch.arange(len(atom), device=atom.device).view(-1, *[1] * (atom.dim() - 1))
+        slot = self._slot(atom)
+        return torch.where(atom >= 0, self.cap[rows, slot] - self.used[rows, slot], 16)
 
     def _valence_mask(self, is_open: torch.Tensor) -> torch.Tensor:
         """Tokens that keep every atom within its valence, and keep the row completable: while a
         ring is open, the atom the main chain goes on from (cur outside a branch, else the
         anchor of the outermost branch) keeps room for a single bond."""
         B, V = len(self.state), len(self.cls)
-        ar = torch.arange(B, device=self.cls.device)
         ok = torch.ones((B, V), dtype=torch.bool, device=self.cls.device)
-        free = self._free()
+        free = self._room(self.cur)
         symbol = self.pending > 0
         order = torch.where(symbol, self.pending, 2)  # the next bond's order (implicit: single)
         open_rings = is_open.sum(1)
         main = torch.where(self.depth == 0, self.cur, self.stack[:, 0])  # where the main chain goes on
-        main_free = torch.where(main >= 0, self.cap[ar, self._slot(main)] - self.used[ar, self._slot(main)], 16)
+        main_free = self._room(main)
         cur_is_main = (self.cur == main) & (self.cur >= 0)
         need = torch.where(open_rings > 0, 2, 0)  # room the main atom keeps while rings are open
         # the next atom: it must hold the bond to cur (cur's room for a written bond was checked
@@ -221,8 +221,7 @@ class SmilesSyntax:
         # ring digits: opening reserves the bond's order on cur; closing adds it to cur, and to the
         # opener what a bond symbol written now adds; either way the main atom keeps its room
         # while a ring stays open
-        opener = self._slot(self.opened_at.clamp(min=0))  # (B, R)
-        opener_free = self.cap[ar[:, None], opener] - self.used[ar[:, None], opener]
+        opener_free = self._room(self.opened_at)  # (B, R); only read where the label is open
         close_order = torch.where(symbol[:, None] & ~self.opened_bond, order[:, None], self.ring_order)
         extra = close_order - self.ring_order
         main_after_open = main_free - torch.where(cur_is_main, order, 0)

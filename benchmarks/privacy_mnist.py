@@ -36,8 +36,9 @@ import torch
 
 import genlab
 from genlab.bench import machine_info
+from genlab.config import resolve
 
-PRESETS = ("dp-cvae-mnist", "dp-cgan-mnist", "dp-diffusion-mnist")
+PRESETS = ("dp-cvae-mnist", "dp-cgan-mnist", "dp-diffusion-mnist", "dp-gaussian-mnist")
 EPSILONS = (1.0, 3.0, 10.0, math.inf)
 NAME = "privacy-mnist"
 
@@ -63,7 +64,8 @@ def run_job(preset: str, eps: float, a: argparse.Namespace) -> dict:
     sets = ["privacy.epsilon=null"] if math.isinf(eps) else [f"privacy.epsilon={eps}"]
     sets += a.set
     t0 = time.time()
-    res = genlab.train(preset, run_dir, overrides=sets, minutes=a.minutes, seed=0, steps=a.steps,
+    steps = None if a.steps is None else min(a.steps, resolve(preset, sets).train.steps)  # one-pass fits: 1
+    res = genlab.train(preset, run_dir, overrides=sets, minutes=a.minutes, seed=0, steps=steps,
                        threads=torch.get_num_threads())
     train_wall = time.time() - t0
     ckpt = json.loads(sorted((run_dir / "checkpoints").glob("step-*.json"))[-1].read_text())
@@ -120,7 +122,6 @@ def samples_n(r: dict) -> int:
 
 def batch_of(r: dict) -> int:
     """The row's batch size: recorded, or the preset's with the row's --set overrides."""
-    from genlab.config import resolve
 
     return r.get("batch_size") or resolve(r["preset"], r.get("sets") or []).train.batch_size
 

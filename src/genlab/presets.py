@@ -453,6 +453,15 @@ PRESETS.update({
          "train": {**_DP_TRAIN, "steps": 1000, "batch_size": 128, "lr": 5e-4, "betas": [0.5, 0.999],
                    "grad_clip": None}},
     ),
+    # Not a network: probabilistic PCA per class, its statistics released once with Gaussian noise
+    # (genlab.models.gaussian). Images are clipped to L2 norm 10 (MNIST's in [0, 1]: 9.3 on average).
+    "dp-gaussian-mnist": Preset(
+        "private class-conditional Gaussian in a 40-dim principal subspace (Gaussian mechanism), epsilon 10",
+        {"model": {"name": "gaussian", "components": 40, "conditional": True},
+         "data": {"dataset": "mnist", "normalize": "zero_one"}, "privacy": {**_DP, "max_grad_norm": 10.0},
+         "train": {"steps": 1, "batch_size": 1000, "amp": "off", "ema_decay": 0.0, "warmup_steps": 0,
+                   "log_every": 1, "eval_every": 1, "sample_every": 1, "ckpt_every": 1}},
+    ),
     "dp-diffusion-mnist": Preset(
         "private conditional diffusion (small UNet, 2 noise draws per image as DPDM), DP-SGD epsilon 10",
         {"model": {**_DIFFUSION_MODEL, "conditional": True, "label_dropout": 0.1, "guidance": 2.0,

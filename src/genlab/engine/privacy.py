@@ -50,12 +50,16 @@ def _require_opacus() -> None:
 
     require("opacus", "privacy", "private training")
 
-def check_private_run(cfg, n_train: int, world: int) -> None:
-    """What DP-SGD needs of the rest of the config and of the data, in one-line errors."""
-    p, t = cfg.privacy, cfg.train
+def check_delta(p, n_train: int) -> None:
     if p.delta >= 1 / n_train:
         raise ConfigError(f"privacy.delta={p.delta:g} is not below 1/n = {1 / n_train:.3g} for the {n_train} "
                           "training examples (a delta that large allows leaking whole examples); lower it")
+
+
+def check_private_run(cfg, n_train: int, world: int) -> None:
+    """What DP-SGD needs of the rest of the config and of the data, in one-line errors."""
+    p, t = cfg.privacy, cfg.train
+    check_delta(p, n_train)
     if t.batch_size > n_train:
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {n_train} training examples; "
                           "lower it (the expected Poisson batch is batch_size)")
@@ -69,19 +73,24 @@ def check_private_run(cfg, n_train: int, world: int) -> None:
 def noise_multiplier_for(cfg, n_train: int, updates: int) -> float:
     """sigma: the configured one, or the smallest that keeps `updates` Poisson updates at rate
     batch_size / n within (epsilon, delta) by the chosen accountant (Opacus's search)."""
-    p = cfg.privacy
+    return _sigma_for(cfg.privacy, cfg.train.batch_size / n_train, updates,
+                      f"batch {cfg.train.batch_size} of {n_train}")
+
+
+def _sigma_for(p, q: float, updates: int, where: str) -> float:
+    """privacy.noise_multiplier, or Opacus's search for the smallest sigma that keeps `updates`
+    updates at sampling rate q within (privacy.epsilon, privacy.delta)."""
     if p.noise_multiplier is not None:
         return p.noise_multiplier
     _require_opacus()
     from opacus.accountants.utils import get_noise_multiplier
 
-    q = cfg.train.batch_size / n_train
     try:
         return float(get_noise_multiplier(target_epsilon=p.epsilon, target_delta=p.delta, sample_rate=q,
                                           steps=updates, accountant=p.accountant))
     except ValueError as e:  # e.g. the target is out of reach of the search
         raise ConfigError(f"no noise multiplier reaches privacy.epsilon={p.epsilon} over {updates} updates at "
-                          f"batch {cfg.train.batch_size} of {n_train}: {e}") from None
+                          f"{where}: {e}") from None
 
 
 def make_accountant(name: str):
@@ -238,11 +247,54 @@ class PrivateTraining:
             w._close()
 
 
+class PrivateRelease:
+    """The privacy of a model fitted in one pass of statistics (genlab.models.gaussian): each of its
+    `releases` statistics is released once by the Gaussian mechanism, noise sigma x its
+    sensitivity, with every image's norm clipped to privacy.max_grad_norm; the accountant counts
+    each release as an update of the sampled Gaussian mechanism at sampling rate 1 (every example
+    in). The same state, epsilon() and restore() as PrivateTraining, for the Trainer's checkpoints.
+    The noise comes from a secret seed that is not kept (the fit is one step: nothing resumes it)."""
+
+    def __init__(self, cfg, n_train: int, releases: int):
+        self.p = cfg.privacy
+        check_delta(self.p, n_train)
+        self.releases = releases
+        self.sigma = _sigma_for(self.p, 1.0, releases, "sampling rate 1 (one release of each statistic)")
+        self.history: list[list] = []
+        log.info("private fit: %d Gaussian-mechanism releases, sigma %.4f, each image clipped to norm %g%s",
+                 releases, self.sigma, self.p.max_grad_norm,
+                 f" for epsilon {self.p.epsilon:g} at delta {self.p.delta:g}" if self.p.epsilon else "")
+
+    def noise(self) -> torch.Generator:
+        """The generator of the releases' noise, seeded from a secret; counts the releases."""
+        self.history = [[self.sigma, 1.0, self.releases]]
+        return torch.Generator().manual_seed(secrets.randbits(62))
+
+    def epsilon(self) -> float:
+        return epsilon_of(self.p.accountant, self.history, self.p.delta)
+
+    def state(self) -> dict:
+        return {"epsilon": self.epsilon(), "delta": self.p.delta, "noise_multiplier": self.sigma,
+                "max_grad_norm": self.p.max_grad_norm, "sample_rate": 1.0, "accountant": self.p.accountant,
+                "target_epsilon": self.p.epsilon, "planned_updates": self.releases,
+                "mechanism": "Gaussian mechanism on sufficient statistics",
+                "history": [list(h) for h in self.history]}
+
+    def restore(self, state: dict | None, checkpoint: str) -> None:
+        if state is None:
+            raise ConfigError(f"checkpoint {checkpoint} was written without privacy; a run cannot become "
+                              "private on resume (start a new run with privacy.* set)")
+        self.sigma, self.history = state["noise_multiplier"], [list(h) for h in state["history"]]
+
+    def close(self) -> None:
+        pass
+
+
 def privacy_summary(state: dict | None) -> dict | None:
     """What reports and `genlab info` show of a checkpoint's privacy state (None: not private)."""
     p = (state or {}).get("privacy")
     if not p:
         return None
     return {k: p[k] for k in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate",
-                              "accountant", "target_epsilon", "level", "clip") if k in p} | {
+                              "accountant", "target_epsilon", "level", "clip", "mechanism") if k in p} | {
         "updates": sum(h[2] for h in p.get("history", []))}

@@ -44,7 +44,7 @@ from genlab.engine.device import autocast_dtype, faster_precision
 from genlab.engine.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_module
 from genlab.engine.logs import RunLog, is_total_loss
 from genlab.engine.optim import EMA, build_optimizer, lr_at, muon_matrices
-from genlab.engine.privacy import PrivateTraining, privacy_summary
+from genlab.engine.privacy import PrivateRelease, PrivateTraining, privacy_summary
 from genlab.errors import ConfigError, TrainingDiverged
 from genlab.finetune import checkpoint_keys
 from genlab.models.base import GenerativeModel
@@ -101,7 +101,13 @@ class Trainer:
             for g in (g for opt in self.opts.values() for g in opt.param_groups if g.get("muon")):
                 g["ns_bf16"] = all_reduce_sum(torch.tensor([float(g["ns_bf16"])]), dist).item() == dist.world
         self.plan = model.schedule()
-        self.ema = EMA(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
+        # A model without optimisers (genlab.models.gaussian) is fitted by `fit_statistics` over
+        # the training split; that pass is the run's one step.
+        self.one_pass = not self.plan
+        if self.one_pass and self.t.steps != 1:
+            raise ConfigError(f"a {cfg.model_name} model is fitted in one pass over the data: set train.steps=1 "
+                              f"(got {self.t.steps})")
+        self.ema = EMA(model, self.t.ema_decay) if self.t.ema_decay > 0 and not self.one_pass else None
         self.feeder = data.feeder(pipeline, self.t.batch_size, self.t.seed)
         # DP-SGD (privacy.*): per-example clipping and noise on the optimisers that read data,
         # stepped through Opacus's DPOptimizer; `self.opts` stay the plain ones checkpoints store.
@@ -110,8 +116,9 @@ class Trainer:
             if not hasattr(self.feeder, "batch_at"):
                 raise ConfigError(f"private training is for image runs so far; {type(model).__name__} reads "
                                   f"{self.feeder.unit}: drop the privacy.* settings")
-            self.private = PrivateTraining(model, self.opts, self.plan, cfg, len(data.train_x), dist.world)
-        self.steppers = {**self.opts, **(self.private.optimizers if self.private else {})}
+            self.private = (PrivateRelease(cfg, len(data.train_x), model.releases) if self.one_pass else
+                            PrivateTraining(model, self.opts, self.plan, cfg, len(data.train_x), dist.world))
+        self.steppers = {**self.opts, **(getattr(self.private, "optimizers", {}))}
         self.amp_dtype = None if self.private else autocast_dtype(self.t.amp, device)
         self.unit, self.per_example = self.feeder.unit, self.feeder.per_example
         self.micro = self.t.batch_size // (self.t.accum * dist.world)
@@ -187,7 +194,7 @@ class Trainer:
         own training step is faster in it (genlab.engine.device.faster_precision), decided once
         at the start of the run and kept in its checkpoints, so a resumed run continues in the
         precision it began in. bf16 / off (and auto elsewhere) are taken as they are."""
-        if self.t.amp != "auto" or self.amp_dtype is None or self.device.type != "cpu":
+        if self.t.amp != "auto" or self.amp_dtype is None or self.device.type != "cpu" or self.one_pass:
             self.state.amp = "off" if self.amp_dtype is None else "bf16"
         elif self.state.amp is None:
             self.state.amp = self._probe_precision()
@@ -370,6 +377,8 @@ class Trainer:
 
     def _train_step(self, lr: float) -> dict[str, float]:
         """One schedule of optimiser updates; returns the mean of each loss term."""
+        if self.one_pass:
+            return self._fit_statistics()
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         s, A, rank = self.state.step, self.t.accum, self.dist.rank
@@ -420,6 +429,23 @@ class Trainer:
             self.ema.update(self.model, s)
         return dict(zip(sums, self._mean_over_ranks(sums).tolist()))
 
+    def _fit_statistics(self) -> dict[str, float]:
+        """The one step of a model without optimisers: two passes over the training split as
+        evaluation prepares it (no augmentation); private runs release the statistics with noise."""
+        bs = 1000
+
+        def batches():
+            for i in range(self.feeder.num_eval_batches("train", bs)):
+                b = self.feeder.eval_batch("train", i, bs, self.device)
+                yield b["x"], b.get("y")
+
+        if self.private:
+            self.model.fit_statistics(batches, clip=self.cfg.privacy.max_grad_norm, sigma=self.private.sigma,
+                                      noise=self.private.noise())
+        else:
+            self.model.fit_statistics(batches)
+        return {}
+
     def _mean_over_ranks(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
         if not sums:  # every batch of the step was an empty Poisson batch
             return torch.zeros(0)
@@ -457,7 +483,7 @@ class Trainer:
         for i in range(n_batches):
             torch.manual_seed(derive_seed(self.t.seed, split, i))
             batch = self.feeder.eval_batch(split, i, bs, self.device)
-            out = model.loss(batch, self.plan[-1][0])
+            out = model.loss(batch, self.plan[-1][0] if self.plan else "model")
             n = len(batch["x"] if "x" in batch else next(iter(batch.values())))  # examples in the batch
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n

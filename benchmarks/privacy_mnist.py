@@ -122,7 +122,6 @@ def samples_n(r: dict) -> int:
 
 def batch_of(r: dict) -> int:
     """The row's batch size: recorded, or the preset's with the row's --set overrides."""
-
     return r.get("batch_size") or resolve(r["preset"], r.get("sets") or []).train.batch_size
 
 

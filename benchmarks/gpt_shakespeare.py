@@ -168,6 +168,11 @@ def nanogpt_copy(path: Path, into: Path) -> Path:
     return tree
 
 
+# genlab's runs beside nanoGPT: (row key, preset, --set overrides)
+GENLAB_RUNS = [("gpt-shakespeare-muon", "gpt-shakespeare-muon", []),
+               ("gpt-shakespeare-cpu", "gpt-shakespeare-cpu", []),
+               ("gpt-shakespeare-cpu compiled", "gpt-shakespeare-cpu", ["train.compile=true"])]
+
 NANOGPT_CPU_FLAGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
                      "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
                      "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
@@ -194,10 +199,10 @@ def window_loss(model, tokenizer, windows: list[str]) -> float:
     return total / count
 
 
-def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
+def timed(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, str]:
     """Run a command to completion; (wall seconds, its output). A failure stops the benchmark."""
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if r.returncode:
         sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
@@ -228,17 +233,22 @@ def part_nanogpt(path: Path, seed: int, rounds: int) -> dict:
                 "mfu": ng_tokens_per_s * ng_fpt / (m["matmul_fp32_gflops"] * 1e9),
                 "params": ng["params"], "load_before": load0}
         runs, run_dirs = {}, {}
-        for preset in ("gpt-shakespeare-muon", "gpt-shakespeare-cpu"):
-            run_dirs[preset] = run_dir = fresh_run_dir(f"nanogpt-compare-{preset}")
+        for name, preset, sets in GENLAB_RUNS:
+            run_dir = fresh_run_dir(f"nanogpt-compare-{name.replace(' ', '-').replace('=', '-')}")
+            if not sets:  # the compiled-training run decodes with the same code as its eager twin
+                run_dirs[name] = run_dir
             load0 = load_avg()
+            # a compiled run compiles into an empty inductor cache: its wall time includes a cold compile
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / f"inductor-train-{preset}")}
             wall, _ = timed([sys.executable, "-m", "genlab", "train", preset, "--out", str(run_dir), "--seed",
-                             str(seed)])
+                             str(seed), *(["--set", *sets] if sets else [])], env=env)
             run = genlab.load(run_dir)
             st = run.checkpoint.state["state"]
             tps = mean_train_throughput(run_dir)
             fpt = flops_per_token(run.model)
-            runs[preset] = {
-                "command": f"genlab train {preset}", "wall_seconds": round(wall, 1), "steps": st["step"],
+            runs[name] = {
+                "command": f"genlab train {preset}" + (f" --set {' '.join(sets)}" if sets else ""),
+                "wall_seconds": round(wall, 1), "steps": st["step"],
                 "train_seconds": round(st["elapsed"], 1), "precision": st.get("amp"),
                 "val_loss_windows": window_loss(run.model, run.tokenizer, windows),
                 "train_tokens_per_s": round(tps), "flops_per_token": fpt,
@@ -248,10 +258,11 @@ def part_nanogpt(path: Path, seed: int, rounds: int) -> dict:
         per_round = generation_rounds(tree, Path(tmp), run_dirs, rounds)
     nano["gen_rounds"] = per_round["nanogpt"]
     nano["gen_tokens_per_s"] = round(statistics.median(per_round["nanogpt"]))
-    for preset, r in runs.items():
-        r["gen_rounds"] = per_round[preset]
-        r["gen_tokens_per_s"] = {k: round(statistics.median(x[k] for x in per_round[preset]), 1)
-                                 for k in per_round[preset][0]}
+    for name in run_dirs:
+        r = runs[name]
+        r["gen_rounds"] = per_round[name]
+        r["gen_tokens_per_s"] = {k: round(statistics.median(x[k] for x in per_round[name]), 1)
+                                 for k in per_round[name][0]}
     return {"machine": m, "seed": seed, "threads": torch.get_num_threads(), "windows": len(windows),
             "generation_rounds": rounds, "first_round_cold_compile": True, "nanogpt": nano, "genlab": runs}
 
@@ -397,6 +408,10 @@ def render_compare(c: dict) -> str:
              fast["gen_tokens_per_s"]),
             ("genlab `gpt-shakespeare-cpu` (nanoGPT's recipe: AdamW, batch 12, 2,000 steps)", same,
              same["gen_tokens_per_s"]["kv_cache"], same["gen_tokens_per_s"])]
+    if "gpt-shakespeare-cpu compiled" in g:
+        comp = g["gpt-shakespeare-cpu compiled"]
+        rows.append(("genlab `gpt-shakespeare-cpu --set train.compile=true` (its training step compiled; the wall "
+                     "time includes compiling into an empty cache)", comp, None, None))
     R = c.get("generation_rounds")
     rounds = (f"; median of {R} rounds, each model measured in a fresh process per round, nanoGPT and genlab "
               "alternating (every round's figure is listed below the table)" if R else "")
@@ -426,7 +441,7 @@ fp32 matmul peak measured in the same run ({m['matmul_fp32_gflops']:.0f} GFLOP/s
 |---|---|---|---|---|---|---|"""]
     for name, r, gen, more in rows:
         ratio = r["wall_seconds"] / n["wall_seconds"]
-        gen_s = f"{gen:,} ({gen / n['gen_tokens_per_s']:.1f}x)"
+        gen_s = "as the row above (the same decoding)" if gen is None else f"{gen:,} ({gen / n['gen_tokens_per_s']:.1f}x)"
         if more and "compiled" in more:
             gen_s += (f"; compiled {more['compiled']:,} ({more['compiled'] / n['gen_tokens_per_s']:.1f}x, after "
                       f"{more['compile_seconds']:.0f} s compiling)")
@@ -444,7 +459,9 @@ Command: `.venv/bin/python benchmarks/gpt_shakespeare.py --compare-nanogpt PATH`
         lines.append("Generation rounds (tokens/s, in the order measured):\n")
         lines.append(f"- nanoGPT: {n['gen_rounds']}")
         for name, r in g.items():
-            per = r["gen_rounds"]
+            per = r.get("gen_rounds")
+            if not per:
+                continue
             lines.append(f"- {name}: eager KV cache {[x['kv_cache'] for x in per]}"
                          + (f", compiled {[x['compiled'] for x in per]} after "
                             f"{[x['compile_seconds'] for x in per]} s compiling"

@@ -202,6 +202,7 @@ def test_a_private_gan_generator_never_reads_the_data(tmp_path, monkeypatch):
     (["privacy.epsilon=3", "privacy.accountant=gdp"], "rdp or prv"),
     (["privacy.epsilon=3", "train.accum=2"], "accum=1"),
     (["privacy.epsilon=3", "train.amp=bf16"], "amp=off"),
+    (["privacy.epsilon=3", "train.compile=true"], "train.compile=false"),
 ])
 def test_bad_privacy_settings_are_refused_in_one_line(tmp_path, sets, match):
     with pytest.raises(ConfigError, match=match) as e:

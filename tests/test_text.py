@@ -344,3 +344,16 @@ def test_cli_streams_text_and_rejects_bad_input(gpt_run, tmp_path, capsys):
     vae = genlab.train("vae-mnist", tmp_path / "vae", overrides=TINY_VAE + ["train.steps=1"], data_root=str(DATA))
     error(["sample", str(vae.run_dir), "--prompt", "ROMEO:"], "--prompt is for text runs")
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_compiled_training_matches_eager_training(tmp_path, corpus):
+    """train.compile=true (torch.compile of the loss, forward and backward) changes the kernels,
+    not the arithmetic: the same steps give the same losses and weights within float tolerance."""
+    over = TINY_TEXT + [f"data.path={corpus}", "train.steps=6", "train.log_every=1", "model.dropout=0.0"]
+    eager = genlab.train("gpt-shakespeare-cpu", tmp_path / "eager", overrides=over)
+    comp = genlab.train("gpt-shakespeare-cpu", tmp_path / "comp", overrides=over + ["train.compile=true"])
+    assert eager.finished and comp.finished
+    losses = [[r["loss"] for r in read_log(run) if r["kind"] == "train"] for run in (tmp_path / "eager", tmp_path / "comp")]
+    assert len(losses[0]) == 6 and losses[0][-1] < losses[0][0]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert_same_tensors(weights_of(tmp_path / "comp"), weights_of(tmp_path / "eager"), atol=1e-4)

@@ -108,6 +108,9 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     ema_decay: float = 0.0  # 0 disables EMA
     amp: str = "auto"  # auto (bf16 where it makes this model's step faster: Trainer.choose_precision) | bf16 | off
+    # torch.compile the training loss (forward and backward, fused kernels); the first step pays the
+    # compilation (tens of seconds on a CPU, which needs a C++ compiler), so it pays in longer runs
+    compile: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None
@@ -381,6 +384,8 @@ def validate_run(cfg: RunConfig) -> None:
         (t.muon_lr > 0, "train.muon_lr must be > 0"),
         (t.schedule in ("cosine", "constant"), f"train.schedule must be cosine or constant, got {t.schedule!r}"),
         (t.amp in ("auto", "bf16", "off"), f"train.amp must be auto, bf16 or off, got {t.amp!r}"),
+        (not (t.compile and cfg.privacy.enabled), "train.compile cannot trace Opacus's per-example gradient hooks: "
+         "train private runs with train.compile=false"),
         (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
          f"train.device must be auto, cpu or cuda, got {t.device!r}"),
         (d.normalize in ("minus_one_one", "zero_one", "standardize"),

@@ -119,6 +119,8 @@ class Trainer:
             self.private = (PrivateRelease(cfg, len(data.train_x), model.releases) if self.one_pass else
                             PrivateTraining(model, self.opts, self.plan, cfg, len(data.train_x), dist.world))
         self.steppers = {**self.opts, **(getattr(self.private, "optimizers", {}))}
+        # the training loss, compiled (forward and backward) under train.compile; evaluation stays eager
+        self.loss_fn = torch.compile(model.loss) if self.t.compile else model.loss
         self.amp_dtype = None if self.private else autocast_dtype(self.t.amp, device)
         self.unit, self.per_example = self.feeder.unit, self.feeder.per_example
         self.micro = self.t.batch_size // (self.t.accum * dist.world)
@@ -410,7 +412,7 @@ class Trainer:
                     with hooks_off:
                         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                                             enabled=self.amp_dtype is not None):
-                            out = self.model.loss(batch, oname)
+                            out = self.loss_fn(batch, oname)
                         loss = out["loss"] if self.penalty is None else out["loss"] + self.penalty(oname)
                         (loss / A).backward()
                     for k, v in out.items():

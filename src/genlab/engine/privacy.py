@@ -125,6 +125,18 @@ def check_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
                               f"({len(errors)} problem(s); use GroupNorm instead of BatchNorm, no spectral norm)")
 
 
+def check_same_privacy(p, q: float, state: dict | None, checkpoint: str) -> None:
+    """A ConfigError unless a resumed run's privacy settings (and sampling rate q) are its checkpoint's."""
+    if state is None:
+        raise ConfigError(f"checkpoint {checkpoint} was written without privacy; a run cannot become "
+                          "private on resume (start a new run with privacy.* set)")
+    mine = (p.delta, p.max_grad_norm, p.accountant)
+    theirs = (state["delta"], state["max_grad_norm"], state["accountant"])
+    if mine != theirs or not math.isclose(state["sample_rate"], q):
+        raise ConfigError("the privacy settings differ from the run's (delta, max_grad_norm, accountant or "
+                          "batch size); resume with the run's own config")
+
+
 class PrivateTraining:
     """The DP-SGD half of a Trainer: per-example gradients, clipping and noise on the private
     optimisers, Poisson batches, the accountant, and their checkpoint state."""
@@ -223,14 +235,7 @@ class PrivateTraining:
 
     def restore(self, state: dict | None, checkpoint: str) -> None:
         """Continue the accountant and the noise of a checkpoint of the same private run."""
-        if state is None:
-            raise ConfigError(f"checkpoint {checkpoint} was written without privacy; a run cannot become "
-                              "private on resume (start a new run with privacy.* set)")
-        mine = (self.p.delta, self.p.max_grad_norm, self.p.accountant)
-        theirs = (state["delta"], state["max_grad_norm"], state["accountant"])
-        if mine != theirs or not math.isclose(state["sample_rate"], self.q):
-            raise ConfigError("the privacy settings differ from the run's (delta, max_grad_norm, accountant or "
-                              "batch size); resume with the run's own config")
+        check_same_privacy(self.p, self.q, state, checkpoint)
         if self.planned_updates > state["planned_updates"] and self.p.epsilon is not None:
             raise ConfigError(f"this run's noise was set for {state['planned_updates']} updates to spend "
                               f"epsilon {self.p.epsilon:g}; training longer would spend more (start a new run "
@@ -255,9 +260,11 @@ class PrivateRelease:
     in). The same state, epsilon() and restore() as PrivateTraining, for the Trainer's checkpoints.
     The noise comes from a secret seed that is not kept (the fit is one step: nothing resumes it)."""
 
-    def __init__(self, cfg, n_train: int, releases: int):
+    def __init__(self, cfg, n_train: int, releases: int, world: int):
         self.p = cfg.privacy
         check_delta(self.p, n_train)
+        if world != 1:  # each process would draw its own noise
+            raise ConfigError("a private one-pass fit runs in one process: train without torchrun")
         self.releases = releases
         self.sigma = _sigma_for(self.p, 1.0, releases, "sampling rate 1 (one release of each statistic)")
         self.history: list[list] = []
@@ -281,9 +288,7 @@ class PrivateRelease:
                 "history": [list(h) for h in self.history]}
 
     def restore(self, state: dict | None, checkpoint: str) -> None:
-        if state is None:
-            raise ConfigError(f"checkpoint {checkpoint} was written without privacy; a run cannot become "
-                              "private on resume (start a new run with privacy.* set)")
+        check_same_privacy(self.p, 1.0, state, checkpoint)
         self.sigma, self.history = state["noise_multiplier"], [list(h) for h in state["history"]]
 
     def close(self) -> None:

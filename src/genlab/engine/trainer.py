@@ -116,7 +116,7 @@ class Trainer:
             if not hasattr(self.feeder, "batch_at"):
                 raise ConfigError(f"private training is for image runs so far; {type(model).__name__} reads "
                                   f"{self.feeder.unit}: drop the privacy.* settings")
-            self.private = (PrivateRelease(cfg, len(data.train_x), model.releases) if self.one_pass else
+            self.private = (PrivateRelease(cfg, len(data.train_x), model.releases, dist.world) if self.one_pass else
                             PrivateTraining(model, self.opts, self.plan, cfg, len(data.train_x), dist.world))
         self.steppers = {**self.opts, **(getattr(self.private, "optimizers", {}))}
         # the training loss, compiled (forward and backward) under train.compile; evaluation stays eager

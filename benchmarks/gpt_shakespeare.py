@@ -421,7 +421,9 @@ def render_compare(c: dict) -> str:
     rounds = (f"; median of {R} rounds, each model measured in a fresh process per round, nanoGPT and genlab "
               "alternating (every round's figure is listed below the table)" if R else "")
     chosen = {name: r.get("precision") for name, r in c["genlab"].items()}
-    precisions = ("all three train in fp32: nanoGPT as its CPU command asks, genlab because its train.amp=auto "
+    precisions = ("every run trains in fp32: nanoGPT as its CPU command asks, genlab told so (train.amp=off)"
+                  if "gpt-shakespeare-cpu compiled" in g else
+                  "all three train in fp32: nanoGPT as its CPU command asks, genlab because its train.amp=auto "
                   "probe chose fp32 for this model" if set(chosen.values()) == {"off"} else
                   "nanoGPT trains in fp32; genlab's precision: " + ", ".join(
                       f"{name} {p or 'not recorded'}" for name, p in chosen.items()) +

@@ -436,8 +436,9 @@ class Trainer:
         evaluation prepares it (no augmentation); private runs release the statistics with noise."""
         bs = 1000
 
-        def batches():
+        def batches():  # both passes see the same images (a binarisation, if any, is seeded per batch)
             for i in range(self.feeder.num_eval_batches("train", bs)):
+                torch.manual_seed(derive_seed(self.t.seed, "fit", i))
                 b = self.feeder.eval_batch("train", i, bs, self.device)
                 yield b["x"], b.get("y")
 

@@ -410,11 +410,9 @@ def render_compare(c: dict) -> str:
              fast["gen_tokens_per_s"]),
             ("genlab `gpt-shakespeare-cpu` (nanoGPT's recipe: AdamW, batch 12, 2,000 steps)", same,
              same["gen_tokens_per_s"]["kv_cache"], same["gen_tokens_per_s"])]
-    if "gpt-shakespeare-cpu compiled" in g:
-        comp = g["gpt-shakespeare-cpu compiled"]
-        rows.append(("genlab `gpt-shakespeare-cpu --set train.compile=true` (its training step compiled; the wall "
-                     "time includes compiling into an empty cache)", comp, None, None))
     if "gpt-shakespeare-cpu compiled" in g:  # runs since train.compile: every genlab run in fp32
+        rows.append(("genlab `gpt-shakespeare-cpu --set train.compile=true` (its training step compiled; the wall "
+                     "time includes compiling into an empty cache)", g["gpt-shakespeare-cpu compiled"], None, None))
         rows = [(name.replace("` (", "` with `train.amp=off` (", 1) if "genlab" in name else name, *rest)
                 for name, *rest in rows]
     R = c.get("generation_rounds")

@@ -137,7 +137,27 @@ def check_same_privacy(p, q: float, state: dict | None, checkpoint: str) -> None
                           "batch size); resume with the run's own config")
 
 
-class PrivateTraining:
+class _Accounted:
+    """What both private mechanisms keep: the settings `p`, noise multiplier `sigma`, sampling rate
+    `q`, the planned updates and the accountant's history [(sigma, q, updates), ...]."""
+
+    p: object
+    sigma: float
+    q: float
+    planned_updates: int
+    history: list[list]
+
+    def epsilon(self) -> float:
+        return epsilon_of(self.p.accountant, self.history, self.p.delta)
+
+    def state(self) -> dict:
+        return {"epsilon": self.epsilon(), "delta": self.p.delta, "noise_multiplier": self.sigma,
+                "max_grad_norm": self.p.max_grad_norm, "sample_rate": self.q, "accountant": self.p.accountant,
+                "target_epsilon": self.p.epsilon, "planned_updates": self.planned_updates,
+                "history": [list(h) for h in self.history]}
+
+
+class PrivateTraining(_Accounted):
     """The DP-SGD half of a Trainer: per-example gradients, clipping and noise on the private
     optimisers, Poisson batches, the accountant, and their checkpoint state."""
 
@@ -223,15 +243,9 @@ class PrivateTraining:
         else:
             self.history.append([self.sigma, self.q, 1])
 
-    def epsilon(self) -> float:
-        return epsilon_of(self.p.accountant, self.history, self.p.delta)
-
     # ------------------------------------------------------------------ checkpoint state
     def state(self) -> dict:
-        return {"epsilon": self.epsilon(), "delta": self.p.delta, "noise_multiplier": self.sigma,
-                "max_grad_norm": self.p.max_grad_norm, "sample_rate": self.q, "accountant": self.p.accountant,
-                "target_epsilon": self.p.epsilon, "planned_updates": self.planned_updates,
-                "history": [list(h) for h in self.history], "noise_seed": self.noise_seed}
+        return super().state() | {"noise_seed": self.noise_seed}
 
     def restore(self, state: dict | None, checkpoint: str) -> None:
         """Continue the accountant and the noise of a checkpoint of the same private run."""
@@ -252,7 +266,7 @@ class PrivateTraining:
             w._close()
 
 
-class PrivateRelease:
+class PrivateRelease(_Accounted):
     """The privacy of a model fitted in one pass of statistics (genlab.models.gaussian): each of its
     `releases` statistics is released once by the Gaussian mechanism, noise sigma x its
     sensitivity, with every image's norm clipped to privacy.max_grad_norm; the accountant counts
@@ -265,8 +279,8 @@ class PrivateRelease:
         check_delta(self.p, n_train)
         if world != 1:  # each process would draw its own noise
             raise ConfigError("a private one-pass fit runs in one process: train without torchrun")
-        self.releases = releases
-        self.sigma = _sigma_for(self.p, 1.0, releases, "sampling rate 1 (one release of each statistic)")
+        self.q, self.planned_updates = 1.0, releases
+        self.sigma = _sigma_for(self.p, self.q, releases, "sampling rate 1 (one release of each statistic)")
         self.history: list[list] = []
         log.info("private fit: %d Gaussian-mechanism releases, sigma %.4f, each image clipped to norm %g%s",
                  releases, self.sigma, self.p.max_grad_norm,
@@ -274,21 +288,14 @@ class PrivateRelease:
 
     def noise(self) -> torch.Generator:
         """The generator of the releases' noise, seeded from a secret; counts the releases."""
-        self.history = [[self.sigma, 1.0, self.releases]]
+        self.history = [[self.sigma, self.q, self.planned_updates]]
         return torch.Generator().manual_seed(secrets.randbits(62))
 
-    def epsilon(self) -> float:
-        return epsilon_of(self.p.accountant, self.history, self.p.delta)
-
     def state(self) -> dict:
-        return {"epsilon": self.epsilon(), "delta": self.p.delta, "noise_multiplier": self.sigma,
-                "max_grad_norm": self.p.max_grad_norm, "sample_rate": 1.0, "accountant": self.p.accountant,
-                "target_epsilon": self.p.epsilon, "planned_updates": self.releases,
-                "mechanism": "Gaussian mechanism on sufficient statistics",
-                "history": [list(h) for h in self.history]}
+        return super().state() | {"mechanism": "Gaussian mechanism on sufficient statistics"}
 
     def restore(self, state: dict | None, checkpoint: str) -> None:
-        check_same_privacy(self.p, 1.0, state, checkpoint)
+        check_same_privacy(self.p, self.q, state, checkpoint)
         self.sigma, self.history = state["noise_multiplier"], [list(h) for h in state["history"]]
 
     def close(self) -> None:

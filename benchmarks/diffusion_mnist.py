@@ -1,4 +1,4 @@
-"""ddpm-mnist and ddpm-cond-mnist: FID against CPU training time for five samplers, label
+"""ddpm-mnist and ddpm-cond-mnist: FID against CPU training time for six samplers, label
 accuracy of the conditional model, and the `genlab apply` tasks against simple baselines. The
 comparison with diffusers' UNet2DModel and lucidrains' Unet is benchmarks/diffusion_backbones.py
 (each trained by genlab's engine for the same minutes: FLOPs, step time and FID at matched work).
@@ -8,7 +8,7 @@ comparison with diffusers' UNet2DModel and lucidrains' Unet is benchmarks/diffus
 
 Parts (each can be skipped): `train` (ddpm-mnist for the largest --minutes budget, a checkpoint
 kept when training time passes each smaller budget), `fid` (lenet-mnist FID of --n samples for
-DDPM-1000, DDIM-50, DPM-Solver++ 10 and 20 steps and 20 in its SDE form at every budget, with samples/s), `cond`
+DDPM-1000, DDIM-50, DPM-Solver++ 10 and 20 steps and 20 and 50 in its SDE form at every budget, with samples/s), `cond`
 (ddpm-cond-mnist for --cond-minutes; share of --n samples the MNIST classifier labels as
 requested, at guidance 1 and the preset's w), `apply` (on --apply-n MNIST test images: inpaint
 centre vs mean fill and a vae-mnist trained --vae-minutes; denoise sigma 0.5 vs Gaussian blur and
@@ -72,7 +72,7 @@ from genlab.seed import make_generator
 
 # (key, sampler, steps, eta): DDPM's eta is 1 (ancestral); "SDE" is DPM-Solver++(2M)'s stochastic form
 SAMPLERS = [("ddpm", "ddpm", 1000, 1.0), ("ddim50", "ddim", 50, 0.0), ("dpmpp10", "dpmpp", 10, 0.0),
-            ("dpmpp20", "dpmpp", 20, 0.0), ("dpmpp20sde", "dpmpp", 20, 1.0)]
+            ("dpmpp20", "dpmpp", 20, 0.0), ("dpmpp20sde", "dpmpp", 20, 1.0), ("dpmpp50sde", "dpmpp", 50, 1.0)]
 NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}  # in the tables' order
 PARTS = ("train", "fid", "cond", "apply")
 MOVED = ("compare",)  # parts now in other scripts: --skip accepts them so recorded commands rerun

@@ -35,6 +35,7 @@ def test_later_overrides_win():
     ("train.steps=1.5", r"train\.steps expects an integer"),
     ("data.hflip=maybe", r"data\.hflip expects true/false"),
     ("train.optimizer=sgd", r"train\.optimizer must be adam, adamw or muon"),
+    ("train.ema_warmup=1", r"train\.ema_warmup must be > 1, got 1"),
     ("trian.lr=1", r"unknown section 'trian' \(did you mean: train"),
     ("lr=1", r"section\.key"),
     ("train.lr", r"section\.key=value"),

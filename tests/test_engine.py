@@ -10,10 +10,31 @@ import torch
 
 import genlab
 from genlab.engine import checkpoint as ckpt
-from genlab.engine.optim import lr_at
+from genlab.engine.optim import EMA, lr_at
 from genlab.errors import CheckpointError, TrainingDiverged
 from tests.conftest import ROOT, TINY_VAE, assert_same_tensors, kill_while_saving, run_cli, stop_at, weights_of
 
+
+def test_ema_warmup_sets_the_window():
+    """decay(t) = min(cap, (1 + t) / (warmup + t)): warmup 2 is the running mean of every weight
+    seen (the copy at the start included), warmup 10 the default's heavier pull towards recent
+    weights, and the cap takes over once it is the smaller."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    values = [3.0, -1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+    for warmup, cap in ((2.0, 0.999), (10.0, 0.999), (2.0, 0.8)):
+        with torch.no_grad():
+            model.weight.fill_(values[0])
+        ema, want = EMA(model, cap, warmup), values[0]
+        for step, v in enumerate(values[1:]):
+            with torch.no_grad():
+                model.weight.fill_(v)
+            ema.update(model, step)
+            d = min(cap, (1 + step) / (warmup + step))
+            want = d * want + (1 - d) * v
+            if warmup == 2 and cap > 0.9:  # the running mean, by hand
+                assert want == pytest.approx(sum(values[:step + 2]) / (step + 2))
+            assert float(ema.module.weight) == pytest.approx(want, rel=1e-6)
+    assert float(ema.module.weight) != pytest.approx(sum(values) / len(values))  # the cap changed it
 
 def test_lr_schedule_warmup_then_cosine():
     lrs = [lr_at(s, 100, 1.0, warmup=10, min_ratio=0.1) for s in range(101)]

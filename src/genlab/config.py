@@ -107,6 +107,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0
     ema_decay: float = 0.0  # 0 disables EMA
+    # the EMA's decay at step t is min(ema_decay, (1 + t) / (ema_warmup + t)): its window grows with
+    # the run (about t / (ema_warmup - 1) steps) until ema_decay caps it
+    ema_warmup: float = 10.0
     amp: str = "auto"  # auto (bf16 where it makes this model's step faster: Trainer.choose_precision) | bf16 | off
     # torch.compile the training loss (forward and backward, fused kernels); the first step pays the
     # compilation (tens of seconds on a CPU, which needs a C++ compiler), so it pays in longer runs
@@ -379,6 +382,7 @@ def validate_run(cfg: RunConfig) -> None:
         (t.batch_size % t.accum == 0, "train.batch_size must be divisible by train.accum"),
         (t.lr > 0, "train.lr must be > 0"),
         (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+        (t.ema_warmup > 1, f"train.ema_warmup must be > 1, got {t.ema_warmup}"),
         (t.keep_last >= 1, "train.keep_last must be >= 1"),
         (t.optimizer in ("adam", "adamw", "muon"), f"train.optimizer must be adam, adamw or muon, got {t.optimizer!r}"),
         (t.muon_lr > 0, "train.muon_lr must be > 0"),

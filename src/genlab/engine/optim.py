@@ -140,21 +140,22 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_add_(same, [u.view(shape) for u in upd.unbind(0)], alpha=-scale)
 
 
-def ema_decay_at(step: int, decay: float) -> float:
-    """EMA decay with the usual warmup, (1 + t) / (10 + t), so early EMA weights are useful."""
-    return min(decay, (1 + step) / (10 + step))
+def ema_decay_at(step: int, decay: float, warmup: float = 10.0) -> float:
+    """EMA decay at step t with the usual warmup, (1 + t) / (warmup + t), so early EMA weights are
+    useful: the average then spans about the last t / (warmup - 1) steps, until `decay` caps it."""
+    return min(decay, (1 + step) / (warmup + step))
 
 
 class EMA:
     """An exponential moving average of a module's floating-point parameters and buffers."""
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, model: nn.Module, decay: float, warmup: float = 10.0):
+        self.decay, self.warmup = decay, warmup
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        d = ema_decay_at(step, self.decay)
+        d = ema_decay_at(step, self.decay, self.warmup)
         ema_p = [p for p in self.module.parameters()]
         cur_p = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_p, cur_p, 1.0 - d)

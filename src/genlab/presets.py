@@ -377,11 +377,11 @@ PRESETS.update({
     # (benchmarks/results/diffusion-samplers.md). 50 steps rather than 20: on two 30-minute checkpoints
     # (N = 5,000) 16.33 against 17.95 and 12.96 against 13.78, at 2.5x the sampling time. The EMA's
     # window is about a quarter of the run (train.ema_warmup 5, capped at 10,000 steps by ema_decay
-    # 0.9999) rather than an eighth (the default 10, capped at 1,000): after 4,600 steps on one
+    # 0.9999) rather than a ninth (the default 10, capped at 1,000): after 4,600 steps on one
     # thread, FID 17.51 against 17.95 (N = 5,000, one run each). Tried on the
-    # same footing and dropped: lr 2e-3 (18.70), batch 128 at lr 2e-3 for the same images (19.18),
-    # steps spaced in log-SNR (14.57 against 13.78). Not (yet) the other diffusion presets: unmeasured
-    # for them, and the ODE was better for DiffWave's waveforms (audio-fsdd.md).
+    # same footing and dropped: lr 2e-3 (18.70), batch 128 at lr 2e-3 for the same images (19.18). The
+    # runs' rows are in benchmarks/results/diffusion-samplers.md. Not (yet) the other diffusion presets:
+    # unmeasured for them, and the ODE was better for DiffWave's waveforms (audio-fsdd.md).
     "ddpm-mnist": Preset(
         "diffusion, 1.7M-param UNet (2x2 patch stem), v-prediction, cosine schedule, EMA; DPM-Solver++ 50 steps "
         "in its SDE form (eta 1)",

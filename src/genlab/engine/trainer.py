@@ -107,7 +107,8 @@ class Trainer:
         if self.one_pass and self.t.steps != 1:
             raise ConfigError(f"a {cfg.model_name} model is fitted in one pass over the data: set train.steps=1 "
                               f"(got {self.t.steps})")
-        self.ema = EMA(model, self.t.ema_decay, self.t.ema_warmup) if self.t.ema_decay > 0 and not self.one_pass else None
+        self.ema = (EMA(model, self.t.ema_decay, self.t.ema_warmup)
+                    if self.t.ema_decay > 0 and not self.one_pass else None)
         self.feeder = data.feeder(pipeline, self.t.batch_size, self.t.seed)
         # DP-SGD (privacy.*): per-example clipping and noise on the optimisers that read data,
         # stepped through Opacus's DPOptimizer; `self.opts` stay the plain ones checkpoints store.

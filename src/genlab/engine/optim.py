@@ -140,7 +140,7 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_add_(same, [u.view(shape) for u in upd.unbind(0)], alpha=-scale)
 
 
-def ema_decay_at(step: int, decay: float, warmup: float = 10.0) -> float:
+def ema_decay_at(step: int, decay: float, warmup: float) -> float:
     """EMA decay at step t with the usual warmup, (1 + t) / (warmup + t), so early EMA weights are
     useful: the average then spans about the last t / (warmup - 1) steps, until `decay` caps it."""
     return min(decay, (1 + step) / (warmup + step))
@@ -149,7 +149,7 @@ def ema_decay_at(step: int, decay: float, warmup: float = 10.0) -> float:
 class EMA:
     """An exponential moving average of a module's floating-point parameters and buffers."""
 
-    def __init__(self, model: nn.Module, decay: float, warmup: float = 10.0):
+    def __init__(self, model: nn.Module, decay: float, warmup: float):
         self.decay, self.warmup = decay, warmup
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 

@@ -149,6 +149,41 @@ def test_unet_output_shape(cfg):
         assert not torch.allclose(net(x, torch.tensor([3, 3]), y), net(x, torch.tensor([3, 3]), None))
 
 
+def test_unet_under_bf16_autocast_follows_the_fp32_path():
+    """bf16 autocast (convolutions in bf16; GroupNorm and the CPU attention product in fp32)
+    gives the fp32 output and gradients to bf16's precision."""
+    cfg = UNetConfig(in_channels=1, out_channels=1, image_size=28, base_channels=16, channel_mults=(1, 2, 2),
+                     num_res_blocks=1, attention_resolutions=(7,), heads=2, groups=4, patch=2)
+    torch.manual_seed(0)
+    net = UNet(cfg)
+    for p in net.parameters():  # off the zero init, so every block acts
+        torch.nn.init.normal_(p, std=0.05)
+    x, t = torch.randn(4, 1, 28, 28), torch.tensor([0, 250, 500, 999])
+
+    def run(amp):
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = net(x, t)
+        out.float().square().mean().backward()
+        return out, torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    (ref, g_ref), (out, g) = run(False), run(True)
+    assert ref.dtype == torch.float32 and out.dtype == torch.bfloat16  # the convolutions did run in bf16
+    assert (out.float() - ref).norm() / ref.norm() < 2e-2
+    assert torch.nn.functional.cosine_similarity(g, g_ref, dim=0) > 0.999
+
+
+def test_float_norm_normalises_in_fp32_and_keeps_the_input_dtype():
+    from genlab.models.diffusion.unet import float_norm
+    gn = torch.nn.GroupNorm(2, 8)
+    x = (torch.randn(3, 8, 5, 5) * 40 + 300).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = float_norm(gn, x)
+    ref = gn(x.float())
+    assert y.dtype == torch.bfloat16 and y.equal(ref.bfloat16())  # one rounding, at the end
+    assert float_norm(gn, x.float()).equal(ref)
+
+
 # --------------------------------------------------------------------------- model
 
 

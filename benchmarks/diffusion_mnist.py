@@ -360,7 +360,9 @@ def markdown(out: dict, name: str) -> str:
                f"train part's call in its own process, read by run {tr['run']}")
         md += [f"Training ({who}): `ddpm-mnist`, {tr['params']:,} parameters, {tr['steps']:,} steps in "
                f"{tr['minutes']:g} {minutes}, {tr['images_per_s']:.1f} images/s = "
-               f"**{tr['ms_per_step']:.0f} ms per step at batch 64**.\n"]
+               f"**{tr['ms_per_step']:.0f} ms per step at batch 64**"
+               + (f", {'bf16 autocast' if tr['precision'] == 'bf16' else 'fp32'} (as train.amp chose)" if "precision" in tr
+                  else "") + ".\n"]
     if out.get("fid"):
         md += ["FID (lenet-mnist, against the 10,000 test images) of N samples; \"first k of n\" is the FID of "
                "the first k of that sampler's n samples, for comparison with a DDPM row of the same N "
@@ -441,6 +443,7 @@ def run_info(run_dir, marks: list[float], need: list[float]) -> tuple[dict | Non
         return None, ckpts
     ips = mean_train_throughput(run_dir) or 64 * run.step / elapsed
     return {"steps": run.step, "minutes": marks[-1], "images_per_s": ips, "ms_per_step": 64_000 / ips,
+            "precision": run.checkpoint.state["state"].get("amp") or "off",  # train.amp's choice
             "params": sum(p.numel() for p in run.model.parameters()),
             "run_dir": os.path.relpath(Path(run_dir).resolve(), RUNS.parent.parent)}, ckpts  # from the repo root
 

@@ -17,7 +17,7 @@ from genlab.seed import make_generator
 from tests.conftest import run_cli
 
 # A tiny diffusion model: a few steps of it train in seconds.
-TINY_DIFFUSION = ["train.test_batches=2", "model.base_channels=8", "model.channel_mults=[1,2]", "model.num_res_blocks=1",
+TINY_DIFFUSION = ["train.test_batches=2", "train.amp=off", "model.base_channels=8", "model.channel_mults=[1,2]", "model.num_res_blocks=1",
                   "model.attention_resolutions=[4]", "model.heads=2", "model.groups=4", "model.timesteps=50",
                   "model.sampling_steps=3", "train.batch_size=32", "train.log_every=1", "train.eval_every=1000",
                   "train.eval_batches=1", "train.sample_every=1000", "train.warmup_steps=0"]

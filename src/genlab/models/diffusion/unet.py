@@ -57,7 +57,7 @@ def float_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     """`norm(x)` computed in fp32 and returned in x's dtype: the same numbers as the bf16 kernel
     (which accumulates in fp32 too) but on a CPU the fp32 kernel and its backward are ~3x faster.
     The module is called as it is, so hooks on it (Opacus's per-example gradients) still see it."""
-    if x.dtype == torch.float32:
+    if x.dtype not in (torch.bfloat16, torch.float16):  # fp32 (or fp64) as it is
         return norm(x)
     with torch.autocast(x.device.type, enabled=False):
         return norm(x.float()).to(x.dtype)
@@ -100,7 +100,7 @@ class Attention(nn.Module):
         nh = self.heads
         qkv = self.qkv(float_norm(self.norm, x)).reshape(B, 3, nh, C // nh, H * W)  # (B, 3, nh, hs, HW)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, nh, HW, hs) each
-        if q.device.type == "cpu" and q.dtype != torch.float32:  # the CPU's bf16 attention backward is slow
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):  # slow backward in 16 bits
             with torch.autocast("cpu", enabled=False):
                 h = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
         else:

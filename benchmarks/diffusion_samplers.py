@@ -24,6 +24,7 @@ from _common import RESULTS, machine_lines, next_run_id, pinned_command, results
 
 import genlab
 from genlab.bench import machine_info
+from genlab.engine.checkpoint import atomic_write_json
 from genlab.metrics.features import get_extractor
 from genlab.metrics.sample_quality import FeatureSet, fid
 
@@ -130,9 +131,10 @@ def main() -> None:
     real = FeatureSet()
     real.update(ext(run.data().test_x)[0])
     command, machine = pinned_command(), machine_info()
-    with results_lock(NAME):
-        old = json.loads(path.read_text()) if path.exists() else {}
+    with results_lock(NAME):  # reserve the run id now: a second process started meanwhile gets the next one
+        old = json.loads(path.read_text()) if path.exists() else {"benchmark": NAME, "rows": [], "runs": {}}
         rid = next_run_id(old)
+        atomic_write_json(path, {**old, "last_run": int(rid)})
     for sampler, steps, eta in settings:
         t0 = time.perf_counter()
         images, _ = run.sample(a.n, seed=0, sampler=sampler, steps=steps, eta=eta)

@@ -11,7 +11,7 @@ import genlab
 from genlab.engine.device import cxx_compiler
 from genlab.models.diffusion import schedules as sch
 from genlab.models.diffusion.ddpm import Diffusion, DiffusionConfig, dpmpp_2m_step, guided
-from genlab.models.diffusion.unet import UNet, UNetConfig
+from genlab.models.diffusion.unet import UNet, UNetConfig, float_norm
 from genlab.sampling import noise_decoder
 from genlab.seed import make_generator
 from tests.conftest import run_cli
@@ -174,7 +174,6 @@ def test_unet_under_bf16_autocast_follows_the_fp32_path():
 
 
 def test_float_norm_normalises_in_fp32_and_keeps_the_input_dtype():
-    from genlab.models.diffusion.unet import float_norm
     gn = torch.nn.GroupNorm(2, 8)
     x = (torch.randn(3, 8, 5, 5) * 40 + 300).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):

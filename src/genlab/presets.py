@@ -379,7 +379,8 @@ PRESETS.update({
     # against 28.58 for the ODE at 20 steps and at the same speed, 17.97 against 28.91 for DDIM 50
     # (benchmarks/results/diffusion-samplers.md). 50 steps rather than 20: on two 30-minute checkpoints
     # (N = 5,000) 16.33 against 17.95 and 12.96 against 13.78, and 11.97 against 12.74 (N = 10,000) on
-    # run 2 of diffusion-mnist-2thread.md, at 2.5x the sampling time. Tried and dropped: an EMA window
+    # run 2 of diffusion-mnist-2thread.md (commit bfa5996; its rows are in that file's git history), at 2.5x
+    # the sampling time. Tried and dropped: an EMA window
     # of a quarter of the run (train.ema_warmup=5 train.ema_decay=0.9999) rather than the default's
     # ninth: 17.51 against 17.95 after 4,600 steps on one thread, but that 2-thread run 2 (with it)
     # scored 12.74 at 20 SDE steps against run 1's 11.89 (5% fewer steps: the machine ran slower);

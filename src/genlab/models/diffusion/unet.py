@@ -53,14 +53,20 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+def _in_fp32(fn, *xs: torch.Tensor) -> torch.Tensor:
+    """fn(*xs) with autocast off and 16-bit inputs in fp32, the result in the first input's dtype;
+    other inputs (fp32, fp64) pass as they are."""
+    if xs[0].dtype not in (torch.bfloat16, torch.float16):
+        return fn(*xs)
+    with torch.autocast(xs[0].device.type, enabled=False):
+        return fn(*(x.float() for x in xs)).to(xs[0].dtype)
+
+
 def float_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     """`norm(x)` computed in fp32 and returned in x's dtype: the same numbers as the bf16 kernel
     (which accumulates in fp32 too) but on a CPU the fp32 kernel and its backward are ~3x faster.
     The module is called as it is, so hooks on it (Opacus's per-example gradients) still see it."""
-    if x.dtype not in (torch.bfloat16, torch.float16):  # fp32 (or fp64) as it is
-        return norm(x)
-    with torch.autocast(x.device.type, enabled=False):
-        return norm(x.float()).to(x.dtype)
+    return _in_fp32(norm, x)
 
 
 class ResBlock(nn.Module):
@@ -100,11 +106,10 @@ class Attention(nn.Module):
         nh = self.heads
         qkv = self.qkv(float_norm(self.norm, x)).reshape(B, 3, nh, C // nh, H * W)  # (B, 3, nh, hs, HW)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, nh, HW, hs) each
-        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):  # slow backward in 16 bits
-            with torch.autocast("cpu", enabled=False):
-                h = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        if q.device.type == "cpu":  # the CPU's 16-bit attention backward is slow: fp32 there
+            h = _in_fp32(F.scaled_dot_product_attention, q, k, v)  # (B, nh, HW, hs)
         else:
-            h = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hs)
+            h = F.scaled_dot_product_attention(q, k, v)
         h = h.transpose(-1, -2).reshape(B, C, H, W)  # (B, C, H, W)
         return x + self.proj(h.contiguous(memory_format=self.memory_format))
 
